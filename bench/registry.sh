@@ -1,0 +1,326 @@
+#!/usr/bin/env bash
+# Benchmark `crpe agent` against CNCF distribution 2.8 (Debian `docker-registry`)
+# serving the same image in the same run, on loopback only.
+#
+# usage: bench/registry.sh [path-to-crpe-binary]
+#
+#   With no argument, crpe is built with `go build -o $TMP/crpe ./cmd/crpe`.
+#   BENCH_ONLY_DISTRIBUTION=1  skip crpe entirely (validates the harness).
+#   BENCH_BLOB_MIB=200         size of the random layer blob.
+#   BENCH_RUNS=3               repetitions per measurement (median reported).
+#
+# Everything binds to 127.0.0.1, every step is time-bounded, and an EXIT trap
+# stops the servers and removes the temp dir. Typical run time: well under 3 min.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ONLY_DIST="${BENCH_ONLY_DISTRIBUTION:-0}"
+BLOB_MIB="${BENCH_BLOB_MIB:-200}"
+RUNS="${BENCH_RUNS:-3}"
+BLOB_N=8
+MAN_N=2000
+MAN_C=32
+REPO_NAME="bench/blob"
+DIST_BIN="${DIST_BIN:-/usr/bin/docker-registry}"
+HOST=127.0.0.1
+
+# Never talk to anything but loopback, and never through a proxy.
+unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
+export NO_PROXY='*' no_proxy='*'
+# Don't let stray REGISTRY_* env vars override distribution's config file.
+while IFS= read -r v; do unset "$v"; done < <(env | awk -F= '/^REGISTRY_/{print $1}')
+
+TMP="$(mktemp -d /tmp/crpe-bench.XXXXXX)"
+DIST_PID="" CRPE_PID="" WATCHDOG=""
+cleanup() {
+  local rc=$? p
+  trap - EXIT INT TERM
+  for p in $CRPE_PID $DIST_PID $WATCHDOG; do stop_pid "$p"; done
+  rm -rf "$TMP"
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# Hard wall-clock cap for the whole script (kills us, which runs the trap).
+(
+  sleep "${BENCH_MAX_SECONDS:-300}" & sp=$!
+  trap 'kill $sp 2>/dev/null; exit 0' TERM
+  wait $sp && { log "time limit hit, aborting"; kill -TERM $$ 2>/dev/null; }
+) &
+WATCHDOG=$!
+
+[ -x "$DIST_BIN" ] || die "$DIST_BIN missing: apt-get install -y docker-registry"
+command -v curl >/dev/null || die "curl missing"
+command -v go >/dev/null || die "go missing"
+
+# ---------------------------------------------------------------- helpers ---
+
+free_port() {
+  local p i
+  for i in $(seq 1 50); do
+    p=$(( 20000 + RANDOM % 30000 ))
+    if ! (exec 3<>"/dev/tcp/$HOST/$p") 2>/dev/null; then echo "$p"; return 0; fi
+  done
+  die "no free port"
+}
+
+wait_http() { # url [seconds]
+  local url=$1 t=${2:-20} i
+  for i in $(seq 1 $(( t * 10 ))); do
+    if curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  return 1
+}
+
+cpu_ticks() { # pid -> utime+stime in clock ticks
+  # fields after the ")" that closes comm: state is $1, utime is $12, stime $13
+  awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+CLK_TCK="$(getconf CLK_TCK)"
+
+vm_hwm_kib() { awk '/^VmHWM:/{print $2}' "/proc/$1/status"; }
+
+json_field() { # json key -> value (flat JSON lines from loadgen)
+  sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p" <<<"$1" | tr -d '"'
+}
+
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
+
+fmt() { awk -v v="$1" -v d="${2:-1}" 'BEGIN{ printf "%.*f", d, v }'; }
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a=="" || b=="" || b+0==0) print "n/a"; else printf "%.2f×", a/b }'; }
+
+# ------------------------------------------------------------------ build ---
+
+log "building loadgen (std-lib only, isolated module)"
+mkdir -p "$TMP/loadgen-src"
+cp "$REPO_ROOT/bench/loadgen/main.go" "$TMP/loadgen-src/"
+printf 'module loadgen\n\ngo 1.22\n' >"$TMP/loadgen-src/go.mod"
+( cd "$TMP/loadgen-src" && GOWORK=off GOFLAGS= GOTOOLCHAIN=local GOPROXY=off \
+    timeout 120 go build -o "$TMP/loadgen" . ) || die "loadgen build failed"
+LOADGEN="$TMP/loadgen"
+
+CRPE_BIN=""
+if [ "$ONLY_DIST" != "1" ]; then
+  if [ $# -ge 1 ]; then
+    CRPE_BIN="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
+  else
+    log "building crpe (go build ./cmd/crpe)"
+    ( cd "$REPO_ROOT" && GOPROXY=off GOFLAGS=-mod=readonly timeout 300 go build -o "$TMP/crpe" ./cmd/crpe ) \
+      || die "crpe build failed (set BENCH_ONLY_DISTRIBUTION=1 to bench distribution alone)"
+    CRPE_BIN="$TMP/crpe"
+  fi
+  [ -x "$CRPE_BIN" ] || die "crpe binary $CRPE_BIN not executable"
+  help="$("$CRPE_BIN" agent --help 2>&1 || true)"
+  for f in --addr --data --token-file --allow-push; do
+    grep -qE -- "(^|[^a-z-])--?${f#--}([^a-z-]|$)" <<<"$help" || die "crpe agent --help lacks $f"
+  done
+fi
+
+# ---------------------------------------------------------------- content ---
+
+log "generating ${BLOB_MIB} MiB random blob"
+BLOB="$TMP/layer.bin"
+head -c "$(( BLOB_MIB * 1024 * 1024 ))" /dev/urandom >"$BLOB"
+BLOB_SIZE=$(stat -c %s "$BLOB")
+BLOB_DIGEST="sha256:$(sha256sum "$BLOB" | cut -d' ' -f1)"
+
+CONFIG="$TMP/config.json"
+printf '{"architecture":"amd64","os":"linux","config":{},"rootfs":{"type":"layers","diff_ids":["%s"]}}' \
+  "$BLOB_DIGEST" >"$CONFIG"
+CONFIG_SIZE=$(stat -c %s "$CONFIG")
+CONFIG_DIGEST="sha256:$(sha256sum "$CONFIG" | cut -d' ' -f1)"
+
+MANIFEST="$TMP/manifest.json"
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":%d},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"%s","size":%d}]}' \
+  "$CONFIG_DIGEST" "$CONFIG_SIZE" "$BLOB_DIGEST" "$BLOB_SIZE" >"$MANIFEST"
+MANIFEST_DIGEST="sha256:$(sha256sum "$MANIFEST" | cut -d' ' -f1)"
+
+# ----------------------------------------------------------------- push -----
+
+# push_blob BASE FILE DIGEST [curl auth args...]: POST to open an upload, then
+# monolithic PUT ?digest= with the whole body (streamed by curl -T).
+push_blob() {
+  local base=$1 file=$2 digest=$3; shift 3
+  local hdrs loc code
+  hdrs="$(curl -sS --max-time 30 "$@" -X POST -o /dev/null -D - \
+    "$base/v2/$REPO_NAME/blobs/uploads/")" || return 1
+  code="$(awk 'NR==1{print $2}' <<<"$hdrs")"
+  [ "$code" = 202 ] || { log "POST upload: HTTP $code"; return 1; }
+  loc="$(awk 'tolower($1)=="location:"{print $2}' <<<"$hdrs" | tr -d '\r' | tail -n1)"
+  [ -n "$loc" ] || { log "POST upload: no Location"; return 1; }
+  case "$loc" in http://*|https://*) ;; *) loc="$base$loc" ;; esac
+  case "$loc" in *\?*) loc="$loc&digest=$digest" ;; *) loc="$loc?digest=$digest" ;; esac
+  code="$(curl -sS --max-time 120 "$@" -X PUT -T "$file" -o "$TMP/put.out" -w '%{http_code}' \
+    -H 'Content-Type: application/octet-stream' "$loc")" || return 1
+  [ "$code" = 201 ] || { log "PUT blob: HTTP $code: $(head -c 300 "$TMP/put.out")"; return 1; }
+}
+
+# push_image BASE [curl auth args...]: layer + config + OCI manifest as :latest
+push_image() {
+  local base=$1; shift
+  push_blob "$base" "$BLOB" "$BLOB_DIGEST" "$@" || return 1
+  push_blob "$base" "$CONFIG" "$CONFIG_DIGEST" "$@" || return 1
+  local hdrs code dig
+  hdrs="$(curl -sS --max-time 30 "$@" -X PUT -D - -o "$TMP/put.out" \
+    -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' \
+    --data-binary @"$MANIFEST" "$base/v2/$REPO_NAME/manifests/latest")" || return 1
+  code="$(awk 'NR==1{print $2}' <<<"$hdrs")"
+  [ "$code" = 201 ] || { log "PUT manifest: HTTP $code: $(head -c 300 "$TMP/put.out")"; return 1; }
+  dig="$(awk 'tolower($1)=="docker-content-digest:"{print $2}' <<<"$hdrs" | tr -d '\r')"
+  [ -z "$dig" ] || [ "$dig" = "$MANIFEST_DIGEST" ] || { log "manifest digest $dig != $MANIFEST_DIGEST"; return 1; }
+}
+
+# verify BASE: anonymous reads return the same bytes/digests
+verify_image() {
+  local base=$1 got
+  got="$(curl -fsS --max-time 10 -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+    "$base/v2/$REPO_NAME/manifests/latest" | sha256sum | cut -d' ' -f1)" || return 1
+  [ "sha256:$got" = "$MANIFEST_DIGEST" ] || { log "manifest mismatch at $base"; return 1; }
+  got="$(curl -fsS --max-time 60 "$base/v2/$REPO_NAME/blobs/$BLOB_DIGEST" | sha256sum | cut -d' ' -f1)" || return 1
+  [ "sha256:$got" = "$BLOB_DIGEST" ] || { log "blob mismatch at $base"; return 1; }
+}
+
+# ---------------------------------------------------------------- servers ---
+
+DIST_PORT=$(free_port)
+DIST_URL="http://$HOST:$DIST_PORT"
+mkdir -p "$TMP/dist-data"
+cat >"$TMP/dist.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $TMP/dist-data
+  cache:
+    blobdescriptor: inmemory
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: $HOST:$DIST_PORT
+  secret: bench-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
+EOF
+
+start_dist() {
+  "$DIST_BIN" serve "$TMP/dist.yml" >>"$TMP/dist.log" 2>&1 &
+  DIST_PID=$!
+  wait_http "$DIST_URL/v2/" 20 || { tail -20 "$TMP/dist.log" >&2; die "distribution did not start"; }
+}
+
+if [ "$ONLY_DIST" != "1" ]; then
+  CRPE_PORT=$(free_port)
+  while [ "$CRPE_PORT" = "$DIST_PORT" ]; do CRPE_PORT=$(free_port); done
+  CRPE_URL="http://$HOST:$CRPE_PORT"
+  TOKEN="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  printf '%s\n' "$TOKEN" >"$TMP/token"
+  chmod 600 "$TMP/token"
+  mkdir -p "$TMP/crpe-data"
+fi
+start_crpe() {
+  "$CRPE_BIN" agent --addr "$HOST:$CRPE_PORT" --data "$TMP/crpe-data" \
+    --token-file "$TMP/token" --allow-push >>"$TMP/crpe.log" 2>&1 &
+  CRPE_PID=$!
+  wait_http "$CRPE_URL/healthz" 20 || { tail -20 "$TMP/crpe.log" >&2; die "crpe did not start"; }
+}
+stop_pid() { # bounded: TERM, up to 5 s, then KILL; reap
+  kill "$1" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
+log "starting distribution on $DIST_URL"
+start_dist
+log "pushing image to distribution"
+push_image "$DIST_URL" || die "push to distribution failed"
+if [ "$ONLY_DIST" != "1" ]; then
+  log "starting crpe on $CRPE_URL"
+  start_crpe
+  log "pushing image to crpe"
+  push_image "$CRPE_URL" -u "x:$TOKEN" || { tail -20 "$TMP/crpe.log" >&2; die "push to crpe failed"; }
+fi
+
+# Restart both so peak RSS / CPU reflect serving only, not the 200 MiB push.
+log "restarting servers (measure serving only)"
+stop_pid "$DIST_PID"; start_dist
+[ "$ONLY_DIST" = "1" ] || { stop_pid "$CRPE_PID"; start_crpe; }
+
+verify_image "$DIST_URL" || die "distribution verify failed"
+[ "$ONLY_DIST" = "1" ] || verify_image "$CRPE_URL" || die "crpe verify failed"
+
+# ---------------------------------------------------------------- measure ---
+
+SERVERS=(dist)
+[ "$ONLY_DIST" = "1" ] || SERVERS=(crpe dist)
+url_of() { if [ "$1" = crpe ]; then echo "$CRPE_URL"; else echo "$DIST_URL"; fi; }
+pid_of() { if [ "$1" = crpe ]; then echo "$CRPE_PID"; else echo "$DIST_PID"; fi; }
+
+declare -A BW WALL CPU RPS P50 P99
+
+# warm-up (not recorded): page cache, connection pools, caches
+for s in "${SERVERS[@]}"; do
+  "$LOADGEN" manifests -url "$(url_of "$s")/v2/$REPO_NAME/manifests/latest" -n 200 -c "$MAN_C" -timeout 30s >/dev/null \
+    || die "$s warm-up failed"
+done
+
+for r in $(seq 1 "$RUNS"); do
+  for s in "${SERVERS[@]}"; do
+    pid=$(pid_of "$s")
+    t0=$(cpu_ticks "$pid")
+    out="$("$LOADGEN" blobs -url "$(url_of "$s")/v2/$REPO_NAME/blobs/$BLOB_DIGEST" -n "$BLOB_N" -timeout 120s)" \
+      || die "$s blobs run $r failed: $out"
+    t1=$(cpu_ticks "$pid")
+    [ "$(json_field "$out" bytes)" = "$(( BLOB_SIZE * BLOB_N ))" ] || die "$s blobs: wrong byte count: $out"
+    BW[$s]+=" $(json_field "$out" mib_per_s)"
+    WALL[$s]+=" $(json_field "$out" seconds)"
+    CPU[$s]+=" $(awk -v a="$t0" -v b="$t1" -v h="$CLK_TCK" 'BEGIN{printf "%.3f", (b-a)/h}')"
+    log "run $r $s blobs: $(json_field "$out" mib_per_s) MiB/s, $(json_field "$out" seconds) s, cpu $(awk -v a="$t0" -v b="$t1" -v h="$CLK_TCK" 'BEGIN{printf "%.2f", (b-a)/h}') s"
+  done
+  for s in "${SERVERS[@]}"; do
+    out="$("$LOADGEN" manifests -url "$(url_of "$s")/v2/$REPO_NAME/manifests/latest" -n "$MAN_N" -c "$MAN_C" -timeout 60s)" \
+      || die "$s manifests run $r failed: $out"
+    RPS[$s]+=" $(json_field "$out" req_per_s)"
+    P50[$s]+=" $(json_field "$out" p50_ms)"
+    P99[$s]+=" $(json_field "$out" p99_ms)"
+    log "run $r $s manifests: $(json_field "$out" req_per_s) req/s, p50 $(json_field "$out" p50_ms) ms, p99 $(json_field "$out" p99_ms) ms"
+  done
+done
+
+declare -A M
+for s in "${SERVERS[@]}"; do
+  # shellcheck disable=SC2086
+  { M[$s.bw]=$(median ${BW[$s]}); M[$s.wall]=$(median ${WALL[$s]}); M[$s.cpu]=$(median ${CPU[$s]})
+    M[$s.rps]=$(median ${RPS[$s]}); M[$s.p50]=$(median ${P50[$s]}); M[$s.p99]=$(median ${P99[$s]}); }
+  M[$s.rss]=$(awk -v k="$(vm_hwm_kib "$(pid_of "$s")")" 'BEGIN{printf "%.1f", k/1024}')
+done
+for k in bw wall cpu rps p50 p99 rss; do M[crpe.$k]=${M[crpe.$k]:-}; done
+
+# ------------------------------------------------------------------ report --
+
+val() { if [ -z "$1" ]; then echo "n/a"; else fmt "$1" "$2"; fi; }
+verdict() { # expr over r (ratio) or v (crpe value)
+  awk -v a="$2" -v b="$3" "BEGIN{ if (a==\"\" || b==\"\" || b+0==0) { print \"–\"; exit } r=a/b; v=a; print (($1) ? \"✅\" : \"❌\") }"
+}
+echo
+echo "<!-- bench/registry.sh, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, $(uname -r), $("$DIST_BIN" --version 2>/dev/null | awk '{print $NF}') -->"
+echo "Same image on both (${BLOB_MIB} MiB random layer + config + OCI manifest), loopback 127.0.0.1, median of ${RUNS} interleaved runs."
+echo
+echo "| metric | crpe | distribution 2.8 | crpe / distribution | goal | met |"
+echo "|---|---:|---:|---:|---|:-:|"
+echo "| blob download, ${BLOB_N}× ${BLOB_MIB} MiB parallel (MiB/s) | $(val "${M[crpe.bw]}" 1) | $(val "${M[dist.bw]}" 1) | $(ratio "${M[crpe.bw]}" "${M[dist.bw]}") | ≥ 1.0× | $(verdict 'r>=1.0' "${M[crpe.bw]}" "${M[dist.bw]}") |"
+echo "| blob download wall time (s) | $(val "${M[crpe.wall]}" 2) | $(val "${M[dist.wall]}" 2) | $(ratio "${M[crpe.wall]}" "${M[dist.wall]}") | | |"
+echo "| server CPU time during downloads (s) | $(val "${M[crpe.cpu]}" 2) | $(val "${M[dist.cpu]}" 2) | $(ratio "${M[crpe.cpu]}" "${M[dist.cpu]}") | ≤ 0.5× | $(verdict 'r<=0.5' "${M[crpe.cpu]}" "${M[dist.cpu]}") |"
+echo "| manifest GET, ${MAN_N} @ c=${MAN_C} (req/s) | $(val "${M[crpe.rps]}" 0) | $(val "${M[dist.rps]}" 0) | $(ratio "${M[crpe.rps]}" "${M[dist.rps]}") | ≥ 1.0× | $(verdict 'r>=1.0' "${M[crpe.rps]}" "${M[dist.rps]}") |"
+echo "| manifest GET p50 / p99 (ms) | $(val "${M[crpe.p50]}" 2) / $(val "${M[crpe.p99]}" 2) | $(val "${M[dist.p50]}" 2) / $(val "${M[dist.p99]}" 2) | $(ratio "${M[crpe.p50]}" "${M[dist.p50]}") / $(ratio "${M[crpe.p99]}" "${M[dist.p99]}") | | |"
+echo "| server peak RSS, VmHWM (MiB) | $(val "${M[crpe.rss]}" 1) | $(val "${M[dist.rss]}" 1) | $(ratio "${M[crpe.rss]}" "${M[dist.rss]}") | crpe ≤ 40 MiB | $(verdict 'v<=40' "${M[crpe.rss]}" 1) |"
+echo
+echo "Goals: downloads ≥ 1.0× distribution's throughput using ≤ 0.5× its server CPU time; manifest GETs ≥ 1.0× its rate; crpe peak RSS ≤ 40 MiB (servers restarted after the push, so RSS and CPU cover serving only)."

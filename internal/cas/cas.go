@@ -1,0 +1,184 @@
+// Package cas owns the content-addressed blob store contract that every part of
+// crpe shares: the Store interface, its errors, digest validation, and the
+// verifying writer used to check bytes while they stream.
+//
+// Implementations live in their own packages (casfs for disk) and must all pass
+// the conformance suite in cas/castest.
+package cas
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/sha512"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"regexp"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Info describes a stored blob.
+type Info struct {
+	Digest digest.Digest
+	Size   int64
+}
+
+// Store is the blob store every part of crpe shares.
+//
+// Blobs are immutable and identified by digest. A blob is never visible
+// half-written: Put verifies the size and digest while streaming and only
+// then publishes the blob.
+type Store interface {
+	// Stat returns the blob's info or an error wrapping ErrNotFound.
+	Stat(ctx context.Context, d digest.Digest) (Info, error)
+	// Open returns a seekable reader of the blob. Disk stores return an
+	// *os.File so that net/http can use sendfile.
+	Open(ctx context.Context, d digest.Digest) (io.ReadSeekCloser, Info, error)
+	// Put stores the bytes of r as the blob described by expected. Size -1
+	// means the size is not known in advance. A blob already present is not
+	// written again (r is not read). On a digest or size mismatch nothing is
+	// stored and the error wraps ErrDigestMismatch or ErrSizeMismatch.
+	Put(ctx context.Context, expected Info, r io.Reader) (Info, error)
+	// Delete removes the blob; deleting an absent blob wraps ErrNotFound.
+	Delete(ctx context.Context, d digest.Digest) error
+	// Walk calls fn for every stored blob, in no particular order.
+	Walk(ctx context.Context, fn func(Info) error) error
+}
+
+// Errors shared by every Store implementation.
+var (
+	ErrNotFound       = errors.New("blob not found")
+	ErrDigestMismatch = errors.New("digest mismatch")
+	ErrSizeMismatch   = errors.New("size mismatch")
+	ErrInvalidDigest  = errors.New("invalid digest")
+)
+
+var encodedRE = map[digest.Algorithm]*regexp.Regexp{
+	digest.SHA256: regexp.MustCompile(`^[a-f0-9]{64}$`),
+	digest.SHA512: regexp.MustCompile(`^[a-f0-9]{128}$`),
+}
+
+// Supported reports whether alg is an algorithm crpe stores (sha256, sha512).
+func Supported(alg digest.Algorithm) bool { _, ok := encodedRE[alg]; return ok }
+
+// ParseDigest validates s as a digest crpe can store: sha256 or sha512 with a
+// lowercase hex encoding of the right length. It never panics.
+func ParseDigest(s string) (digest.Digest, error) {
+	if len(s) > 7+1+128 {
+		return "", fmt.Errorf("%w: too long", ErrInvalidDigest)
+	}
+	d := digest.Digest(s)
+	alg, enc, ok := cut(s, ':')
+	if !ok {
+		return "", fmt.Errorf("%w: %q has no algorithm", ErrInvalidDigest, s)
+	}
+	re, ok := encodedRE[digest.Algorithm(alg)]
+	if !ok {
+		return "", fmt.Errorf("%w: unsupported algorithm %q", ErrInvalidDigest, alg)
+	}
+	if !re.MatchString(enc) {
+		return "", fmt.Errorf("%w: %q is not a valid %s encoding", ErrInvalidDigest, enc, alg)
+	}
+	return d, nil
+}
+
+func cut(s string, sep byte) (string, string, bool) {
+	for i := 0; i < len(s); i++ {
+		if s[i] == sep {
+			return s[:i], s[i+1:], true
+		}
+	}
+	return s, "", false
+}
+
+// NewHash returns a fresh hash for a supported algorithm.
+func NewHash(alg digest.Algorithm) (hash.Hash, error) {
+	switch alg {
+	case digest.SHA256:
+		return sha256.New(), nil
+	case digest.SHA512:
+		return sha512.New(), nil
+	}
+	return nil, fmt.Errorf("%w: unsupported algorithm %q", ErrInvalidDigest, alg)
+}
+
+// Verifier checks that the bytes written to it match an expected digest and
+// size. It is an io.Writer so it can sit on an io.MultiWriter or TeeReader.
+type Verifier struct {
+	alg      digest.Algorithm
+	h        hash.Hash
+	n        int64
+	expected Info
+}
+
+// NewVerifier returns a Verifier for expected; an empty expected.Digest means
+// "compute with alg" and expected.Size -1 means the size is not checked.
+func NewVerifier(expected Info, alg digest.Algorithm) (*Verifier, error) {
+	if expected.Digest != "" {
+		alg = expected.Digest.Algorithm()
+	}
+	h, err := NewHash(alg)
+	if err != nil {
+		return nil, err
+	}
+	return &Verifier{alg: alg, h: h, expected: expected}, nil
+}
+
+func (v *Verifier) Write(p []byte) (int, error) {
+	v.n += int64(len(p))
+	if v.expected.Size >= 0 && v.n > v.expected.Size {
+		return 0, fmt.Errorf("%w: more than the expected %d bytes", ErrSizeMismatch, v.expected.Size)
+	}
+	return v.h.Write(p)
+}
+
+// Size is the number of bytes written so far.
+func (v *Verifier) Size() int64 { return v.n }
+
+// Digest is the digest of the bytes written so far.
+func (v *Verifier) Digest() digest.Digest { return digest.NewDigest(v.alg, v.h) }
+
+// Verify checks the bytes written against the expectation and returns the
+// info of what was written.
+func (v *Verifier) Verify() (Info, error) {
+	got := Info{Digest: v.Digest(), Size: v.n}
+	if v.expected.Size >= 0 && v.n != v.expected.Size {
+		return got, fmt.Errorf("%w: got %d bytes, expected %d", ErrSizeMismatch, v.n, v.expected.Size)
+	}
+	if v.expected.Digest != "" && got.Digest != v.expected.Digest {
+		return got, fmt.Errorf("%w: got %s, expected %s", ErrDigestMismatch, got.Digest, v.expected.Digest)
+	}
+	return got, nil
+}
+
+// Ingester is implemented by stores that can take a blob in several calls, as
+// the OCI chunked upload needs.
+type Ingester interface {
+	// NewIngest starts an empty ingest.
+	NewIngest(ctx context.Context) (Ingest, error)
+}
+
+// IngestStore is a Store that also takes blobs in several calls.
+type IngestStore interface {
+	Store
+	Ingester
+}
+
+// Ingest is a blob being written over several calls. It is not safe for
+// concurrent use; callers serialize.
+type Ingest interface {
+	ID() string
+	// Size is the number of bytes taken so far.
+	Size() int64
+	// Append writes all of r at the end of the ingest and returns how many
+	// bytes it took. On error the ingest is truncated back to its size
+	// before the call.
+	Append(r io.Reader) (int64, error)
+	// Commit verifies the bytes against expected (its Digest is required) and
+	// publishes the blob. The ingest is gone afterwards, whatever the result.
+	Commit(ctx context.Context, expected Info) (Info, error)
+	// Cancel discards the ingest.
+	Cancel() error
+}

@@ -1,0 +1,313 @@
+// Package casfs is the on-disk cas.Store: blobs live at
+// <root>/blobs/<alg>/<hex>, in-progress writes at <root>/ingest/.
+//
+// Every write goes to a temp file in <root>/ingest (same file system), is
+// hashed while streaming, fsynced, and renamed into place; the parent folder
+// is fsynced after the rename. A blob is therefore never visible
+// half-written, and a crash leaves at most a temp file behind, which Check
+// reports as information and Clean removes.
+package casfs
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync/atomic"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/octohelm/crpe/internal/cas"
+)
+
+const copyBufSize = 1 << 20
+
+// Store is a cas.IngestStore on a local folder.
+type Store struct {
+	root string
+	// OnCommit, if set, is called after a blob was newly published.
+	OnCommit func(cas.Info)
+	seq      atomic.Uint64
+}
+
+var _ cas.IngestStore = (*Store)(nil)
+
+// Open prepares root (creating its folders) and returns the store.
+func Open(root string) (*Store, error) {
+	for _, d := range []string{"blobs/sha256", "blobs/sha512", "ingest"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			return nil, fmt.Errorf("blob store: %w", err)
+		}
+	}
+	return &Store{root: root}, nil
+}
+
+// Root is the folder the store lives in.
+func (s *Store) Root() string { return s.root }
+
+// Path is where the blob d lives (or would live). d must be validated.
+func (s *Store) Path(d digest.Digest) string {
+	return filepath.Join(s.root, "blobs", string(d.Algorithm()), d.Encoded())
+}
+
+// IngestDir is the folder of in-progress writes.
+func (s *Store) IngestDir() string { return filepath.Join(s.root, "ingest") }
+
+func (s *Store) Stat(_ context.Context, d digest.Digest) (cas.Info, error) {
+	if _, err := cas.ParseDigest(string(d)); err != nil {
+		return cas.Info{}, err
+	}
+	fi, err := os.Stat(s.Path(d))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return cas.Info{}, fmt.Errorf("%w: %s", cas.ErrNotFound, d)
+		}
+		return cas.Info{}, err
+	}
+	return cas.Info{Digest: d, Size: fi.Size()}, nil
+}
+
+func (s *Store) Open(_ context.Context, d digest.Digest) (io.ReadSeekCloser, cas.Info, error) {
+	if _, err := cas.ParseDigest(string(d)); err != nil {
+		return nil, cas.Info{}, err
+	}
+	f, err := os.Open(s.Path(d))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, cas.Info{}, fmt.Errorf("%w: %s", cas.ErrNotFound, d)
+		}
+		return nil, cas.Info{}, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, cas.Info{}, err
+	}
+	return f, cas.Info{Digest: d, Size: fi.Size()}, nil
+}
+
+func (s *Store) Put(ctx context.Context, expected cas.Info, r io.Reader) (cas.Info, error) {
+	if expected.Digest != "" {
+		if _, err := cas.ParseDigest(string(expected.Digest)); err != nil {
+			return cas.Info{}, err
+		}
+		if info, err := s.Stat(ctx, expected.Digest); err == nil {
+			if expected.Size >= 0 && info.Size != expected.Size {
+				return cas.Info{}, fmt.Errorf("%w: %s is stored with %d bytes, expected %d", cas.ErrSizeMismatch, expected.Digest, info.Size, expected.Size)
+			}
+			return info, nil
+		}
+	} else {
+		expected.Size = -1
+	}
+	v, err := cas.NewVerifier(expected, digest.SHA256)
+	if err != nil {
+		return cas.Info{}, err
+	}
+	f, err := s.tempFile("put")
+	if err != nil {
+		return cas.Info{}, err
+	}
+	tmp := f.Name()
+	defer func() {
+		if f != nil {
+			f.Close()
+		}
+		os.Remove(tmp)
+	}()
+	buf := make([]byte, copyBufSize)
+	if _, err := io.CopyBuffer(io.MultiWriter(v, f), ctxReader{ctx, r}, buf); err != nil {
+		return cas.Info{}, err
+	}
+	info, err := v.Verify()
+	if err != nil {
+		return cas.Info{}, err
+	}
+	if err := s.publish(f, info); err != nil {
+		return cas.Info{}, err
+	}
+	f = nil
+	return info, nil
+}
+
+// publish fsyncs and closes f, then renames it into place.
+func (s *Store) publish(f *os.File, info cas.Info) error {
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	dst := s.Path(info.Digest)
+	if _, err := os.Stat(dst); err == nil {
+		os.Remove(f.Name())
+		return nil // already present: same bytes by definition
+	}
+	if err := os.Rename(f.Name(), dst); err != nil {
+		return err
+	}
+	syncDir(filepath.Dir(dst))
+	if s.OnCommit != nil {
+		s.OnCommit(info)
+	}
+	return nil
+}
+
+func (s *Store) Delete(_ context.Context, d digest.Digest) error {
+	if _, err := cas.ParseDigest(string(d)); err != nil {
+		return err
+	}
+	if err := os.Remove(s.Path(d)); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%w: %s", cas.ErrNotFound, d)
+		}
+		return err
+	}
+	syncDir(filepath.Dir(s.Path(d)))
+	return nil
+}
+
+func (s *Store) Walk(ctx context.Context, fn func(cas.Info) error) error {
+	for _, alg := range []digest.Algorithm{digest.SHA256, digest.SHA512} {
+		dir := filepath.Join(s.root, "blobs", string(alg))
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			return err
+		}
+		for _, e := range entries {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			d := digest.NewDigestFromEncoded(alg, e.Name())
+			if _, err := cas.ParseDigest(string(d)); err != nil || !e.Type().IsRegular() {
+				continue // not a blob; Check reports it
+			}
+			fi, err := e.Info()
+			if err != nil {
+				continue // removed meanwhile
+			}
+			if err := fn(cas.Info{Digest: d, Size: fi.Size()}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (s *Store) tempFile(kind string) (*os.File, error) {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	name := fmt.Sprintf("%s-%s-%d", kind, hex.EncodeToString(b[:]), s.seq.Add(1))
+	return os.OpenFile(filepath.Join(s.IngestDir(), name), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+}
+
+// NewIngest starts an upload that may span several calls.
+func (s *Store) NewIngest(ctx context.Context) (cas.Ingest, error) {
+	f, err := s.tempFile("upload")
+	if err != nil {
+		return nil, err
+	}
+	return &ingest{s: s, f: f, h: digest.SHA256.Hash()}, nil
+}
+
+type ingest struct {
+	s    *Store
+	f    *os.File
+	size int64
+	h    hash.Hash // sha256 of the bytes so far; nil once unknown
+}
+
+func (in *ingest) ID() string  { return filepath.Base(in.f.Name()) }
+func (in *ingest) Size() int64 { return in.size }
+
+func (in *ingest) Append(r io.Reader) (int64, error) {
+	start := in.size
+	w := io.Writer(in.f)
+	if in.h != nil {
+		w = io.MultiWriter(in.f, in.h)
+	}
+	buf := make([]byte, copyBufSize)
+	n, err := io.CopyBuffer(w, r, buf)
+	if err != nil {
+		// roll back to the size before this call; the running hash is lost
+		_ = in.f.Truncate(start)
+		_, _ = in.f.Seek(start, io.SeekStart)
+		in.h = nil
+		return 0, err
+	}
+	in.size += n
+	return n, nil
+}
+
+func (in *ingest) Commit(ctx context.Context, expected cas.Info) (cas.Info, error) {
+	defer func() {
+		in.f.Close()
+		os.Remove(in.f.Name())
+	}()
+	if _, err := cas.ParseDigest(string(expected.Digest)); err != nil {
+		return cas.Info{}, err
+	}
+	got := cas.Info{Size: in.size}
+	if in.h != nil && expected.Digest.Algorithm() == digest.SHA256 {
+		got.Digest = digest.NewDigest(digest.SHA256, in.h)
+	} else {
+		// the algorithm differs or the running hash was lost: hash the file
+		h, _ := cas.NewHash(expected.Digest.Algorithm())
+		if _, err := in.f.Seek(0, io.SeekStart); err != nil {
+			return cas.Info{}, err
+		}
+		if _, err := io.CopyBuffer(h, ctxReader{ctx, in.f}, make([]byte, copyBufSize)); err != nil {
+			return cas.Info{}, err
+		}
+		got.Digest = digest.NewDigest(expected.Digest.Algorithm(), h)
+	}
+	if expected.Size >= 0 && got.Size != expected.Size {
+		return got, fmt.Errorf("%w: got %d bytes, expected %d", cas.ErrSizeMismatch, got.Size, expected.Size)
+	}
+	if got.Digest != expected.Digest {
+		return got, fmt.Errorf("%w: got %s, expected %s", cas.ErrDigestMismatch, got.Digest, expected.Digest)
+	}
+	if err := in.s.publish(in.f, got); err != nil {
+		return cas.Info{}, err
+	}
+	return got, nil
+}
+
+func (in *ingest) Cancel() error {
+	in.f.Close()
+	return os.Remove(in.f.Name())
+}
+
+// ctxReader stops a copy once ctx is done.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+func syncDir(dir string) {
+	if runtime.GOOS == "windows" {
+		return
+	}
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+}

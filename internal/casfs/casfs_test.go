@@ -1,0 +1,80 @@
+package casfs
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/octohelm/crpe/internal/cas"
+	"github.com/octohelm/crpe/internal/cas/castest"
+)
+
+func TestConformance(t *testing.T) {
+	castest.Run(t, func(t *testing.T) cas.IngestStore {
+		s, err := Open(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	})
+}
+
+func TestFailedWritesLeaveNoTempFiles(t *testing.T) {
+	root := t.TempDir()
+	s, _ := Open(root)
+	_, err := s.Put(context.Background(), cas.Info{Digest: digest.FromString("x"), Size: -1}, bytes.NewReader([]byte("y")))
+	if err == nil {
+		t.Fatal("mismatch accepted")
+	}
+	ents, _ := os.ReadDir(filepath.Join(root, "ingest"))
+	if len(ents) != 0 {
+		t.Fatalf("ingest holds %d files after a failed put", len(ents))
+	}
+}
+
+func TestCheckFindsCorruptionAndRepairs(t *testing.T) {
+	root := t.TempDir()
+	s, _ := Open(root)
+	ctx := context.Background()
+	good := []byte("good blob")
+	bad := []byte("bad blob")
+	_, _ = s.Put(ctx, cas.Info{Digest: digest.FromBytes(good), Size: -1}, bytes.NewReader(good))
+	dBad := digest.FromBytes(bad)
+	_, _ = s.Put(ctx, cas.Info{Digest: dBad, Size: -1}, bytes.NewReader(bad))
+	if err := os.WriteFile(s.Path(dBad), []byte("flipped!"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_ = os.WriteFile(filepath.Join(root, "ingest", "upload-leftover"), []byte("partial"), 0o644)
+	_ = os.WriteFile(filepath.Join(root, "blobs", "sha256", "not-a-digest"), []byte("?"), 0o644)
+
+	var problems, info int
+	n, err := s.Check(ctx, false, func(f Finding) {
+		if f.Problem {
+			problems++
+		} else {
+			info++
+		}
+	})
+	if err != nil || n != 2 || problems != 2 || info != 1 {
+		t.Fatalf("check: n=%d problems=%d info=%d err=%v", n, problems, info, err)
+	}
+	_, _ = s.Check(ctx, true, func(Finding) {})
+	problems, info = 0, 0
+	_, _ = s.Check(ctx, false, func(f Finding) {
+		if f.Problem {
+			problems++
+		} else {
+			info++
+		}
+	})
+	if problems != 0 || info != 0 {
+		t.Fatalf("after repair: problems=%d info=%d", problems, info)
+	}
+	if _, err := s.Stat(ctx, digest.FromBytes(good)); err != nil {
+		t.Fatal("repair removed a good blob")
+	}
+}

@@ -1,0 +1,54 @@
+package cli
+
+import (
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/octohelm/crpe/internal/agent"
+)
+
+func newAgentCmd(g *globals) *cobra.Command {
+	cfg := agent.Config{}
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Serve the intranet registry that the nodes use as their containerd mirror",
+		Long: `crpe agent serves an OCI Distribution API (spec v1.1) registry over a crash-safe
+blob store in --data. Nodes pull through it as a containerd mirror
+(GET /v2/library/nginx/manifests/alpine?ns=docker.io addresses docker.io/library/nginx).
+
+Reads are anonymous unless --pull-token-required. Writes need a token from
+--token-file (one per line, re-read when it changes), sent as
+"Authorization: Bearer <token>" or as the password of HTTP Basic auth with any
+user name (docker login, crane auth login and skopeo --creds work). Without
+--token-file a random token is created in <data>/token on first start.
+Pushes to /v2 answer 405 UNSUPPORTED unless --allow-push.
+
+Also serves /healthz and Prometheus /metrics. SIGTERM shuts down gracefully.`,
+		Example: `  # on defaults: listen on :36060, data in ./crpe-data, token created there
+  crpe agent
+
+  # pushes allowed, explicit token file, TLS
+  crpe agent --addr :36060 --data /var/lib/crpe --token-file /etc/crpe/token \
+    --allow-push --tls-cert tls.crt --tls-key tls.key
+
+  # the same through the environment
+  CRPE_DATA=/var/lib/crpe CRPE_ALLOW_PUSH=true crpe agent`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg.Log = g.log
+			return agent.Run(cmd.Context(), cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Addr, "addr", ":36060", "address to listen on")
+	f.StringVar(&cfg.Data, "data", "crpe-data", "data folder (blobs and index)")
+	f.StringVar(&cfg.TokenFile, "token-file", "", "file of accepted tokens, one per line (default: <data>/token, created on first start)")
+	f.BoolVar(&cfg.AllowPush, "allow-push", false, "accept pushes to /v2 (with a token)")
+	f.BoolVar(&cfg.AllowSparse, "allow-sparse-manifests", false, "accept image manifests whose config or layers are not all pushed (default: MANIFEST_BLOB_UNKNOWN); index children may always be absent")
+	f.BoolVar(&cfg.PullTokenRequired, "pull-token-required", false, "require a token for reads too")
+	f.StringVar(&cfg.TLSCert, "tls-cert", "", "TLS certificate file (PEM)")
+	f.StringVar(&cfg.TLSKey, "tls-key", "", "TLS key file (PEM)")
+	f.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 20*time.Second, "time given to in-flight requests on shutdown")
+	return cmd
+}

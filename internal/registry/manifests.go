@@ -1,0 +1,435 @@
+package registry
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/octohelm/crpe/internal/cas"
+	"github.com/octohelm/crpe/internal/repodb"
+)
+
+// Manifest media types the registry takes.
+const (
+	MediaTypeDockerManifest     = "application/vnd.docker.distribution.manifest.v2+json"
+	MediaTypeDockerManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
+)
+
+func isIndexType(mt string) bool {
+	return mt == ocispec.MediaTypeImageIndex || mt == MediaTypeDockerManifestList
+}
+
+func isManifestType(mt string) bool {
+	return mt == ocispec.MediaTypeImageManifest || mt == MediaTypeDockerManifest
+}
+
+// ParsedManifest is what the registry reads of a manifest or index.
+type ParsedManifest struct {
+	MediaType    string
+	ArtifactType string
+	Config       *ocispec.Descriptor
+	Layers       []ocispec.Descriptor
+	Manifests    []ocispec.Descriptor
+	Subject      *ocispec.Descriptor
+	Annotations  map[string]string
+}
+
+// IsIndex reports whether the manifest is an index (or Docker list).
+func (m *ParsedManifest) IsIndex() bool { return isIndexType(m.MediaType) }
+
+// Required lists the blobs a registry must hold before taking the manifest:
+// config and layers, except non-distributable layers (with urls). An index's
+// children and a subject may be absent.
+func (m *ParsedManifest) Required() []ocispec.Descriptor {
+	var out []ocispec.Descriptor
+	if m.Config != nil {
+		out = append(out, *m.Config)
+	}
+	for _, l := range m.Layers {
+		if len(l.URLs) > 0 {
+			continue
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+type rawManifest struct {
+	SchemaVersion *int                 `json:"schemaVersion"`
+	MediaType     string               `json:"mediaType"`
+	ArtifactType  string               `json:"artifactType"`
+	Config        *ocispec.Descriptor  `json:"config"`
+	Layers        []ocispec.Descriptor `json:"layers"`
+	Manifests     []ocispec.Descriptor `json:"manifests"`
+	Subject       *ocispec.Descriptor  `json:"subject"`
+	Annotations   map[string]string    `json:"annotations"`
+	FSLayers      json.RawMessage      `json:"fsLayers"`
+}
+
+// ParseManifest validates body as a manifest of contentType (which may be
+// empty: the body's mediaType or its shape decides).
+func ParseManifest(contentType string, body []byte) (*ParsedManifest, error) {
+	var raw rawManifest
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(&raw); err != nil {
+		return nil, errManifestInvalid("manifest is not valid JSON: %v", err)
+	}
+	if dec.More() {
+		return nil, errManifestInvalid("manifest has data after its JSON object")
+	}
+	if raw.FSLayers != nil || strings.Contains(contentType, "distribution.manifest.v1") {
+		return nil, errManifestInvalid("Docker schema 1 manifests are not supported")
+	}
+	if raw.SchemaVersion == nil || *raw.SchemaVersion != 2 {
+		return nil, errManifestInvalid("schemaVersion must be 2")
+	}
+	ct := ""
+	if contentType != "" {
+		if mt, _, err := mime.ParseMediaType(contentType); err == nil {
+			ct = mt
+		}
+	}
+	mt := raw.MediaType
+	switch {
+	case mt != "" && ct != "" && isKnownManifestType(ct) && mt != ct:
+		return nil, errManifestInvalid("Content-Type %q does not match the manifest's mediaType %q", ct, mt)
+	case mt == "" && isKnownManifestType(ct):
+		mt = ct
+	case mt == "" && raw.Manifests != nil:
+		mt = ocispec.MediaTypeImageIndex
+	case mt == "" && raw.Config != nil:
+		mt = ocispec.MediaTypeImageManifest
+	}
+	m := &ParsedManifest{MediaType: mt, ArtifactType: raw.ArtifactType, Subject: raw.Subject, Annotations: raw.Annotations}
+	switch {
+	case isManifestType(mt):
+		if raw.Config == nil {
+			return nil, errManifestInvalid("image manifest has no config")
+		}
+		if raw.Manifests != nil {
+			return nil, errManifestInvalid("image manifest must not have manifests")
+		}
+		if err := checkDescriptor("config", *raw.Config); err != nil {
+			return nil, err
+		}
+		for i, l := range raw.Layers {
+			if err := checkDescriptor(fmt.Sprintf("layers[%d]", i), l); err != nil {
+				return nil, err
+			}
+		}
+		m.Config, m.Layers = raw.Config, raw.Layers
+		if m.ArtifactType == "" && mt == ocispec.MediaTypeImageManifest {
+			m.ArtifactType = raw.Config.MediaType
+		}
+	case isIndexType(mt):
+		if raw.Config != nil || raw.Layers != nil {
+			return nil, errManifestInvalid("index must not have config or layers")
+		}
+		for i, c := range raw.Manifests {
+			if err := checkDescriptor(fmt.Sprintf("manifests[%d]", i), c); err != nil {
+				return nil, err
+			}
+		}
+		m.Manifests = raw.Manifests
+	default:
+		return nil, errManifestInvalid("unsupported manifest media type %q", mt)
+	}
+	if raw.Subject != nil {
+		if err := checkDescriptor("subject", *raw.Subject); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func isKnownManifestType(mt string) bool { return isManifestType(mt) || isIndexType(mt) }
+
+func checkDescriptor(field string, d ocispec.Descriptor) error {
+	if _, err := cas.ParseDigest(string(d.Digest)); err != nil {
+		return errManifestInvalid("%s: %v", field, err)
+	}
+	if d.Size < 0 {
+		return errManifestInvalid("%s: negative size", field)
+	}
+	if d.MediaType == "" {
+		return errManifestInvalid("%s: mediaType is required", field)
+	}
+	return nil
+}
+
+// resolve returns the digest and record of a manifest reference (tag or
+// digest) in repo.
+func (rg *Registry) resolve(repo, ref string) (digest.Digest, repodb.Manifest, error) {
+	var d digest.Digest
+	var m repodb.Manifest
+	byDigest := strings.Contains(ref, ":")
+	if byDigest {
+		var err error
+		if d, err = parseDigestRef(ref); err != nil {
+			return "", m, err
+		}
+	} else if !ValidTag(ref) {
+		return "", m, errManifestUnknown("invalid tag %q", ref)
+	}
+	err := rg.db.View(func(tx *repodb.Tx) error {
+		if !byDigest {
+			var err error
+			if d, err = tx.Tag(repo, ref); err != nil {
+				if !tx.RepoExists(repo) {
+					return errNameUnknown("repository %s is not known", repo)
+				}
+				return errManifestUnknown("manifest %s:%s is not known", repo, ref)
+			}
+		}
+		var err error
+		if m, err = tx.Manifest(repo, d); err != nil {
+			if !tx.RepoExists(repo) {
+				return errNameUnknown("repository %s is not known", repo)
+			}
+			return errManifestUnknown("manifest %s@%s is not known", repo, d)
+		}
+		return nil
+	})
+	return d, m, err
+}
+
+func (rg *Registry) getManifest(w http.ResponseWriter, r *http.Request, repo, ref string) error {
+	d, m, err := rg.resolve(repo, ref)
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(ref, ":") && !accepts(r.Header.Values("Accept"), m.MediaType) {
+		return errManifestUnknown("manifest %s:%s is a %s, which the client does not accept", repo, ref, m.MediaType)
+	}
+	body, err := rg.manifestBytes(r, d)
+	if err != nil {
+		return err
+	}
+	h := w.Header()
+	h.Set("Content-Type", m.MediaType)
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	h.Set("Docker-Content-Digest", string(d))
+	h.Set("ETag", `"`+string(d)+`"`)
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(body)
+	}
+	return nil
+}
+
+func (rg *Registry) manifestBytes(r *http.Request, d digest.Digest) ([]byte, error) {
+	if b, ok := rg.manifests.get(d); ok {
+		return b, nil
+	}
+	f, info, err := rg.store.Open(r.Context(), d)
+	if err != nil {
+		if errors.Is(err, cas.ErrNotFound) {
+			return nil, errManifestUnknown("manifest %s is recorded but its content is missing", d)
+		}
+		return nil, err
+	}
+	defer f.Close()
+	if info.Size > MaxManifestSize {
+		return nil, errManifestInvalid("stored manifest %s is larger than %d bytes", d, MaxManifestSize)
+	}
+	b := make([]byte, info.Size)
+	if _, err := io.ReadFull(f, b); err != nil {
+		return nil, err
+	}
+	rg.manifests.put(d, b)
+	return b, nil
+}
+
+// accepts reports whether an Accept header list admits mediaType. No header
+// (or a wildcard) admits everything.
+func accepts(values []string, mediaType string) bool {
+	if len(values) == 0 {
+		return true
+	}
+	for _, v := range values {
+		for _, part := range strings.Split(v, ",") {
+			mt, _, _ := strings.Cut(strings.TrimSpace(part), ";")
+			mt = strings.TrimSpace(mt)
+			if mt == "" || mt == "*/*" || mt == "application/*" || mt == mediaType {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (rg *Registry) putManifest(w http.ResponseWriter, r *http.Request, repo, ref string) error {
+	ctx := r.Context()
+	byDigest := strings.Contains(ref, ":")
+	var want digest.Digest
+	if byDigest {
+		var err error
+		if want, err = parseDigestRef(ref); err != nil {
+			return err
+		}
+	} else if !ValidTag(ref) {
+		return errManifestInvalid("invalid tag %q", ref)
+	}
+	tags := []string{}
+	if !byDigest {
+		tags = append(tags, ref)
+	}
+	for _, t := range r.URL.Query()["tag"] {
+		if !ValidTag(t) {
+			return errManifestInvalid("invalid tag %q", t)
+		}
+		if !contains(tags, t) {
+			tags = append(tags, t)
+		}
+	}
+	if r.ContentLength > MaxManifestSize {
+		return newErr(http.StatusRequestEntityTooLarge, "SIZE_INVALID", "manifest is larger than %d bytes", MaxManifestSize)
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, MaxManifestSize+1))
+	if err != nil {
+		return errManifestInvalid("reading manifest: %v", err)
+	}
+	if len(body) > MaxManifestSize {
+		return newErr(http.StatusRequestEntityTooLarge, "SIZE_INVALID", "manifest is larger than %d bytes", MaxManifestSize)
+	}
+	alg := digest.SHA256
+	if byDigest {
+		alg = want.Algorithm()
+	}
+	d := alg.FromBytes(body)
+	if byDigest && d != want {
+		return errDigestInvalid("manifest content hashes to %s, not %s", d, want)
+	}
+	pm, err := ParseManifest(r.Header.Get("Content-Type"), body)
+	if err != nil {
+		return err
+	}
+	// every config and layer must be present; index children, the subject
+	// and non-distributable layers may be absent (sparse content)
+	var links []cas.Info
+	for _, desc := range pm.Required() {
+		info, err := rg.store.Stat(ctx, desc.Digest)
+		if err != nil && rg.opts.AllowSparseManifests {
+			continue
+		}
+		if err != nil {
+			e := errManifestBlobUnknown("blob %s referenced by the manifest is not in the registry", desc.Digest)
+			e.Detail = map[string]string{"digest": string(desc.Digest)}
+			return e
+		}
+		if info.Size != desc.Size {
+			return errManifestInvalid("blob %s has %d bytes, the manifest says %d", desc.Digest, info.Size, desc.Size)
+		}
+		links = append(links, info)
+	}
+	if _, err := rg.store.Put(ctx, cas.Info{Digest: d, Size: int64(len(body))}, bytes.NewReader(body)); err != nil {
+		return err
+	}
+	rec := repodb.Manifest{MediaType: pm.MediaType, Size: int64(len(body)), ArtifactType: pm.ArtifactType, Annotations: pm.Annotations}
+	if pm.Subject != nil {
+		rec.Subject = pm.Subject.Digest
+	}
+	err = rg.db.Update(func(tx *repodb.Tx) error {
+		for _, l := range links {
+			if err := tx.LinkBlob(repo, l.Digest, l.Size); err != nil {
+				return err
+			}
+		}
+		if err := tx.PutManifest(repo, d, rec); err != nil {
+			return err
+		}
+		for _, t := range tags {
+			if err := tx.SetTag(repo, t, d); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	h := w.Header()
+	h.Set("Location", "/v2/"+repo+"/manifests/"+string(d))
+	h.Set("Docker-Content-Digest", string(d))
+	if pm.Subject != nil {
+		h.Set("OCI-Subject", string(pm.Subject.Digest))
+	}
+	if q := r.URL.Query()["tag"]; len(q) > 0 {
+		h.Set("OCI-Tag", strings.Join(tags, ", "))
+	}
+	h.Set("Content-Length", "0")
+	w.WriteHeader(http.StatusCreated)
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func (rg *Registry) deleteManifest(w http.ResponseWriter, r *http.Request, repo, ref string) error {
+	var err error
+	if strings.Contains(ref, ":") {
+		d, perr := parseDigestRef(ref)
+		if perr != nil {
+			return perr
+		}
+		err = rg.db.Update(func(tx *repodb.Tx) error { return tx.DeleteManifest(repo, d) })
+	} else {
+		if !ValidTag(ref) {
+			return errManifestUnknown("invalid tag %q", ref)
+		}
+		err = rg.db.Update(func(tx *repodb.Tx) error { return tx.DeleteTag(repo, ref) })
+	}
+	if err != nil {
+		if isNotFound(err) {
+			return errManifestUnknown("manifest %s:%s is not known", repo, ref)
+		}
+		return err
+	}
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusAccepted)
+	return nil
+}
+
+func (rg *Registry) referrers(w http.ResponseWriter, r *http.Request, repo, ref string) error {
+	d, err := parseDigestRef(ref)
+	if err != nil {
+		return err
+	}
+	var refs []repodb.Descriptor
+	if err := rg.db.View(func(tx *repodb.Tx) error {
+		refs, err = tx.Referrers(repo, d)
+		return err
+	}); err != nil {
+		return err
+	}
+	if at := r.URL.Query().Get("artifactType"); at != "" {
+		kept := []repodb.Descriptor{}
+		for _, x := range refs {
+			if x.ArtifactType == at {
+				kept = append(kept, x)
+			}
+		}
+		refs = kept
+		w.Header().Set("OCI-Filters-Applied", "artifactType")
+	}
+	return writeJSON(w, r, http.StatusOK, ocispec.MediaTypeImageIndex, map[string]any{
+		"schemaVersion": 2,
+		"mediaType":     ocispec.MediaTypeImageIndex,
+		"manifests":     refs,
+	})
+}

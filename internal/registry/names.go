@@ -1,0 +1,131 @@
+package registry
+
+import (
+	"net/url"
+	"regexp"
+	"strings"
+)
+
+// Repository names per the distribution spec, plus an optional first
+// component "host:port" so that a pull-through name such as
+// "127.0.0.1:5000/library/alpine" (reached through ?ns=) can be stored under
+// its full name.
+var (
+	componentRE = regexp.MustCompile(`^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*$`)
+	hostPortRE  = regexp.MustCompile(`^[a-z0-9]+((\.|-+)[a-z0-9]+)*(:[0-9]{1,5})?$`)
+	tagRE       = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
+)
+
+// MaxNameLength is the longest repository name accepted.
+const MaxNameLength = 255
+
+// ValidName reports whether name is a valid repository name.
+func ValidName(name string) bool {
+	if name == "" || len(name) > MaxNameLength {
+		return false
+	}
+	parts := strings.Split(name, "/")
+	for i, p := range parts {
+		if componentRE.MatchString(p) {
+			continue
+		}
+		if i == 0 && len(parts) > 1 && hostPortRE.MatchString(p) && strings.Contains(p, ":") {
+			continue
+		}
+		return false
+	}
+	return true
+}
+
+// ValidTag reports whether tag is a valid tag.
+func ValidTag(tag string) bool { return tagRE.MatchString(tag) }
+
+// NormalizeNamespace maps containerd's ?ns= host to the name crpe stores
+// repositories under: lowercased, with Docker Hub's aliases folded into
+// docker.io. It returns "" when ns is not a valid host[:port].
+func NormalizeNamespace(ns string) string {
+	ns = strings.ToLower(strings.TrimSpace(ns))
+	switch ns {
+	case "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com":
+		ns = "docker.io"
+	}
+	if !hostPortRE.MatchString(ns) || len(ns) > 253 {
+		return ""
+	}
+	return ns
+}
+
+// Route kinds of the /v2 API.
+const (
+	RoutePing      = "ping"
+	RouteCatalog   = "catalog"
+	RouteTags      = "tags"
+	RouteManifest  = "manifest"
+	RouteBlob      = "blob"
+	RouteUploads   = "uploads" // start an upload
+	RouteUpload    = "upload"  // an upload session
+	RouteReferrers = "referrers"
+)
+
+// Route is a parsed /v2 request path.
+type Route struct {
+	Kind string
+	Name string // repository, as in the path (before ?ns= is applied)
+	Ref  string // manifest reference, blob or subject digest, or upload id
+}
+
+// ParseRoute parses the path of a /v2 request (url-decoded, starting with
+// "/v2/"). ok is false for paths that are not part of the API.
+func ParseRoute(path string) (Route, bool) {
+	rest, found := strings.CutPrefix(path, "/v2/")
+	if !found {
+		if path == "/v2" {
+			return Route{Kind: RoutePing}, true
+		}
+		return Route{}, false
+	}
+	if rest == "" {
+		return Route{Kind: RoutePing}, true
+	}
+	if rest == "_catalog" {
+		return Route{Kind: RouteCatalog}, true
+	}
+	seg := strings.Split(rest, "/")
+	n := len(seg)
+	name := func(k int) string { return strings.Join(seg[:n-k], "/") }
+	switch {
+	case n >= 3 && seg[n-1] == "" && seg[n-2] == "uploads" && seg[n-3] == "blobs":
+		return Route{Kind: RouteUploads, Name: strings.Join(seg[:n-3], "/")}, n > 3
+	case n >= 3 && seg[n-2] == "uploads" && seg[n-3] == "blobs" && seg[n-1] != "":
+		return Route{Kind: RouteUpload, Name: strings.Join(seg[:n-3], "/"), Ref: seg[n-1]}, n > 3
+	case n >= 2 && seg[n-1] == "uploads" && seg[n-2] == "blobs":
+		// POST /v2/<name>/blobs/uploads without the trailing slash
+		return Route{Kind: RouteUploads, Name: name(2)}, n > 2
+	case n >= 3 && seg[n-2] == "tags" && seg[n-1] == "list":
+		return Route{Kind: RouteTags, Name: name(2)}, true
+	case n >= 3 && seg[n-2] == "manifests":
+		return Route{Kind: RouteManifest, Name: name(2), Ref: seg[n-1]}, true
+	case n >= 3 && seg[n-2] == "blobs":
+		return Route{Kind: RouteBlob, Name: name(2), Ref: seg[n-1]}, true
+	case n >= 3 && seg[n-2] == "referrers":
+		return Route{Kind: RouteReferrers, Name: name(2), Ref: seg[n-1]}, true
+	}
+	return Route{}, false
+}
+
+// Repository resolves the repository a request addresses: the path's name,
+// prefixed with the ?ns= host when containerd sends one. ns is the
+// normalized namespace, "" when none was given.
+func Repository(pathName string, q url.Values) (repo, ns string, err error) {
+	if raw, ok := q["ns"]; ok && len(raw) > 0 && raw[0] != "" {
+		ns = NormalizeNamespace(raw[0])
+		if ns == "" {
+			return "", "", errNameInvalid("invalid ns parameter %q", raw[0])
+		}
+		pathName = ns + "/" + pathName
+	}
+	if !ValidName(pathName) {
+		return "", ns, errNameInvalid("invalid repository name %q", pathName)
+	}
+	return pathName, ns, nil
+}

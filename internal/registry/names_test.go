@@ -1,0 +1,156 @@
+package registry
+
+import (
+	"net/url"
+	"strings"
+	"testing"
+)
+
+func TestParseRoute(t *testing.T) {
+	cases := []struct {
+		path string
+		want Route
+		ok   bool
+	}{
+		{"/v2/", Route{Kind: RoutePing}, true},
+		{"/v2", Route{Kind: RoutePing}, true},
+		{"/v2/_catalog", Route{Kind: RouteCatalog}, true},
+		{"/v2/library/nginx/manifests/alpine", Route{RouteManifest, "library/nginx", "alpine"}, true},
+		{"/v2/docker.io/library/nginx/blobs/sha256:abc", Route{RouteBlob, "docker.io/library/nginx", "sha256:abc"}, true},
+		{"/v2/a/blobs/uploads/", Route{RouteUploads, "a", ""}, true},
+		{"/v2/a/blobs/uploads", Route{RouteUploads, "a", ""}, true},
+		{"/v2/a/b/blobs/uploads/xyz", Route{RouteUpload, "a/b", "xyz"}, true},
+		{"/v2/a/tags/list", Route{RouteTags, "a", ""}, true},
+		{"/v2/a/referrers/sha256:x", Route{RouteReferrers, "a", "sha256:x"}, true},
+		{"/v2/manifests/blobs/manifests/latest", Route{RouteManifest, "manifests/blobs", "latest"}, true},
+		{"/v2/blobs/uploads/", Route{}, false},
+		{"/v3/a/manifests/x", Route{}, false},
+		{"/v2/a", Route{}, false},
+	}
+	for _, c := range cases {
+		got, ok := ParseRoute(c.path)
+		if ok != c.ok || (ok && got != c.want) {
+			t.Errorf("%s: got %+v %v, want %+v %v", c.path, got, ok, c.want, c.ok)
+		}
+	}
+}
+
+func TestValidName(t *testing.T) {
+	good := []string{"a", "library/nginx", "docker.io/library/nginx", "a-b/c__d/e.f", "127.0.0.1:5000/x", "localhost:5000/a/b", "a--b"}
+	bad := []string{"", "A", "a/", "/a", "a//b", "a/../b", "..", "a:5000", "a_/b", "-a", strings.Repeat("a", 256), "a b", "a/B"}
+	for _, n := range good {
+		if !ValidName(n) {
+			t.Errorf("%q rejected", n)
+		}
+	}
+	for _, n := range bad {
+		if ValidName(n) {
+			t.Errorf("%q accepted", n)
+		}
+	}
+}
+
+func TestRepositoryNS(t *testing.T) {
+	for _, c := range []struct{ name, ns, want string }{
+		{"library/nginx", "docker.io", "docker.io/library/nginx"},
+		{"library/nginx", "registry-1.docker.io", "docker.io/library/nginx"},
+		{"library/nginx", "INDEX.DOCKER.IO", "docker.io/library/nginx"},
+		{"x/y", "127.0.0.1:5000", "127.0.0.1:5000/x/y"},
+		{"library/nginx", "", "library/nginx"},
+	} {
+		q := url.Values{}
+		if c.ns != "" {
+			q.Set("ns", c.ns)
+		}
+		got, _, err := Repository(c.name, q)
+		if err != nil || got != c.want {
+			t.Errorf("%s ns=%s: %q %v", c.name, c.ns, got, err)
+		}
+	}
+	if _, _, err := Repository("a", url.Values{"ns": {"bad/host"}}); err == nil {
+		t.Error("bad ns accepted")
+	}
+}
+
+func FuzzParseRoute(f *testing.F) {
+	for _, s := range []string{"/v2/", "/v2/a/b/manifests/latest", "/v2/a/blobs/uploads/", "/v2/x/blobs/uploads/id", "/v2/a/tags/list", "/v2/_catalog", "/v2/a/referrers/sha256:0"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, p string) {
+		r, ok := ParseRoute(p)
+		if !ok {
+			return
+		}
+		if !strings.HasPrefix(p, "/v2") {
+			t.Fatalf("non-/v2 path %q routed", p)
+		}
+		if r.Kind != RoutePing && r.Kind != RouteCatalog && r.Name == "" {
+			t.Fatalf("%q: empty name for %s", p, r.Kind)
+		}
+		if ValidName(r.Name) && strings.Contains(r.Name, "..") {
+			t.Fatalf("%q: name with .. validated", p)
+		}
+	})
+}
+
+func FuzzValidName(f *testing.F) {
+	for _, s := range []string{"a", "docker.io/library/nginx", "127.0.0.1:5000/x", "../x", "a//b"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, n string) {
+		if !ValidName(n) {
+			return
+		}
+		if len(n) > MaxNameLength || strings.HasPrefix(n, "/") || strings.HasSuffix(n, "/") || strings.Contains(n, "//") ||
+			strings.Contains(n, "..") || strings.ContainsAny(n, "\\ \x00?#%") {
+			t.Fatalf("unsafe name %q accepted", n)
+		}
+		if NormalizeNamespace(n) != "" && strings.Contains(n, "/") {
+			t.Fatalf("namespace with a slash accepted: %q", n)
+		}
+	})
+}
+
+func FuzzParseContentRange(f *testing.F) {
+	for _, s := range []string{"0-99", "bytes 0-99", "bytes=5-10", "10-5", "-1-3", "a-b", "0-", "99999999999999999999-1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		start, end, err := parseContentRange(s)
+		if err == nil && (start < 0 || end < start) {
+			t.Fatalf("%q parsed to %d-%d", s, start, end)
+		}
+	})
+}
+
+func FuzzCheckRange(f *testing.F) {
+	for _, s := range []string{"bytes=0-99", "bytes=-5", "bytes=5-", "bytes=0-1,3-4", "bytes=9-1", "items=0-1", "bytes=-0"} {
+		f.Add(s, int64(100))
+	}
+	f.Fuzz(func(t *testing.T, h string, size int64) {
+		if size < 0 {
+			size = -size
+		}
+		_ = checkRange(h, size) // must not panic
+	})
+}
+
+func FuzzParseManifest(f *testing.F) {
+	f.Add("application/vnd.oci.image.manifest.v1+json", `{"schemaVersion":2,"config":{"mediaType":"a","digest":"sha256:`+strings.Repeat("a", 64)+`","size":1},"layers":[]}`)
+	f.Add("", `{"schemaVersion":2,"manifests":[]}`)
+	f.Add("application/vnd.docker.distribution.manifest.v1+json", `{"schemaVersion":1,"fsLayers":[]}`)
+	f.Fuzz(func(t *testing.T, ct, body string) {
+		m, err := ParseManifest(ct, []byte(body))
+		if err != nil {
+			return
+		}
+		if !isKnownManifestType(m.MediaType) {
+			t.Fatalf("accepted unknown media type %q", m.MediaType)
+		}
+		for _, d := range m.Required() {
+			if err := d.Digest.Validate(); err != nil {
+				t.Fatalf("accepted invalid digest %q", d.Digest)
+			}
+		}
+	})
+}

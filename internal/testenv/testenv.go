@@ -1,0 +1,194 @@
+// Package testenv owns what tests need of the real world: the crpe binary
+// (built once per test process), free loopback ports, running `crpe agent`
+// until the test ends, and finding real peers (docker-registry, crane,
+// skopeo, containerd, the OCI conformance suite). A missing peer skips the
+// test with a message naming it, except under CI=true, where it fails.
+package testenv
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+// CI reports whether the tests run under CI (CI=true), where a missing peer
+// is a failure.
+func CI() bool { return os.Getenv("CI") == "true" }
+
+// Peer finds a peer program on PATH (or in GOPATH/bin) and returns its path.
+func Peer(t testing.TB, name, install string) string {
+	t.Helper()
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	if gp, err := exec.Command("go", "env", "GOPATH").Output(); err == nil {
+		p := filepath.Join(string(bytes.TrimSpace(gp)), "bin", name)
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	msg := fmt.Sprintf("peer %q not found (install: %s)", name, install)
+	if CI() {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+	return ""
+}
+
+var (
+	buildOnce sync.Once
+	buildPath string
+	buildErr  error
+)
+
+// Crpe returns the path of a crpe binary built from this checkout, once per
+// test process.
+func Crpe(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "crpe-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		buildPath = filepath.Join(dir, "crpe")
+		cmd := exec.Command("go", "build", "-o", buildPath, "github.com/octohelm/crpe/cmd/crpe")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build crpe: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return buildPath
+}
+
+// FreeAddr returns a free 127.0.0.1:port.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// Proc is a crpe process run for a test.
+type Proc struct {
+	Cmd   *exec.Cmd
+	Addr  string
+	URL   string
+	Data  string
+	Token string
+	Log   *bytes.Buffer
+	mu    sync.Mutex
+	done  chan struct{}
+}
+
+// Stopped is closed when the process has exited.
+func (p *Proc) Stopped() <-chan struct{} { return p.done }
+
+// Logs returns what the process wrote so far.
+func (p *Proc) Logs() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.Log.String()
+}
+
+type lockedWriter struct{ p *Proc }
+
+func (w lockedWriter) Write(b []byte) (int, error) {
+	w.p.mu.Lock()
+	defer w.p.mu.Unlock()
+	return w.p.Log.Write(b)
+}
+
+// AgentOptions tune StartAgent.
+type AgentOptions struct {
+	Data  string // default: a temp dir
+	Token string // default: "test-token"
+	Args  []string
+}
+
+// StartAgent runs `crpe agent` on a free port with a token file and waits
+// until /healthz answers. It is killed when the test ends.
+func StartAgent(t testing.TB, o AgentOptions) *Proc {
+	t.Helper()
+	if o.Data == "" {
+		o.Data = t.TempDir()
+	}
+	if o.Token == "" {
+		o.Token = "test-token"
+	}
+	tokFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokFile, []byte(o.Token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr := FreeAddr(t)
+	args := append([]string{"agent", "--addr", addr, "--data", o.Data, "--token-file", tokFile, "--log-format", "text"}, o.Args...)
+	p := Start(t, args...)
+	p.Addr, p.URL, p.Data, p.Token = addr, "http://"+addr, o.Data, o.Token
+	WaitHealthy(t, p)
+	return p
+}
+
+// Start runs crpe with args until the test ends (SIGKILL at cleanup, unless
+// it already exited).
+func Start(t testing.TB, args ...string) *Proc {
+	t.Helper()
+	p := &Proc{Log: &bytes.Buffer{}, done: make(chan struct{})}
+	cmd := exec.Command(Crpe(t), args...)
+	cmd.Stdout = lockedWriter{p}
+	cmd.Stderr = lockedWriter{p}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p.Cmd = cmd
+	go func() { _ = cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			_ = cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("crpe %v output:\n%s", args, p.Logs())
+		}
+	})
+	return p
+}
+
+// WaitHealthy waits up to 15 s for p's /healthz.
+func WaitHealthy(t testing.TB, p *Proc) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.Addr+"/healthz", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("crpe exited before it was healthy:\n%s", p.Logs())
+		case <-ctx.Done():
+			t.Fatalf("crpe not healthy after 15s:\n%s", p.Logs())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

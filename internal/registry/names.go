@@ -90,7 +90,14 @@ func ParseRoute(path string) (Route, bool) {
 	if rest == "_catalog" {
 		return Route{Kind: RouteCatalog}, true
 	}
-	seg := strings.Split(rest, "/")
+	rt, ok := parseRepoRoute(strings.Split(rest, "/"))
+	if !ok || rt.Name == "" {
+		return Route{}, false
+	}
+	return rt, true
+}
+
+func parseRepoRoute(seg []string) (Route, bool) {
 	n := len(seg)
 	name := func(k int) string { return strings.Join(seg[:n-k], "/") }
 	switch {

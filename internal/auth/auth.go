@@ -21,17 +21,15 @@ import (
 	"time"
 )
 
-// Tokens is a set of accepted tokens read from a file, re-read whenever the
-// file's size or modification time changes.
+// Tokens is a set of accepted tokens read from a file, re-read at most
+// twice a second when tokens are checked (the file is small), so a rewrite is
+// seen whatever its size or timestamp.
 type Tokens struct {
 	path string
 
 	mu      sync.Mutex
-	mod     time.Time
-	size    int64
 	checked time.Time
 	tokens  [][]byte
-	err     error
 }
 
 // LoadTokens reads the token file at path. The file must hold at least one
@@ -47,14 +45,10 @@ func LoadTokens(path string) (*Tokens, error) {
 // Path is the token file.
 func (t *Tokens) Path() string { return t.path }
 
-func (t *Tokens) reload(force bool) error {
-	fi, err := os.Stat(t.path)
-	if err != nil {
-		return fmt.Errorf("token file: %w", err)
-	}
-	if !force && fi.ModTime().Equal(t.mod) && fi.Size() == t.size {
-		return nil
-	}
+// reload re-reads the file. A missing file keeps the last set (it may be
+// mid-rewrite); a file that holds no token revokes every token, except at
+// first load, where it is an error.
+func (t *Tokens) reload(first bool) error {
 	b, err := os.ReadFile(t.path)
 	if err != nil {
 		return fmt.Errorf("token file: %w", err)
@@ -68,10 +62,10 @@ func (t *Tokens) reload(force bool) error {
 		}
 		toks = append(toks, []byte(line))
 	}
-	if len(toks) == 0 {
+	if len(toks) == 0 && first {
 		return fmt.Errorf("token file %s holds no token", t.path)
 	}
-	t.tokens, t.mod, t.size = toks, fi.ModTime(), fi.Size()
+	t.tokens = toks
 	return nil
 }
 
@@ -127,8 +121,8 @@ func FromRequest(r *http.Request) (string, bool) {
 	if h == "" {
 		return "", false
 	}
-	if tok, ok := strings.CutPrefix(h, "Bearer "); ok {
-		return strings.TrimSpace(tok), true
+	if len(h) > 7 && strings.EqualFold(h[:7], "Bearer ") {
+		return strings.TrimSpace(h[7:]), true
 	}
 	if _, pw, ok := r.BasicAuth(); ok {
 		return pw, true

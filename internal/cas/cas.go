@@ -176,9 +176,21 @@ type Ingest interface {
 	// bytes it took. On error the ingest is truncated back to its size
 	// before the call.
 	Append(r io.Reader) (int64, error)
+	// Write appends all of p (io.Writer); on error nothing of p is kept.
+	Write(p []byte) (int, error)
+	// Reader opens an independent reader of the bytes taken so far (and
+	// those still to come). It stays readable after Commit or Cancel, until
+	// closed, so a blob can be streamed to clients while it arrives.
+	Reader() (ReaderAtCloser, error)
 	// Commit verifies the bytes against expected (its Digest is required) and
 	// publishes the blob. The ingest is gone afterwards, whatever the result.
 	Commit(ctx context.Context, expected Info) (Info, error)
 	// Cancel discards the ingest.
 	Cancel() error
+}
+
+// ReaderAtCloser reads at offsets and is closed after use.
+type ReaderAtCloser interface {
+	io.ReaderAt
+	io.Closer
 }

@@ -147,12 +147,24 @@ func (s *Store) publish(f *os.File, info cas.Info) error {
 		return err
 	}
 	dst := s.Path(info.Digest)
-	if _, err := os.Stat(dst); err == nil {
+	// A hard link publishes without replacing: of concurrent writers of the
+	// same blob exactly one creates it. File systems without hard links
+	// (FAT on a phone's card) fall back to an atomic rename.
+	err := os.Link(f.Name(), dst)
+	switch {
+	case err == nil:
+		os.Remove(f.Name())
+	case errors.Is(err, fs.ErrExist):
 		os.Remove(f.Name())
 		return nil // already present: same bytes by definition
-	}
-	if err := os.Rename(f.Name(), dst); err != nil {
-		return err
+	default:
+		if _, serr := os.Stat(dst); serr == nil {
+			os.Remove(f.Name())
+			return nil
+		}
+		if err := os.Rename(f.Name(), dst); err != nil {
+			return err
+		}
 	}
 	syncDir(filepath.Dir(dst))
 	if s.OnCommit != nil {
@@ -249,6 +261,23 @@ func (in *ingest) Append(r io.Reader) (int64, error) {
 	in.size += n
 	return n, nil
 }
+
+func (in *ingest) Write(p []byte) (int, error) {
+	n, err := in.f.Write(p)
+	if err != nil {
+		_ = in.f.Truncate(in.size)
+		_, _ = in.f.Seek(in.size, io.SeekStart)
+		in.h = nil
+		return 0, err
+	}
+	if in.h != nil {
+		in.h.Write(p)
+	}
+	in.size += int64(n)
+	return n, nil
+}
+
+func (in *ingest) Reader() (cas.ReaderAtCloser, error) { return os.Open(in.f.Name()) }
 
 func (in *ingest) Commit(ctx context.Context, expected cas.Info) (cas.Info, error) {
 	defer func() {

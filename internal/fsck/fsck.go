@@ -1,7 +1,9 @@
 // Package fsck owns the consistency check of a crpe data folder: every blob
 // re-hashed, every tag resolving to a recorded manifest whose bytes are
 // present, every manifest's config and layers present (index children may be
-// absent: sparse indexes are legitimate), every blob link backed by a blob.
+// absent: sparse indexes are legitimate; so may the blobs of a manifest
+// recorded as partial, such as one a pull-through cache holds before its
+// layers were asked for), every blob link backed by a blob.
 // It reads the index read-only, so it runs on the folder of a process that was
 // just killed, with no restart first.
 package fsck
@@ -98,7 +100,7 @@ func Run(ctx context.Context, data, indexPath string, repair bool, report func(F
 					return nil
 				}
 				for _, desc := range pm.Required() {
-					if !present(desc.Digest) {
+					if !present(desc.Digest) && !m.Partial {
 						emit(Finding{Problem: true, Where: where, Message: fmt.Sprintf("references missing blob %s", desc.Digest)})
 					}
 				}

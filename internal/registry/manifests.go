@@ -316,9 +316,11 @@ func (rg *Registry) putManifest(w http.ResponseWriter, r *http.Request, repo, re
 	// every config and layer must be present; index children, the subject
 	// and non-distributable layers may be absent (sparse content)
 	var links []cas.Info
+	partial := false
 	for _, desc := range pm.Required() {
 		info, err := rg.store.Stat(ctx, desc.Digest)
 		if err != nil && rg.opts.AllowSparseManifests {
+			partial = true
 			continue
 		}
 		if err != nil {
@@ -334,7 +336,7 @@ func (rg *Registry) putManifest(w http.ResponseWriter, r *http.Request, repo, re
 	if _, err := rg.store.Put(ctx, cas.Info{Digest: d, Size: int64(len(body))}, bytes.NewReader(body)); err != nil {
 		return err
 	}
-	rec := repodb.Manifest{MediaType: pm.MediaType, Size: int64(len(body)), ArtifactType: pm.ArtifactType, Annotations: pm.Annotations}
+	rec := repodb.Manifest{MediaType: pm.MediaType, Size: int64(len(body)), ArtifactType: pm.ArtifactType, Annotations: pm.Annotations, Partial: partial}
 	if pm.Subject != nil {
 		rec.Subject = pm.Subject.Digest
 	}

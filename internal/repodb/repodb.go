@@ -51,6 +51,10 @@ type Manifest struct {
 	ArtifactType string            `json:"artifactType,omitempty"`
 	Subject      digest.Digest     `json:"subject,omitempty"`
 	Annotations  map[string]string `json:"annotations,omitempty"`
+	// Partial marks a manifest whose config and layers need not all be
+	// present: cached by a pull-through cache before its blobs were
+	// fetched, or pushed sparse on purpose.
+	Partial bool `json:"partial,omitempty"`
 }
 
 // Descriptor is a referrer as the referrers API lists it.

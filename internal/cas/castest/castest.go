@@ -230,6 +230,40 @@ func Run(t *testing.T, newStore func(t *testing.T) cas.IngestStore) {
 		assertContent(t, s, d, b)
 	})
 
+	t.Run("IngestWriteAndReader", func(t *testing.T) {
+		s := newStore(t)
+		b := randBytes(t, 1<<20)
+		d := digest.FromBytes(b)
+		in, err := s.NewIngest(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rd, err := in.Reader()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rd.Close()
+		if _, err := in.Write(b[:1000]); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, 1000)
+		if _, err := rd.ReadAt(got, 0); err != nil || !bytes.Equal(got, b[:1000]) {
+			t.Fatalf("reader sees %v", err)
+		}
+		if _, err := in.Write(b[1000:]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := in.Commit(ctx, cas.Info{Digest: d, Size: int64(len(b))}); err != nil {
+			t.Fatal(err)
+		}
+		// still readable after commit
+		got = make([]byte, 100)
+		if _, err := rd.ReadAt(got, int64(len(b))-100); err != nil || !bytes.Equal(got, b[len(b)-100:]) {
+			t.Fatalf("reader after commit: %v", err)
+		}
+		assertContent(t, s, d, b)
+	})
+
 	t.Run("IngestFailedAppendRollsBack", func(t *testing.T) {
 		s := newStore(t)
 		b := randBytes(t, 2<<20)

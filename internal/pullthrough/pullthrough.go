@@ -1,0 +1,549 @@
+// Package pullthrough owns the pocket's cache policy, in one place: digests
+// are served local-first; tags are resolved upstream first and fall back to
+// the cache when the upstream cannot be reached (never asked when offline);
+// a missing blob is fetched once however many clients want it, every client
+// is streamed the bytes as they arrive, the cache copy is verified before it
+// is committed, and the fetch completes even if every client hangs up. A
+// client that was streamed bytes which then fail verification sees its
+// transfer fail, never a clean end.
+//
+// The same Cache serves HTTP clients (Handler, in front of the registry)
+// and Go callers such as export (Manifest, Blob).
+package pullthrough
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/octohelm/crpe/internal/cas"
+	"github.com/octohelm/crpe/internal/registry"
+	"github.com/octohelm/crpe/internal/repodb"
+	"github.com/octohelm/crpe/internal/upstream"
+)
+
+// Options tune a Cache.
+type Options struct {
+	// Offline never asks an upstream: only cached content is served.
+	Offline bool
+	// FetchTimeout bounds one blob fetch (default 2h); ResumeAttempts
+	// bounds Range resumptions of a broken transfer (default 5).
+	FetchTimeout   time.Duration
+	ResumeAttempts int
+}
+
+// Stats counts upstream traffic (for metrics and tests).
+type Stats struct {
+	BlobFetches     atomic.Int64 // upstream blob fetches started
+	BlobResumes     atomic.Int64 // Range resumptions
+	BlobFailures    atomic.Int64 // fetches that failed (network or verification)
+	ManifestFetches atomic.Int64
+	Fallbacks       atomic.Int64 // tags served from the cache because the upstream was unreachable
+	BytesFetched    atomic.Int64
+}
+
+// Cache is the pull-through cache over a store and an index.
+type Cache struct {
+	store cas.IngestStore
+	db    *repodb.DB
+	up    *upstream.Client
+	o     Options
+	Stats Stats
+
+	mu       sync.Mutex
+	inflight map[digest.Digest]*fetch
+	sf       singleflight.Group
+}
+
+// New returns a cache.
+func New(store cas.IngestStore, db *repodb.DB, up *upstream.Client, o Options) *Cache {
+	if o.FetchTimeout <= 0 {
+		o.FetchTimeout = 2 * time.Hour
+	}
+	if o.ResumeAttempts <= 0 {
+		o.ResumeAttempts = 5
+	}
+	return &Cache{store: store, db: db, up: up, o: o, inflight: map[digest.Digest]*fetch{}}
+}
+
+// ErrNotCached is returned offline for content the cache lacks.
+var ErrNotCached = errors.New("not in the cache and offline")
+
+// IsUpstream reports whether a full repository name names an upstream
+// registry (its first component is a host).
+func IsUpstream(full string) bool {
+	_, ok := upstream.SplitRepo(full)
+	return ok
+}
+
+// Manifest is a manifest in the cache.
+type Manifest struct {
+	Digest    digest.Digest
+	MediaType string
+	Body      []byte
+}
+
+// Manifest makes sure manifest ref (tag or digest) of repository full is in
+// the cache, and returns it: a digest local-first, a tag upstream-first with
+// a fallback to the cache when the upstream is unreachable.
+func (c *Cache) Manifest(ctx context.Context, full, ref string) (*Manifest, error) {
+	d, err := c.resolve(ctx, full, ref)
+	if err != nil {
+		return nil, err
+	}
+	var rec repodb.Manifest
+	if err := c.db.View(func(tx *repodb.Tx) error {
+		rec, err = tx.Manifest(full, d)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	body, err := c.readAll(ctx, d)
+	if err != nil {
+		return nil, err
+	}
+	return &Manifest{Digest: d, MediaType: rec.MediaType, Body: body}, nil
+}
+
+func (c *Cache) readAll(ctx context.Context, d digest.Digest) ([]byte, error) {
+	f, info, err := c.store.Open(ctx, d)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if info.Size > registry.MaxManifestSize {
+		return nil, fmt.Errorf("manifest %s too large", d)
+	}
+	return io.ReadAll(f)
+}
+
+// resolve returns the digest of ref in full, fetching and recording the
+// manifest (and moving the tag) as needed.
+func (c *Cache) resolve(ctx context.Context, full, ref string) (digest.Digest, error) {
+	repo, ok := upstream.SplitRepo(full)
+	isDigest := strings.Contains(ref, ":")
+	local := func() (digest.Digest, error) {
+		var d digest.Digest
+		err := c.db.View(func(tx *repodb.Tx) error {
+			var err error
+			if isDigest {
+				d = digest.Digest(ref)
+				_, err = tx.Manifest(full, d)
+				return err
+			}
+			d, err = tx.Tag(full, ref)
+			return err
+		})
+		return d, err
+	}
+	if isDigest {
+		if _, err := cas.ParseDigest(ref); err != nil {
+			return "", err
+		}
+		if d, err := local(); err == nil {
+			return d, nil
+		}
+		// present under another repository: record it here too
+		if body, err := c.readAll(ctx, digest.Digest(ref)); err == nil {
+			return digest.Digest(ref), c.record(full, digest.Digest(ref), "", body, "")
+		}
+	}
+	if !ok {
+		return local()
+	}
+	if c.o.Offline {
+		d, err := local()
+		if err != nil {
+			return "", fmt.Errorf("%w: %s:%s", ErrNotCached, full, ref)
+		}
+		return d, nil
+	}
+	v, err, _ := c.sf.Do("m\x00"+full+"\x00"+ref, func() (any, error) {
+		// detached: the cache update completes even if this client leaves
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
+		defer cancel()
+		return c.fetchManifest(fctx, full, repo, ref, isDigest)
+	})
+	if err != nil {
+		if !isDigest && upstream.IsTemporary(err) {
+			if d, lerr := local(); lerr == nil {
+				c.Stats.Fallbacks.Add(1)
+				return d, nil
+			}
+		}
+		return "", err
+	}
+	return v.(digest.Digest), nil
+}
+
+func (c *Cache) fetchManifest(ctx context.Context, full string, repo upstream.Repo, ref string, isDigest bool) (digest.Digest, error) {
+	tag := ""
+	if !isDigest {
+		tag = ref
+		// a HEAD is enough when we already hold what the tag points at
+		if desc, err := c.up.HeadManifest(ctx, repo, ref); err == nil && desc.Digest != "" {
+			if _, err := c.store.Stat(ctx, desc.Digest); err == nil {
+				if body, err := c.readAll(ctx, desc.Digest); err == nil {
+					return desc.Digest, c.record(full, desc.Digest, desc.MediaType, body, tag)
+				}
+			}
+		} else if err != nil && upstream.IsTemporary(err) {
+			return "", err
+		}
+	}
+	c.Stats.ManifestFetches.Add(1)
+	m, err := c.up.GetManifest(ctx, repo, ref)
+	if err != nil {
+		return "", err
+	}
+	if _, err := registry.ParseManifest(m.MediaType, m.Body); err != nil {
+		return "", fmt.Errorf("upstream %s:%s served an invalid manifest: %w", repo, ref, err)
+	}
+	if _, err := c.store.Put(ctx, cas.Info{Digest: m.Digest, Size: int64(len(m.Body))}, strings.NewReader(string(m.Body))); err != nil {
+		return "", err
+	}
+	return m.Digest, c.record(full, m.Digest, m.MediaType, m.Body, tag)
+}
+
+// record notes manifest d (whose bytes are stored) in repository full and
+// points tag at it.
+func (c *Cache) record(full string, d digest.Digest, mediaType string, body []byte, tag string) error {
+	pm, err := registry.ParseManifest(mediaType, body)
+	if err != nil {
+		return err
+	}
+	rec := repodb.Manifest{MediaType: pm.MediaType, Size: int64(len(body)), ArtifactType: pm.ArtifactType, Annotations: pm.Annotations, Partial: true}
+	if pm.Subject != nil {
+		rec.Subject = pm.Subject.Digest
+	}
+	return c.db.Update(func(tx *repodb.Tx) error {
+		if old, err := tx.Manifest(full, d); err != nil || old.MediaType != rec.MediaType {
+			if err := tx.PutManifest(full, d, rec); err != nil {
+				return err
+			}
+		}
+		if tag != "" {
+			if cur, err := tx.Tag(full, tag); err != nil || cur != d {
+				return tx.SetTag(full, tag, d)
+			}
+		}
+		return nil
+	})
+}
+
+// Blob makes sure blob d is in the cache (fetching it through full's
+// upstream if needed, shared with concurrent callers) and linked in full.
+// expectedSize is checked when >= 0.
+func (c *Cache) Blob(ctx context.Context, full string, d digest.Digest, expectedSize int64) (cas.Info, error) {
+	if info, err := c.store.Stat(ctx, d); err == nil {
+		return info, c.link(full, info)
+	}
+	f, err := c.startFetch(full, d, expectedSize)
+	if err != nil {
+		return cas.Info{}, err
+	}
+	select {
+	case <-f.finished:
+	case <-ctx.Done():
+		return cas.Info{}, ctx.Err()
+	}
+	if f.err != nil {
+		return cas.Info{}, f.err
+	}
+	return f.info, c.link(full, f.info)
+}
+
+func (c *Cache) link(full string, info cas.Info) error {
+	return c.db.Update(func(tx *repodb.Tx) error {
+		if _, err := tx.Blob(full, info.Digest); err == nil {
+			return nil
+		}
+		return tx.LinkBlob(full, info.Digest, info.Size)
+	})
+}
+
+// fetch is one upstream blob transfer that any number of readers follow.
+type fetch struct {
+	d     digest.Digest
+	ready chan struct{} // closed once size is known or the fetch failed early
+	// finished is closed when the fetch is over; info/err are set then.
+	finished chan struct{}
+	info     cas.Info
+	err      error
+
+	mu      sync.Mutex
+	cond    *sync.Cond
+	size    int64 // -1 until known
+	written int64
+	done    bool
+	ing     cas.Ingest
+	repos   []string
+}
+
+func (c *Cache) startFetch(full string, d digest.Digest, expectedSize int64) (*fetch, error) {
+	repo, ok := upstream.SplitRepo(full)
+	if !ok {
+		return nil, fmt.Errorf("%w: %s in %s", cas.ErrNotFound, d, full)
+	}
+	if c.o.Offline {
+		return nil, fmt.Errorf("%w: blob %s of %s", ErrNotCached, d, full)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f, ok := c.inflight[d]; ok {
+		f.mu.Lock()
+		f.repos = append(f.repos, full)
+		f.mu.Unlock()
+		return f, nil
+	}
+	ing, err := c.store.NewIngest(context.Background())
+	if err != nil {
+		return nil, err
+	}
+	f := &fetch{d: d, ready: make(chan struct{}), finished: make(chan struct{}), size: -1, ing: ing, repos: []string{full}}
+	f.cond = sync.NewCond(&f.mu)
+	c.inflight[d] = f
+	c.Stats.BlobFetches.Add(1)
+	go c.run(f, repo, expectedSize)
+	return f, nil
+}
+
+func (c *Cache) run(f *fetch, repo upstream.Repo, expectedSize int64) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.o.FetchTimeout)
+	defer cancel()
+	var readyOnce sync.Once
+	markReady := func() { readyOnce.Do(func() { close(f.ready) }) }
+	err := c.transfer(ctx, f, repo, expectedSize, markReady)
+	var info cas.Info
+	if err == nil {
+		info, err = f.ing.Commit(ctx, cas.Info{Digest: f.d, Size: f.sizeOr(-1)})
+	} else {
+		_ = f.ing.Cancel()
+	}
+	if err == nil {
+		f.mu.Lock()
+		repos := append([]string(nil), f.repos...)
+		f.mu.Unlock()
+		err = c.db.Update(func(tx *repodb.Tx) error {
+			for _, r := range repos {
+				if err := tx.LinkBlob(r, info.Digest, info.Size); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	if err != nil {
+		c.Stats.BlobFailures.Add(1)
+		err = fmt.Errorf("fetching %s from %s: %w", f.d, repo, err)
+	}
+	c.mu.Lock()
+	delete(c.inflight, f.d)
+	c.mu.Unlock()
+	f.mu.Lock()
+	f.done, f.err, f.info = true, err, info
+	f.cond.Broadcast()
+	f.mu.Unlock()
+	markReady()
+	close(f.finished)
+}
+
+func (f *fetch) sizeOr(def int64) int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.size >= 0 {
+		return f.size
+	}
+	return def
+}
+
+// transfer copies the blob into the ingest, resuming with Range requests
+// when the upstream transfer breaks.
+func (c *Cache) transfer(ctx context.Context, f *fetch, repo upstream.Repo, expectedSize int64, markReady func()) error {
+	buf := make([]byte, 256<<10)
+	resumes := 0
+	for {
+		body, size, err := c.up.OpenBlob(ctx, repo, f.d, f.written)
+		if err != nil {
+			if f.written > 0 && upstream.IsTemporary(err) && resumes < c.o.ResumeAttempts {
+				resumes++
+				c.Stats.BlobResumes.Add(1)
+				continue
+			}
+			return err
+		}
+		if expectedSize >= 0 && size >= 0 && size != expectedSize {
+			body.Close()
+			return fmt.Errorf("%w: upstream says %d bytes, expected %d", cas.ErrSizeMismatch, size, expectedSize)
+		}
+		if size < 0 {
+			size = expectedSize
+		}
+		f.mu.Lock()
+		if f.size < 0 {
+			f.size = size
+		} else if size >= 0 && size != f.size {
+			f.mu.Unlock()
+			body.Close()
+			return fmt.Errorf("%w: upstream changed the size from %d to %d", cas.ErrSizeMismatch, f.size, size)
+		}
+		f.mu.Unlock()
+		markReady()
+		rerr := c.copyBody(f, body, buf)
+		body.Close()
+		if rerr == nil {
+			return nil
+		}
+		if errors.Is(rerr, cas.ErrSizeMismatch) || ctx.Err() != nil || resumes >= c.o.ResumeAttempts {
+			return rerr
+		}
+		resumes++
+		c.Stats.BlobResumes.Add(1)
+	}
+}
+
+func (c *Cache) copyBody(f *fetch, body io.Reader, buf []byte) error {
+	for {
+		n, err := body.Read(buf)
+		if n > 0 {
+			if f.size >= 0 && f.written+int64(n) > f.size {
+				return fmt.Errorf("%w: upstream sent more than %d bytes", cas.ErrSizeMismatch, f.size)
+			}
+			if _, werr := f.ing.Write(buf[:n]); werr != nil {
+				return werr
+			}
+			c.Stats.BytesFetched.Add(int64(n))
+			f.mu.Lock()
+			f.written += int64(n)
+			f.cond.Broadcast()
+			f.mu.Unlock()
+		}
+		if err == io.EOF {
+			if f.size >= 0 && f.written < f.size {
+				return io.ErrUnexpectedEOF
+			}
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// ServeBlob answers GET/HEAD of blob d in repository full from the cache
+// or, on a miss, from the shared upstream fetch as the bytes arrive. It
+// returns handled=false when the blob is already local (the registry serves
+// it, with ranges and sendfile).
+func (c *Cache) ServeBlob(w http.ResponseWriter, r *http.Request, full string, d digest.Digest) (handled bool, err error) {
+	ctx := r.Context()
+	if info, err := c.store.Stat(ctx, d); err == nil {
+		return false, c.link(full, info)
+	}
+	repo, ok := upstream.SplitRepo(full)
+	if !ok {
+		return false, nil
+	}
+	if c.o.Offline {
+		return false, nil
+	}
+	if r.Method == http.MethodHead {
+		size, err := c.up.HeadBlob(ctx, repo, d)
+		if err != nil {
+			return true, err
+		}
+		h := w.Header()
+		h.Set("Content-Type", "application/octet-stream")
+		h.Set("Docker-Content-Digest", string(d))
+		if size >= 0 {
+			h.Set("Content-Length", fmt.Sprint(size))
+		}
+		w.WriteHeader(http.StatusOK)
+		return true, nil
+	}
+	f, err := c.startFetch(full, d, -1)
+	if err != nil {
+		return true, err
+	}
+	if r.Header.Get("Range") != "" {
+		// ranges are served from the committed blob
+		select {
+		case <-f.finished:
+		case <-ctx.Done():
+			return true, ctx.Err()
+		}
+		if f.err != nil {
+			return true, f.err
+		}
+		return false, c.link(full, f.info)
+	}
+	rd, err := f.ing.Reader()
+	if err != nil {
+		return true, err
+	}
+	defer rd.Close()
+	select {
+	case <-f.ready:
+	case <-ctx.Done():
+		return true, ctx.Err()
+	}
+	f.mu.Lock()
+	size, ferr, early := f.size, f.err, f.done && f.written == 0
+	f.mu.Unlock()
+	if early && ferr != nil {
+		return true, ferr
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Docker-Content-Digest", string(d))
+	if size >= 0 {
+		h.Set("Content-Length", fmt.Sprint(size))
+	}
+	w.WriteHeader(http.StatusOK)
+	if err := f.stream(ctx, w, rd); err != nil {
+		// never let a client see a clean end of bytes that failed
+		panic(http.ErrAbortHandler)
+	}
+	return true, nil
+}
+
+// stream copies the fetch's bytes to w as they arrive.
+func (f *fetch) stream(ctx context.Context, w io.Writer, rd cas.ReaderAtCloser) error {
+	stop := context.AfterFunc(ctx, func() {
+		f.mu.Lock()
+		f.cond.Broadcast()
+		f.mu.Unlock()
+	})
+	defer stop()
+	var off int64
+	for {
+		f.mu.Lock()
+		for off >= f.written && !f.done && ctx.Err() == nil {
+			f.cond.Wait()
+		}
+		avail, done, err := f.written-off, f.done, f.err
+		f.mu.Unlock()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil {
+			return err
+		}
+		if avail == 0 && done {
+			return nil
+		}
+		n, werr := io.Copy(w, io.NewSectionReader(rd, off, avail))
+		off += n
+		if werr != nil {
+			return werr
+		}
+	}
+}

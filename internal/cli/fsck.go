@@ -6,8 +6,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/octohelm/crpe/internal/agent"
 	"github.com/octohelm/crpe/internal/fsck"
+	"github.com/octohelm/crpe/internal/storage"
 )
 
 func newFsckCmd(g *globals) *cobra.Command {
@@ -32,7 +32,7 @@ process still holds the folder it waits briefly, then fails.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			out := cmd.OutOrStdout()
 			var findings []fsck.Finding
-			sum, err := fsck.Run(cmd.Context(), data, agent.IndexPath(data), repair, func(f fsck.Finding) {
+			sum, err := fsck.Run(cmd.Context(), data, storage.IndexPath(data), repair, func(f fsck.Finding) {
 				if asJSON {
 					findings = append(findings, f)
 					return

@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -52,6 +53,21 @@ func Run(ctx context.Context, data, indexPath string, repair bool, report func(F
 		}
 		report(f)
 	}
+	if fi, err := os.Stat(data); err != nil || !fi.IsDir() {
+		return sum, fmt.Errorf("data folder %s: not found", data)
+	}
+	// Take the index (and its lock) first: nothing is touched while another
+	// process holds the folder.
+	var db *repodb.DB
+	if fi, err := os.Stat(indexPath); err == nil && fi.Size() > 0 {
+		if db, err = repodb.Open(indexPath, true, 2*time.Second); err != nil {
+			return sum, err
+		}
+		defer db.Close()
+	} else {
+		// killed during its very first start, before the index existed
+		emit(Finding{Where: indexPath, Message: "index not created yet (no repository recorded)"})
+	}
 	store, err := casfs.Open(data)
 	if err != nil {
 		return sum, err
@@ -60,14 +76,9 @@ func Run(ctx context.Context, data, indexPath string, repair bool, report func(F
 		emit(Finding{Problem: f.Problem, Where: f.Path, Message: f.Message, Repaired: f.Repaired})
 	})
 	sum.Blobs = n
-	if err != nil {
+	if err != nil || db == nil {
 		return sum, err
 	}
-	db, err := repodb.Open(indexPath, true, 2*time.Second)
-	if err != nil {
-		return sum, err
-	}
-	defer db.Close()
 	present := func(d digest.Digest) bool {
 		_, err := store.Stat(ctx, d)
 		return err == nil

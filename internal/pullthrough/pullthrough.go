@@ -547,3 +547,16 @@ func (f *fetch) stream(ctx context.Context, w io.Writer, rd cas.ReaderAtCloser) 
 		}
 	}
 }
+
+// ReadBlob reads a small cached blob whole (at most max bytes).
+func (c *Cache) ReadBlob(ctx context.Context, d digest.Digest, max int64) ([]byte, error) {
+	f, info, err := c.store.Open(ctx, d)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if info.Size > max {
+		return nil, fmt.Errorf("blob %s has %d bytes, over %d", d, info.Size, max)
+	}
+	return io.ReadAll(f)
+}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 
 	"github.com/octohelm/crpe/internal/cas"
+	"github.com/octohelm/crpe/internal/httpx"
 	"github.com/octohelm/crpe/internal/repodb"
 )
 
@@ -124,4 +125,11 @@ func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 	if r == nil || r.Method != http.MethodHead {
 		_, _ = w.Write(body)
 	}
+}
+
+// DenyUnauthorized answers a request the auth guard refused.
+func DenyUnauthorized(w http.ResponseWriter, r *http.Request, err error) {
+	httpx.SetRoute(r, "unauthorized")
+	httpx.SetError(r, err)
+	WriteError(w, r, ErrUnauthorized(err.Error()))
 }

@@ -54,6 +54,14 @@ var (
 func Crpe(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
+		// binaries of earlier test processes (each builds its own)
+		if old, _ := filepath.Glob(filepath.Join(os.TempDir(), "crpe-bin-*")); len(old) > 0 {
+			for _, o := range old {
+				if fi, err := os.Stat(o); err == nil && time.Since(fi.ModTime()) > 30*time.Minute {
+					_ = os.RemoveAll(o)
+				}
+			}
+		}
 		dir, err := os.MkdirTemp("", "crpe-bin-")
 		if err != nil {
 			buildErr = err
@@ -191,4 +199,11 @@ func WaitHealthy(t testing.TB, p *Proc) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// Run runs crpe with args to completion and returns its combined output.
+func Run(ctx context.Context, t testing.TB, args ...string) (string, error) {
+	t.Helper()
+	out, err := exec.CommandContext(ctx, Crpe(t), args...).CombinedOutput()
+	return string(out), err
 }

@@ -1,0 +1,163 @@
+// Package archive is kubepkg.tgz: the reproducible writer and the single-pass
+// verifying reader.
+//
+// A kubepkg.tgz is a gzip-compressed tar whose entries are, in this order:
+//
+//	kubepkg.json        the package (given to Write as bytes)
+//	oci-layout          {"imageLayoutVersion":"1.0.0"}
+//	index.json          an OCI image index listing exactly the exported images
+//	blobs/<alg>/<hex>   every index and manifest (sorted by digest), then every
+//	                    config (sorted by digest), then every layer (sorted by
+//	                    digest), each exactly once
+//
+// so the archive is also an OCI Image Layout that containerd, k3s and skopeo
+// can read, and a reader knows every digest (and its size) before the first
+// layer arrives.
+//
+// Write is reproducible: the same inputs give byte-identical output (fixed
+// mtime, uid/gid 0, no user or group names, mode 0644, no directory entries,
+// a gzip header without name or mtime). Layers are already compressed, so the
+// gzip stream is written as two members: the metadata, manifests and configs
+// compressed at the default level, then the layers (and the tar end marker)
+// in stored, uncompressed deflate blocks. A multi-member gzip is a valid gzip
+// stream for tar, Go, containerd and skopeo.
+//
+// Read takes an untrusted stream in a single pass with every read bounded: a
+// blob is only accepted when a descriptor already read (index.json, or a
+// manifest or index in the archive) announces it with its size, its bytes are
+// hashed as they stream, and any violation is reported as an *EntryError
+// naming the tar entry.
+package archive
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Names of the fixed entries of a kubepkg.tgz.
+const (
+	// PackageEntry is the first entry: the package JSON.
+	PackageEntry = "kubepkg.json"
+	// LayoutEntry is the OCI Image Layout marker.
+	LayoutEntry = "oci-layout"
+	// IndexEntry is the OCI image index listing the images of the package.
+	IndexEntry = "index.json"
+	// BlobsDir is the directory holding the blobs, as blobs/<alg>/<hex>.
+	BlobsDir = "blobs"
+)
+
+// Annotations index.json sets on each image, both to the full reference
+// (for example "docker.io/library/nginx:alpine").
+const (
+	// AnnotationRefName is the OCI annotation naming an image of a layout.
+	AnnotationRefName = "org.opencontainers.image.ref.name"
+	// AnnotationImageName is the annotation containerd (and k3s) read when
+	// importing an archive.
+	AnnotationImageName = "io.containerd.image.name"
+)
+
+// layoutJSON is the exact content of the oci-layout entry.
+const layoutJSON = `{"imageLayoutVersion":"1.0.0"}`
+
+// Default limits of Read, also honoured by Write so that it never produces an
+// archive the default reader refuses.
+const (
+	DefaultMaxPackage       = 8 << 20
+	DefaultMaxIndex         = 4 << 20
+	DefaultMaxManifest      = 4 << 20
+	DefaultMaxManifestBytes = 64 << 20
+)
+
+// maxLayout bounds the oci-layout entry.
+const maxLayout = 4 << 10
+
+// maxTrailing bounds the decompressed bytes read after the tar end marker to
+// reach the gzip trailer of the member holding it.
+const maxTrailing = 1 << 20
+
+// copyBufferSize is the buffer used to stream blobs.
+const copyBufferSize = 1 << 20
+
+// BlobKind tells what a blob is to the package it belongs to, and decides its
+// place in the archive.
+type BlobKind int
+
+const (
+	// KindManifest is an image manifest or an index (Docker manifest lists
+	// included).
+	KindManifest BlobKind = iota
+	// KindConfig is an image config (or an artifact's config).
+	KindConfig
+	// KindLayer is a layer.
+	KindLayer
+)
+
+// String names the kind.
+func (k BlobKind) String() string {
+	switch k {
+	case KindManifest:
+		return "manifest"
+	case KindConfig:
+		return "config"
+	case KindLayer:
+		return "layer"
+	}
+	return fmt.Sprintf("BlobKind(%d)", int(k))
+}
+
+// kindSet is a set of BlobKinds: how a blob is referenced.
+type kindSet uint8
+
+func (s kindSet) has(k BlobKind) bool { return s&(1<<k) != 0 }
+
+// primary is the kind a blob referenced in all the ways of s is treated as: a
+// manifest if anything references it as one (it is parsed and its children
+// followed), else a config, else a layer.
+func (s kindSet) primary() BlobKind {
+	switch {
+	case s.has(KindManifest):
+		return KindManifest
+	case s.has(KindConfig):
+		return KindConfig
+	}
+	return KindLayer
+}
+
+// BlobEntry is the name of the tar entry holding the blob d: blobs/<alg>/<hex>.
+func BlobEntry(d digest.Digest) string {
+	return BlobsDir + "/" + d.Algorithm().String() + "/" + d.Encoded()
+}
+
+// EntryError is a violation of the kubepkg.tgz format found by Read, or a
+// blob Write refused: Entry names the tar entry (empty when the stream is not
+// even a gzip stream) and Reason says what is wrong. Err is the underlying
+// error, if any, for errors.Is and errors.As.
+type EntryError struct {
+	Entry  string
+	Reason string
+	Err    error
+}
+
+// Error formats the entry and the reason.
+func (e *EntryError) Error() string {
+	var b strings.Builder
+	b.WriteString("kubepkg.tgz: ")
+	if e.Entry != "" {
+		fmt.Fprintf(&b, "%s: ", e.Entry)
+	}
+	b.WriteString(e.Reason)
+	if e.Err != nil && !strings.Contains(e.Reason, e.Err.Error()) {
+		fmt.Fprintf(&b, ": %v", e.Err)
+	}
+	return b.String()
+}
+
+// Unwrap returns the underlying error.
+func (e *EntryError) Unwrap() error { return e.Err }
+
+// entryErr builds an *EntryError.
+func entryErr(entry string, err error, format string, args ...any) *EntryError {
+	return &EntryError{Entry: entry, Reason: fmt.Sprintf(format, args...), Err: err}
+}

@@ -1,0 +1,764 @@
+package archive
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/klauspost/compress/flate"
+	"github.com/klauspost/compress/gzip"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/octohelm/crpe/internal/cas"
+	"github.com/octohelm/crpe/internal/registry"
+)
+
+// Limits bound what Read holds in memory. A zero (or negative) field means its
+// default.
+type Limits struct {
+	// MaxPackage bounds kubepkg.json (default DefaultMaxPackage, 8 MiB).
+	MaxPackage int64
+	// MaxIndex bounds index.json (default DefaultMaxIndex, 4 MiB).
+	MaxIndex int64
+	// MaxManifest bounds each manifest or index blob (default
+	// DefaultMaxManifest, 4 MiB).
+	MaxManifest int64
+	// MaxManifestBytes bounds the total of the manifest and index blobs held
+	// because they arrived before anything referenced them (default
+	// DefaultMaxManifestBytes, 64 MiB).
+	MaxManifestBytes int64
+}
+
+func (l Limits) withDefaults() Limits {
+	def := func(v *int64, d int64) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&l.MaxPackage, DefaultMaxPackage)
+	def(&l.MaxIndex, DefaultMaxIndex)
+	def(&l.MaxManifest, DefaultMaxManifest)
+	def(&l.MaxManifestBytes, DefaultMaxManifestBytes)
+	return l
+}
+
+// Handler takes what Read finds, in archive order.
+type Handler interface {
+	// Package is called with kubepkg.json's bytes (the first entry), before
+	// anything else. Whether they are a valid package is the handler's
+	// business.
+	Package(data []byte) error
+	// Index is called with the parsed index.json, before any blob.
+	Index(idx ocispec.Index) error
+	// Blob is called once per blob with a reader of exactly desc.Size bytes;
+	// the reader hashes as it is read and returns an error at EOF if the
+	// bytes do not match desc.Digest. The handler reads it to EOF (for
+	// example with cas.Store.Put) or returns an error; whatever it leaves
+	// unread, Read reads and verifies after it returns. kind tells what the
+	// blob is. A manifest may be delivered after its children when it arrived
+	// before its parent (manifests are sorted by digest).
+	Blob(ctx context.Context, desc ocispec.Descriptor, kind BlobKind, r io.Reader) error
+}
+
+// Summary is what Read took from a valid archive.
+type Summary struct {
+	// Package is kubepkg.json's content.
+	Package []byte
+	// Index is the parsed index.json.
+	Index ocispec.Index
+	// Blobs are the blobs given to the handler, in the order they were.
+	Blobs []ocispec.Descriptor
+	// Bytes is the total size of Blobs.
+	Bytes int64
+}
+
+// Read reads a kubepkg.tgz from r in a single pass, giving its package, index
+// and blobs to h, and returns what it took once the whole stream (tar end
+// marker and gzip trailer included) is read and valid.
+//
+// r is untrusted: every read is bounded by lim or by a size announced by a
+// descriptor read before, a blob is only taken when something already read
+// references it (manifests, which are small, may arrive before their parent
+// and are held until it comes), and every blob is hashed as it streams. Any
+// violation of the format is returned as an *EntryError naming the entry; an
+// error of h is returned wrapped with the entry's name; when ctx is done its
+// error is returned.
+//
+// When Read fails, h may already have taken blobs (each of them verified):
+// the caller decides what to do with them.
+func Read(ctx context.Context, r io.Reader, h Handler, lim Limits) (*Summary, error) {
+	rd := &reader{
+		ctx:   ctx,
+		h:     h,
+		lim:   lim.withDefaults(),
+		known: map[digest.Digest]*knownBlob{},
+		held:  map[digest.Digest]*heldManifest{},
+		seen:  map[digest.Digest]bool{},
+		sum:   &Summary{},
+	}
+	if err := rd.run(r); err != nil {
+		if cerr := ctx.Err(); cerr != nil && !isViolation(err) {
+			return nil, cerr
+		}
+		return nil, err
+	}
+	return rd.sum, nil
+}
+
+func isViolation(err error) bool {
+	var e *EntryError
+	return errors.As(err, &e)
+}
+
+// knownBlob is a blob announced by index.json or by a manifest read.
+type knownBlob struct {
+	desc  ocispec.Descriptor
+	kinds kindSet
+	from  string // the entry that first announced it
+}
+
+// heldManifest is a manifest that arrived before anything referenced it.
+type heldManifest struct {
+	entry string
+	body  []byte
+	pm    *registry.ParsedManifest
+}
+
+// reader is the state of one Read.
+type reader struct {
+	ctx context.Context
+	h   Handler
+	lim Limits
+
+	cnt *countingReader
+	mem *memberReader
+	tr  *tar.Reader
+	buf []byte
+
+	entry     string // the entry being read, for errors
+	sawFile   bool   // a non-directory entry was read
+	sawLayout bool
+	sawIndex  bool
+	sawBlob   bool
+
+	known     map[digest.Digest]*knownBlob
+	held      map[digest.Digest]*heldManifest
+	heldBytes int64
+	seen      map[digest.Digest]bool
+	required  []requirement
+
+	sum *Summary
+}
+
+// requirement is a blob a manifest in the archive needs present.
+type requirement struct {
+	d    digest.Digest
+	from string
+}
+
+func (rd *reader) run(r io.Reader) error {
+	br := bufio.NewReaderSize(r, copyBufferSize)
+	gz, err := gzip.NewReader(br)
+	if err != nil {
+		if err == io.EOF {
+			return entryErr("", err, "empty stream, not a gzip stream")
+		}
+		return entryErr("", err, "not a gzip stream")
+	}
+	gz.Multistream(false)
+	rd.mem = &memberReader{ctx: rd.ctx, br: br, gz: gz}
+	rd.cnt = &countingReader{r: rd.mem}
+	rd.tr = tar.NewReader(rd.cnt)
+	rd.buf = make([]byte, copyBufferSize)
+
+	var end int64 // stream offset at the end of the last entry (padding included)
+	for {
+		if err := rd.ctx.Err(); err != nil {
+			return err
+		}
+		hdr, err := rd.tr.Next()
+		if err == tar.ErrInsecurePath && hdr != nil {
+			err = nil // the name checks below refuse it with a reason
+		}
+		if err == io.EOF {
+			// archive/tar also reports EOF when the stream ends on an entry
+			// boundary or after a single zero block: require the end marker
+			if rd.cnt.n-end < 2*512 {
+				return entryErr(rd.after(), io.ErrUnexpectedEOF, "truncated archive: the tar end marker is missing")
+			}
+			break
+		}
+		if err != nil {
+			return rd.streamErr(rd.after(), "reading the next tar header", err)
+		}
+		rd.entry = hdr.Name
+		size := hdr.Size
+		if hdr.Typeflag == tar.TypeDir {
+			size = 0 // archive/tar reads no data for directories
+		}
+		end = rd.cnt.n + (size+511)/512*512
+		if err := rd.entryHeader(hdr); err != nil {
+			return err
+		}
+	}
+	if !rd.sawFile {
+		return entryErr(PackageEntry, nil, "missing: the archive has no entries")
+	}
+	if !rd.sawLayout {
+		return entryErr(LayoutEntry, nil, "missing")
+	}
+	if !rd.sawIndex {
+		return entryErr(IndexEntry, nil, "missing")
+	}
+	if len(rd.held) > 0 {
+		var names []string
+		for _, m := range rd.held {
+			names = append(names, m.entry)
+		}
+		sort.Strings(names)
+		return entryErr(names[0], nil, "not referenced by any manifest")
+	}
+	for _, m := range rd.sum.Index.Manifests {
+		if !rd.seen[m.Digest] {
+			ref := m.Annotations[AnnotationImageName]
+			if ref == "" {
+				ref = m.Annotations[AnnotationRefName]
+			}
+			return entryErr(BlobEntry(m.Digest), nil, "missing: %s lists it as %s", IndexEntry, ref)
+		}
+	}
+	for _, q := range rd.required {
+		if !rd.seen[q.d] {
+			return entryErr(BlobEntry(q.d), nil, "missing: %s needs it", q.from)
+		}
+	}
+
+	// reach the gzip trailer of the member holding the tar end; what
+	// follows (padding, more members) is ignored
+	rd.entry = ""
+	rd.mem.stop = true
+	n, err := io.CopyBuffer(io.Discard, io.LimitReader(rd.mem, maxTrailing+1), rd.buf)
+	if err != nil {
+		return rd.streamErr("", "reading to the end of the gzip stream", err)
+	}
+	if n > maxTrailing {
+		return entryErr("", nil, "more than %d bytes after the end of the tar archive", maxTrailing)
+	}
+	return nil
+}
+
+// after names the position after the last entry, for errors between entries.
+func (rd *reader) after() string {
+	if rd.entry == "" {
+		return ""
+	}
+	return "after " + rd.entry
+}
+
+// streamErr turns an error of the gzip or tar stream into an *EntryError.
+func (rd *reader) streamErr(entry, doing string, err error) error {
+	var ee *EntryError
+	switch {
+	case errors.As(err, &ee):
+		return err
+	case rd.ctx.Err() != nil:
+		return rd.ctx.Err()
+	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
+		return entryErr(entry, err, "truncated archive (%s)", doing)
+	case errors.Is(err, gzip.ErrChecksum):
+		return entryErr(entry, err, "gzip checksum mismatch")
+	case errors.Is(err, gzip.ErrHeader):
+		return entryErr(entry, err, "invalid gzip member header")
+	case errors.Is(err, tar.ErrHeader):
+		return entryErr(entry, err, "invalid tar header")
+	}
+	var ce flate.CorruptInputError
+	if errors.As(err, &ce) {
+		return entryErr(entry, err, "corrupt gzip data")
+	}
+	return entryErr(entry, err, "%s", doing)
+}
+
+// entryHeader checks the header of an entry and reads the entry.
+func (rd *reader) entryHeader(hdr *tar.Header) error {
+	raw := hdr.Name
+	if strings.HasPrefix(raw, "/") {
+		return entryErr(raw, nil, "absolute paths are not allowed")
+	}
+	for _, part := range strings.Split(raw, "/") {
+		if part == ".." {
+			return entryErr(raw, nil, `paths with ".." are not allowed`)
+		}
+	}
+	switch hdr.Typeflag {
+	case tar.TypeReg, tar.TypeDir:
+	case tar.TypeSymlink:
+		return entryErr(raw, nil, "symbolic links are not allowed")
+	case tar.TypeLink:
+		return entryErr(raw, nil, "hard links are not allowed")
+	case tar.TypeChar, tar.TypeBlock:
+		return entryErr(raw, nil, "device files are not allowed")
+	case tar.TypeFifo:
+		return entryErr(raw, nil, "FIFOs are not allowed")
+	case tar.TypeXGlobalHeader:
+		return entryErr(raw, nil, "PAX global headers are not allowed")
+	default:
+		return entryErr(raw, nil, "entries of type %q are not allowed, only regular files", hdr.Typeflag)
+	}
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return entryErr(raw, nil, "sparse files are not allowed")
+		}
+	}
+	name := strings.TrimPrefix(raw, "./")
+
+	if hdr.Typeflag == tar.TypeDir {
+		dir := strings.TrimSuffix(name, "/")
+		alg, ok := strings.CutPrefix(dir, BlobsDir+"/")
+		if dir == BlobsDir || ok && cas.Supported(digest.Algorithm(alg)) {
+			return nil // ignored
+		}
+		return entryErr(raw, nil, "directory entries are only allowed for blobs/ and blobs/<alg>/")
+	}
+
+	var d digest.Digest
+	switch name {
+	case PackageEntry, LayoutEntry, IndexEntry:
+	default:
+		rest, ok := strings.CutPrefix(name, BlobsDir+"/")
+		alg, enc, ok2 := strings.Cut(rest, "/")
+		if !ok || !ok2 {
+			return entryErr(raw, nil, "unexpected entry: only %s, %s, %s and blobs/<alg>/<hex> are allowed", PackageEntry, LayoutEntry, IndexEntry)
+		}
+		var err error
+		if d, err = cas.ParseDigest(alg + ":" + enc); err != nil {
+			return entryErr(raw, err, "unexpected entry: not blobs/<alg>/<hex> with a valid digest")
+		}
+	}
+	if !rd.sawFile && name != PackageEntry {
+		return entryErr(raw, nil, "%s must be the first entry", PackageEntry)
+	}
+	rd.sawFile = true
+	switch name {
+	case PackageEntry:
+		return rd.readPackage(raw, hdr.Size)
+	case LayoutEntry:
+		return rd.readLayout(raw, hdr.Size)
+	case IndexEntry:
+		return rd.readIndex(raw, hdr.Size)
+	}
+	return rd.readBlob(raw, d, hdr.Size)
+}
+
+// readSmall reads a whole small entry of size bytes, at most max.
+func (rd *reader) readSmall(entry string, size, max int64) ([]byte, error) {
+	if size > max {
+		return nil, entryErr(entry, nil, "%d bytes, more than the limit of %d", size, max)
+	}
+	data := make([]byte, size)
+	if _, err := io.ReadFull(rd.tr, data); err != nil {
+		return nil, rd.streamErr(entry, "reading the entry", err)
+	}
+	return data, nil
+}
+
+func (rd *reader) readPackage(entry string, size int64) error {
+	if rd.sum.Package != nil {
+		return entryErr(entry, nil, "duplicate entry")
+	}
+	data, err := rd.readSmall(entry, size, rd.lim.MaxPackage)
+	if err != nil {
+		return err
+	}
+	rd.sum.Package = data
+	if err := rd.h.Package(data); err != nil {
+		return fmt.Errorf("kubepkg.tgz: %s: %w", entry, err)
+	}
+	return nil
+}
+
+func (rd *reader) readLayout(entry string, size int64) error {
+	if rd.sawLayout {
+		return entryErr(entry, nil, "duplicate entry")
+	}
+	if rd.sawBlob {
+		return entryErr(entry, nil, "must come before any blob")
+	}
+	data, err := rd.readSmall(entry, size, maxLayout)
+	if err != nil {
+		return err
+	}
+	var l ocispec.ImageLayout
+	if err := json.Unmarshal(data, &l); err != nil {
+		return entryErr(entry, err, "not valid JSON")
+	}
+	if l.Version != ocispec.ImageLayoutVersion {
+		return entryErr(entry, nil, "unsupported imageLayoutVersion %q", l.Version)
+	}
+	rd.sawLayout = true
+	return nil
+}
+
+func (rd *reader) readIndex(entry string, size int64) error {
+	if rd.sawIndex {
+		return entryErr(entry, nil, "duplicate entry")
+	}
+	if rd.sawBlob {
+		return entryErr(entry, nil, "must come before any blob")
+	}
+	data, err := rd.readSmall(entry, size, rd.lim.MaxIndex)
+	if err != nil {
+		return err
+	}
+	var idx ocispec.Index
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&idx); err != nil {
+		return entryErr(entry, err, "not a valid OCI image index")
+	}
+	if dec.More() {
+		return entryErr(entry, nil, "data after the JSON object")
+	}
+	if idx.SchemaVersion != 2 {
+		return entryErr(entry, nil, "schemaVersion must be 2")
+	}
+	if idx.MediaType != "" && idx.MediaType != ocispec.MediaTypeImageIndex {
+		return entryErr(entry, nil, "unexpected mediaType %q", idx.MediaType)
+	}
+	for i, m := range idx.Manifests {
+		if _, err := cas.ParseDigest(string(m.Digest)); err != nil {
+			return entryErr(entry, err, "manifests[%d]: invalid digest", i)
+		}
+		if m.Size < 0 {
+			return entryErr(entry, nil, "manifests[%d]: negative size", i)
+		}
+		if m.Annotations[AnnotationImageName] == "" && m.Annotations[AnnotationRefName] == "" {
+			return entryErr(entry, nil, "manifests[%d]: the annotation %s or %s is required", i, AnnotationImageName, AnnotationRefName)
+		}
+		if err := rd.announce(entry, m, KindManifest); err != nil {
+			return err
+		}
+	}
+	rd.sawIndex = true
+	rd.sum.Index = idx
+	if err := rd.h.Index(idx); err != nil {
+		return fmt.Errorf("kubepkg.tgz: %s: %w", entry, err)
+	}
+	return nil
+}
+
+// announce records that from references desc as a kind blob.
+func (rd *reader) announce(from string, desc ocispec.Descriptor, kind BlobKind) error {
+	if k, ok := rd.known[desc.Digest]; ok {
+		if k.desc.Size != desc.Size {
+			return entryErr(from, nil, "references %s with size %d, but %s references it with size %d", desc.Digest, desc.Size, k.from, k.desc.Size)
+		}
+		k.kinds |= 1 << kind
+		return nil
+	}
+	rd.known[desc.Digest] = &knownBlob{
+		desc:  ocispec.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size},
+		kinds: 1 << kind,
+		from:  from,
+	}
+	return nil
+}
+
+// readBlob reads the blob entry d of size bytes.
+func (rd *reader) readBlob(entry string, d digest.Digest, size int64) error {
+	if !rd.sawLayout || !rd.sawIndex {
+		return entryErr(entry, nil, "blob before %s and %s", LayoutEntry, IndexEntry)
+	}
+	rd.sawBlob = true
+	if _, ok := rd.held[d]; ok || rd.seen[d] {
+		return entryErr(entry, nil, "duplicate entry")
+	}
+	k, ok := rd.known[d]
+	if !ok {
+		return rd.holdManifest(entry, d, size)
+	}
+	if size != k.desc.Size {
+		return entryErr(entry, nil, "the tar header says %d bytes, %s says %d", size, k.from, k.desc.Size)
+	}
+	if k.kinds.has(KindManifest) {
+		if size > rd.lim.MaxManifest {
+			return entryErr(entry, nil, "manifest of %d bytes, more than the limit of %d", size, rd.lim.MaxManifest)
+		}
+		body, err := rd.readVerified(entry, d, size)
+		if err != nil {
+			return err
+		}
+		pm, err := registry.ParseManifest("", body)
+		if err != nil {
+			return entryErr(entry, err, "not a valid manifest or index")
+		}
+		return rd.deliverManifest(entry, k, body, pm)
+	}
+
+	br := &blobReader{rd: rd, entry: entry, left: size}
+	br.v, _ = cas.NewVerifier(cas.Info{Digest: d, Size: size}, "")
+	herr := rd.h.Blob(rd.ctx, k.desc, k.kinds.primary(), br)
+	if br.err != nil && br.err != io.EOF {
+		// the stream or the content is wrong (or ctx is done): that is the
+		// error, whatever the handler made of it
+		return br.err
+	}
+	if herr != nil {
+		return fmt.Errorf("kubepkg.tgz: %s: %w", entry, herr)
+	}
+	// read and verify what the handler left unread
+	if _, err := io.CopyBuffer(io.Discard, br, rd.buf); err != nil {
+		return err
+	}
+	rd.took(k.desc)
+	return nil
+}
+
+// took records a blob given to the handler.
+func (rd *reader) took(desc ocispec.Descriptor) {
+	rd.seen[desc.Digest] = true
+	rd.sum.Blobs = append(rd.sum.Blobs, desc)
+	rd.sum.Bytes += desc.Size
+}
+
+// readVerified reads a whole (small) blob entry and checks its digest.
+func (rd *reader) readVerified(entry string, d digest.Digest, size int64) ([]byte, error) {
+	body := make([]byte, size)
+	if _, err := io.ReadFull(rd.tr, body); err != nil {
+		return nil, rd.streamErr(entry, "reading the blob", err)
+	}
+	v, _ := cas.NewVerifier(cas.Info{Digest: d, Size: size}, "")
+	_, _ = v.Write(body)
+	if _, err := v.Verify(); err != nil {
+		return nil, entryErr(entry, err, "content does not match its name")
+	}
+	return body, nil
+}
+
+// holdManifest takes a blob nothing references yet: only a manifest or index,
+// which may arrive before its parent, is held until something references it.
+func (rd *reader) holdManifest(entry string, d digest.Digest, size int64) error {
+	if size > rd.lim.MaxManifest {
+		return entryErr(entry, nil, "not referenced by any manifest")
+	}
+	if rd.heldBytes+size > rd.lim.MaxManifestBytes {
+		return entryErr(entry, nil, "not referenced by any manifest, and more than %d bytes of manifests are already waiting for a reference", rd.lim.MaxManifestBytes)
+	}
+	body, err := rd.readVerified(entry, d, size)
+	if err != nil {
+		return err
+	}
+	pm, err := registry.ParseManifest("", body)
+	if err != nil {
+		return entryErr(entry, err, "not referenced by any manifest (and not a manifest)")
+	}
+	rd.held[d] = &heldManifest{entry: entry, body: body, pm: pm}
+	rd.heldBytes += size
+	return nil
+}
+
+// deliverManifest gives a verified manifest to the handler, announces its
+// children and delivers the held manifests that become referenced.
+func (rd *reader) deliverManifest(entry string, k *knownBlob, body []byte, pm *registry.ParsedManifest) error {
+	type pending struct {
+		entry string
+		k     *knownBlob
+		body  []byte
+		pm    *registry.ParsedManifest
+	}
+	queue := []pending{{entry, k, body, pm}}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		kind := p.k.kinds.primary()
+		if err := rd.h.Blob(rd.ctx, p.k.desc, kind, bytes.NewReader(p.body)); err != nil {
+			return fmt.Errorf("kubepkg.tgz: %s: %w", p.entry, err)
+		}
+		rd.took(p.k.desc)
+		if kind != KindManifest {
+			continue // a held manifest referenced as a config or a layer
+		}
+		var children []ocispec.Descriptor
+		var kinds []BlobKind
+		add := func(k BlobKind, ds ...ocispec.Descriptor) {
+			for _, d := range ds {
+				children = append(children, d)
+				kinds = append(kinds, k)
+			}
+		}
+		add(KindManifest, p.pm.Manifests...)
+		if p.pm.Subject != nil {
+			add(KindManifest, *p.pm.Subject)
+		}
+		if p.pm.Config != nil {
+			add(KindConfig, *p.pm.Config)
+		}
+		add(KindLayer, p.pm.Layers...)
+		for i, c := range children {
+			if err := rd.announce(p.entry, c, kinds[i]); err != nil {
+				return err
+			}
+		}
+		for _, r := range p.pm.Required() {
+			rd.required = append(rd.required, requirement{d: r.Digest, from: p.entry})
+		}
+		for _, c := range children {
+			hm, ok := rd.held[c.Digest]
+			if !ok {
+				continue
+			}
+			delete(rd.held, c.Digest)
+			rd.heldBytes -= int64(len(hm.body))
+			ck := rd.known[c.Digest]
+			if int64(len(hm.body)) != ck.desc.Size {
+				return entryErr(hm.entry, nil, "has %d bytes, %s says %d", len(hm.body), p.entry, ck.desc.Size)
+			}
+			queue = append(queue, pending{hm.entry, ck, hm.body, hm.pm})
+		}
+	}
+	return nil
+}
+
+// blobReader is the reader Handler.Blob gets: exactly the entry's bytes,
+// hashed as they are read, with an error instead of EOF if they do not match
+// the digest.
+type blobReader struct {
+	rd    *reader
+	entry string
+	v     *cas.Verifier
+	left  int64
+	err   error // sticky: io.EOF once verified
+}
+
+// Read reads the blob.
+func (b *blobReader) Read(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
+	if b.left == 0 {
+		return 0, b.finish()
+	}
+	if err := b.rd.ctx.Err(); err != nil {
+		b.err = err
+		return 0, err
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.rd.tr.Read(p)
+	_, _ = b.v.Write(p[:n])
+	b.left -= int64(n)
+	if err != nil && (err != io.EOF || b.left > 0) {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		b.err = b.rd.streamErr(b.entry, "reading the blob", err)
+		return n, b.err
+	}
+	if b.left == 0 {
+		return n, b.finish()
+	}
+	return n, nil
+}
+
+// WriteTo copies the blob to w with a large buffer.
+func (b *blobReader) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		n, err := b.Read(b.rd.buf)
+		if n > 0 {
+			m, werr := w.Write(b.rd.buf[:n])
+			total += int64(m)
+			if werr != nil {
+				return total, werr
+			}
+			if m < n {
+				return total, io.ErrShortWrite
+			}
+		}
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+// finish checks the digest once every byte is read.
+func (b *blobReader) finish() error {
+	if _, err := b.v.Verify(); err != nil {
+		b.err = entryErr(b.entry, err, "content does not match its name")
+		return b.err
+	}
+	b.err = io.EOF
+	return io.EOF
+}
+
+// memberReader reads the decompressed gzip stream member by member, so that
+// it can stop at the end of the member holding the tar end marker.
+type memberReader struct {
+	ctx   context.Context
+	br    *bufio.Reader
+	gz    *gzip.Reader
+	atEnd bool // the current member's trailer was read and verified
+	stop  bool // report EOF at the end of the current member
+}
+
+// Read reads decompressed bytes, moving on to the next member when one ends.
+func (m *memberReader) Read(p []byte) (int, error) {
+	for {
+		if err := m.ctx.Err(); err != nil {
+			return 0, err
+		}
+		if m.atEnd {
+			if m.stop {
+				return 0, io.EOF
+			}
+			if _, err := m.br.Peek(1); err != nil {
+				return 0, err // io.EOF: the end of the stream
+			}
+			if err := m.gz.Reset(m.br); err != nil {
+				if err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
+				return 0, err
+			}
+			m.gz.Multistream(false)
+			m.atEnd = false
+		}
+		if len(p) == 0 {
+			return 0, nil
+		}
+		n, err := m.gz.Read(p)
+		if err == io.EOF {
+			m.atEnd = true
+			if n > 0 {
+				return n, nil
+			}
+			continue
+		}
+		return n, err
+	}
+}
+
+// countingReader counts the bytes read through it: archive/tar reads exactly
+// what it needs, so this is the offset in the tar stream.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+// Read reads and counts.
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}

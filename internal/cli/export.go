@@ -1,0 +1,176 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/spf13/cobra"
+
+	"github.com/octohelm/crpe/internal/export"
+	"github.com/octohelm/crpe/internal/kubepkg"
+	"github.com/octohelm/crpe/internal/platform"
+	"github.com/octohelm/crpe/internal/pullthrough"
+	"github.com/octohelm/crpe/internal/storage"
+	"github.com/octohelm/crpe/internal/upstream"
+)
+
+func newExportCmd(g *globals) *cobra.Command {
+	var (
+		src, out, data, platforms, sourceToken string
+		asJSON                                 bool
+		parallel                               int
+		up                                     upstreamFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "export -f SRC",
+		Short: "Write a package and every image blob it needs into one kubepkg.tgz",
+		Long: `crpe export reads a KubePkg or KubePkgList (JSON or YAML, from a file, - for
+stdin, or a deployments center URL), resolves each image (a digest in
+spec.images is used as is, a tag is resolved), keeps only the chosen platforms
+(default: the package's octohelm.tech/platform annotation, else
+linux/amd64,linux/arm64), fetches every blob once through the cache in --data
+(so a synced pocket exports with no network) and writes the archive.
+
+The archive is written to a temp file and renamed at the end: a failed export
+leaves nothing under the output name. Two exports of the same content are
+byte-identical (SOURCE_DATE_EPOCH sets the entries' time).`,
+		Example: `  crpe export -f demo.kubepkg.json
+  crpe export -f https://center.example/kubepkgs/demo --source-token "$TOKEN" --platform linux/arm64
+  crpe export -f demo.yaml -o - --registry-endpoint docker.io=http://127.0.0.1:5000 | ssh gw 'cat > demo.tgz'
+  crpe export -f demo.yaml --offline --json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			if src == "" {
+				return fmt.Errorf("-f is required: a KubePkg file, - for stdin, or a URL")
+			}
+			var plats []ocispec.Platform
+			if platforms != "" {
+				var err error
+				if plats, err = platform.ParseList(platforms); err != nil {
+					return err
+				}
+			}
+			uo, err := up.options()
+			if err != nil {
+				return err
+			}
+			pkgs, err := kubepkg.Load(ctx, src, kubepkg.LoadOptions{Token: sourceToken, Stdin: cmd.InOrStdin()})
+			if err != nil {
+				return err
+			}
+			modTime := time.Unix(0, 0).UTC()
+			if s := os.Getenv("SOURCE_DATE_EPOCH"); s != "" {
+				n, err := strconv.ParseInt(s, 10, 64)
+				if err != nil {
+					return fmt.Errorf("SOURCE_DATE_EPOCH=%q: not a number of seconds", s)
+				}
+				modTime = time.Unix(n, 0).UTC()
+			}
+			if out == "" {
+				out = fmt.Sprintf("%s-%s.kubepkg.tgz", pkgs[0].Metadata.Name, pkgs[0].Spec.Version)
+			}
+			st, err := storage.Open(ctx, data, g.log, nil)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			cache := pullthrough.New(st.Store, st.DB, upstream.New(uo), pullthrough.Options{Offline: up.offline})
+
+			var w io.Writer
+			var tmp *os.File
+			if out == "-" {
+				w = cmd.OutOrStdout()
+			} else {
+				tmp, err = os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".tmp-*")
+				if err != nil {
+					return err
+				}
+				defer func() {
+					if tmp != nil {
+						tmp.Close()
+						os.Remove(tmp.Name())
+					}
+				}()
+				w = tmp
+			}
+			opts := export.Options{Platforms: plats, Parallel: parallel, ModTime: modTime,
+				Warn: func(msg string) { g.log.Warn(msg) }}
+			var bars *barProgress
+			if isTerminal(cmd.ErrOrStderr()) && !asJSON {
+				bars = newBarProgress(cmd.ErrOrStderr())
+				opts.Progress = bars
+			}
+			res, err := export.Export(ctx, cache, st.Store, pkgs, w, opts)
+			if bars != nil {
+				bars.done()
+			}
+			if err != nil {
+				return err
+			}
+			if tmp != nil {
+				if err := tmp.Chmod(0o644); err != nil {
+					return err
+				}
+				if err := tmp.Sync(); err != nil {
+					return err
+				}
+				if err := tmp.Close(); err != nil {
+					return err
+				}
+				if err := os.Rename(tmp.Name(), out); err != nil {
+					return err
+				}
+				tmp = nil
+			}
+			sum := struct {
+				Output string `json:"output"`
+				*export.Result
+			}{out, res}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(sum)
+			}
+			if out == "-" {
+				return nil
+			}
+			var names []string
+			for _, p := range res.Packages {
+				names = append(names, p.Name+"@"+p.Version)
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s: %s, %d images, %d blobs, %s\n", out, strings.Join(names, ", "), len(res.Images), res.Blobs, humanBytes(res.Bytes))
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&src, "file", "f", "", "package source: file, - (stdin) or http(s) URL")
+	f.StringVarP(&out, "output", "o", "", "archive to write, - for stdout (default <name>-<version>.kubepkg.tgz)")
+	f.StringVar(&platforms, "platform", "", "platforms to export: os/arch[/variant],... (default: the package's annotation, else "+export.DefaultPlatforms+")")
+	f.StringVar(&data, "data", defaultPocketData(), "cache folder (the pocket's --data)")
+	f.StringVar(&sourceToken, "source-token", "", "bearer token for a deployments center URL")
+	f.IntVar(&parallel, "parallel", 4, "blobs fetched at once")
+	f.BoolVar(&asJSON, "json", false, "print a machine-readable summary")
+	up.register(cmd)
+	return cmd
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

@@ -1,0 +1,78 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/octohelm/crpe/internal/inspect"
+)
+
+func newInspectCmd(g *globals) *cobra.Command {
+	var verify, asJSON bool
+	cmd := &cobra.Command{
+		Use:   "inspect FILE",
+		Short: "Show what a kubepkg.tgz holds, and verify it",
+		Long: `crpe inspect reads a kubepkg.tgz in one pass (every blob is hashed as it
+streams) and prints its packages, versions, images with digests and platforms,
+and its blob count and bytes. --verify also checks that every image is complete
+for the package's platforms and that spec.images and index.json agree; blobs a
+partial archive (octohelm.tech/partial) leaves out on purpose are listed as
+expected, not as damage. Exits 1 on any problem, naming it.`,
+		Example: `  crpe inspect demo-0.0.1.kubepkg.tgz
+  crpe inspect demo-0.0.1.kubepkg.tgz --verify --json
+  curl -s https://pocket/api/v1/kubepkgs/demo/kubepkg.tgz | crpe inspect - --verify`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			in := cmd.InOrStdin()
+			if args[0] != "-" {
+				f, err := os.Open(args[0])
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				in = f
+			}
+			rep, err := inspect.Read(cmd.Context(), in, verify)
+			if err != nil {
+				return fmt.Errorf("%s: %w", args[0], err)
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(rep); err != nil {
+					return err
+				}
+			} else {
+				for _, p := range rep.Packages {
+					ns := p.Namespace
+					if ns == "" {
+						ns = "-"
+					}
+					fmt.Fprintf(out, "package\t%s/%s\t%s\t%s\n", ns, p.Name, p.Version, strings.Join(p.Platforms, ","))
+				}
+				for _, im := range rep.Images {
+					fmt.Fprintf(out, "image\t%s\t%s\t%s\n", im.Ref, im.Digest, strings.Join(im.Platforms, ","))
+				}
+				fmt.Fprintf(out, "blobs\t%d\t%s\n", rep.Blobs, humanBytes(rep.Bytes))
+				for _, a := range rep.Absent {
+					fmt.Fprintf(out, "absent\t%s\t(partial archive: expected)\n", a)
+				}
+				for _, p := range rep.Problems {
+					fmt.Fprintf(out, "PROBLEM\t%s\n", p)
+				}
+			}
+			if len(rep.Problems) > 0 {
+				return &exitError{code: 1, msg: fmt.Sprintf("%s: %d problems", args[0], len(rep.Problems))}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&verify, "verify", false, "check every image's closure for its platforms")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
+	return cmd
+}

@@ -1,0 +1,57 @@
+package cli
+
+import (
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/octohelm/crpe/internal/pocket"
+)
+
+func newServeCmd(g *globals) *cobra.Command {
+	cfg := pocket.Config{}
+	var up upstreamFlags
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the pocket: a pull-through cache of any number of registries",
+		Long: `crpe serve runs the pocket on a laptop, a phone or a small board. It serves a
+read-only OCI registry over its cache in --data and fills the cache from the
+upstream registries on demand:
+
+  /v2/docker.io/library/nginx/manifests/alpine
+  /v2/library/nginx/manifests/alpine?ns=docker.io      (containerd's mirror dialect)
+
+Digests are served from the cache first; tags are resolved upstream first and
+fall back to the cache when the upstream cannot be reached (--offline never
+asks). A missing blob is fetched once, however many clients want it, and
+streamed to all of them as it arrives; the cache copy is verified before it is
+kept. Pushes answer 405 UNSUPPORTED.
+
+Credentials come from Docker's config.json and its credential helpers.`,
+		Example: `  # on defaults: listen on :6060, cache in the user cache folder
+  crpe serve
+
+  # send docker.io's traffic to a local mirror, allow a plain-HTTP registry
+  crpe serve --registry-endpoint docker.io=http://127.0.0.1:5000 --insecure-registry registry.lan:5000
+
+  # pull through it
+  crane pull 127.0.0.1:6060/docker.io/library/alpine:3 alpine.tar`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o, err := up.options()
+			if err != nil {
+				return err
+			}
+			cfg.Upstream, cfg.Offline, cfg.Log = o, up.offline, g.log
+			return pocket.Run(cmd.Context(), cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Addr, "addr", ":6060", "address to listen on")
+	f.StringVar(&cfg.Data, "data", defaultPocketData(), "data folder (the cache)")
+	f.StringVar(&cfg.TLSCert, "tls-cert", "", "TLS certificate file (PEM)")
+	f.StringVar(&cfg.TLSKey, "tls-key", "", "TLS key file (PEM)")
+	f.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 20*time.Second, "time given to in-flight requests on shutdown")
+	up.register(cmd)
+	return cmd
+}

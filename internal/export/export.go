@@ -1,0 +1,458 @@
+// Package export gathers packages' images through the pull-through cache and
+// writes them, with the packages, into one kubepkg.tgz: each image resolved
+// (a digest in spec.images is used as is, a tag is resolved), only the chosen
+// platforms kept (an index is stored as it came, with only the matching
+// children: a sparse index), every blob fetched once in parallel with a
+// bound, even when images or packages share it.
+package export
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/octohelm/crpe/internal/archive"
+	"github.com/octohelm/crpe/internal/cas"
+	"github.com/octohelm/crpe/internal/kubepkg"
+	"github.com/octohelm/crpe/internal/platform"
+	"github.com/octohelm/crpe/internal/pullthrough"
+	"github.com/octohelm/crpe/internal/registry"
+)
+
+// DefaultPlatforms are exported when neither --platform nor the package's
+// annotation says.
+const DefaultPlatforms = "linux/amd64,linux/arm64"
+
+// Options tune an export.
+type Options struct {
+	// Platforms overrides every package's platforms when set.
+	Platforms []ocispec.Platform
+	// Parallel bounds concurrent blob fetches (default 4).
+	Parallel int
+	// ModTime is the archive entries' time (SOURCE_DATE_EPOCH); zero is the
+	// Unix epoch.
+	ModTime time.Time
+	// Exclude leaves these blobs out of the archive (the agent already has
+	// them); the package is then annotated as partial.
+	Exclude map[digest.Digest]bool
+	// Progress receives progress events; may be nil.
+	Progress Progress
+	// Warn receives warnings (images added from manifests); may be nil.
+	Warn func(msg string)
+}
+
+// Progress is told what an export is doing.
+type Progress interface {
+	// Plan is called once every image is resolved, with each image's bytes.
+	Plan(images []ImageResult)
+	// Fetched is called as bytes of image ref's blobs are in the cache.
+	Fetched(ref string, n int64)
+	// Written is called as bytes are written to the archive.
+	Written(n int64)
+}
+
+// ImageResult describes one exported image.
+type ImageResult struct {
+	Ref       string   `json:"ref"`
+	Digest    string   `json:"digest"`
+	MediaType string   `json:"mediaType"`
+	Platforms []string `json:"platforms"`
+	Blobs     int      `json:"blobs"`
+	Bytes     int64    `json:"bytes"`
+}
+
+// Result summarizes an export.
+type Result struct {
+	Packages []PackageResult `json:"packages"`
+	Images   []ImageResult   `json:"images"`
+	Blobs    int             `json:"blobs"`
+	Bytes    int64           `json:"bytes"`
+	Excluded int             `json:"excluded,omitempty"`
+}
+
+// PackageResult names one exported package.
+type PackageResult struct {
+	Namespace string `json:"namespace,omitempty"`
+	Name      string `json:"name"`
+	Version   string `json:"version"`
+	Platforms string `json:"platforms"`
+}
+
+// image is an image being gathered.
+type image struct {
+	ref       string // normalized reference (the index.json name)
+	repo      string // full repository name (docker.io/library/nginx)
+	top       ocispec.Descriptor
+	platforms []ocispec.Platform
+	blobs     []archive.Blob
+	exported  map[string]bool
+}
+
+// Export resolves and fetches everything pkgs need, then writes the archive
+// to w. The packages are updated in place (images pinned, platforms set).
+func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs []*kubepkg.KubePkg, w io.Writer, o Options) (*Result, error) {
+	if o.Parallel <= 0 {
+		o.Parallel = 4
+	}
+	if len(pkgs) == 0 {
+		return nil, errors.New("no package to export")
+	}
+	var images []*image
+	byRef := map[string]*image{}
+	res := &Result{}
+	for _, p := range pkgs {
+		added := p.AddManifestImages()
+		for _, a := range added {
+			if o.Warn != nil {
+				o.Warn(fmt.Sprintf("package %s: image %s is used by the manifests but not listed in spec.images; added", p.Metadata.Name, a))
+			}
+		}
+		if err := p.Validate(); err != nil {
+			return nil, fmt.Errorf("package %s: %w", p.Metadata.Name, err)
+		}
+		plats := o.Platforms
+		if len(plats) == 0 {
+			s := p.Metadata.Annotations[kubepkg.AnnotationPlatform]
+			if s == "" {
+				s = DefaultPlatforms
+			}
+			var err error
+			if plats, err = platform.ParseList(s); err != nil {
+				return nil, fmt.Errorf("package %s: %w", p.Metadata.Name, err)
+			}
+		}
+		pinned := map[string]string{}
+		for _, key := range p.ImageRefs() {
+			val := p.Spec.Images[key]
+			ref, err := kubepkg.NormalizeRef(key)
+			if err != nil {
+				return nil, fmt.Errorf("package %s: spec.images[%q]: %w", p.Metadata.Name, key, err)
+			}
+			if old, ok := pinned[ref]; ok && old != val && val != "" && old != "" {
+				return nil, fmt.Errorf("package %s: spec.images lists %s twice with different digests", p.Metadata.Name, ref)
+			}
+			if pinned[ref] == "" {
+				pinned[ref] = val
+			}
+			im := byRef[ref]
+			if im == nil {
+				im = &image{ref: ref}
+				byRef[ref] = im
+				images = append(images, im)
+			}
+			im.platforms = appendPlatforms(im.platforms, plats)
+		}
+		newImages := map[string]string{}
+		for ref, val := range pinned {
+			newImages[ref] = val
+			if val != "" {
+				byRef[ref].top.Digest = digest.Digest(val)
+			}
+		}
+		p.Spec.Images = newImages
+		if p.Metadata.Annotations == nil {
+			p.Metadata.Annotations = map[string]string{}
+		}
+		p.Metadata.Annotations[kubepkg.AnnotationPlatform] = platform.Join(plats)
+	}
+
+	// resolve every image and walk it for the chosen platforms
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(o.Parallel)
+	for _, im := range images {
+		g.Go(func() error { return walk(gctx, cache, im) })
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	sort.Slice(images, func(i, j int) bool { return images[i].ref < images[j].ref })
+	for _, p := range pkgs {
+		for ref, val := range p.Spec.Images {
+			if im := byRef[ref]; im != nil && val == "" {
+				p.Spec.Images[ref] = string(im.top.Digest)
+			}
+		}
+	}
+
+	// fetch each blob once, in parallel
+	type want struct {
+		blob  archive.Blob
+		repo  string
+		image string
+	}
+	uniq := map[digest.Digest]*want{}
+	var order []digest.Digest
+	for _, im := range images {
+		for _, b := range im.blobs {
+			if _, ok := uniq[b.Desc.Digest]; !ok {
+				uniq[b.Desc.Digest] = &want{blob: b, repo: im.repo, image: im.ref}
+				order = append(order, b.Desc.Digest)
+			}
+		}
+	}
+	for _, im := range images {
+		ir := ImageResult{Ref: im.ref, Digest: string(im.top.Digest), MediaType: im.top.MediaType, Blobs: len(im.blobs)}
+		for _, b := range im.blobs {
+			ir.Bytes += b.Desc.Size
+		}
+		for p := range im.exported {
+			ir.Platforms = append(ir.Platforms, p)
+		}
+		sort.Strings(ir.Platforms)
+		res.Images = append(res.Images, ir)
+	}
+	if o.Progress != nil {
+		o.Progress.Plan(res.Images)
+	}
+	g, gctx = errgroup.WithContext(ctx)
+	g.SetLimit(o.Parallel)
+	for _, d := range order {
+		wt := uniq[d]
+		if o.Exclude[d] || len(wt.blob.Desc.URLs) > 0 {
+			continue
+		}
+		g.Go(func() error {
+			if _, err := cache.Blob(gctx, wt.repo, d, wt.blob.Desc.Size); err != nil {
+				return fmt.Errorf("image %s: blob %s: %w", wt.image, d, err)
+			}
+			if o.Progress != nil {
+				o.Progress.Fetched(wt.image, wt.blob.Desc.Size)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+
+	var blobs []archive.Blob
+	for _, d := range order {
+		wt := uniq[d]
+		if o.Exclude[d] {
+			res.Excluded++
+			continue
+		}
+		if len(wt.blob.Desc.URLs) > 0 {
+			if _, err := store.Stat(ctx, d); err != nil {
+				continue // non-distributable and not at hand: left out, as allowed
+			}
+		}
+		blobs = append(blobs, wt.blob)
+		res.Blobs++
+		res.Bytes += wt.blob.Desc.Size
+	}
+	if len(o.Exclude) > 0 && res.Excluded > 0 {
+		for _, p := range pkgs {
+			p.Metadata.Annotations[kubepkg.AnnotationPartial] = "true"
+		}
+	}
+	var archImages []archive.Image
+	for _, im := range images {
+		archImages = append(archImages, archive.Image{Ref: im.ref, Desc: im.top})
+	}
+	pkgJSON, err := kubepkg.Marshal(pkgs)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range pkgs {
+		res.Packages = append(res.Packages, PackageResult{Namespace: p.Metadata.Namespace, Name: p.Metadata.Name, Version: p.Spec.Version, Platforms: p.Metadata.Annotations[kubepkg.AnnotationPlatform]})
+	}
+	open := func(ctx context.Context, d digest.Digest) (io.ReadCloser, error) {
+		rc, _, err := store.Open(ctx, d)
+		return rc, err
+	}
+	var mu sync.Mutex
+	last := map[digest.Digest]int64{}
+	aopts := archive.Options{ModTime: o.ModTime}
+	if o.Progress != nil {
+		aopts.Progress = func(d digest.Digest, n int64) {
+			mu.Lock()
+			delta := n - last[d]
+			last[d] = n
+			mu.Unlock()
+			o.Progress.Written(delta)
+		}
+	}
+	if err := archive.Write(ctx, w, pkgJSON, archImages, blobs, open, aopts); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+func appendPlatforms(list, add []ocispec.Platform) []ocispec.Platform {
+	for _, a := range add {
+		found := false
+		for _, l := range list {
+			if platform.String(l) == platform.String(a) {
+				found = true
+			}
+		}
+		if !found {
+			list = append(list, a)
+		}
+	}
+	return list
+}
+
+// walk resolves im and collects the blobs of its chosen platforms.
+func walk(ctx context.Context, cache *pullthrough.Cache, im *image) error {
+	ref, err := name.ParseReference(im.ref, name.WeakValidation)
+	if err != nil {
+		return fmt.Errorf("image %s: %w", im.ref, err)
+	}
+	im.repo = fullRepo(ref.Context())
+	target := ref.Identifier()
+	if im.top.Digest != "" {
+		target = string(im.top.Digest)
+	} else if d, ok := ref.(name.Digest); ok {
+		target = d.DigestStr()
+	}
+	m, err := cache.Manifest(ctx, im.repo, target)
+	if err != nil {
+		return fmt.Errorf("image %s: %w", im.ref, err)
+	}
+	if im.top.Digest != "" && m.Digest != im.top.Digest {
+		return fmt.Errorf("image %s: resolved to %s, expected %s", im.ref, m.Digest, im.top.Digest)
+	}
+	pm, err := registry.ParseManifest(m.MediaType, m.Body)
+	if err != nil {
+		return fmt.Errorf("image %s: %w", im.ref, err)
+	}
+	im.top = ocispec.Descriptor{MediaType: pm.MediaType, Digest: m.Digest, Size: int64(len(m.Body))}
+	im.exported = map[string]bool{}
+	im.blobs = append(im.blobs, archive.Blob{Desc: im.top, Kind: archive.KindManifest})
+	if pm.IsIndex() {
+		n, err := walkIndex(ctx, cache, im, pm, 0)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return fmt.Errorf("image %s has no manifest for %s (it has %s)", im.ref, platform.Join(im.platforms), strings.Join(available(pm), ", "))
+		}
+		return nil
+	}
+	plat, err := addImageManifest(ctx, cache, im, pm)
+	if err != nil {
+		return err
+	}
+	if plat.OS == "" && plat.Architecture == "" {
+		// the config names no platform (an artifact, or an image built
+		// without one): nothing to choose by, taken as it is
+		im.exported["unknown"] = true
+		return nil
+	}
+	if !platform.MatchAny(im.platforms, plat) {
+		return fmt.Errorf("image %s is %s only, which is not among the chosen platforms %s", im.ref, platform.String(plat), platform.Join(im.platforms))
+	}
+	im.exported[platform.String(plat)] = true
+	return nil
+}
+
+func available(pm *registry.ParsedManifest) []string {
+	var out []string
+	for _, c := range pm.Manifests {
+		if c.Platform != nil {
+			out = append(out, platform.String(*c.Platform))
+		}
+	}
+	if len(out) == 0 {
+		out = []string{"no platforms"}
+	}
+	return out
+}
+
+// walkIndex adds the children of an index that match im's platforms and
+// returns how many image manifests it added.
+func walkIndex(ctx context.Context, cache *pullthrough.Cache, im *image, pm *registry.ParsedManifest, depth int) (int, error) {
+	if depth > 4 {
+		return 0, fmt.Errorf("image %s: indexes nested too deep", im.ref)
+	}
+	n := 0
+	for _, c := range pm.Manifests {
+		isIndex := c.MediaType == ocispec.MediaTypeImageIndex || c.MediaType == registry.MediaTypeDockerManifestList
+		if !isIndex && (c.Platform == nil || !platform.MatchAny(im.platforms, *c.Platform)) {
+			continue
+		}
+		if isIndex && c.Platform != nil && !platform.MatchAny(im.platforms, *c.Platform) {
+			continue
+		}
+		m, err := cache.Manifest(ctx, im.repo, string(c.Digest))
+		if err != nil {
+			return 0, fmt.Errorf("image %s: manifest %s: %w", im.ref, c.Digest, err)
+		}
+		if int64(len(m.Body)) != c.Size {
+			return 0, fmt.Errorf("image %s: manifest %s has %d bytes, the index says %d", im.ref, c.Digest, len(m.Body), c.Size)
+		}
+		cpm, err := registry.ParseManifest(m.MediaType, m.Body)
+		if err != nil {
+			return 0, fmt.Errorf("image %s: manifest %s: %w", im.ref, c.Digest, err)
+		}
+		im.blobs = append(im.blobs, archive.Blob{Desc: ocispec.Descriptor{MediaType: cpm.MediaType, Digest: c.Digest, Size: c.Size}, Kind: archive.KindManifest})
+		if cpm.IsIndex() {
+			k, err := walkIndex(ctx, cache, im, cpm, depth+1)
+			if err != nil {
+				return 0, err
+			}
+			n += k
+			continue
+		}
+		if _, err := addImageManifest(ctx, cache, im, cpm); err != nil {
+			return 0, err
+		}
+		im.exported[platform.String(*c.Platform)] = true
+		n++
+	}
+	return n, nil
+}
+
+// addImageManifest adds the config and layers of an image manifest and
+// returns its platform, read from the config.
+func addImageManifest(ctx context.Context, cache *pullthrough.Cache, im *image, pm *registry.ParsedManifest) (ocispec.Platform, error) {
+	var plat ocispec.Platform
+	if pm.Config != nil {
+		im.blobs = append(im.blobs, archive.Blob{Desc: *pm.Config, Kind: archive.KindConfig})
+		info, err := cache.Blob(ctx, im.repo, pm.Config.Digest, pm.Config.Size)
+		if err != nil {
+			return plat, fmt.Errorf("image %s: config %s: %w", im.ref, pm.Config.Digest, err)
+		}
+		plat, err = readPlatform(ctx, cache, info)
+		if err != nil {
+			return plat, fmt.Errorf("image %s: config %s: %w", im.ref, pm.Config.Digest, err)
+		}
+	}
+	for _, l := range pm.Layers {
+		im.blobs = append(im.blobs, archive.Blob{Desc: l, Kind: archive.KindLayer})
+	}
+	return plat, nil
+}
+
+func readPlatform(ctx context.Context, cache *pullthrough.Cache, info cas.Info) (ocispec.Platform, error) {
+	var p ocispec.Platform
+	if info.Size > 16<<20 {
+		return p, nil // not an image config we could read cheaply; platform unknown
+	}
+	body, err := cache.ReadBlob(ctx, info.Digest, 16<<20)
+	if err != nil {
+		return p, err
+	}
+	return parseConfigPlatform(body), nil
+}
+
+// fullRepo names a repository as crpe stores it: docker.io/library/nginx.
+func fullRepo(r name.Repository) string {
+	host := r.RegistryStr()
+	if host == name.DefaultRegistry {
+		host = "docker.io"
+	}
+	return host + "/" + r.RepositoryStr()
+}

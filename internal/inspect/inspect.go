@@ -1,0 +1,239 @@
+// Package inspect reads a kubepkg.tgz in one verifying pass and reports what
+// it holds (packages, images with digests and platforms, blobs) and, with
+// closure checking, whether every image is complete for the platforms the
+// package names. The closure check is shared with the agent's import, which
+// also counts blobs already in its store.
+package inspect
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/octohelm/crpe/internal/archive"
+	"github.com/octohelm/crpe/internal/kubepkg"
+	"github.com/octohelm/crpe/internal/platform"
+	"github.com/octohelm/crpe/internal/registry"
+)
+
+// Report is what inspect found.
+type Report struct {
+	Packages []Package `json:"packages"`
+	Images   []Image   `json:"images"`
+	Blobs    int       `json:"blobs"`
+	Bytes    int64     `json:"bytes"`
+	Partial  bool      `json:"partial,omitempty"`
+	// Absent lists blobs a partial archive leaves out on purpose.
+	Absent   []string `json:"absent,omitempty"`
+	Problems []string `json:"problems,omitempty"`
+}
+
+// Package is one package of the archive.
+type Package struct {
+	Namespace string   `json:"namespace,omitempty"`
+	Name      string   `json:"name"`
+	Version   string   `json:"version"`
+	Platforms []string `json:"platforms"`
+}
+
+// Image is one image of index.json.
+type Image struct {
+	Ref       string   `json:"ref"`
+	Digest    string   `json:"digest"`
+	MediaType string   `json:"mediaType"`
+	Platforms []string `json:"platforms"`
+}
+
+type collector struct {
+	pkgs      []*kubepkg.KubePkg
+	manifests map[digest.Digest][]byte
+	present   map[digest.Digest]bool
+}
+
+func (c *collector) Package(data []byte) error {
+	pkgs, err := kubepkg.Parse(data)
+	if err != nil {
+		return &archive.EntryError{Entry: archive.PackageEntry, Reason: err.Error()}
+	}
+	c.pkgs = pkgs
+	return nil
+}
+
+func (c *collector) Index(ocispec.Index) error { return nil }
+
+func (c *collector) Blob(ctx context.Context, desc ocispec.Descriptor, kind archive.BlobKind, r io.Reader) error {
+	if kind == archive.KindManifest {
+		b, err := io.ReadAll(r)
+		if err != nil {
+			return err
+		}
+		c.manifests[desc.Digest] = b
+	} else if _, err := io.Copy(io.Discard, r); err != nil {
+		return err
+	}
+	c.present[desc.Digest] = true
+	return nil
+}
+
+// Read inspects the archive in r (verifying every blob's digest as it
+// streams) and, with verify, checks every image's closure.
+func Read(ctx context.Context, r io.Reader, verify bool) (*Report, error) {
+	c := &collector{manifests: map[digest.Digest][]byte{}, present: map[digest.Digest]bool{}}
+	sum, err := archive.Read(ctx, r, c, archive.Limits{})
+	if err != nil {
+		return nil, err
+	}
+	rep := &Report{Blobs: len(sum.Blobs), Bytes: sum.Bytes}
+	var plats []ocispec.Platform
+	refs := map[string]bool{}
+	for _, p := range c.pkgs {
+		ps, _ := platform.ParseList(p.Metadata.Annotations[kubepkg.AnnotationPlatform])
+		plats = append(plats, ps...)
+		var names []string
+		for _, x := range ps {
+			names = append(names, platform.String(x))
+		}
+		rep.Packages = append(rep.Packages, Package{Namespace: p.Metadata.Namespace, Name: p.Metadata.Name, Version: p.Spec.Version, Platforms: names})
+		if p.Metadata.Annotations[kubepkg.AnnotationPartial] == "true" {
+			rep.Partial = true
+		}
+		if verify {
+			if err := p.Validate(); err != nil {
+				rep.Problems = append(rep.Problems, fmt.Sprintf("package %s: %v", p.Metadata.Name, err))
+			}
+		}
+		for ref, d := range p.Spec.Images {
+			refs[ref] = true
+			if verify && !strings.HasPrefix(d, "sha") {
+				rep.Problems = append(rep.Problems, fmt.Sprintf("package %s: spec.images[%q] is not pinned to a digest", p.Metadata.Name, ref))
+			}
+		}
+	}
+	seen := map[string]bool{}
+	for _, m := range sum.Index.Manifests {
+		ref := m.Annotations[archive.AnnotationImageName]
+		if ref == "" {
+			ref = m.Annotations[archive.AnnotationRefName]
+		}
+		seen[ref] = true
+		im := Image{Ref: ref, Digest: string(m.Digest), MediaType: m.MediaType}
+		cl := Closure(m, plats, func(d digest.Digest) ([]byte, bool) { b, ok := c.manifests[d]; return b, ok },
+			func(d digest.Digest) bool { return c.present[d] })
+		im.Platforms = cl.Platforms
+		rep.Images = append(rep.Images, im)
+		if verify {
+			if rep.Partial {
+				rep.Absent = append(rep.Absent, cl.Missing...)
+			} else {
+				for _, d := range cl.Missing {
+					rep.Problems = append(rep.Problems, fmt.Sprintf("image %s: blob %s is missing", ref, d))
+				}
+			}
+			rep.Problems = append(rep.Problems, prefix("image "+ref+": ", cl.Problems)...)
+		}
+	}
+	if verify {
+		for ref := range refs {
+			if !seen[ref] {
+				rep.Problems = append(rep.Problems, fmt.Sprintf("spec.images lists %s, index.json does not", ref))
+			}
+		}
+		for ref := range seen {
+			if !refs[ref] {
+				rep.Problems = append(rep.Problems, fmt.Sprintf("index.json lists %s, spec.images does not", ref))
+			}
+		}
+	}
+	sort.Strings(rep.Absent)
+	sort.Strings(rep.Problems)
+	return rep, nil
+}
+
+func prefix(p string, list []string) []string {
+	var out []string
+	for _, s := range list {
+		out = append(out, p+s)
+	}
+	return out
+}
+
+// ClosureResult is what an image's closure check found.
+type ClosureResult struct {
+	// Platforms are the platforms whose manifests are at hand.
+	Platforms []string
+	// Missing are blobs the chosen platforms need that are not at hand.
+	Missing []string
+	// Problems are other defects (unreadable manifests, no matching child).
+	Problems []string
+}
+
+// Closure checks that top (an index or a manifest) is complete for plats:
+// every matching child manifest, its config and its layers (except
+// non-distributable ones) are at hand. manifest returns a manifest's bytes
+// when at hand; has tells whether any blob is.
+func Closure(top ocispec.Descriptor, plats []ocispec.Platform, manifest func(digest.Digest) ([]byte, bool), has func(digest.Digest) bool) ClosureResult {
+	var res ClosureResult
+	missing := map[string]bool{}
+	platSeen := map[string]bool{}
+	var visit func(d ocispec.Descriptor, depth int)
+	visit = func(d ocispec.Descriptor, depth int) {
+		body, ok := manifest(d.Digest)
+		if !ok {
+			missing[string(d.Digest)] = true
+			return
+		}
+		pm, err := registry.ParseManifest(d.MediaType, body)
+		if err != nil {
+			res.Problems = append(res.Problems, fmt.Sprintf("manifest %s: %v", d.Digest, err))
+			return
+		}
+		if pm.IsIndex() {
+			if depth > 4 {
+				res.Problems = append(res.Problems, "indexes nested too deep")
+				return
+			}
+			matched := 0
+			for _, c := range pm.Manifests {
+				isIndex := c.MediaType == ocispec.MediaTypeImageIndex || c.MediaType == registry.MediaTypeDockerManifestList
+				if c.Platform != nil && !platform.MatchAny(plats, *c.Platform) {
+					continue
+				}
+				if c.Platform == nil && !isIndex {
+					continue
+				}
+				matched++
+				if c.Platform != nil {
+					platSeen[platform.String(*c.Platform)] = true
+				}
+				visit(c, depth+1)
+			}
+			if matched == 0 && depth == 0 {
+				res.Problems = append(res.Problems, fmt.Sprintf("no manifest for %s", platform.Join(plats)))
+			}
+			return
+		}
+		for _, b := range pm.Required() {
+			if !has(b.Digest) {
+				missing[string(b.Digest)] = true
+			}
+		}
+		if depth == 0 {
+			platSeen["single-platform"] = true
+		}
+	}
+	visit(top, 0)
+	for p := range platSeen {
+		res.Platforms = append(res.Platforms, p)
+	}
+	for d := range missing {
+		res.Missing = append(res.Missing, d)
+	}
+	sort.Strings(res.Platforms)
+	sort.Strings(res.Missing)
+	return res
+}

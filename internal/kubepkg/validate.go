@@ -1,0 +1,182 @@
+package kubepkg
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+
+	"github.com/Masterminds/semver/v3"
+	"github.com/google/go-containerregistry/pkg/name"
+)
+
+var (
+	dns1123Label     = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+	dns1123Subdomain = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
+	digestPattern    = regexp.MustCompile(`^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$`)
+	platformPart     = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]*$`)
+)
+
+// Validate checks the package and returns every problem found, joined with
+// errors.Join; each names the field path and the problem, e.g.
+// `spec.version: "latest" is not a semantic version`. It checks apiVersion and
+// kind, metadata.name (a DNS-1123 subdomain) and metadata.namespace (a
+// DNS-1123 label, when set), spec.version (X.Y.Z semver, a leading "v"
+// allowed), each spec.images key (an image reference) and value ("" or a
+// sha256/sha512 digest), each spec.manifests object (apiVersion, kind,
+// metadata.name, and its key, see ManifestKey) and the AnnotationPlatform
+// annotation (see Platforms).
+func (p *KubePkg) Validate() error {
+	var errs []error
+	add := func(path string, format string, args ...any) {
+		errs = append(errs, &FieldError{Path: path, Err: fmt.Errorf(format, args...)})
+	}
+
+	if p.APIVersion != APIVersion {
+		add("apiVersion", "must be %q, got %q", APIVersion, p.APIVersion)
+	}
+	if p.Kind != KindKubePkg {
+		add("kind", "must be %q, got %q", KindKubePkg, p.Kind)
+	}
+
+	switch n := p.Metadata.Name; {
+	case n == "":
+		add("metadata.name", "required")
+	case !IsDNS1123Subdomain(n):
+		add("metadata.name", "%q is not a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', at most 253 characters)", n)
+	}
+	if ns := p.Metadata.Namespace; ns != "" && !IsDNS1123Label(ns) {
+		add("metadata.namespace", "%q is not a DNS-1123 label (lowercase letters, digits and '-', at most 63 characters)", ns)
+	}
+	if v, ok := p.Metadata.Annotations[AnnotationPlatform]; ok {
+		if _, err := ParsePlatforms(v); err != nil {
+			add("metadata.annotations"+keyPath(AnnotationPlatform), "%v", err)
+		}
+	}
+
+	if p.Spec.Version == "" {
+		add("spec.version", "required")
+	} else if _, err := ParseVersion(p.Spec.Version); err != nil {
+		add("spec.version", "%v", err)
+	}
+
+	for _, ref := range sortedKeys(p.Spec.Images) {
+		path := "spec.images" + keyPath(ref)
+		if _, err := name.ParseReference(ref); err != nil {
+			add(path, "invalid image reference: %v", err)
+		} else if _, err := NormalizeRef(ref); err != nil {
+			add(path, "invalid image reference: %v", err)
+		}
+		if d := p.Spec.Images[ref]; d != "" && !digestPattern.MatchString(d) {
+			add(path, "value %q must be empty or a digest (sha256:<64 hex> or sha512:<128 hex>)", d)
+		}
+	}
+
+	for _, key := range sortedKeys(p.Spec.Manifests) {
+		path := "spec.manifests" + keyPath(key)
+		m := p.Spec.Manifests[key]
+		if m == nil {
+			add(path, "must be an object")
+			continue
+		}
+		complete := true
+		for _, f := range []string{"apiVersion", "kind"} {
+			if s, _ := m[f].(string); s == "" {
+				add(path+"."+f, "required (a non-empty string)")
+				complete = false
+			}
+		}
+		if s, _ := stringAt(m, "metadata", "name"); s == "" {
+			add(path+".metadata.name", "required (a non-empty string)")
+			complete = false
+		}
+		if v, ok := mapAt(m, "metadata"); ok {
+			if ns, present := v["namespace"]; present && ns != nil {
+				if _, isString := ns.(string); !isString {
+					add(path+".metadata.namespace", "must be a string")
+					complete = false
+				}
+			}
+		}
+		if complete {
+			if want := p.ManifestKey(m); key != want {
+				add(path, "key does not match the object (want %q)", want)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ManifestKey returns the key a manifest must have in spec.manifests:
+// "<metadata.name>.<namespace>.<lowercase kind>", where namespace is the
+// object's metadata.namespace, else the package's namespace, else "default".
+func (p *KubePkg) ManifestKey(m Manifest) string {
+	objName, _ := stringAt(m, "metadata", "name")
+	ns, _ := stringAt(m, "metadata", "namespace")
+	if ns == "" {
+		ns = p.Namespace("default")
+	}
+	kind, _ := m["kind"].(string)
+	return objName + "." + ns + "." + strings.ToLower(kind)
+}
+
+// ParseVersion parses a package version: strict semantic version X.Y.Z with
+// optional pre-release and build metadata, a leading "v" allowed. "1.x",
+// "1.2" and "latest" are rejected.
+func ParseVersion(s string) (*semver.Version, error) {
+	v, err := semver.StrictNewVersion(strings.TrimPrefix(s, "v"))
+	if err != nil {
+		return nil, fmt.Errorf("%q is not a semantic version (X.Y.Z): %v", s, err)
+	}
+	return v, nil
+}
+
+// IsDNS1123Subdomain reports whether s is a DNS-1123 subdomain, the form of
+// most Kubernetes object names.
+func IsDNS1123Subdomain(s string) bool {
+	return len(s) <= 253 && dns1123Subdomain.MatchString(s)
+}
+
+// IsDNS1123Label reports whether s is a DNS-1123 label, the form of a
+// Kubernetes namespace name.
+func IsDNS1123Label(s string) bool {
+	return len(s) <= 63 && dns1123Label.MatchString(s)
+}
+
+// IsDigest reports whether s is a digest this package accepts:
+// "sha256:<64 lowercase hex>" or "sha512:<128 lowercase hex>".
+func IsDigest(s string) bool { return digestPattern.MatchString(s) }
+
+// ParsePlatforms parses a comma-separated list of os/arch[/variant]
+// platforms (spaces around entries are ignored). It returns them in the order
+// written, without duplicates; an empty (or blank) value gives nil.
+func ParsePlatforms(s string) ([]string, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var out []string
+	seen := map[string]bool{}
+	for _, entry := range strings.Split(s, ",") {
+		entry = strings.TrimSpace(entry)
+		parts := strings.Split(entry, "/")
+		if len(parts) < 2 || len(parts) > 3 {
+			return nil, fmt.Errorf("platform %q: want os/arch[/variant]", entry)
+		}
+		for _, part := range parts {
+			if !platformPart.MatchString(part) {
+				return nil, fmt.Errorf("platform %q: want os/arch[/variant] in lowercase letters and digits", entry)
+			}
+		}
+		if !seen[entry] {
+			seen[entry] = true
+			out = append(out, entry)
+		}
+	}
+	return out, nil
+}
+
+// Platforms returns the platforms of the AnnotationPlatform annotation (see
+// ParsePlatforms), nil when it is absent or empty.
+func (p *KubePkg) Platforms() ([]string, error) {
+	return ParsePlatforms(p.Metadata.Annotations[AnnotationPlatform])
+}

@@ -1,0 +1,82 @@
+// Package pocket owns the `crpe serve` server of the internet side: a
+// read-only OCI registry over the local cache with the pull-through cache in
+// front of it, for any number of upstream registries, plus /healthz and
+// /metrics. (The package library and its API join it in later steps.)
+package pocket
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/octohelm/crpe/internal/httpx"
+	"github.com/octohelm/crpe/internal/pullthrough"
+	"github.com/octohelm/crpe/internal/registry"
+	"github.com/octohelm/crpe/internal/storage"
+	"github.com/octohelm/crpe/internal/upstream"
+)
+
+// Config is what `crpe serve` takes.
+type Config struct {
+	Addr            string
+	Data            string
+	Upstream        upstream.Options
+	Offline         bool
+	TLSCert, TLSKey string
+	ShutdownGrace   time.Duration
+	Log             *slog.Logger
+	Ready           func(net.Addr)
+}
+
+// Run serves until ctx is done.
+func Run(ctx context.Context, cfg Config) error {
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Data == "" {
+		return errors.New("--data is required")
+	}
+	reg := httpx.NewRegistry()
+	st, err := storage.Open(ctx, cfg.Data, log, reg)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	cache := pullthrough.New(st.Store, st.DB, upstream.New(cfg.Upstream), pullthrough.Options{Offline: cfg.Offline})
+	registerCacheMetrics(reg, cache)
+	rg := registry.New(st.Store, st.DB, registry.Options{})
+	v2 := cache.Handler(rg)
+	mux := httpx.NewMux(reg)
+	mux.Handle("/v2/", v2)
+	mux.Handle("/v2", v2)
+
+	srv := httpx.NewServer(log, httpx.NewMetrics(reg), mux)
+	grace := cfg.ShutdownGrace
+	if grace <= 0 {
+		grace = 20 * time.Second
+	}
+	return httpx.Serve(ctx, log, srv, cfg.Addr, cfg.TLSCert, cfg.TLSKey, grace, func(a net.Addr) {
+		log.Info("crpe serve listening", "addr", a.String(), "data", cfg.Data, "offline", cfg.Offline)
+		if cfg.Ready != nil {
+			cfg.Ready(a)
+		}
+	})
+}
+
+func registerCacheMetrics(reg *prometheus.Registry, c *pullthrough.Cache) {
+	counter := func(name, help string, f func() int64) {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(f()) }))
+	}
+	counter("crpe_upstream_blob_fetches_total", "Blob fetches started upstream.", c.Stats.BlobFetches.Load)
+	counter("crpe_upstream_blob_resumes_total", "Broken blob transfers resumed with a Range request.", c.Stats.BlobResumes.Load)
+	counter("crpe_upstream_blob_failures_total", "Blob fetches that failed (network or verification).", c.Stats.BlobFailures.Load)
+	counter("crpe_upstream_manifest_fetches_total", "Manifests fetched upstream.", c.Stats.ManifestFetches.Load)
+	counter("crpe_upstream_fallbacks_total", "Tags served from the cache because the upstream was unreachable.", c.Stats.Fallbacks.Load)
+	counter("crpe_upstream_bytes_total", "Blob bytes received from upstreams.", c.Stats.BytesFetched.Load)
+}

@@ -1,0 +1,70 @@
+// Package storage owns a crpe data folder as a whole: it opens the blob
+// store and the repository index together, clears leftovers of interrupted
+// writes at start, and exposes the store's Prometheus metrics. The agent and
+// the pocket both start from here.
+package storage
+
+import (
+	"context"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/octohelm/crpe/internal/cas"
+	"github.com/octohelm/crpe/internal/casfs"
+	"github.com/octohelm/crpe/internal/repodb"
+)
+
+// IndexPath is where the repository index of a data folder lives.
+func IndexPath(data string) string { return filepath.Join(data, "index.db") }
+
+// Storage is an open data folder.
+type Storage struct {
+	Dir   string
+	Store *casfs.Store
+	DB    *repodb.DB
+}
+
+// Open opens the data folder dir for a server. It removes leftover temp
+// files (no write can be in flight before the server starts) and, when reg
+// is set, registers the store's metrics on it.
+func Open(ctx context.Context, dir string, log *slog.Logger, reg prometheus.Registerer) (*Storage, error) {
+	store, err := casfs.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	db, err := repodb.Open(IndexPath(dir), false, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	if n, err := store.CleanIngest(); err != nil {
+		db.Close()
+		return nil, err
+	} else if n > 0 && log != nil {
+		log.Info("removed leftover temp files of interrupted writes", "count", n)
+	}
+	if reg != nil {
+		blobsStored := prometheus.NewCounter(prometheus.CounterOpts{Name: "crpe_blobs_stored_total", Help: "Blobs newly written to the store since start."})
+		bytesStored := prometheus.NewCounter(prometheus.CounterOpts{Name: "crpe_blob_bytes_stored_total", Help: "Bytes of blobs newly written to the store since start."})
+		storeBlobs := prometheus.NewGauge(prometheus.GaugeOpts{Name: "crpe_store_blobs", Help: "Blobs in the store."})
+		storeBytes := prometheus.NewGauge(prometheus.GaugeOpts{Name: "crpe_store_bytes", Help: "Bytes of blobs in the store."})
+		reg.MustRegister(blobsStored, bytesStored, storeBlobs, storeBytes)
+		_ = store.Walk(ctx, func(i cas.Info) error {
+			storeBlobs.Inc()
+			storeBytes.Add(float64(i.Size))
+			return nil
+		})
+		store.OnCommit = func(i cas.Info) {
+			blobsStored.Inc()
+			bytesStored.Add(float64(i.Size))
+			storeBlobs.Inc()
+			storeBytes.Add(float64(i.Size))
+		}
+	}
+	return &Storage{Dir: dir, Store: store, DB: db}, nil
+}
+
+// Close releases the index.
+func (s *Storage) Close() error { return s.DB.Close() }

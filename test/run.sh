@@ -18,9 +18,13 @@ fi
 if ! command -v crane >/dev/null; then
   GOFLAGS=-mod=mod go install "github.com/google/go-containerregistry/cmd/crane@${CRANE_VERSION}"
 fi
+if ! command -v conformance-ro >/dev/null; then
+  bash test/peers/conformance-ro.sh "${CONFORMANCE_VERSION}"
+fi
 apt_pkgs=()
 command -v docker-registry >/dev/null || apt_pkgs+=(docker-registry)
 command -v skopeo >/dev/null || apt_pkgs+=(skopeo)
+command -v containerd >/dev/null || apt_pkgs+=(containerd)
 if ((${#apt_pkgs[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq

@@ -62,7 +62,7 @@ byte-identical (SOURCE_DATE_EPOCH sets the entries' time).`,
 			if err != nil {
 				return err
 			}
-			pkgs, err := kubepkg.Load(ctx, src, kubepkg.LoadOptions{Token: sourceToken, Stdin: cmd.InOrStdin()})
+			pkgs, err := kubepkg.Load(ctx, src, kubepkg.LoadOptions{Token: sourceToken, Stdin: cmd.InOrStdin(), CacheDir: filepath.Join(data, "sources")})
 			if err != nil {
 				return err
 			}

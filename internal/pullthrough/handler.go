@@ -22,7 +22,7 @@ func (c *Cache) Handler(next http.Handler) http.Handler {
 			return
 		}
 		rt, ok := registry.ParseRoute(r.URL.Path)
-		if !ok || (rt.Kind != registry.RouteManifest && rt.Kind != registry.RouteBlob) {
+		if !ok || (rt.Kind != registry.RouteManifest && rt.Kind != registry.RouteBlob && rt.Kind != registry.RouteTags) {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -36,6 +36,10 @@ func (c *Cache) Handler(next http.Handler) http.Handler {
 			w.Header().Set("OCI-Namespace", ns)
 		}
 		switch rt.Kind {
+		case registry.RouteTags:
+			if c.serveTags(w, r, full) {
+				return
+			}
 		case registry.RouteManifest:
 			if _, err := c.resolve(r.Context(), full, rt.Ref); err != nil {
 				c.fail(w, r, rt.Kind, err)
@@ -73,6 +77,9 @@ func mapError(kind string, err error) error {
 	if errors.As(err, &re) {
 		return re
 	}
+	if errors.Is(err, cas.ErrInvalidDigest) {
+		return registry.AsError(err)
+	}
 	notFound := errors.Is(err, upstream.ErrNotFound) || errors.Is(err, ErrNotCached) || errors.Is(err, cas.ErrNotFound)
 	if notFound {
 		code := "MANIFEST_UNKNOWN"
@@ -92,4 +99,29 @@ func mapError(kind string, err error) error {
 		return &registry.Error{Status: http.StatusBadGateway, Code: "UNAVAILABLE", Message: err.Error()}
 	}
 	return registry.AsError(err)
+}
+
+// serveTags answers a tag listing of an upstream repository with the
+// upstream's tags (it is the authority), paginated like the registry does.
+// It returns false to let the registry answer from the cache: offline, or
+// when the upstream cannot be reached.
+func (c *Cache) serveTags(w http.ResponseWriter, r *http.Request, full string) bool {
+	if c.o.Offline {
+		return false
+	}
+	repo, _ := upstream.SplitRepo(full)
+	tags, err := c.up.Tags(r.Context(), repo)
+	if err != nil {
+		if upstream.IsTemporary(err) {
+			c.Stats.Fallbacks.Add(1)
+			return false
+		}
+		c.fail(w, r, registry.RouteTags, err)
+		return true
+	}
+	httpx.SetRoute(r, registry.RouteTags)
+	if err := registry.WriteTagList(w, r, full, tags); err != nil {
+		c.fail(w, r, registry.RouteTags, err)
+	}
+	return true
 }

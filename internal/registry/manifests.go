@@ -207,12 +207,19 @@ func (rg *Registry) getManifest(w http.ResponseWriter, r *http.Request, repo, re
 	if err != nil {
 		return err
 	}
-	if !strings.Contains(ref, ":") && !accepts(r.Header.Values("Accept"), m.MediaType) {
-		return errManifestUnknown("manifest %s:%s is a %s, which the client does not accept", repo, ref, m.MediaType)
-	}
 	body, err := rg.manifestBytes(r, d)
 	if err != nil {
 		return err
+	}
+	if !strings.Contains(ref, ":") && !accepts(r.Header.Values("Accept"), m.MediaType) {
+		// Content negotiation as distribution does it: a client that takes
+		// no index gets the linux/amd64 image of one. Otherwise the manifest
+		// is served as stored (registries do not convert between schemas).
+		if isIndexType(m.MediaType) && (accepts(r.Header.Values("Accept"), ocispec.MediaTypeImageManifest) || accepts(r.Header.Values("Accept"), MediaTypeDockerManifest)) {
+			if cd, cm, cbody, ok := rg.defaultChild(r, repo, body); ok {
+				d, m, body = cd, cm, cbody
+			}
+		}
 	}
 	h := w.Header()
 	h.Set("Content-Type", m.MediaType)
@@ -224,6 +231,33 @@ func (rg *Registry) getManifest(w http.ResponseWriter, r *http.Request, repo, re
 		_, _ = w.Write(body)
 	}
 	return nil
+}
+
+// defaultChild picks the linux/amd64 image of an index, when it is stored
+// in repo.
+func (rg *Registry) defaultChild(r *http.Request, repo string, index []byte) (digest.Digest, repodb.Manifest, []byte, bool) {
+	pm, err := ParseManifest("", index)
+	if err != nil {
+		return "", repodb.Manifest{}, nil, false
+	}
+	for _, c := range pm.Manifests {
+		if c.Platform == nil || c.Platform.OS != "linux" || c.Platform.Architecture != "amd64" {
+			continue
+		}
+		var m repodb.Manifest
+		if err := rg.db.View(func(tx *repodb.Tx) error {
+			m, err = tx.Manifest(repo, c.Digest)
+			return err
+		}); err != nil {
+			continue
+		}
+		body, err := rg.manifestBytes(r, c.Digest)
+		if err != nil {
+			continue
+		}
+		return c.Digest, m, body, true
+	}
+	return "", repodb.Manifest{}, nil, false
 }
 
 func (rg *Registry) manifestBytes(r *http.Request, d digest.Digest) ([]byte, error) {

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sort"
 	"strconv"
 	"sync"
 	"time"
@@ -246,6 +247,34 @@ func (rg *Registry) tags(w http.ResponseWriter, r *http.Request, repo string) er
 	})
 	if err != nil {
 		return err
+	}
+	if more && len(tags) > 0 {
+		w.Header().Set("Link", fmt.Sprintf(`</v2/%s/tags/list?n=%d&last=%s>; rel="next"`, repo, n, tags[len(tags)-1]))
+	}
+	return writeJSON(w, r, http.StatusOK, "application/json", map[string]any{"name": repo, "tags": tags})
+}
+
+// WriteTagList answers a tag listing from a sorted list of all tags,
+// honouring n and last like the registry's own listing.
+func WriteTagList(w http.ResponseWriter, r *http.Request, repo string, all []string) error {
+	n, last, err := pageParams(r)
+	if err != nil {
+		return err
+	}
+	i := 0
+	if last != "" {
+		i = sort.SearchStrings(all, last)
+		if i < len(all) && all[i] == last {
+			i++
+		}
+	}
+	tags := all[i:]
+	more := false
+	if n >= 0 && len(tags) > n {
+		tags, more = tags[:n], true
+	}
+	if tags == nil {
+		tags = []string{}
 	}
 	if more && len(tags) > 0 {
 		w.Header().Set("Link", fmt.Sprintf(`</v2/%s/tags/list?n=%d&last=%s>; rel="next"`, repo, n, tags[len(tags)-1]))

@@ -195,8 +195,12 @@ func TestManifestValidation(t *testing.T) {
 	if !bytes.Equal(got, m) {
 		t.Fatal("manifest bytes differ")
 	}
-	// content negotiation: a client that only takes Docker lists is told no
-	e.expectErr(e.do("GET", "/v2/m/manifests/v1", nil, "Accept", MediaTypeDockerManifestList), 404, "MANIFEST_UNKNOWN")
+	// content negotiation: no conversion between schemas, the manifest is
+	// served as stored whatever the client lists
+	resp = e.do("GET", "/v2/m/manifests/v1", nil, "Accept", MediaTypeDockerManifest)
+	if e.expectStatus(resp, 200); resp.Header.Get("Content-Type") != ociManifest {
+		t.Fatalf("content type %s", resp.Header.Get("Content-Type"))
+	}
 }
 
 func TestSparseIndexAndReferrers(t *testing.T) {
@@ -213,6 +217,11 @@ func TestSparseIndexAndReferrers(t *testing.T) {
 		ociManifest, digest.FromBytes(m), len(m), ociManifest, absent))
 	e.expectStatus(e.do("PUT", "/v2/s/manifests/multi?tag=also", index, "Content-Type", "application/vnd.oci.image.index.v1+json"), 201)
 	e.expectStatus(e.do("GET", "/v2/s/manifests/also", nil), 200)
+	// a client that takes no index gets the linux/amd64 image
+	got := e.expectStatus(e.do("GET", "/v2/s/manifests/also", nil, "Accept", ociManifest), 200)
+	if !bytes.Equal(got, m) {
+		t.Fatal("index-less client did not get the linux/amd64 image")
+	}
 
 	// an artifact whose subject is absent is accepted and listed
 	subject := digest.FromString("absent subject")

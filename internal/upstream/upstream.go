@@ -10,12 +10,14 @@ package upstream
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -467,4 +469,51 @@ func (c *Client) OpenBlob(ctx context.Context, r Repo, d digest.Digest, offset i
 		return resp.Body, resp.ContentLength, nil
 	}
 	return nil, 0, statusErr(resp, "fetch blob", r, string(d))
+}
+
+// MaxTags bounds how many tags are read from an upstream's listing.
+const MaxTags = 100000
+
+// Tags lists all tags of r, following Link pagination, sorted.
+func (c *Client) Tags(ctx context.Context, r Repo) ([]string, error) {
+	var all []string
+	next := ""
+	for page := 0; page < 1000; page++ {
+		resp, err := c.do(ctx, r, "list tags", "", func(scheme, host string) (*http.Request, error) {
+			u := scheme + "://" + host + "/v2/" + r.Path + "/tags/list?n=1000"
+			if next != "" {
+				u = scheme + "://" + host + next
+			}
+			return http.NewRequest(http.MethodGet, u, nil)
+		})
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode != http.StatusOK {
+			return nil, statusErr(resp, "list tags", r, "")
+		}
+		var body struct {
+			Tags []string `json:"tags"`
+		}
+		err = json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&body)
+		resp.Body.Close()
+		if err != nil {
+			return nil, &Error{Op: "list tags", Repo: r, Err: err}
+		}
+		all = append(all, body.Tags...)
+		if len(all) > MaxTags {
+			return nil, &Error{Op: "list tags", Repo: r, Err: fmt.Errorf("more than %d tags", MaxTags)}
+		}
+		link := resp.Header.Get("Link")
+		if link == "" {
+			break
+		}
+		start, end := strings.Index(link, "<"), strings.Index(link, ">")
+		if start < 0 || end <= start+1 || !strings.HasPrefix(link[start+1:end], "/v2/") {
+			break
+		}
+		next = link[start+1 : end]
+	}
+	sort.Strings(all)
+	return all, nil
 }

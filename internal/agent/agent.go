@@ -14,6 +14,7 @@ import (
 
 	"github.com/octohelm/crpe/internal/auth"
 	"github.com/octohelm/crpe/internal/httpx"
+	"github.com/octohelm/crpe/internal/importer"
 	"github.com/octohelm/crpe/internal/registry"
 	"github.com/octohelm/crpe/internal/storage"
 )
@@ -28,7 +29,16 @@ type Config struct {
 	PullTokenRequired bool
 	TLSCert, TLSKey   string
 	ShutdownGrace     time.Duration
-	Log               *slog.Logger
+	// Namespace is where packages without metadata.namespace go.
+	Namespace string
+	// KeepVersions is how many versions of each package are kept.
+	KeepVersions int
+	// GCInterval runs garbage collection periodically (besides after an
+	// import expired versions); GCGrace spares unreferenced blobs younger
+	// than it.
+	GCInterval time.Duration
+	GCGrace    time.Duration
+	Log        *slog.Logger
 	// Ready, if set, is called with the listening address.
 	Ready func(net.Addr)
 }
@@ -66,8 +76,15 @@ func Run(ctx context.Context, cfg Config) error {
 	defer cancel()
 	go rg.Run(rctx)
 
+	imp := importer.New(st.Store, st.DB, importer.Options{Namespace: cfg.Namespace, KeepVersions: cfg.KeepVersions})
+	gc := newCollector(log, imp, cfg.GCGrace, reg)
+	imp.OnExpired = gc.trigger
+	go gc.run(rctx, cfg.GCInterval)
+
 	guard := &auth.Guard{Tokens: tokens, PullTokenRequired: cfg.PullTokenRequired}
 	mux := httpx.NewMux(reg)
+	a := newAPI(st, imp, reg)
+	a.routes(mux, func(h http.Handler) http.Handler { return guard.Middleware(IsWrite, denyAPI, h) })
 	v2 := guard.Middleware(registry.IsWrite, registry.DenyUnauthorized, rg)
 	mux.Handle("/v2/", v2)
 	mux.Handle("/v2", v2)
@@ -85,4 +102,9 @@ func Run(ctx context.Context, cfg Config) error {
 	})
 }
 
-var _ http.Handler = (*registry.Registry)(nil)
+// denyAPI answers an /api request the guard refused.
+func denyAPI(w http.ResponseWriter, r *http.Request, err error) {
+	httpx.SetRoute(r, "unauthorized")
+	w.Header().Set("WWW-Authenticate", `Basic realm="crpe"`)
+	writeAPIError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", err.Error(), nil)
+}

@@ -35,6 +35,10 @@ type Limits struct {
 	// because they arrived before anything referenced them (default
 	// DefaultMaxManifestBytes, 64 MiB).
 	MaxManifestBytes int64
+	// Have, when set, tells which blobs the receiver already holds: a
+	// partial archive (octohelm.tech/partial) may leave those out. Without
+	// it every referenced config and layer must be in the archive.
+	Have func(digest.Digest) bool
 }
 
 func (l Limits) withDefaults() Limits {
@@ -227,7 +231,7 @@ func (rd *reader) run(r io.Reader) error {
 		return entryErr(names[0], nil, "not referenced by any manifest")
 	}
 	for _, m := range rd.sum.Index.Manifests {
-		if !rd.seen[m.Digest] {
+		if !rd.seen[m.Digest] && !(rd.lim.Have != nil && rd.lim.Have(m.Digest)) {
 			ref := m.Annotations[AnnotationImageName]
 			if ref == "" {
 				ref = m.Annotations[AnnotationRefName]
@@ -236,7 +240,7 @@ func (rd *reader) run(r io.Reader) error {
 		}
 	}
 	for _, q := range rd.required {
-		if !rd.seen[q.d] {
+		if !rd.seen[q.d] && !(rd.lim.Have != nil && rd.lim.Have(q.d)) {
 			return entryErr(BlobEntry(q.d), nil, "missing: %s needs it", q.from)
 		}
 	}

@@ -170,3 +170,13 @@ func (g *Guard) Middleware(isWrite func(*http.Request) bool, deny func(http.Resp
 		next.ServeHTTP(w, r)
 	})
 }
+
+// First returns the first token of the file (for clients that send one).
+func (t *Tokens) First() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.tokens) == 0 {
+		return ""
+	}
+	return string(t.tokens[0])
+}

@@ -32,8 +32,10 @@ const copyBufSize = 1 << 20
 // Store is a cas.IngestStore on a local folder.
 type Store struct {
 	root string
-	// OnCommit, if set, is called after a blob was newly published.
+	// OnCommit, if set, is called after a blob was newly published;
+	// OnDelete after one was deleted.
 	OnCommit func(cas.Info)
+	OnDelete func(cas.Info)
 	seq      atomic.Uint64
 }
 
@@ -177,6 +179,7 @@ func (s *Store) Delete(_ context.Context, d digest.Digest) error {
 	if _, err := cas.ParseDigest(string(d)); err != nil {
 		return err
 	}
+	fi, _ := os.Stat(s.Path(d))
 	if err := os.Remove(s.Path(d)); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("%w: %s", cas.ErrNotFound, d)
@@ -184,6 +187,9 @@ func (s *Store) Delete(_ context.Context, d digest.Digest) error {
 		return err
 	}
 	syncDir(filepath.Dir(s.Path(d)))
+	if s.OnDelete != nil && fi != nil {
+		s.OnDelete(cas.Info{Digest: d, Size: fi.Size()})
+	}
 	return nil
 }
 

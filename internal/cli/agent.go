@@ -1,11 +1,14 @@
 package cli
 
 import (
+	"encoding/json"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/octohelm/crpe/internal/agent"
+	"github.com/octohelm/crpe/internal/agentclient"
+	"github.com/octohelm/crpe/internal/storage"
 )
 
 func newAgentCmd(g *globals) *cobra.Command {
@@ -49,6 +52,54 @@ Also serves /healthz and Prometheus /metrics. SIGTERM shuts down gracefully.`,
 	f.BoolVar(&cfg.PullTokenRequired, "pull-token-required", false, "require a token for reads too")
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "TLS certificate file (PEM)")
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "TLS key file (PEM)")
+	f.StringVar(&cfg.Namespace, "namespace", "default", "namespace of packages whose metadata names none")
+	f.IntVar(&cfg.KeepVersions, "keep-versions", 3, "versions of each package kept; older ones are garbage-collected")
+	f.DurationVar(&cfg.GCInterval, "gc-interval", 24*time.Hour, "how often garbage collection runs besides after imports")
+	f.DurationVar(&cfg.GCGrace, "gc-grace", time.Hour, "unreferenced blobs younger than this are kept (a push links its blobs a moment after storing them)")
 	f.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 20*time.Second, "time given to in-flight requests on shutdown")
+	cmd.AddCommand(newAgentInventoryCmd())
+	return cmd
+}
+
+func newAgentInventoryCmd() *cobra.Command {
+	var data, from, token string
+	cmd := &cobra.Command{
+		Use:   "inventory",
+		Short: "Print what an agent holds (blob digests and packages), for crpe export --since",
+		Long: `crpe agent inventory prints, as JSON, the digests of every blob an agent holds
+and its packages: from a data folder (--data, the agent stopped) or from a
+running agent (--from URL). Carried to the pocket, it lets
+"crpe export --since FILE" leave out the layers the agent already has, for a
+disconnected handover.`,
+		Example: `  crpe agent inventory --data /var/lib/crpe > inventory.json
+  crpe agent inventory --from http://agent.lan:36060 > inventory.json
+  crpe export -f demo.yaml --since inventory.json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			enc := json.NewEncoder(cmd.OutOrStdout())
+			enc.SetIndent("", "  ")
+			if from != "" {
+				inv, err := (&agentclient.Client{URL: from, Token: token}).Inventory(ctx)
+				if err != nil {
+					return err
+				}
+				return enc.Encode(inv)
+			}
+			st, err := storage.OpenReadOnly(data)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			inv, err := agent.ReadInventory(ctx, st)
+			if err != nil {
+				return err
+			}
+			return enc.Encode(inv)
+		},
+	}
+	cmd.Flags().StringVar(&data, "data", "crpe-data", "the agent's data folder")
+	cmd.Flags().StringVar(&from, "from", "", "a running agent's URL")
+	cmd.Flags().StringVar(&token, "token", "", "token, when the agent requires one for reads")
 	return cmd
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
 
@@ -23,10 +24,10 @@ import (
 
 func newExportCmd(g *globals) *cobra.Command {
 	var (
-		src, out, data, platforms, sourceToken string
-		asJSON                                 bool
-		parallel                               int
-		up                                     upstreamFlags
+		src, out, data, platforms, sourceToken, since string
+		asJSON                                        bool
+		parallel                                      int
+		up                                            upstreamFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "export -f SRC",
@@ -103,6 +104,22 @@ byte-identical (SOURCE_DATE_EPOCH sets the entries' time).`,
 			}
 			opts := export.Options{Platforms: plats, Parallel: parallel, ModTime: modTime,
 				Warn: func(msg string) { g.log.Warn(msg) }}
+			if since != "" {
+				b, err := os.ReadFile(since)
+				if err != nil {
+					return err
+				}
+				var inv struct {
+					Digests []digest.Digest `json:"digests"`
+				}
+				if err := json.Unmarshal(b, &inv); err != nil {
+					return fmt.Errorf("--since %s: not an agent inventory: %w", since, err)
+				}
+				opts.Exclude = map[digest.Digest]bool{}
+				for _, d := range inv.Digests {
+					opts.Exclude[d] = true
+				}
+			}
 			var bars *barProgress
 			if isTerminal(cmd.ErrOrStderr()) && !asJSON {
 				bars = newBarProgress(cmd.ErrOrStderr())
@@ -157,6 +174,7 @@ byte-identical (SOURCE_DATE_EPOCH sets the entries' time).`,
 	f.StringVar(&data, "data", defaultPocketData(), "cache folder (the pocket's --data)")
 	f.StringVar(&sourceToken, "source-token", "", "bearer token for a deployments center URL")
 	f.IntVar(&parallel, "parallel", 4, "blobs fetched at once")
+	f.StringVar(&since, "since", "", "an agent inventory (crpe agent inventory): leave out the layers it holds")
 	f.BoolVar(&asJSON, "json", false, "print a machine-readable summary")
 	up.register(cmd)
 	return cmd

@@ -218,7 +218,7 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 	g.SetLimit(o.Parallel)
 	for _, d := range order {
 		wt := uniq[d]
-		if o.Exclude[d] || len(wt.blob.Desc.URLs) > 0 {
+		if (o.Exclude[d] && wt.blob.Kind == archive.KindLayer) || len(wt.blob.Desc.URLs) > 0 {
 			continue
 		}
 		g.Go(func() error {
@@ -238,7 +238,9 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 	var blobs []archive.Blob
 	for _, d := range order {
 		wt := uniq[d]
-		if o.Exclude[d] {
+		// only layers are left out: manifests and configs are small and let
+		// the agent check every image
+		if o.Exclude[d] && wt.blob.Kind == archive.KindLayer {
 			res.Excluded++
 			continue
 		}

@@ -403,3 +403,81 @@ func (t *Tx) dropIfEmpty(name string) error {
 	}
 	return t.tx.Bucket(bRepos).DeleteBucket([]byte(name))
 }
+
+var bPackages = []byte("kubepkgs")
+
+// PackageVersion is one imported version of a package.
+type PackageVersion struct {
+	Version    string            `json:"version"`
+	Images     map[string]string `json:"images"`
+	Platforms  string            `json:"platforms,omitempty"`
+	ImportedAt time.Time         `json:"importedAt"`
+	Forced     bool              `json:"forced,omitempty"`
+	// Expired marks a version past --keep-versions: its images may be
+	// garbage-collected.
+	Expired bool `json:"expired,omitempty"`
+}
+
+// Package is an imported package: its current version and its history
+// (oldest first, the current one last).
+type Package struct {
+	Namespace  string            `json:"namespace"`
+	Name       string            `json:"name"`
+	Version    string            `json:"version"`
+	Images     map[string]string `json:"images"`
+	Platforms  string            `json:"platforms,omitempty"`
+	ImportedAt time.Time         `json:"importedAt"`
+	// Object is the KubePkg as imported (JSON).
+	Object  json.RawMessage  `json:"object,omitempty"`
+	History []PackageVersion `json:"history"`
+}
+
+func packageKey(namespace, name string) []byte { return []byte(namespace + "/" + name) }
+
+// Package returns the record of package namespace/name.
+func (t *Tx) Package(namespace, name string) (*Package, bool, error) {
+	b := t.tx.Bucket(bPackages)
+	if b == nil {
+		return nil, false, nil
+	}
+	v := b.Get(packageKey(namespace, name))
+	if v == nil {
+		return nil, false, nil
+	}
+	var p Package
+	if err := json.Unmarshal(v, &p); err != nil {
+		return nil, false, err
+	}
+	return &p, true, nil
+}
+
+// PutPackage records p.
+func (t *Tx) PutPackage(p *Package) error {
+	b, err := t.tx.CreateBucketIfNotExists(bPackages)
+	if err != nil {
+		return err
+	}
+	v, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	return b.Put(packageKey(p.Namespace, p.Name), v)
+}
+
+// Packages lists every package record, sorted by namespace and name.
+func (t *Tx) Packages() ([]*Package, error) {
+	out := []*Package{}
+	b := t.tx.Bucket(bPackages)
+	if b == nil {
+		return out, nil
+	}
+	err := b.ForEach(func(k, v []byte) error {
+		var p Package
+		if err := json.Unmarshal(v, &p); err != nil {
+			return fmt.Errorf("package %s: %w", k, err)
+		}
+		out = append(out, &p)
+		return nil
+	})
+	return out, err
+}

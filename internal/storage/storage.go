@@ -5,6 +5,8 @@
 package storage
 
 import (
+	"fmt"
+	"os"
 	"context"
 	"log/slog"
 	"path/filepath"
@@ -62,9 +64,31 @@ func Open(ctx context.Context, dir string, log *slog.Logger, reg prometheus.Regi
 			storeBlobs.Inc()
 			storeBytes.Add(float64(i.Size))
 		}
+		store.OnDelete = func(i cas.Info) {
+			storeBlobs.Dec()
+			storeBytes.Sub(float64(i.Size))
+		}
 	}
 	return &Storage{Dir: dir, Store: store, DB: db}, nil
 }
 
 // Close releases the index.
 func (s *Storage) Close() error { return s.DB.Close() }
+
+// OpenReadOnly opens a data folder for reading while no server runs on it
+// (or waits briefly for its lock). Nothing is created or cleaned.
+func OpenReadOnly(dir string) (*Storage, error) {
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("data folder %s: not found", dir)
+	}
+	db, err := repodb.Open(IndexPath(dir), true, 2*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	store, err := casfs.Open(dir)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	return &Storage{Dir: dir, Store: store, DB: db}, nil
+}

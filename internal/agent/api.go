@@ -1,0 +1,236 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/octohelm/crpe/internal/cas"
+	"github.com/octohelm/crpe/internal/diskfree"
+	"github.com/octohelm/crpe/internal/httpx"
+	"github.com/octohelm/crpe/internal/importer"
+	"github.com/octohelm/crpe/internal/repodb"
+	"github.com/octohelm/crpe/internal/storage"
+)
+
+// MaxMissingQuery bounds the digests of one POST /api/v1/blobs/missing.
+const MaxMissingQuery = 100000
+
+// api serves /api/v1 of the agent.
+type api struct {
+	st       *storage.Storage
+	imp      *importer.Importer
+	imports  *prometheus.CounterVec
+	received prometheus.Counter
+	// OnImport is called after each successful import (the cluster side
+	// creates KubePkg objects from it).
+	OnImport func(*importer.Result)
+}
+
+func newAPI(st *storage.Storage, imp *importer.Importer, reg prometheus.Registerer) *api {
+	a := &api{st: st, imp: imp,
+		imports:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "crpe_imports_total", Help: "Archive imports by result."}, []string{"result"}),
+		received: prometheus.NewCounter(prometheus.CounterOpts{Name: "crpe_import_bytes_received_total", Help: "Blob bytes received by imports."}),
+	}
+	reg.MustRegister(a.imports, a.received)
+	return a
+}
+
+func (a *api) routes(mux *http.ServeMux, guard func(http.Handler) http.Handler) {
+	mux.Handle("PUT /api/v1/kubepkgs", guard(http.HandlerFunc(a.putKubePkgs)))
+	mux.Handle("GET /api/v1/kubepkgs", guard(http.HandlerFunc(a.listKubePkgs)))
+	mux.Handle("GET /api/v1/kubepkgs/{namespace}/{name}", guard(http.HandlerFunc(a.getKubePkg)))
+	mux.Handle("POST /api/v1/blobs/missing", guard(http.HandlerFunc(a.missingBlobs)))
+	mux.Handle("GET /api/v1/inventory", guard(http.HandlerFunc(a.inventory)))
+}
+
+// IsWrite classifies /api/v1 requests: the blob query is a read.
+func IsWrite(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return false
+	case http.MethodPost:
+		return r.URL.Path != "/api/v1/blobs/missing"
+	}
+	return true
+}
+
+type apiError struct {
+	Code    string            `json:"code"`
+	Message string            `json:"message"`
+	Detail  map[string]string `json:"detail,omitempty"`
+}
+
+// writeAPIError answers with the JSON error body crpe's APIs share with
+// the registry: {"errors":[{"code","message","detail"}]}.
+func writeAPIError(w http.ResponseWriter, r *http.Request, status int, code, msg string, detail map[string]string) {
+	httpx.SetError(r, errors.New(code+": "+msg))
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]any{"errors": []apiError{{Code: code, Message: msg, Detail: detail}}})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func (a *api) putKubePkgs(w http.ResponseWriter, r *http.Request) {
+	httpx.SetRoute(r, "import")
+	if r.ContentLength > 0 {
+		if free := diskfree.Available(a.st.Dir); free >= 0 && r.ContentLength > free {
+			a.imports.WithLabelValues("no_space").Inc()
+			writeAPIError(w, r, http.StatusInsufficientStorage, "INSUFFICIENT_STORAGE",
+				fmt.Sprintf("the upload has %d bytes, the agent's data folder has %d free", r.ContentLength, free), nil)
+			return
+		}
+	}
+	force, _ := strconv.ParseBool(r.URL.Query().Get("force"))
+	res, err := a.imp.Import(r.Context(), r.Body, importer.ImportOptions{Force: force})
+	if err != nil {
+		e := importer.AsError(err)
+		a.imports.WithLabelValues(e.Code).Inc()
+		var detail map[string]string
+		if e.Entry != "" {
+			detail = map[string]string{"entry": e.Entry}
+		}
+		writeAPIError(w, r, e.Status, e.Code, e.Error(), detail)
+		return
+	}
+	a.imports.WithLabelValues("ok").Inc()
+	a.received.Add(float64(res.BytesReceived))
+	if a.OnImport != nil {
+		a.OnImport(res)
+	}
+	writeJSON(w, http.StatusCreated, res)
+}
+
+func (a *api) listKubePkgs(w http.ResponseWriter, r *http.Request) {
+	httpx.SetRoute(r, "kubepkgs")
+	var pkgs []*repodb.Package
+	err := a.st.DB.View(func(tx *repodb.Tx) error {
+		var err error
+		pkgs, err = tx.Packages()
+		return err
+	})
+	if err != nil {
+		writeAPIError(w, r, http.StatusInternalServerError, "UNKNOWN", err.Error(), nil)
+		return
+	}
+	type item struct {
+		Namespace  string            `json:"namespace"`
+		Name       string            `json:"name"`
+		Version    string            `json:"version"`
+		ImportedAt string            `json:"importedAt"`
+		Images     map[string]string `json:"images"`
+		Platforms  string            `json:"platforms,omitempty"`
+	}
+	items := []item{}
+	for _, p := range pkgs {
+		items = append(items, item{p.Namespace, p.Name, p.Version, p.ImportedAt.Format("2006-01-02T15:04:05Z07:00"), p.Images, p.Platforms})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"items": items})
+}
+
+func (a *api) getKubePkg(w http.ResponseWriter, r *http.Request) {
+	httpx.SetRoute(r, "kubepkg")
+	ns, name := r.PathValue("namespace"), r.PathValue("name")
+	var p *repodb.Package
+	var ok bool
+	err := a.st.DB.View(func(tx *repodb.Tx) error {
+		var err error
+		p, ok, err = tx.Package(ns, name)
+		return err
+	})
+	if err != nil {
+		writeAPIError(w, r, http.StatusInternalServerError, "UNKNOWN", err.Error(), nil)
+		return
+	}
+	if !ok {
+		writeAPIError(w, r, http.StatusNotFound, "NOT_FOUND", fmt.Sprintf("package %s/%s is not imported", ns, name), nil)
+		return
+	}
+	writeJSON(w, http.StatusOK, p)
+}
+
+// missingBlobs answers which of the given digests the store lacks.
+func (a *api) missingBlobs(w http.ResponseWriter, r *http.Request) {
+	httpx.SetRoute(r, "blobs_missing")
+	var q struct {
+		Digests []string `json:"digests"`
+	}
+	dec := json.NewDecoder(io.LimitReader(r.Body, 200*MaxMissingQuery))
+	if err := dec.Decode(&q); err != nil {
+		writeAPIError(w, r, http.StatusBadRequest, "INVALID", "want {\"digests\": [...]}: "+err.Error(), nil)
+		return
+	}
+	if len(q.Digests) > MaxMissingQuery {
+		writeAPIError(w, r, http.StatusBadRequest, "INVALID", fmt.Sprintf("at most %d digests per query", MaxMissingQuery), nil)
+		return
+	}
+	missing := []string{}
+	for _, s := range q.Digests {
+		d, err := cas.ParseDigest(s)
+		if err != nil {
+			writeAPIError(w, r, http.StatusBadRequest, "DIGEST_INVALID", err.Error(), map[string]string{"digest": s})
+			return
+		}
+		if _, err := a.st.Store.Stat(r.Context(), d); err != nil {
+			missing = append(missing, s)
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"missing": missing})
+}
+
+// Inventory is what an agent holds: its blob digests and its packages.
+type Inventory struct {
+	Digests  []string           `json:"digests"`
+	Packages []InventoryPackage `json:"packages"`
+}
+
+// InventoryPackage is one package of an inventory.
+type InventoryPackage struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	Version   string `json:"version"`
+}
+
+// ReadInventory lists what st holds.
+func ReadInventory(ctx context.Context, st *storage.Storage) (*Inventory, error) {
+	inv := &Inventory{Digests: []string{}, Packages: []InventoryPackage{}}
+	if err := st.Store.Walk(ctx, func(i cas.Info) error {
+		inv.Digests = append(inv.Digests, string(i.Digest))
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	sort.Strings(inv.Digests)
+	err := st.DB.View(func(tx *repodb.Tx) error {
+		pkgs, err := tx.Packages()
+		for _, p := range pkgs {
+			inv.Packages = append(inv.Packages, InventoryPackage{p.Namespace, p.Name, p.Version})
+		}
+		return err
+	})
+	return inv, err
+}
+
+func (a *api) inventory(w http.ResponseWriter, r *http.Request) {
+	httpx.SetRoute(r, "inventory")
+	inv, err := ReadInventory(r.Context(), a.st)
+	if err != nil {
+		writeAPIError(w, r, http.StatusInternalServerError, "UNKNOWN", err.Error(), nil)
+		return
+	}
+	writeJSON(w, http.StatusOK, inv)
+}

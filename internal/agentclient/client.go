@@ -1,0 +1,298 @@
+// Package agentclient talks to a crpe agent's API: which blobs it lacks, its
+// inventory and packages, and sending an archive with only what it lacks
+// (the delta handover), resuming a cut upload with a fresh delta.
+package agentclient
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/octohelm/crpe/internal/archive"
+	"github.com/octohelm/crpe/internal/kubepkg"
+	"github.com/octohelm/crpe/internal/registry"
+)
+
+// Client is an agent's API.
+type Client struct {
+	URL   string
+	Token string
+	HTTP  *http.Client
+}
+
+// Error is an error answer of the agent.
+type Error struct {
+	Status  int
+	Code    string
+	Message string
+	Entry   string
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("agent answered %d %s: %s", e.Status, e.Code, e.Message)
+}
+
+func (c *Client) http() *http.Client {
+	if c.HTTP != nil {
+		return c.HTTP
+	}
+	return http.DefaultClient
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body io.Reader, contentType string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.URL, "/")+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	return c.http().Do(req)
+}
+
+func decode(resp *http.Response, okStatus int, v any) error {
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != okStatus {
+		e := &Error{Status: resp.StatusCode, Message: strings.TrimSpace(string(body))}
+		var eb struct {
+			Errors []struct {
+				Code    string            `json:"code"`
+				Message string            `json:"message"`
+				Detail  map[string]string `json:"detail"`
+			} `json:"errors"`
+		}
+		if json.Unmarshal(body, &eb) == nil && len(eb.Errors) > 0 {
+			e.Code, e.Message, e.Entry = eb.Errors[0].Code, eb.Errors[0].Message, eb.Errors[0].Detail["entry"]
+		}
+		return e
+	}
+	if v == nil {
+		return nil
+	}
+	return json.Unmarshal(body, v)
+}
+
+// Missing returns which of digests the agent lacks.
+func (c *Client) Missing(ctx context.Context, digests []digest.Digest) (map[digest.Digest]bool, error) {
+	q, _ := json.Marshal(map[string]any{"digests": digests})
+	resp, err := c.do(ctx, http.MethodPost, "/api/v1/blobs/missing", bytes.NewReader(q), "application/json")
+	if err != nil {
+		return nil, err
+	}
+	var out struct {
+		Missing []digest.Digest `json:"missing"`
+	}
+	if err := decode(resp, http.StatusOK, &out); err != nil {
+		return nil, err
+	}
+	m := map[digest.Digest]bool{}
+	for _, d := range out.Missing {
+		m[d] = true
+	}
+	return m, nil
+}
+
+// Inventory is the agent's GET /api/v1/inventory.
+type Inventory struct {
+	Digests  []digest.Digest `json:"digests"`
+	Packages []struct {
+		Namespace string `json:"namespace"`
+		Name      string `json:"name"`
+		Version   string `json:"version"`
+	} `json:"packages"`
+}
+
+// Inventory fetches what the agent holds.
+func (c *Client) Inventory(ctx context.Context) (*Inventory, error) {
+	resp, err := c.do(ctx, http.MethodGet, "/api/v1/inventory", nil, "")
+	if err != nil {
+		return nil, err
+	}
+	var inv Inventory
+	return &inv, decode(resp, http.StatusOK, &inv)
+}
+
+// SendOptions tune Send.
+type SendOptions struct {
+	Force bool
+	// Progress is told how many bytes went on the wire so far.
+	Progress func(sent int64)
+	// Attempts bounds tries when the connection breaks (default 3).
+	Attempts int
+	// Full sends every blob, without asking what the agent lacks.
+	Full bool
+}
+
+// SendResult is what a Send did.
+type SendResult struct {
+	// Import is the agent's import summary.
+	Import json.RawMessage `json:"import"`
+	// BytesSent counts the archive bytes put on the wire (last attempt).
+	BytesSent int64 `json:"bytesSent"`
+	// BlobsOmitted and BytesOmitted count layers the agent already had.
+	BlobsOmitted int   `json:"blobsOmitted"`
+	BytesOmitted int64 `json:"bytesOmitted"`
+	Attempts     int   `json:"attempts"`
+}
+
+// Send hands the archive that open reads to the agent, leaving out the
+// layers it already has (the archive then says octohelm.tech/partial). A
+// broken connection is retried with a fresh delta, so what the agent
+// committed before the break is not sent again.
+func (c *Client) Send(ctx context.Context, open func() (io.ReadCloser, error), o SendOptions) (*SendResult, error) {
+	if o.Attempts <= 0 {
+		o.Attempts = 3
+	}
+	layers, err := layerSizes(ctx, open)
+	if err != nil {
+		return nil, err
+	}
+	var last error
+	for attempt := 1; attempt <= o.Attempts; attempt++ {
+		res, err := c.sendOnce(ctx, open, layers, o)
+		if err == nil {
+			res.Attempts = attempt
+			return res, nil
+		}
+		last = err
+		var ae *Error
+		if errors.As(err, &ae) || ctx.Err() != nil {
+			return nil, err // the agent answered: no retry
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Duration(attempt) * 500 * time.Millisecond):
+		}
+	}
+	return nil, fmt.Errorf("sending to %s failed after %d attempts: %w", c.URL, o.Attempts, last)
+}
+
+func (c *Client) sendOnce(ctx context.Context, open func() (io.ReadCloser, error), layers map[digest.Digest]int64, o SendOptions) (*SendResult, error) {
+	res := &SendResult{}
+	omit := map[digest.Digest]bool{}
+	if !o.Full && len(layers) > 0 {
+		var ds []digest.Digest
+		for d := range layers {
+			ds = append(ds, d)
+		}
+		missing, err := c.Missing(ctx, ds)
+		if err != nil {
+			return nil, err
+		}
+		for d, size := range layers {
+			if !missing[d] {
+				omit[d] = true
+				res.BlobsOmitted++
+				res.BytesOmitted += size
+			}
+		}
+	}
+	src, err := open()
+	if err != nil {
+		return nil, err
+	}
+	defer src.Close()
+	pr, pw := io.Pipe()
+	go func() {
+		cw := &countWriter{w: pw, progress: o.Progress}
+		err := archive.Filter(ctx, src, cw, omit, func(b []byte) ([]byte, error) {
+			if len(omit) == 0 {
+				return b, nil
+			}
+			return markPartial(b)
+		})
+		res.BytesSent = cw.n
+		pw.CloseWithError(err)
+	}()
+	path := "/api/v1/kubepkgs"
+	if o.Force {
+		path += "?force=true"
+	}
+	resp, err := c.do(ctx, http.MethodPut, path, pr, "application/gzip")
+	if err != nil {
+		pr.CloseWithError(err)
+		return nil, err
+	}
+	var raw json.RawMessage
+	if err := decode(resp, http.StatusCreated, &raw); err != nil {
+		return nil, err
+	}
+	res.Import = raw
+	return res, nil
+}
+
+// markPartial sets octohelm.tech/partial on every package of a kubepkg.json.
+func markPartial(b []byte) ([]byte, error) {
+	pkgs, err := kubepkg.Parse(b)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range pkgs {
+		if p.Metadata.Annotations == nil {
+			p.Metadata.Annotations = map[string]string{}
+		}
+		p.Metadata.Annotations[kubepkg.AnnotationPartial] = "true"
+	}
+	return kubepkg.Marshal(pkgs)
+}
+
+type countWriter struct {
+	w        io.Writer
+	n        int64
+	progress func(int64)
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	if c.progress != nil {
+		c.progress(c.n)
+	}
+	return n, err
+}
+
+// layerSizes lists the layers of the archive's manifests (only layers are
+// ever left out: manifests and configs are small and let the agent check
+// every image).
+func layerSizes(ctx context.Context, open func() (io.ReadCloser, error)) (map[digest.Digest]int64, error) {
+	src, err := open()
+	if err != nil {
+		return nil, err
+	}
+	defer src.Close()
+	layers := map[digest.Digest]int64{}
+	err = archive.Walk(ctx, src, func(e archive.Entry, body func() ([]byte, error)) error {
+		if e.Digest == "" || e.Size > registry.MaxManifestSize {
+			return nil
+		}
+		b, err := body()
+		if err != nil {
+			return err
+		}
+		pm, err := registry.ParseManifest("", b)
+		if err != nil || pm.IsIndex() {
+			return nil // a config, or an index
+		}
+		for _, l := range pm.Layers {
+			layers[l.Digest] = l.Size
+		}
+		return nil
+	})
+	return layers, err
+}

@@ -1,0 +1,167 @@
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/vbauerster/mpb/v8"
+	"github.com/vbauerster/mpb/v8/decor"
+
+	"github.com/octohelm/crpe/internal/agentclient"
+	"github.com/octohelm/crpe/internal/auth"
+	"github.com/octohelm/crpe/internal/importer"
+	"github.com/octohelm/crpe/internal/storage"
+)
+
+func newImportCmd(g *globals) *cobra.Command {
+	var (
+		data, to, token, tokenFile, namespace string
+		force, full, asJSON                   bool
+		keep                                  int
+	)
+	cmd := &cobra.Command{
+		Use:   "import FILE",
+		Short: "Import a kubepkg.tgz into a data folder, or hand it to an agent",
+		Long: `crpe import takes a kubepkg.tgz. With --data it imports into a local data
+folder (no server). With --to it hands the archive to a running agent: it
+first asks which layers the agent lacks and sends only those (the archive then
+says octohelm.tech/partial); a broken upload is retried with a fresh delta, so
+what the agent already committed is not sent again.
+
+The agent verifies every blob, checks every image is complete for its
+platforms, and publishes everything at once. A version lower than the one
+imported is refused (409) unless --force.`,
+		Example: `  crpe import demo-1.0.0.kubepkg.tgz --to http://agent.lan:36060 --token-file /etc/crpe/token
+  crpe import demo-1.0.0.kubepkg.tgz --data /var/lib/crpe
+  crpe import demo-0.9.0.kubepkg.tgz --to https://agent.lan:36060 --token "$TOKEN" --force`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			file := args[0]
+			if (to == "") == (data == "") {
+				return errors.New("give exactly one of --to URL (an agent) or --data DIR (a local data folder)")
+			}
+			fi, err := os.Stat(file)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if data != "" {
+				st, err := storage.Open(ctx, data, g.log, nil)
+				if err != nil {
+					return err
+				}
+				defer st.Close()
+				f, err := os.Open(file)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				imp := importer.New(st.Store, st.DB, importer.Options{Namespace: namespace, KeepVersions: keep})
+				var r io.Reader = f
+				var p *mpb.Progress
+				if isTerminal(cmd.ErrOrStderr()) && !asJSON {
+					p = mpb.New(mpb.WithOutput(cmd.ErrOrStderr()), mpb.WithWidth(40))
+					pr, _ := bytesBar(p, "import", fi.Size()).ProxyReader(f)
+					r = pr
+				}
+				res, err := imp.Import(ctx, r, importer.ImportOptions{Force: force})
+				if p != nil {
+					p.Shutdown()
+				}
+				if err != nil {
+					return importErr(file, err)
+				}
+				if res.Expired != nil {
+					if _, err := imp.GC(ctx, 0); err != nil {
+						return err
+					}
+				}
+				return printImport(out, asJSON, res, nil)
+			}
+			tok := token
+			if tok == "" && tokenFile != "" {
+				toks, err := auth.LoadTokens(tokenFile)
+				if err != nil {
+					return err
+				}
+				tok = toks.First()
+			}
+			c := &agentclient.Client{URL: to, Token: tok}
+			o := agentclient.SendOptions{Force: force, Full: full}
+			var p *mpb.Progress
+			if isTerminal(cmd.ErrOrStderr()) && !asJSON {
+				p = mpb.New(mpb.WithOutput(cmd.ErrOrStderr()), mpb.WithWidth(40))
+				bar := p.AddBar(0, mpb.PrependDecorators(decor.Name("send", decor.WCSyncSpaceR), decor.Current(decor.SizeB1024(0), "% .1f")),
+					mpb.AppendDecorators(decor.AverageSpeed(decor.SizeB1024(0), "% .1f")))
+				var last int64
+				o.Progress = func(n int64) { bar.IncrInt64(n - last); last = n }
+				defer func() { bar.SetTotal(-1, true); p.Wait() }()
+			}
+			res, err := c.Send(ctx, func() (io.ReadCloser, error) { return os.Open(file) }, o)
+			if err != nil {
+				return importErr(file, err)
+			}
+			var ir importer.Result
+			_ = json.Unmarshal(res.Import, &ir)
+			return printImport(out, asJSON, &ir, res)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&data, "data", "", "import into this local data folder")
+	f.StringVar(&to, "to", "", "hand the archive to the agent at this URL")
+	f.StringVar(&token, "token", "", "the agent's token")
+	f.StringVar(&tokenFile, "token-file", "", "file holding the agent's token")
+	f.BoolVar(&force, "force", false, "import even a lower version than the one imported")
+	f.BoolVar(&full, "full", false, "send every blob (no delta)")
+	f.StringVar(&namespace, "namespace", "default", "namespace of packages whose metadata names none (with --data)")
+	f.IntVar(&keep, "keep-versions", 3, "versions of each package kept (with --data)")
+	f.BoolVar(&asJSON, "json", false, "print the summary as JSON")
+	return cmd
+}
+
+func importErr(file string, err error) error {
+	var ae *agentclient.Error
+	if errors.As(err, &ae) {
+		if ae.Entry != "" {
+			return fmt.Errorf("%s: refused by the agent (%d %s): %s", file, ae.Status, ae.Code, ae.Message)
+		}
+		return fmt.Errorf("%s: refused by the agent (%d %s): %s", file, ae.Status, ae.Code, ae.Message)
+	}
+	e := importer.AsError(err)
+	return fmt.Errorf("%s: %s (%s)", file, e.Error(), e.Code)
+}
+
+func printImport(out io.Writer, asJSON bool, res *importer.Result, sent *agentclient.SendResult) error {
+	if asJSON {
+		v := map[string]any{"import": res}
+		if sent != nil {
+			v["bytesSent"], v["blobsOmitted"], v["bytesOmitted"], v["attempts"] = sent.BytesSent, sent.BlobsOmitted, sent.BytesOmitted, sent.Attempts
+		}
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	var names []string
+	for _, p := range res.Packages {
+		s := p.Namespace + "/" + p.Name + "@" + p.Version
+		switch {
+		case p.Unchanged:
+			s += " (unchanged)"
+		case p.Previous != "":
+			s += " (was " + p.Previous + ")"
+		}
+		names = append(names, s)
+	}
+	fmt.Fprintf(out, "imported %s: %d images, %d blobs received (%s), %d already present (%s)\n",
+		strings.Join(names, ", "), len(res.Images), res.BlobsReceived, humanBytes(res.BytesReceived), res.BlobsPresent, humanBytes(res.BytesPresent))
+	if sent != nil {
+		fmt.Fprintf(out, "sent %s; left out %d layers the agent had (%s)\n", humanBytes(sent.BytesSent), sent.BlobsOmitted, humanBytes(sent.BytesOmitted))
+	}
+	return nil
+}

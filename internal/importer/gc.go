@@ -1,0 +1,194 @@
+package importer
+
+import (
+	"context"
+	"os"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/octohelm/crpe/internal/cas"
+	"github.com/octohelm/crpe/internal/registry"
+	"github.com/octohelm/crpe/internal/repodb"
+)
+
+// GCResult tells what a garbage collection did.
+type GCResult struct {
+	ManifestsDropped int           `json:"manifestsDropped"`
+	LinksDropped     int           `json:"linksDropped"`
+	BlobsRemoved     int           `json:"blobsRemoved"`
+	BytesFreed       int64         `json:"bytesFreed"`
+	Duration         time.Duration `json:"duration"`
+}
+
+// GC drops what only expired package versions needed and removes blobs that
+// nothing references any more. Blobs younger than grace are left alone even
+// when unreferenced: a /v2 push links its blobs a moment after storing them.
+// It never runs during an import. The index is updated first, the blobs
+// removed after: a crash in between leaves unreferenced blobs, which the
+// next run removes.
+func (im *Importer) GC(ctx context.Context, grace time.Duration) (GCResult, error) {
+	start := time.Now()
+	im.lock.Lock()
+	defer im.lock.Unlock()
+	var res GCResult
+
+	// roots: every tag, and every image of a kept version; candidates: the
+	// images of expired versions
+	live := map[string]map[digest.Digest]bool{}    // repo → roots
+	expired := map[string]map[digest.Digest]bool{} // repo → candidates
+	add := func(m map[string]map[digest.Digest]bool, repo string, d digest.Digest) {
+		if m[repo] == nil {
+			m[repo] = map[digest.Digest]bool{}
+		}
+		m[repo][d] = true
+	}
+	err := im.db.View(func(tx *repodb.Tx) error {
+		if err := tx.ForEachRepo(func(repo string) error {
+			return tx.ForEachTag(repo, func(_ string, d digest.Digest) error {
+				add(live, repo, d)
+				return nil
+			})
+		}); err != nil {
+			return err
+		}
+		pkgs, err := tx.Packages()
+		if err != nil {
+			return err
+		}
+		for _, p := range pkgs {
+			for _, v := range p.History {
+				for ref, d := range v.Images {
+					img, err := parseRef(ref)
+					if err != nil {
+						continue
+					}
+					if v.Expired {
+						add(expired, img.repo, digest.Digest(d))
+					} else {
+						add(live, img.repo, digest.Digest(d))
+					}
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return res, err
+	}
+	// what the candidates need and the roots do not
+	type drop struct {
+		manifests map[digest.Digest]bool
+		blobs     map[digest.Digest]bool
+	}
+	drops := map[string]drop{}
+	for repo, cands := range expired {
+		keepM, keepB := map[digest.Digest]bool{}, map[digest.Digest]bool{}
+		for d := range live[repo] {
+			im.closure(ctx, d, keepM, keepB)
+		}
+		dm, db := map[digest.Digest]bool{}, map[digest.Digest]bool{}
+		for d := range cands {
+			if live[repo][d] {
+				continue
+			}
+			im.closure(ctx, d, dm, db)
+		}
+		for d := range dm {
+			if keepM[d] {
+				delete(dm, d)
+			}
+		}
+		for d := range db {
+			if keepB[d] {
+				delete(db, d)
+			}
+		}
+		drops[repo] = drop{dm, db}
+	}
+	err = im.db.Update(func(tx *repodb.Tx) error {
+		for repo, dr := range drops {
+			for d := range dr.manifests {
+				if err := tx.DeleteManifest(repo, d); err == nil {
+					res.ManifestsDropped++
+				}
+			}
+			for d := range dr.blobs {
+				if err := tx.UnlinkBlob(repo, d); err == nil {
+					res.LinksDropped++
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return res, err
+	}
+	// sweep: blobs no repository links or records
+	referenced := map[digest.Digest]bool{}
+	err = im.db.View(func(tx *repodb.Tx) error {
+		return tx.ForEachRepo(func(repo string) error {
+			if err := tx.ForEachBlob(repo, func(d digest.Digest, _ int64) error {
+				referenced[d] = true
+				return nil
+			}); err != nil {
+				return err
+			}
+			return tx.ForEachManifest(repo, func(d digest.Digest, _ repodb.Manifest) error {
+				referenced[d] = true
+				return nil
+			})
+		})
+	})
+	if err != nil {
+		return res, err
+	}
+	var victims []cas.Info
+	_ = im.store.Walk(ctx, func(i cas.Info) error {
+		if !referenced[i.Digest] {
+			victims = append(victims, i)
+		}
+		return nil
+	})
+	for _, v := range victims {
+		if grace > 0 {
+			if p, ok := im.store.(interface{ Path(digest.Digest) string }); ok {
+				if fi, err := os.Stat(p.Path(v.Digest)); err == nil && time.Since(fi.ModTime()) < grace {
+					continue
+				}
+			}
+		}
+		if err := im.store.Delete(ctx, v.Digest); err == nil {
+			res.BlobsRemoved++
+			res.BytesFreed += v.Size
+		}
+	}
+	res.Duration = time.Since(start)
+	return res, nil
+}
+
+// closure adds d and everything it references (manifests and blobs) that is
+// in the store.
+func (im *Importer) closure(ctx context.Context, d digest.Digest, manifests, blobs map[digest.Digest]bool) {
+	if manifests[d] {
+		return
+	}
+	body, err := readSmall(ctx, im.store, d)
+	if err != nil {
+		return
+	}
+	pm, err := registry.ParseManifest("", body)
+	if err != nil {
+		return
+	}
+	manifests[d] = true
+	for _, c := range pm.Manifests {
+		im.closure(ctx, c.Digest, manifests, blobs)
+	}
+	if pm.Config != nil {
+		blobs[pm.Config.Digest] = true
+	}
+	for _, l := range pm.Layers {
+		blobs[l.Digest] = true
+	}
+}

@@ -1,0 +1,535 @@
+// Package importer takes a kubepkg.tgz into a data folder: one verifying pass
+// over the stream (every blob hashed and committed only when it matches its
+// name), then, only when the whole stream was read and checked (tar end and
+// gzip trailer included), every image's completeness for its platforms
+// (blobs already in the store count), and finally one index transaction that
+// publishes tags, manifests and the package record all at once. An error
+// anywhere publishes nothing; blobs committed before it are verified and
+// content-addressed, so a retry does not send them again.
+//
+// It also owns the semver gate (a lower version is refused unless forced),
+// --keep-versions, and the garbage collection of what no kept version or tag
+// needs, which never runs during an import.
+package importer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/Masterminds/semver/v3"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/octohelm/crpe/internal/archive"
+	"github.com/octohelm/crpe/internal/cas"
+	"github.com/octohelm/crpe/internal/inspect"
+	"github.com/octohelm/crpe/internal/kubepkg"
+	"github.com/octohelm/crpe/internal/platform"
+	"github.com/octohelm/crpe/internal/registry"
+	"github.com/octohelm/crpe/internal/repodb"
+)
+
+// Error is an import failure with the HTTP status it deserves.
+type Error struct {
+	Status int
+	Code   string
+	Entry  string
+	Reason string
+}
+
+func (e *Error) Error() string {
+	if e.Entry != "" {
+		return e.Entry + ": " + e.Reason
+	}
+	return e.Reason
+}
+
+func badRequest(entry, format string, a ...any) *Error {
+	return &Error{Status: http.StatusBadRequest, Code: "IMPORT_INVALID", Entry: entry, Reason: fmt.Sprintf(format, a...)}
+}
+
+// AsError maps any import failure to an *Error.
+func AsError(err error) *Error {
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	var ee *archive.EntryError
+	if errors.As(err, &ee) {
+		return &Error{Status: http.StatusBadRequest, Code: "IMPORT_INVALID", Entry: ee.Entry, Reason: ee.Reason}
+	}
+	if errors.Is(err, context.Canceled) {
+		return &Error{Status: 499, Code: "CANCELED", Reason: "the upload was canceled"}
+	}
+	return &Error{Status: http.StatusBadRequest, Code: "IMPORT_INVALID", Reason: err.Error()}
+}
+
+// Options tune an Importer.
+type Options struct {
+	// Namespace is where packages without metadata.namespace go (default
+	// "default").
+	Namespace string
+	// KeepVersions is how many versions of each package are kept (default 3).
+	KeepVersions int
+}
+
+// Importer imports archives into a store and index.
+type Importer struct {
+	store cas.Store
+	db    *repodb.DB
+	o     Options
+	// lock: imports share it, garbage collection takes it alone.
+	lock sync.RWMutex
+	// OnExpired is called (outside any lock) after an import expired
+	// versions, so that garbage collection can be scheduled.
+	OnExpired func()
+}
+
+// New returns an importer.
+func New(store cas.Store, db *repodb.DB, o Options) *Importer {
+	if o.Namespace == "" {
+		o.Namespace = "default"
+	}
+	if o.KeepVersions <= 0 {
+		o.KeepVersions = 3
+	}
+	return &Importer{store: store, db: db, o: o}
+}
+
+// ImportOptions tune one import.
+type ImportOptions struct {
+	// Force imports a lower version than the one recorded.
+	Force bool
+}
+
+// PackageResult is one package of an import.
+type PackageResult struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	Version   string `json:"version"`
+	Previous  string `json:"previous,omitempty"`
+	Forced    bool   `json:"forced,omitempty"`
+	Unchanged bool   `json:"unchanged,omitempty"`
+	// Object is the imported KubePkg (for the cluster side).
+	Object json.RawMessage `json:"-"`
+}
+
+// Result summarizes an import.
+type Result struct {
+	Packages      []PackageResult   `json:"packages"`
+	Images        map[string]string `json:"images"`
+	BlobsReceived int               `json:"blobsReceived"`
+	BlobsPresent  int               `json:"blobsPresent"`
+	BytesReceived int64             `json:"bytesReceived"`
+	BytesPresent  int64             `json:"bytesPresent"`
+	Partial       bool              `json:"partial,omitempty"`
+	Expired       []string          `json:"expired,omitempty"`
+}
+
+type image struct {
+	ref       string
+	repo      string
+	tag       string
+	desc      ocispec.Descriptor
+	platforms []ocispec.Platform
+}
+
+type handler struct {
+	im     *Importer
+	o      ImportOptions
+	pkgs   []*kubepkg.KubePkg
+	refs   map[string]bool
+	images []*image
+	res    *Result
+}
+
+func (h *handler) Package(data []byte) error {
+	pkgs, err := kubepkg.Parse(data)
+	if err != nil {
+		return badRequest(archive.PackageEntry, "%v", err)
+	}
+	h.refs = map[string]bool{}
+	for _, p := range pkgs {
+		if err := p.Validate(); err != nil {
+			return badRequest(archive.PackageEntry, "package %s: %v", p.Metadata.Name, err)
+		}
+		for ref, d := range p.Spec.Images {
+			if !strings.HasPrefix(d, "sha") {
+				return badRequest(archive.PackageEntry, "package %s: spec.images[%q] is not pinned to a digest", p.Metadata.Name, ref)
+			}
+			h.refs[ref] = true
+		}
+		if p.Metadata.Annotations[kubepkg.AnnotationPartial] == "true" {
+			h.res.Partial = true
+		}
+		// refuse a downgrade before any byte of a blob is read
+		if err := h.im.gate(p, h.o.Force); err != nil {
+			return err
+		}
+	}
+	h.pkgs = pkgs
+	return nil
+}
+
+func (h *handler) Index(idx ocispec.Index) error {
+	seen := map[string]bool{}
+	for _, m := range idx.Manifests {
+		ref := m.Annotations[archive.AnnotationImageName]
+		if ref == "" {
+			ref = m.Annotations[archive.AnnotationRefName]
+		}
+		if !h.refs[ref] {
+			return badRequest(archive.IndexEntry, "index.json lists %s, which spec.images does not", ref)
+		}
+		if seen[ref] {
+			return badRequest(archive.IndexEntry, "index.json lists %s twice", ref)
+		}
+		seen[ref] = true
+		im, err := parseRef(ref)
+		if err != nil {
+			return badRequest(archive.IndexEntry, "%s: %v", ref, err)
+		}
+		im.desc = m
+		h.images = append(h.images, im)
+	}
+	for ref := range h.refs {
+		if !seen[ref] {
+			return badRequest(archive.IndexEntry, "spec.images lists %s, which index.json does not", ref)
+		}
+	}
+	for _, p := range h.pkgs {
+		for ref, d := range p.Spec.Images {
+			for _, im := range h.images {
+				if im.ref == ref && string(im.desc.Digest) != d {
+					return badRequest(archive.IndexEntry, "%s is %s in index.json but %s in spec.images", ref, im.desc.Digest, d)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func (h *handler) Blob(ctx context.Context, desc ocispec.Descriptor, kind archive.BlobKind, r io.Reader) error {
+	if _, err := h.im.store.Stat(ctx, desc.Digest); err == nil {
+		h.res.BlobsPresent++
+		h.res.BytesPresent += desc.Size
+		return nil // the archive reader still reads and verifies the bytes
+	}
+	if _, err := h.im.store.Put(ctx, cas.Info{Digest: desc.Digest, Size: desc.Size}, r); err != nil {
+		return err
+	}
+	h.res.BlobsReceived++
+	h.res.BytesReceived += desc.Size
+	return nil
+}
+
+// parseRef splits a full reference into repository and tag.
+func parseRef(ref string) (*image, error) {
+	r, err := name.ParseReference(ref, name.WeakValidation)
+	if err != nil {
+		return nil, err
+	}
+	host := r.Context().RegistryStr()
+	if host == name.DefaultRegistry {
+		host = "docker.io"
+	}
+	im := &image{ref: ref, repo: host + "/" + r.Context().RepositoryStr()}
+	if !registry.ValidName(im.repo) {
+		return nil, fmt.Errorf("repository %q is not a valid name", im.repo)
+	}
+	if t, ok := r.(name.Tag); ok {
+		im.tag = t.TagStr()
+	}
+	// name.ParseReference keeps only the digest of "repo:tag@digest"
+	if at := strings.LastIndex(ref, "@"); at > 0 {
+		if colon := strings.LastIndex(ref[:at], ":"); colon > strings.LastIndex(ref[:at], "/") {
+			im.tag = ref[colon+1 : at]
+		}
+	}
+	return im, nil
+}
+
+// gate refuses a version lower than the recorded one unless forced.
+func (im *Importer) gate(p *kubepkg.KubePkg, force bool) error {
+	var cur *repodb.Package
+	_ = im.db.View(func(tx *repodb.Tx) error {
+		cur, _, _ = tx.Package(p.Namespace(im.o.Namespace), p.Metadata.Name)
+		return nil
+	})
+	return checkGate(cur, p, force)
+}
+
+func checkGate(cur *repodb.Package, p *kubepkg.KubePkg, force bool) error {
+	if cur == nil || force {
+		return nil
+	}
+	nv, err := kubepkg.ParseVersion(p.Spec.Version)
+	if err != nil {
+		return badRequest(archive.PackageEntry, "spec.version: %v", err)
+	}
+	ov, err := kubepkg.ParseVersion(cur.Version)
+	if err != nil {
+		return nil
+	}
+	if nv.LessThan(ov) {
+		return &Error{Status: http.StatusConflict, Code: "VERSION_CONFLICT",
+			Reason: fmt.Sprintf("package %s/%s: version %s is lower than the imported %s (force to downgrade)", cur.Namespace, cur.Name, p.Spec.Version, cur.Version)}
+	}
+	return nil
+}
+
+// Import reads an archive from r and publishes it.
+func (im *Importer) Import(ctx context.Context, r io.Reader, o ImportOptions) (*Result, error) {
+	im.lock.RLock()
+	res, expired, err := im.importLocked(ctx, r, o)
+	im.lock.RUnlock()
+	if err == nil && expired && im.OnExpired != nil {
+		im.OnExpired()
+	}
+	return res, err
+}
+
+func (im *Importer) importLocked(ctx context.Context, r io.Reader, o ImportOptions) (*Result, bool, error) {
+	h := &handler{im: im, o: o, res: &Result{Images: map[string]string{}}}
+	have := func(d digest.Digest) bool {
+		_, err := im.store.Stat(ctx, d)
+		return err == nil
+	}
+	if _, err := archive.Read(ctx, r, h, archive.Limits{Have: have}); err != nil {
+		return nil, false, err
+	}
+	if h.pkgs == nil {
+		return nil, false, badRequest(archive.PackageEntry, "missing")
+	}
+	// every image complete for its package's platforms
+	plats := map[string][]ocispec.Platform{}
+	for _, p := range h.pkgs {
+		ps, err := platform.ParseList(p.Metadata.Annotations[kubepkg.AnnotationPlatform])
+		if err != nil {
+			ps = nil // no annotation: every platform of the index
+		}
+		for ref := range p.Spec.Images {
+			plats[ref] = append(plats[ref], ps...)
+		}
+	}
+	ctxBG := context.WithoutCancel(ctx)
+	getManifest := func(d digest.Digest) ([]byte, bool) {
+		b, err := readSmall(ctxBG, im.store, d)
+		return b, err == nil
+	}
+	has := func(d digest.Digest) bool {
+		_, err := im.store.Stat(ctxBG, d)
+		return err == nil
+	}
+	for _, img := range h.images {
+		img.platforms = plats[img.ref]
+		ps := img.platforms
+		if len(ps) == 0 {
+			ps = allPlatforms(img.desc, getManifest)
+		}
+		cl := inspect.Closure(img.desc, ps, getManifest, has)
+		if len(cl.Missing) > 0 {
+			return nil, false, badRequest("", "image %s is incomplete for %s: %s is neither in the archive nor in the store", img.ref, platform.Join(ps), strings.Join(cl.Missing, ", "))
+		}
+		if len(cl.Problems) > 0 {
+			return nil, false, badRequest("", "image %s: %s", img.ref, strings.Join(cl.Problems, "; "))
+		}
+		img.platforms = ps
+		h.res.Images[img.ref] = string(img.desc.Digest)
+	}
+	expired, err := im.publish(ctxBG, h, o)
+	if err != nil {
+		return nil, false, err
+	}
+	return h.res, len(expired) > 0, nil
+}
+
+func allPlatforms(top ocispec.Descriptor, manifest func(digest.Digest) ([]byte, bool)) []ocispec.Platform {
+	body, ok := manifest(top.Digest)
+	if !ok {
+		return nil
+	}
+	pm, err := registry.ParseManifest(top.MediaType, body)
+	if err != nil {
+		return nil
+	}
+	var out []ocispec.Platform
+	for _, c := range pm.Manifests {
+		if c.Platform != nil {
+			out = append(out, *c.Platform)
+		}
+	}
+	return out
+}
+
+func readSmall(ctx context.Context, store cas.Store, d digest.Digest) ([]byte, error) {
+	f, info, err := store.Open(ctx, d)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if info.Size > registry.MaxManifestSize {
+		return nil, fmt.Errorf("%s: too large for a manifest", d)
+	}
+	return io.ReadAll(f)
+}
+
+// publish records every image and package in one transaction.
+func (im *Importer) publish(ctx context.Context, h *handler, o ImportOptions) ([]string, error) {
+	type rec struct {
+		repo string
+		d    digest.Digest
+		m    repodb.Manifest
+	}
+	var recs []rec
+	var links []struct {
+		repo string
+		info cas.Info
+	}
+	for _, img := range h.images {
+		var walk func(desc ocispec.Descriptor, depth int) error
+		walk = func(desc ocispec.Descriptor, depth int) error {
+			body, err := readSmall(ctx, im.store, desc.Digest)
+			if err != nil {
+				return nil // an index child left out (another platform)
+			}
+			pm, err := registry.ParseManifest(desc.MediaType, body)
+			if err != nil {
+				return badRequest(archive.BlobEntry(desc.Digest), "%v", err)
+			}
+			m := repodb.Manifest{MediaType: pm.MediaType, Size: int64(len(body)), ArtifactType: pm.ArtifactType, Annotations: pm.Annotations}
+			if pm.Subject != nil {
+				m.Subject = pm.Subject.Digest
+			}
+			recs = append(recs, rec{img.repo, desc.Digest, m})
+			if pm.IsIndex() {
+				if depth > 4 {
+					return nil
+				}
+				for _, c := range pm.Manifests {
+					if err := walk(c, depth+1); err != nil {
+						return err
+					}
+				}
+				return nil
+			}
+			for _, b := range pm.Required() {
+				info, err := im.store.Stat(ctx, b.Digest)
+				if err != nil {
+					return badRequest("", "image %s: blob %s is missing", img.ref, b.Digest)
+				}
+				links = append(links, struct {
+					repo string
+					info cas.Info
+				}{img.repo, info})
+			}
+			return nil
+		}
+		if err := walk(img.desc, 0); err != nil {
+			return nil, err
+		}
+	}
+	now := time.Now().UTC()
+	var expired []string
+	err := im.db.Update(func(tx *repodb.Tx) error {
+		for _, l := range links {
+			if err := tx.LinkBlob(l.repo, l.info.Digest, l.info.Size); err != nil {
+				return err
+			}
+		}
+		for _, r := range recs {
+			if err := tx.PutManifest(r.repo, r.d, r.m); err != nil {
+				return err
+			}
+		}
+		for _, img := range h.images {
+			if img.tag != "" {
+				if err := tx.SetTag(img.repo, img.tag, img.desc.Digest); err != nil {
+					return err
+				}
+			}
+		}
+		for _, p := range h.pkgs {
+			ns := p.Namespace(im.o.Namespace)
+			cur, _, err := tx.Package(ns, p.Metadata.Name)
+			if err != nil {
+				return err
+			}
+			if err := checkGate(cur, p, o.Force); err != nil {
+				return err // a concurrent import got there first
+			}
+			obj, _ := json.Marshal(p)
+			pr := PackageResult{Namespace: ns, Name: p.Metadata.Name, Version: p.Spec.Version, Object: obj}
+			np := &repodb.Package{Namespace: ns, Name: p.Metadata.Name, Version: p.Spec.Version, Images: p.Spec.Images,
+				Platforms: p.Metadata.Annotations[kubepkg.AnnotationPlatform], ImportedAt: now, Object: obj}
+			if cur != nil {
+				pr.Previous = cur.Version
+				np.History = cur.History
+				if cur.Version == p.Spec.Version && sameImages(cur.Images, p.Spec.Images) {
+					pr.Unchanged = true
+					np.ImportedAt = cur.ImportedAt
+				}
+			}
+			if !pr.Unchanged {
+				nv, _ := kubepkg.ParseVersion(p.Spec.Version)
+				var ov *semver.Version
+				if cur != nil {
+					ov, _ = kubepkg.ParseVersion(cur.Version)
+				}
+				pr.Forced = o.Force && ov != nil && nv != nil && nv.LessThan(ov)
+				// the same version imported again with other content replaces it
+				kept := np.History[:0:0]
+				for _, v := range np.History {
+					if v.Version != p.Spec.Version {
+						kept = append(kept, v)
+					}
+				}
+				np.History = append(kept, repodb.PackageVersion{Version: p.Spec.Version, Images: p.Spec.Images, Platforms: np.Platforms, ImportedAt: now, Forced: pr.Forced})
+				// keep the newest versions (by import order)
+				live := 0
+				for i := len(np.History) - 1; i >= 0; i-- {
+					if np.History[i].Expired {
+						continue
+					}
+					live++
+					if live > im.o.KeepVersions {
+						np.History[i].Expired = true
+						expired = append(expired, ns+"/"+p.Metadata.Name+"@"+np.History[i].Version)
+					}
+				}
+			}
+			if err := tx.PutPackage(np); err != nil {
+				return err
+			}
+			h.res.Packages = append(h.res.Packages, pr)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(expired)
+	h.res.Expired = expired
+	return expired, nil
+}
+
+func sameImages(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}

@@ -672,6 +672,10 @@ func (b *blobReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// Expected tells what the bytes must be: the reader fails instead of ending
+// cleanly otherwise (cas.SelfVerifying), so a store need not hash them again.
+func (b *blobReader) Expected() cas.Info { return b.v.Expected() }
+
 // WriteTo copies the blob to w with a large buffer.
 func (b *blobReader) WriteTo(w io.Writer) (int64, error) {
 	var total int64

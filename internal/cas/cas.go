@@ -134,6 +134,9 @@ func (v *Verifier) Write(p []byte) (int, error) {
 	return v.h.Write(p)
 }
 
+// Expected is what the bytes must be.
+func (v *Verifier) Expected() Info { return v.expected }
+
 // Size is the number of bytes written so far.
 func (v *Verifier) Size() int64 { return v.n }
 
@@ -193,4 +196,14 @@ type Ingest interface {
 type ReaderAtCloser interface {
 	io.ReaderAt
 	io.Closer
+}
+
+// SelfVerifying is implemented by readers that check their own bytes: Read
+// returns io.EOF only after exactly Expected().Size bytes hashing to
+// Expected().Digest were read, and an error otherwise (the archive reader's
+// blob readers). Put trusts such a reader instead of hashing the bytes a
+// second time; the blob is still published only after a clean EOF.
+type SelfVerifying interface {
+	io.Reader
+	Expected() Info
 }

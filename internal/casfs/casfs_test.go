@@ -3,6 +3,8 @@ package casfs
 import (
 	"bytes"
 	"context"
+	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -76,5 +78,43 @@ func TestCheckFindsCorruptionAndRepairs(t *testing.T) {
 	}
 	if _, err := s.Stat(ctx, digest.FromBytes(good)); err != nil {
 		t.Fatal("repair removed a good blob")
+	}
+}
+
+type selfVerifying struct {
+	r    *bytes.Reader
+	info cas.Info
+	fail bool
+}
+
+func (s *selfVerifying) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err == io.EOF && s.fail {
+		return n, errors.New("content does not match its name")
+	}
+	return n, err
+}
+func (s *selfVerifying) Expected() cas.Info { return s.info }
+
+func TestPutTrustsSelfVerifyingReaders(t *testing.T) {
+	s, _ := Open(t.TempDir())
+	ctx := context.Background()
+	b := []byte("verified elsewhere")
+	info := cas.Info{Digest: digest.FromBytes(b), Size: int64(len(b))}
+	if _, err := s.Put(ctx, info, &selfVerifying{r: bytes.NewReader(b), info: info}); err != nil {
+		t.Fatal(err)
+	}
+	// a failing end publishes nothing
+	bad := []byte("wrong bytes")
+	binfo := cas.Info{Digest: digest.FromString("other"), Size: int64(len(bad))}
+	if _, err := s.Put(ctx, binfo, &selfVerifying{r: bytes.NewReader(bad), info: binfo, fail: true}); err == nil {
+		t.Fatal("failing self-verifying reader accepted")
+	}
+	if _, err := s.Stat(ctx, binfo.Digest); err == nil {
+		t.Fatal("blob of a failing reader became visible")
+	}
+	// a self-verifying reader that expects something else is hashed as usual
+	if _, err := s.Put(ctx, cas.Info{Digest: digest.FromString("x"), Size: -1}, &selfVerifying{r: bytes.NewReader(b), info: info}); err == nil {
+		t.Fatal("mismatching expectation accepted")
 	}
 }

@@ -68,7 +68,16 @@ const (
 	DefaultMaxIndex         = 4 << 20
 	DefaultMaxManifest      = 4 << 20
 	DefaultMaxManifestBytes = 64 << 20
+	DefaultMaxBlobs         = 1 << 18
 )
+
+// heldOverhead is what Read counts against Limits.MaxManifestBytes for each
+// held manifest besides its content (its parsed form and bookkeeping).
+const heldOverhead = 1 << 10
+
+// maxDirs bounds the directory entries Read skips: only blobs/ and
+// blobs/<alg>/ are allowed, so a real archive has a handful.
+const maxDirs = 64
 
 // maxLayout bounds the oci-layout entry.
 const maxLayout = 4 << 10

@@ -33,8 +33,13 @@ type Limits struct {
 	MaxManifest int64
 	// MaxManifestBytes bounds the total of the manifest and index blobs held
 	// because they arrived before anything referenced them (default
-	// DefaultMaxManifestBytes, 64 MiB).
+	// DefaultMaxManifestBytes, 64 MiB). Each held manifest also counts
+	// heldOverhead (1 KiB) for what holding it costs besides its content.
 	MaxManifestBytes int64
+	// MaxBlobs bounds the number of distinct blobs index.json and the
+	// manifests may announce (default DefaultMaxBlobs, 262144), which bounds
+	// the memory of the bookkeeping whatever the manifests say.
+	MaxBlobs int64
 	// Have, when set, tells which blobs the receiver already holds: a
 	// partial archive (octohelm.tech/partial) may leave those out. Without
 	// it every referenced config and layer must be in the archive.
@@ -51,6 +56,7 @@ func (l Limits) withDefaults() Limits {
 	def(&l.MaxIndex, DefaultMaxIndex)
 	def(&l.MaxManifest, DefaultMaxManifest)
 	def(&l.MaxManifestBytes, DefaultMaxManifestBytes)
+	def(&l.MaxBlobs, DefaultMaxBlobs)
 	return l
 }
 
@@ -96,17 +102,25 @@ type Summary struct {
 // error of h is returned wrapped with the entry's name; when ctx is done its
 // error is returned.
 //
+// Entry names are exactly kubepkg.json, oci-layout, index.json and
+// blobs/<alg>/<hex> (sha256 or sha512, lowercase hex), optionally prefixed
+// with "./" as hand-made archives have them; directory entries are skipped
+// for blobs/ and blobs/<alg>/ only; links, devices, FIFOs, sparse files and
+// PAX global headers are refused. kubepkg.json comes first, oci-layout and
+// index.json before any blob; blobs come in any order, each once.
+//
 // When Read fails, h may already have taken blobs (each of them verified):
 // the caller decides what to do with them.
 func Read(ctx context.Context, r io.Reader, h Handler, lim Limits) (*Summary, error) {
 	rd := &reader{
-		ctx:   ctx,
-		h:     h,
-		lim:   lim.withDefaults(),
-		known: map[digest.Digest]*knownBlob{},
-		held:  map[digest.Digest]*heldManifest{},
-		seen:  map[digest.Digest]bool{},
-		sum:   &Summary{},
+		ctx:      ctx,
+		h:        h,
+		lim:      lim.withDefaults(),
+		known:    map[digest.Digest]*knownBlob{},
+		held:     map[digest.Digest]*heldManifest{},
+		seen:     map[digest.Digest]bool{},
+		required: map[digest.Digest]string{},
+		sum:      &Summary{},
 	}
 	if err := rd.run(r); err != nil {
 		if cerr := ctx.Err(); cerr != nil && !isViolation(err) {
@@ -148,6 +162,7 @@ type reader struct {
 	buf []byte
 
 	entry     string // the entry being read, for errors
+	dirs      int    // directory entries seen
 	sawFile   bool   // a non-directory entry was read
 	sawLayout bool
 	sawIndex  bool
@@ -157,15 +172,9 @@ type reader struct {
 	held      map[digest.Digest]*heldManifest
 	heldBytes int64
 	seen      map[digest.Digest]bool
-	required  []requirement
+	required  map[digest.Digest]string // blobs manifests need present, to the first entry needing each
 
 	sum *Summary
-}
-
-// requirement is a blob a manifest in the archive needs present.
-type requirement struct {
-	d    digest.Digest
-	from string
 }
 
 func (rd *reader) run(r io.Reader) error {
@@ -189,6 +198,11 @@ func (rd *reader) run(r io.Reader) error {
 			return err
 		}
 		hdr, err := rd.tr.Next()
+		if err == nil && hdr.Typeflag == tar.TypeDir {
+			if rd.dirs++; rd.dirs > maxDirs {
+				return entryErr(hdr.Name, nil, "more than %d directory entries", maxDirs)
+			}
+		}
 		if err == tar.ErrInsecurePath && hdr != nil {
 			err = nil // the name checks below refuse it with a reason
 		}
@@ -196,12 +210,12 @@ func (rd *reader) run(r io.Reader) error {
 			// archive/tar also reports EOF when the stream ends on an entry
 			// boundary or after a single zero block: require the end marker
 			if rd.cnt.n-end < 2*512 {
-				return entryErr(rd.after(), io.ErrUnexpectedEOF, "truncated archive: the tar end marker is missing")
+				return entryErr(rd.entry, io.ErrUnexpectedEOF, "truncated archive: the tar end marker is missing after this entry")
 			}
 			break
 		}
 		if err != nil {
-			return rd.streamErr(rd.after(), "reading the next tar header", err)
+			return rd.streamErr(rd.entry, "reading the tar header after this entry", err)
 		}
 		rd.entry = hdr.Name
 		size := hdr.Size
@@ -239,10 +253,16 @@ func (rd *reader) run(r io.Reader) error {
 			return entryErr(BlobEntry(m.Digest), nil, "missing: %s lists it as %s", IndexEntry, ref)
 		}
 	}
-	for _, q := range rd.required {
-		if !rd.seen[q.d] && !(rd.lim.Have != nil && rd.lim.Have(q.d)) {
-			return entryErr(BlobEntry(q.d), nil, "missing: %s needs it", q.from)
+	var missing []string
+	for d := range rd.required {
+		if !rd.seen[d] && !(rd.lim.Have != nil && rd.lim.Have(d)) {
+			missing = append(missing, string(d))
 		}
+	}
+	if len(missing) > 0 {
+		sort.Strings(missing)
+		d := digest.Digest(missing[0])
+		return entryErr(BlobEntry(d), nil, "missing: %s needs it", rd.required[d])
 	}
 
 	// reach the gzip trailer of the member holding the tar end; what
@@ -257,14 +277,6 @@ func (rd *reader) run(r io.Reader) error {
 		return entryErr("", nil, "more than %d bytes after the end of the tar archive", maxTrailing)
 	}
 	return nil
-}
-
-// after names the position after the last entry, for errors between entries.
-func (rd *reader) after() string {
-	if rd.entry == "" {
-		return ""
-	}
-	return "after " + rd.entry
 }
 
 // streamErr turns an error of the gzip or tar stream into an *EntryError.
@@ -467,6 +479,9 @@ func (rd *reader) announce(from string, desc ocispec.Descriptor, kind BlobKind) 
 		k.kinds |= 1 << kind
 		return nil
 	}
+	if int64(len(rd.known)) >= rd.lim.MaxBlobs {
+		return entryErr(from, nil, "announces more than %d blobs in all", rd.lim.MaxBlobs)
+	}
 	rd.known[desc.Digest] = &knownBlob{
 		desc:  ocispec.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size},
 		kinds: 1 << kind,
@@ -552,7 +567,7 @@ func (rd *reader) holdManifest(entry string, d digest.Digest, size int64) error 
 	if size > rd.lim.MaxManifest {
 		return entryErr(entry, nil, "not referenced by any manifest")
 	}
-	if rd.heldBytes+size > rd.lim.MaxManifestBytes {
+	if rd.heldBytes+size+heldOverhead > rd.lim.MaxManifestBytes {
 		return entryErr(entry, nil, "not referenced by any manifest, and more than %d bytes of manifests are already waiting for a reference", rd.lim.MaxManifestBytes)
 	}
 	body, err := rd.readVerified(entry, d, size)
@@ -564,7 +579,7 @@ func (rd *reader) holdManifest(entry string, d digest.Digest, size int64) error 
 		return entryErr(entry, err, "not referenced by any manifest (and not a manifest)")
 	}
 	rd.held[d] = &heldManifest{entry: entry, body: body, pm: pm}
-	rd.heldBytes += size
+	rd.heldBytes += size + heldOverhead
 	return nil
 }
 
@@ -611,7 +626,9 @@ func (rd *reader) deliverManifest(entry string, k *knownBlob, body []byte, pm *r
 			}
 		}
 		for _, r := range p.pm.Required() {
-			rd.required = append(rd.required, requirement{d: r.Digest, from: p.entry})
+			if _, ok := rd.required[r.Digest]; !ok {
+				rd.required[r.Digest] = p.entry
+			}
 		}
 		for _, c := range children {
 			hm, ok := rd.held[c.Digest]
@@ -619,7 +636,7 @@ func (rd *reader) deliverManifest(entry string, k *knownBlob, body []byte, pm *r
 				continue
 			}
 			delete(rd.held, c.Digest)
-			rd.heldBytes -= int64(len(hm.body))
+			rd.heldBytes -= int64(len(hm.body)) + heldOverhead
 			ck := rd.known[c.Digest]
 			if int64(len(hm.body)) != ck.desc.Size {
 				return entryErr(hm.entry, nil, "has %d bytes, %s says %d", len(hm.body), p.entry, ck.desc.Size)

@@ -174,6 +174,14 @@ func TestReadRefuses(t *testing.T) {
 		{"unreferenced large blob", build(t, insert(es, iLast, file(BlobEntry(digest.FromBytes(make([]byte, 5<<20))), make([]byte, 5<<20)))), Limits{}, BlobEntry(digest.FromBytes(make([]byte, 5<<20))), "not referenced by any manifest"},
 		{"layer missing", build(t, remove(es, iLast)), Limits{}, lastName, "missing"},
 		{"manifest over the cap", build(t, es), Limits{MaxManifest: 10}, BlobEntry(s.manifest.Digest), "limit"},
+		{"too many directories", build(t, insert(es, iIndex+1, func() []entry {
+			var ds []entry
+			for i := 0; i <= maxDirs; i++ {
+				ds = append(ds, dir("blobs/"))
+			}
+			return ds
+		}()...)), Limits{}, "blobs/", "directory entries"},
+		{"too many blobs announced", build(t, es), Limits{MaxBlobs: 2}, BlobEntry(s.manifest.Digest), "more than 2 blobs"},
 		{"not gzip: plain tar", rawTar(t, es, false), Limits{}, "", "not a gzip stream"},
 		{"not gzip: text", []byte("hello, this is not an archive"), Limits{}, "", "not a gzip stream"},
 		{"not gzip: empty", nil, Limits{}, "", "not a gzip stream"},
@@ -264,7 +272,7 @@ func TestReadChildBeforeParent(t *testing.T) {
 	}
 
 	// the held manifests count against MaxManifestBytes
-	_, _, err = readArchive(build(t, es), Limits{MaxManifestBytes: m.Size + idx.Size - 1})
+	_, _, err = readArchive(build(t, es), Limits{MaxManifestBytes: m.Size + idx.Size + 2*heldOverhead - 1})
 	wantEntryError(t, err, BlobEntry(idx.Digest), "waiting")
 
 	// a manifest nobody references is refused at the end

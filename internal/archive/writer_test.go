@@ -417,3 +417,26 @@ func TestWriteProgressAndCancel(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// TestSkopeo reads an archive with skopeo (containers/image, another gzip and
+// tar implementation), which verifies every digest it copies. skopeo only
+// addresses index.json entries with OCI media types and hashes configs with
+// sha256 whatever their digest says, so it is given the OCI sha256 images.
+func TestSkopeo(t *testing.T) {
+	if _, err := exec.LookPath("skopeo"); err != nil {
+		t.Skip("no skopeo command")
+	}
+	c := richContent(t)
+	dirPath := t.TempDir()
+	path := filepath.Join(dirPath, "kubepkg.tgz")
+	if err := os.WriteFile(path, c.write(t, Options{}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for i, ref := range []string{"docker.io/library/nginx:alpine", "docker.io/library/nginx:alpine-amd64"} {
+		dst := "oci:" + filepath.Join(dirPath, "out") + ":" + string(rune('a'+i))
+		cmd := exec.Command("skopeo", "copy", "--all", "--quiet", "oci-archive:"+path+":"+ref, dst)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("skopeo copy %s: %v\n%s", ref, err, out)
+		}
+	}
+}

@@ -152,7 +152,12 @@ byte-identical (SOURCE_DATE_EPOCH sets the entries' time).`,
 				*export.Result
 			}{out, res}
 			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
+				// with the archive on stdout, the summary goes to stderr
+				w := cmd.OutOrStdout()
+				if out == "-" {
+					w = cmd.ErrOrStderr()
+				}
+				enc := json.NewEncoder(w)
 				enc.SetIndent("", "  ")
 				return enc.Encode(sum)
 			}

@@ -156,6 +156,9 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 		for ref, val := range pinned {
 			newImages[ref] = val
 			if val != "" {
+				if cur := byRef[ref].top.Digest; cur != "" && string(cur) != val {
+					return nil, fmt.Errorf("package %s: spec.images pins %s to %s, another package pins it to %s", p.Metadata.Name, ref, val, cur)
+				}
 				byRef[ref].top.Digest = digest.Digest(val)
 			}
 		}

@@ -121,6 +121,13 @@ func Read(ctx context.Context, r io.Reader, verify bool) (*Report, error) {
 			ref = m.Annotations[archive.AnnotationRefName]
 		}
 		seen[ref] = true
+		if verify {
+			for _, p := range c.pkgs {
+				if d, ok := p.Spec.Images[ref]; ok && d != string(m.Digest) {
+					rep.Problems = append(rep.Problems, fmt.Sprintf("package %s: spec.images[%q] is %s, index.json says %s", p.Metadata.Name, ref, d, m.Digest))
+				}
+			}
+		}
 		im := Image{Ref: ref, Digest: string(m.Digest), MediaType: m.MediaType}
 		cl := Closure(m, plats, func(d digest.Digest) ([]byte, bool) { b, ok := c.manifests[d]; return b, ok },
 			func(d digest.Digest) bool { return c.present[d] })

@@ -5,6 +5,8 @@
 package agent
 
 import (
+	"os"
+	"strings"
 	"context"
 	"errors"
 	"log/slog"
@@ -29,8 +31,12 @@ type Config struct {
 	PullTokenRequired bool
 	TLSCert, TLSKey   string
 	ShutdownGrace     time.Duration
-	// Namespace is where packages without metadata.namespace go.
+	// Namespace is where packages without metadata.namespace go (default:
+	// the agent's own namespace in a cluster, else "default").
 	Namespace string
+	// Kubeconfig, or in-cluster configuration when running in a pod, lets
+	// the agent create a KubePkg object for every imported package.
+	Kubeconfig string
 	// KeepVersions is how many versions of each package are kept.
 	KeepVersions int
 	// GCInterval runs garbage collection periodically (besides after an
@@ -76,6 +82,9 @@ func Run(ctx context.Context, cfg Config) error {
 	defer cancel()
 	go rg.Run(rctx)
 
+	if cfg.Namespace == "" {
+		cfg.Namespace = ownNamespace()
+	}
 	imp := importer.New(st.Store, st.DB, importer.Options{Namespace: cfg.Namespace, KeepVersions: cfg.KeepVersions})
 	gc := newCollector(log, imp, cfg.GCGrace, reg)
 	imp.OnExpired = gc.trigger
@@ -84,6 +93,14 @@ func Run(ctx context.Context, cfg Config) error {
 	guard := &auth.Guard{Tokens: tokens, PullTokenRequired: cfg.PullTokenRequired}
 	mux := httpx.NewMux(reg)
 	a := newAPI(st, imp, reg)
+	if cfg.Kubeconfig != "" || os.Getenv("KUBERNETES_SERVICE_HOST") != "" {
+		sync, err := newClusterSync(cfg.Kubeconfig, log)
+		if err != nil {
+			return err
+		}
+		a.OnImport = sync.onImport
+		log.Info("imports become KubePkg objects in the cluster")
+	}
 	a.routes(mux, func(h http.Handler) http.Handler { return guard.Middleware(IsWrite, denyAPI, h) })
 	v2 := guard.Middleware(registry.IsWrite, registry.DenyUnauthorized, rg)
 	mux.Handle("/v2/", v2)
@@ -107,4 +124,17 @@ func denyAPI(w http.ResponseWriter, r *http.Request, err error) {
 	httpx.SetRoute(r, "unauthorized")
 	w.Header().Set("WWW-Authenticate", `Basic realm="crpe"`)
 	writeAPIError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", err.Error(), nil)
+}
+
+// ownNamespace is the agent's namespace in a cluster, else "default".
+func ownNamespace() string {
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		return ns
+	}
+	if b, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace"); err == nil {
+		if ns := strings.TrimSpace(string(b)); ns != "" {
+			return ns
+		}
+	}
+	return "default"
 }

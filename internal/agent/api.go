@@ -30,8 +30,9 @@ type api struct {
 	imports  *prometheus.CounterVec
 	received prometheus.Counter
 	// OnImport is called after each successful import (the cluster side
-	// creates KubePkg objects from it).
-	OnImport func(*importer.Result)
+	// creates KubePkg objects from it); what it returns is added to the
+	// answer.
+	OnImport func(context.Context, *importer.Result) map[string]string
 }
 
 func newAPI(st *storage.Storage, imp *importer.Importer, reg prometheus.Registerer) *api {
@@ -110,7 +111,12 @@ func (a *api) putKubePkgs(w http.ResponseWriter, r *http.Request) {
 	a.imports.WithLabelValues("ok").Inc()
 	a.received.Add(float64(res.BytesReceived))
 	if a.OnImport != nil {
-		a.OnImport(res)
+		objs := a.OnImport(r.Context(), res)
+		writeJSON(w, http.StatusCreated, struct {
+			*importer.Result
+			KubePkgObjects map[string]string `json:"kubepkgObjects"`
+		}{res, objs})
+		return
 	}
 	writeJSON(w, http.StatusCreated, res)
 }

@@ -33,6 +33,10 @@ func NewRoot() *cobra.Command {
 
   crpe agent    runs inside the intranet cluster: an OCI registry the nodes use as
                 their containerd mirror, fed by kubepkg.tgz imports.
+  crpe serve    runs the pocket: a pull-through cache of any number of registries.
+  crpe export   writes a package and every image blob it needs into one kubepkg.tgz.
+  crpe import   hands a kubepkg.tgz to an agent (only what it lacks) or a data folder.
+  crpe operator applies KubePkg objects in the cluster: upgrades, prunes.
   crpe fsck     checks (and repairs) a data folder.
 
 Every flag can also be set from the environment as CRPE_<FLAG>, e.g.
@@ -58,7 +62,7 @@ CRPE_LOG_LEVEL=debug or CRPE_TOKEN_FILE=/etc/crpe/token.`,
 	}
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "", "log format: text or json (default: text on a terminal, json otherwise)")
-	root.AddCommand(newAgentCmd(g), newServeCmd(g), newExportCmd(g), newInspectCmd(g), newImportCmd(g), newMirrorConfigCmd(), newFsckCmd(g), newVersionCmd())
+	root.AddCommand(newAgentCmd(g), newServeCmd(g), newExportCmd(g), newInspectCmd(g), newImportCmd(g), newMirrorConfigCmd(), newOperatorCmd(g), newApplyCmd(g), newInstallCmd(), newFsckCmd(g), newVersionCmd())
 	return root
 }
 

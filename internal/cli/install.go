@@ -1,0 +1,83 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/octohelm/crpe/internal/operator"
+	"github.com/octohelm/crpe/internal/selfimage"
+	"github.com/octohelm/crpe/internal/version"
+)
+
+func newInstallCmd() *cobra.Command {
+	var (
+		o            operator.InstallOptions
+		imageArchive string
+	)
+	cmd := &cobra.Command{
+		Use:   "install",
+		Short: "Print the manifests that run crpe (agent and operator) in a cluster",
+		Long: `crpe install prints everything crpe needs in a cluster: the Namespace, the
+KubePkg CRD, ServiceAccounts and least-privilege RBAC for the agent (KubePkg
+objects only) and the operator (KubePkg objects, their CRD, events, leases,
+plus a separate role to apply what packages contain), the agent (Deployment,
+PersistentVolumeClaim for its data, Secret with its token, NodePort Service
+the nodes' containerd reaches) and the operator, with /healthz probes and
+resource requests.
+
+An air-gapped cluster cannot pull crpe's image before the agent runs:
+--image-archive FILE also writes crpe's own image, built from this (static)
+binary on an empty base, as an OCI layout tar for "ctr images import" or k3s's
+airgap images folder.`,
+		Example: `  crpe install | kubectl apply -f -
+  crpe install --namespace crpe-system --node-port 30660 --image-archive crpe-image.tar > crpe.yaml
+  ctr -n k8s.io images import crpe-image.tar     # on each node, then: kubectl apply -f crpe.yaml`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.Image == "" {
+				o.Image = operator.ImageName(version.Get().Version)
+			}
+			if imageArchive != "" {
+				exe, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				tmp, err := os.CreateTemp(filepath.Dir(imageArchive), ".crpe-image-*")
+				if err != nil {
+					return err
+				}
+				defer os.Remove(tmp.Name())
+				if err := selfimage.Write(tmp, exe, o.Image); err != nil {
+					tmp.Close()
+					return err
+				}
+				if err := tmp.Close(); err != nil {
+					return err
+				}
+				if err := os.Rename(tmp.Name(), imageArchive); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s (image %s)\n", imageArchive, o.Image)
+			}
+			b, err := operator.InstallManifests(o)
+			if err != nil {
+				return err
+			}
+			_, err = cmd.OutOrStdout().Write(b)
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.Namespace, "namespace", "crpe-system", "namespace of the agent and the operator")
+	f.StringVar(&o.Image, "image", "", "crpe image (default ghcr.io/octohelm/crpe:<version>)")
+	f.IntVar(&o.NodePort, "node-port", 30660, "node port of the agent's registry")
+	f.StringVar(&o.StorageSize, "storage-size", "20Gi", "size of the agent's data volume")
+	f.StringVar(&o.StorageClass, "storage-class", "", "storage class of the agent's data volume")
+	f.StringVar(&o.Token, "token", "", "the agent's write token (default: random)")
+	f.BoolVar(&o.AllowPush, "allow-push", false, "let the agent take /v2 pushes too")
+	f.StringVar(&imageArchive, "image-archive", "", "also write crpe's own image (OCI layout tar) to this file")
+	return cmd
+}

@@ -5,13 +5,13 @@
 package agent
 
 import (
-	"os"
-	"strings"
 	"context"
 	"errors"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/octohelm/crpe/internal/auth"

@@ -13,7 +13,7 @@ import (
 func newApplyCmd(g *globals) *cobra.Command {
 	var (
 		src, kubeconfig, dryRun, namespace, sourceToken string
-		prune, force, asJSON                          bool
+		prune, force, asJSON                            bool
 	)
 	cmd := &cobra.Command{
 		Use:   "apply -f SRC",

@@ -106,7 +106,7 @@ func InstallManifests(o InstallOptions) ([]byte, error) {
 						"serviceAccountName": "crpe-agent", "securityContext": podSecurity,
 						"containers": []any{map[string]any{
 							"name": "agent", "image": o.Image, "imagePullPolicy": "IfNotPresent", "args": agentArgs,
-							"env": []any{map[string]any{"name": "POD_NAMESPACE", "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": "metadata.namespace"}}}},
+							"env":            []any{map[string]any{"name": "POD_NAMESPACE", "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": "metadata.namespace"}}}},
 							"ports":          []any{map[string]any{"name": "registry", "containerPort": 36060}},
 							"livenessProbe":  probe("registry"),
 							"readinessProbe": probe("registry"),

@@ -5,10 +5,10 @@
 package storage
 
 import (
-	"fmt"
-	"os"
 	"context"
+	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"time"
 

@@ -81,7 +81,7 @@ func newFake(t *testing.T) *fakeRegistry {
 				_, _ = w.Write(f.blob[:1000])
 				w.(http.Flusher).Flush()
 				w.(http.Flusher).Flush()
-			if hj, ok := w.(http.Hijacker); ok {
+				if hj, ok := w.(http.Hijacker); ok {
 					if c, _, err := hj.Hijack(); err == nil {
 						c.Close()
 					}

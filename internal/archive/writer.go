@@ -43,6 +43,9 @@ type Options struct {
 	// Progress, if set, is called as blob d streams with the number of its
 	// bytes written so far.
 	Progress func(d digest.Digest, n int64)
+	// Absent lists blobs left out on purpose (a partial archive: the
+	// receiver already holds them); a manifest may need them anyway.
+	Absent map[digest.Digest]bool
 }
 
 // OpenFunc opens the content of blob d.
@@ -74,7 +77,7 @@ func Write(ctx context.Context, w io.Writer, pkgJSON []byte, images []Image, blo
 	if err := p.loadManifests(ctx, open, buf); err != nil {
 		return err
 	}
-	if err := p.check(); err != nil {
+	if err := p.check(o.Absent); err != nil {
 		return err
 	}
 	indexJSON, err := p.indexJSON()
@@ -402,7 +405,7 @@ func readBlob(ctx context.Context, open OpenFunc, desc ocispec.Descriptor) ([]by
 // check walks the images through the manifests in the archive and makes sure
 // Read will take the archive: every blob is reachable with its size and
 // kind, and every image manifest's config and layers are present.
-func (p *writePlan) check() error {
+func (p *writePlan) check(absent map[digest.Digest]bool) error {
 	refs := map[digest.Digest]kindSet{}
 	queued := map[digest.Digest]bool{}
 	var queue []digest.Digest
@@ -449,7 +452,7 @@ func (p *writePlan) check() error {
 			}
 		}
 		for _, r := range pm.Required() {
-			if _, ok := p.blobs[r.Digest]; !ok {
+			if _, ok := p.blobs[r.Digest]; !ok && !absent[r.Digest] {
 				return fmt.Errorf("archive: %s needs blob %s, which is not among the blobs", from, r.Digest)
 			}
 		}

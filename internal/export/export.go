@@ -278,7 +278,10 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 	}
 	var mu sync.Mutex
 	last := map[digest.Digest]int64{}
-	aopts := archive.Options{ModTime: o.ModTime}
+	aopts := archive.Options{ModTime: o.ModTime, Absent: map[digest.Digest]bool{}}
+	for d := range o.Exclude {
+		aopts.Absent[d] = true
+	}
 	if o.Progress != nil {
 		aopts.Progress = func(d digest.Digest, n int64) {
 			mu.Lock()

@@ -97,7 +97,7 @@ func Middleware(log *slog.Logger, m *Metrics, next http.Handler) http.Handler {
 			if ri.route != "healthz" && ri.route != "metrics" && level == slog.LevelDebug && !log.Enabled(r.Context(), slog.LevelDebug) {
 				return
 			}
-			attrs := []any{"method", r.Method, "path", r.URL.Path, "route", ri.route, "status", rw.status,
+			attrs := []any{"method", r.Method, "path", r.URL.RequestURI(), "route", ri.route, "status", rw.status,
 				"bytes", rw.n, "duration", d.Round(time.Microsecond).String(), "remote", r.RemoteAddr}
 			if ri.err != nil {
 				attrs = append(attrs, "error", ri.err.Error())

@@ -50,6 +50,7 @@ type Image struct {
 }
 
 type collector struct {
+	partial   bool
 	pkgs      []*kubepkg.KubePkg
 	manifests map[digest.Digest][]byte
 	present   map[digest.Digest]bool
@@ -61,6 +62,11 @@ func (c *collector) Package(data []byte) error {
 		return &archive.EntryError{Entry: archive.PackageEntry, Reason: err.Error()}
 	}
 	c.pkgs = pkgs
+	for _, p := range pkgs {
+		if p.Metadata.Annotations[kubepkg.AnnotationPartial] == "true" {
+			c.partial = true
+		}
+	}
 	return nil
 }
 
@@ -84,7 +90,9 @@ func (c *collector) Blob(ctx context.Context, desc ocispec.Descriptor, kind arch
 // streams) and, with verify, checks every image's closure.
 func Read(ctx context.Context, r io.Reader, verify bool) (*Report, error) {
 	c := &collector{manifests: map[digest.Digest][]byte{}, present: map[digest.Digest]bool{}}
-	sum, err := archive.Read(ctx, r, c, archive.Limits{})
+	// a partial archive leaves out blobs the receiver holds: the reader lets
+	// them be absent, the closure check below lists them
+	sum, err := archive.Read(ctx, r, c, archive.Limits{Have: func(digest.Digest) bool { return c.partial }})
 	if err != nil {
 		return nil, err
 	}

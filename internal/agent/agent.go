@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -23,14 +22,12 @@ import (
 
 // Config is what `crpe agent` takes.
 type Config struct {
-	Addr              string
+	httpx.Listener
 	Data              string
 	TokenFile         string
 	AllowPush         bool
 	AllowSparse       bool
 	PullTokenRequired bool
-	TLSCert, TLSKey   string
-	ShutdownGrace     time.Duration
 	// Namespace is where packages without metadata.namespace go (default:
 	// the agent's own namespace in a cluster, else "default").
 	Namespace string
@@ -45,8 +42,6 @@ type Config struct {
 	GCInterval time.Duration
 	GCGrace    time.Duration
 	Log        *slog.Logger
-	// Ready, if set, is called with the listening address.
-	Ready func(net.Addr)
 }
 
 // Run serves until ctx is done.
@@ -85,7 +80,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Namespace == "" {
 		cfg.Namespace = ownNamespace()
 	}
-	imp := importer.New(st.Store, st.DB, importer.Options{Namespace: cfg.Namespace, KeepVersions: cfg.KeepVersions})
+	imp := importer.New(st.Store, st.DB, importer.Options{Namespace: cfg.Namespace, KeepVersions: cfg.KeepVersions, Dir: cfg.Data})
 	gc := newCollector(log, imp, cfg.GCGrace, reg)
 	imp.OnExpired = gc.trigger
 	go gc.run(rctx, cfg.GCInterval)
@@ -106,17 +101,7 @@ func Run(ctx context.Context, cfg Config) error {
 	mux.Handle("/v2/", v2)
 	mux.Handle("/v2", v2)
 
-	srv := httpx.NewServer(log, httpx.NewMetrics(reg), mux)
-	grace := cfg.ShutdownGrace
-	if grace <= 0 {
-		grace = 20 * time.Second
-	}
-	return httpx.Serve(ctx, log, srv, cfg.Addr, cfg.TLSCert, cfg.TLSKey, grace, func(a net.Addr) {
-		log.Info("crpe agent listening", "addr", a.String(), "data", cfg.Data, "allow_push", cfg.AllowPush, "tls", cfg.TLSCert != "")
-		if cfg.Ready != nil {
-			cfg.Ready(a)
-		}
-	})
+	return cfg.Listener.Run(ctx, log, reg, mux, "crpe agent listening", "data", cfg.Data, "allow_push", cfg.AllowPush)
 }
 
 // denyAPI answers an /api request the guard refused.

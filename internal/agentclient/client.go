@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/octohelm/crpe/internal/archive"
 	"github.com/octohelm/crpe/internal/kubepkg"
@@ -267,32 +268,60 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// layerSizes lists the layers of the archive's manifests (only layers are
-// ever left out: manifests and configs are small and let the agent check
-// every image).
+// layerSizes checks the archive as the agent will (one verifying pass:
+// names, entry kinds, digests, the tar end and the gzip trailer), so that a
+// damaged file is refused here rather than healed by the re-encoding, and
+// lists the layers of its manifests (only layers are ever left out:
+// manifests and configs are small and let the agent check every image).
 func layerSizes(ctx context.Context, open func() (io.ReadCloser, error)) (map[digest.Digest]int64, error) {
 	src, err := open()
 	if err != nil {
 		return nil, err
 	}
 	defer src.Close()
-	layers := map[digest.Digest]int64{}
-	err = archive.Walk(ctx, src, func(e archive.Entry, body func() ([]byte, error)) error {
-		if e.Digest == "" || e.Size > registry.MaxManifestSize {
-			return nil
+	h := &layerLister{layers: map[digest.Digest]int64{}}
+	// blobs the agent holds may be absent from a partial archive: the
+	// agent checks those against its store
+	if _, err := archive.Read(ctx, src, h, archive.Limits{Have: func(digest.Digest) bool { return h.partial }}); err != nil {
+		return nil, err
+	}
+	return h.layers, nil
+}
+
+type layerLister struct {
+	layers  map[digest.Digest]int64
+	partial bool
+}
+
+func (l *layerLister) Package(b []byte) error {
+	pkgs, err := kubepkg.Parse(b)
+	if err != nil {
+		return &archive.EntryError{Entry: archive.PackageEntry, Reason: err.Error()}
+	}
+	for _, p := range pkgs {
+		if p.Metadata.Annotations[kubepkg.AnnotationPartial] == "true" {
+			l.partial = true
 		}
-		b, err := body()
-		if err != nil {
-			return err
-		}
-		pm, err := registry.ParseManifest("", b)
-		if err != nil || pm.IsIndex() {
-			return nil // a config, or an index
-		}
-		for _, l := range pm.Layers {
-			layers[l.Digest] = l.Size
-		}
-		return nil
-	})
-	return layers, err
+	}
+	return nil
+}
+
+func (l *layerLister) Index(ocispec.Index) error { return nil }
+
+func (l *layerLister) Blob(ctx context.Context, desc ocispec.Descriptor, kind archive.BlobKind, r io.Reader) error {
+	if kind != archive.KindManifest {
+		return nil // the reader verifies what is left unread
+	}
+	b, err := io.ReadAll(io.LimitReader(r, registry.MaxManifestSize+1))
+	if err != nil {
+		return err
+	}
+	pm, err := registry.ParseManifest(desc.MediaType, b)
+	if err != nil {
+		return err
+	}
+	for _, ly := range pm.Layers {
+		l.layers[ly.Digest] = ly.Size
+	}
+	return nil
 }

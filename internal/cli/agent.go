@@ -44,20 +44,17 @@ Also serves /healthz and Prometheus /metrics. SIGTERM shuts down gracefully.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.Addr, "addr", ":36060", "address to listen on")
+	listenerFlags(f, &cfg.Listener, ":36060")
 	f.StringVar(&cfg.Data, "data", "crpe-data", "data folder (blobs and index)")
 	f.StringVar(&cfg.TokenFile, "token-file", "", "file of accepted tokens, one per line (default: <data>/token, created on first start)")
 	f.BoolVar(&cfg.AllowPush, "allow-push", false, "accept pushes to /v2 (with a token)")
 	f.BoolVar(&cfg.AllowSparse, "allow-sparse-manifests", false, "accept image manifests whose config or layers are not all pushed (default: MANIFEST_BLOB_UNKNOWN); index children may always be absent")
 	f.BoolVar(&cfg.PullTokenRequired, "pull-token-required", false, "require a token for reads too")
-	f.StringVar(&cfg.TLSCert, "tls-cert", "", "TLS certificate file (PEM)")
-	f.StringVar(&cfg.TLSKey, "tls-key", "", "TLS key file (PEM)")
 	f.StringVar(&cfg.Namespace, "namespace", "", "namespace of packages whose metadata names none (default: the agent's own namespace in a cluster, else default)")
 	f.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig: every import becomes a KubePkg object in the cluster (in a pod, the in-cluster configuration is used)")
 	f.IntVar(&cfg.KeepVersions, "keep-versions", 3, "versions of each package kept; older ones are garbage-collected")
 	f.DurationVar(&cfg.GCInterval, "gc-interval", 24*time.Hour, "how often garbage collection runs besides after imports")
 	f.DurationVar(&cfg.GCGrace, "gc-grace", time.Hour, "unreferenced blobs younger than this are kept (a push links its blobs a moment after storing them)")
-	f.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 20*time.Second, "time given to in-flight requests on shutdown")
 	cmd.AddCommand(newAgentInventoryCmd())
 	return cmd
 }

@@ -62,7 +62,7 @@ imported is refused (409) unless --force.`,
 					return err
 				}
 				defer f.Close()
-				imp := importer.New(st.Store, st.DB, importer.Options{Namespace: namespace, KeepVersions: keep})
+				imp := importer.New(st.Store, st.DB, importer.Options{Namespace: namespace, KeepVersions: keep, Dir: data})
 				var r io.Reader = f
 				var p *mpb.Progress
 				if isTerminal(cmd.ErrOrStderr()) && !asJSON {

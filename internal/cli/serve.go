@@ -1,8 +1,6 @@
 package cli
 
 import (
-	"time"
-
 	"github.com/spf13/cobra"
 
 	"github.com/octohelm/crpe/internal/pocket"
@@ -47,11 +45,8 @@ Credentials come from Docker's config.json and its credential helpers.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.Addr, "addr", ":6060", "address to listen on")
+	listenerFlags(f, &cfg.Listener, ":6060")
 	f.StringVar(&cfg.Data, "data", defaultPocketData(), "data folder (the cache)")
-	f.StringVar(&cfg.TLSCert, "tls-cert", "", "TLS certificate file (PEM)")
-	f.StringVar(&cfg.TLSKey, "tls-key", "", "TLS key file (PEM)")
-	f.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 20*time.Second, "time given to in-flight requests on shutdown")
 	up.register(cmd)
 	return cmd
 }

@@ -1,6 +1,21 @@
 package cli
 
-import "errors"
+import (
+	"errors"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/octohelm/crpe/internal/httpx"
+)
+
+// listenerFlags registers the flags every server takes.
+func listenerFlags(f *pflag.FlagSet, l *httpx.Listener, addr string) {
+	f.StringVar(&l.Addr, "addr", addr, "address to listen on")
+	f.StringVar(&l.TLSCert, "tls-cert", "", "TLS certificate file (PEM)")
+	f.StringVar(&l.TLSKey, "tls-key", "", "TLS key file (PEM)")
+	f.DurationVar(&l.ShutdownGrace, "shutdown-grace", 20*time.Second, "time given to in-flight requests on shutdown")
+}
 
 func as(err error, target any) bool { return errors.As(err, target) }
 

@@ -18,10 +18,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/Masterminds/semver/v3"
@@ -31,6 +33,7 @@ import (
 
 	"github.com/octohelm/crpe/internal/archive"
 	"github.com/octohelm/crpe/internal/cas"
+	"github.com/octohelm/crpe/internal/diskfree"
 	"github.com/octohelm/crpe/internal/inspect"
 	"github.com/octohelm/crpe/internal/kubepkg"
 	"github.com/octohelm/crpe/internal/platform"
@@ -70,6 +73,15 @@ func AsError(err error) *Error {
 	if errors.Is(err, context.Canceled) {
 		return &Error{Status: 499, Code: "CANCELED", Reason: "the upload was canceled"}
 	}
+	if errors.Is(err, syscall.ENOSPC) {
+		return &Error{Status: http.StatusInsufficientStorage, Code: "INSUFFICIENT_STORAGE", Reason: "the agent's data folder is full"}
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		// the agent's own storage failed: not the client's fault, and its
+		// paths are not the client's business
+		return &Error{Status: http.StatusInternalServerError, Code: "STORAGE_ERROR", Reason: "the agent could not store the blob: " + pe.Err.Error()}
+	}
 	return &Error{Status: http.StatusBadRequest, Code: "IMPORT_INVALID", Reason: err.Error()}
 }
 
@@ -80,6 +92,9 @@ type Options struct {
 	Namespace string
 	// KeepVersions is how many versions of each package are kept (default 3).
 	KeepVersions int
+	// Dir is the data folder, whose free space is checked before blobs are
+	// written.
+	Dir string
 }
 
 // Importer imports archives into a store and index.
@@ -144,12 +159,16 @@ type image struct {
 }
 
 type handler struct {
-	im     *Importer
-	o      ImportOptions
-	pkgs   []*kubepkg.KubePkg
-	refs   map[string]bool
-	images []*image
-	res    *Result
+	// needed are the blobs the archive's manifests announce, with their
+	// sizes; checked against free space before the first config or layer
+	needed  map[digest.Digest]int64
+	checked bool
+	im      *Importer
+	o       ImportOptions
+	pkgs    []*kubepkg.KubePkg
+	refs    map[string]bool
+	images  []*image
+	res     *Result
 }
 
 func (h *handler) Package(data []byte) error {
@@ -219,6 +238,15 @@ func (h *handler) Index(idx ocispec.Index) error {
 }
 
 func (h *handler) Blob(ctx context.Context, desc ocispec.Descriptor, kind archive.BlobKind, r io.Reader) error {
+	if kind != archive.KindManifest && !h.checked {
+		h.checked = true
+		if err := h.im.checkSpace(ctx, h.needed); err != nil {
+			return err
+		}
+	}
+	if kind == archive.KindManifest {
+		defer h.announce(ctx, desc)
+	}
 	if _, err := h.im.store.Stat(ctx, desc.Digest); err == nil {
 		h.res.BlobsPresent++
 		h.res.BytesPresent += desc.Size
@@ -229,6 +257,42 @@ func (h *handler) Blob(ctx context.Context, desc ocispec.Descriptor, kind archiv
 	}
 	h.res.BlobsReceived++
 	h.res.BytesReceived += desc.Size
+	return nil
+}
+
+// announce records what a stored manifest needs.
+func (h *handler) announce(ctx context.Context, desc ocispec.Descriptor) {
+	b, err := readSmall(ctx, h.im.store, desc.Digest)
+	if err != nil {
+		return
+	}
+	pm, err := registry.ParseManifest(desc.MediaType, b)
+	if err != nil {
+		return
+	}
+	if h.needed == nil {
+		h.needed = map[digest.Digest]int64{}
+	}
+	for _, d := range append(append(pm.Manifests, pm.Layers...), pm.Required()...) {
+		h.needed[d.Digest] = d.Size
+	}
+}
+
+// checkSpace refuses an import whose missing blobs cannot fit.
+func (im *Importer) checkSpace(ctx context.Context, needed map[digest.Digest]int64) error {
+	if im.o.Dir == "" {
+		return nil
+	}
+	var need int64
+	for d, size := range needed {
+		if _, err := im.store.Stat(ctx, d); err != nil {
+			need += size
+		}
+	}
+	if free := diskfree.Available(im.o.Dir); free >= 0 && need > free {
+		return &Error{Status: http.StatusInsufficientStorage, Code: "INSUFFICIENT_STORAGE",
+			Reason: fmt.Sprintf("the archive's blobs need %d bytes, the agent's data folder has %d free", need, free)}
+	}
 	return nil
 }
 

@@ -8,8 +8,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -22,14 +20,11 @@ import (
 
 // Config is what `crpe serve` takes.
 type Config struct {
-	Addr            string
-	Data            string
-	Upstream        upstream.Options
-	Offline         bool
-	TLSCert, TLSKey string
-	ShutdownGrace   time.Duration
-	Log             *slog.Logger
-	Ready           func(net.Addr)
+	httpx.Listener
+	Data     string
+	Upstream upstream.Options
+	Offline  bool
+	Log      *slog.Logger
 }
 
 // Run serves until ctx is done.
@@ -56,17 +51,7 @@ func Run(ctx context.Context, cfg Config) error {
 	mux.Handle("/v2/", v2)
 	mux.Handle("/v2", v2)
 
-	srv := httpx.NewServer(log, httpx.NewMetrics(reg), mux)
-	grace := cfg.ShutdownGrace
-	if grace <= 0 {
-		grace = 20 * time.Second
-	}
-	return httpx.Serve(ctx, log, srv, cfg.Addr, cfg.TLSCert, cfg.TLSKey, grace, func(a net.Addr) {
-		log.Info("crpe serve listening", "addr", a.String(), "data", cfg.Data, "offline", cfg.Offline)
-		if cfg.Ready != nil {
-			cfg.Ready(a)
-		}
-	})
+	return cfg.Listener.Run(ctx, log, reg, mux, "crpe serve listening", "data", cfg.Data, "offline", cfg.Offline)
 }
 
 func registerCacheMetrics(reg *prometheus.Registry, c *pullthrough.Cache) {

@@ -117,9 +117,8 @@ spec:
 	if !strings.Contains(strings.ToLower(down), "oci-namespace: docker.io") {
 		t.Errorf("the agent's answers lack OCI-Namespace: docker.io")
 	}
-	// the agent's request log (debug) has the mirror requests; it logs the
-	// path only, without the query (see the report)
-	if !strings.Contains(agent.Logs(), "path=/v2/library/nginx/manifests/alpine") {
+	// the agent's request log (debug) has the mirror requests, query included
+	if !strings.Contains(agent.Logs(), "/v2/library/nginx/manifests/alpine?ns=docker.io") {
 		t.Errorf("the agent's request log lacks /v2/library/nginx/manifests/alpine:\n%s", truncate(agent.Logs(), 3000))
 	}
 	t.Logf("containerd's requests to the agent:\n%s", requestLines(up))

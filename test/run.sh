@@ -34,6 +34,9 @@ if ((${#apt_pkgs[@]})); then
   fi
 fi
 
+# etcd (Debian) and kube-apiserver + kubectl (built from the Go module proxy, cached)
+bash test/peers/kube.sh
+
 step "go vet"
 go vet ./...
 

@@ -40,6 +40,7 @@ Also serves /healthz and Prometheus /metrics. SIGTERM shuts down gracefully.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg.Log = g.log
+			serverGC()
 			return agent.Run(cmd.Context(), cfg)
 		},
 	}

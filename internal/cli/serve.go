@@ -41,6 +41,7 @@ Credentials come from Docker's config.json and its credential helpers.`,
 				return err
 			}
 			cfg.Upstream, cfg.Offline, cfg.Log = o, up.offline, g.log
+			serverGC()
 			return pocket.Run(cmd.Context(), cfg)
 		},
 	}

@@ -2,12 +2,23 @@ package cli
 
 import (
 	"errors"
+	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/spf13/pflag"
 
 	"github.com/octohelm/crpe/internal/httpx"
 )
+
+// serverGC makes the servers' Go heap smaller than the default: crpe runs on
+// phones and small boards, where memory counts more than a little GC CPU.
+// GOGC set in the environment wins.
+func serverGC() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(50)
+	}
+}
 
 // listenerFlags registers the flags every server takes.
 func listenerFlags(f *pflag.FlagSet, l *httpx.Listener, addr string) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -82,7 +83,7 @@ imported is refused (409) unless --force.`,
 						return err
 					}
 				}
-				return printImport(out, asJSON, res, nil)
+				return printImport(out, asJSON, res, nil, nil)
 			}
 			tok := token
 			if tok == "" && tokenFile != "" {
@@ -107,9 +108,24 @@ imported is refused (409) unless --force.`,
 			if err != nil {
 				return importErr(file, err)
 			}
-			var ir importer.Result
+			var ir struct {
+				importer.Result
+				KubePkgObjects map[string]string `json:"kubepkgObjects"`
+			}
 			_ = json.Unmarshal(res.Import, &ir)
-			return printImport(out, asJSON, &ir, res)
+			if err := printImport(out, asJSON, &ir.Result, res, ir.KubePkgObjects); err != nil {
+				return err
+			}
+			var failed []string
+			for k, v := range ir.KubePkgObjects {
+				if strings.HasPrefix(v, "error") {
+					failed = append(failed, k+": "+v)
+				}
+			}
+			if len(failed) > 0 {
+				return &exitError{code: 1, msg: "imported, but the agent could not write these KubePkg objects: " + strings.Join(failed, "; ")}
+			}
+			return nil
 		},
 	}
 	f := cmd.Flags()
@@ -137,9 +153,12 @@ func importErr(file string, err error) error {
 	return fmt.Errorf("%s: %s (%s)", file, e.Error(), e.Code)
 }
 
-func printImport(out io.Writer, asJSON bool, res *importer.Result, sent *agentclient.SendResult) error {
+func printImport(out io.Writer, asJSON bool, res *importer.Result, sent *agentclient.SendResult, objects map[string]string) error {
 	if asJSON {
-		v := map[string]any{"import": res}
+		v := map[string]any{"import": struct {
+			*importer.Result
+			KubePkgObjects map[string]string `json:"kubepkgObjects,omitempty"`
+		}{res, objects}}
 		if sent != nil {
 			v["bytesSent"], v["blobsOmitted"], v["bytesOmitted"], v["attempts"] = sent.BytesSent, sent.BlobsOmitted, sent.BytesOmitted, sent.Attempts
 		}
@@ -162,6 +181,14 @@ func printImport(out io.Writer, asJSON bool, res *importer.Result, sent *agentcl
 		strings.Join(names, ", "), len(res.Images), res.BlobsReceived, humanBytes(res.BytesReceived), res.BlobsPresent, humanBytes(res.BytesPresent))
 	if sent != nil {
 		fmt.Fprintf(out, "sent %s; left out %d layers the agent had (%s)\n", humanBytes(sent.BytesSent), sent.BlobsOmitted, humanBytes(sent.BytesOmitted))
+	}
+	keys := make([]string, 0, len(objects))
+	for k := range objects {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(out, "KubePkg %s: %s\n", k, objects[k])
 	}
 	return nil
 }

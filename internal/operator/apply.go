@@ -158,6 +158,10 @@ func (a *Applier) Objects(pkg *kubepkg.KubePkg, ns string) (objs []*unstructured
 		mapping, err := a.c.RESTMapper().RESTMapping(u.GroupVersionKind().GroupKind(), u.GroupVersionKind().Version)
 		if err != nil {
 			if meta.IsNoMatchError(err) {
+				// most custom kinds are namespaced: named so until known
+				if u.GetNamespace() == "" {
+					u.SetNamespace(ns)
+				}
 				unknown = append(unknown, u)
 				continue
 			}

@@ -36,7 +36,7 @@ func CRDYAML() []byte { return crdYAML }
 func RESTConfig(path string) (*rest.Config, error) {
 	if path == "" {
 		if c, err := rest.InClusterConfig(); err == nil {
-			return c, nil
+			return unthrottled(c), nil
 		}
 	}
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
@@ -47,7 +47,17 @@ func RESTConfig(path string) (*rest.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig: %w", err)
 	}
-	return c, nil
+	return unthrottled(c), nil
+}
+
+// unthrottled turns off client-go's client-side rate limit (5 requests/s by
+// default): an apply costs up to three requests per object and is already
+// bounded by its concurrency, and the API server has its own priority and
+// fairness.
+func unthrottled(c *rest.Config) *rest.Config {
+	c.QPS = -1
+	c.Burst = 0
+	return c
 }
 
 // NewClient returns a controller-runtime client for unstructured objects.
@@ -74,7 +84,19 @@ func InstallCRD(ctx context.Context, c client.Client) error {
 // unless forced, and a forced downgrade annotates the object so that the
 // operator follows. It returns what it did.
 func Upsert(ctx context.Context, c client.Client, pkg *kubepkg.KubePkg, ns string, forced bool) (string, error) {
-	b, err := kubepkg.Marshal([]*kubepkg.KubePkg{pkg})
+	// the object is built from what a package is, not from whatever cluster
+	// metadata (resourceVersion, uid, status) the package may carry
+	placed := *pkg
+	placed.Metadata = kubepkg.ObjectMeta{Name: pkg.Metadata.Name, Namespace: ns, Labels: pkg.Metadata.Labels, Annotations: pkg.Metadata.Annotations}
+	placed.Status = nil
+	placed.Extra = nil
+	// manifests without a namespace of their own follow the package into ns:
+	// their keys say so
+	placed.Spec.Manifests = map[string]kubepkg.Manifest{}
+	for _, m := range pkg.Spec.Manifests {
+		placed.Spec.Manifests[placed.ManifestKey(m)] = m
+	}
+	b, err := kubepkg.Marshal([]*kubepkg.KubePkg{&placed})
 	if err != nil {
 		return "", err
 	}

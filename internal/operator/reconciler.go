@@ -15,6 +15,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/tools/record"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/log"
@@ -66,7 +68,12 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.ReadyPoll <= 0 {
 		r.ReadyPoll = 5 * time.Second
 	}
-	return ctrl.NewControllerManagedBy(mgr).For(newKubePkg()).Named("kubepkg").Complete(r)
+	// status and finalizer patches do not call for another apply: only a new
+	// generation (spec) or changed annotations (force-downgrade,
+	// keep-resources) do, besides the resync
+	return ctrl.NewControllerManagedBy(mgr).
+		For(newKubePkg(), builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
+		Named("kubepkg").Complete(r)
 }
 
 // Reconcile brings one KubePkg to its desired state.

@@ -1,0 +1,473 @@
+#!/usr/bin/env bash
+# Benchmark `crpe export` and `crpe serve`'s shared cold fetch against crane and
+# skopeo, with the same images on the same local upstream (Debian's
+# docker-registry, filesystem storage) in the same run, on loopback only.
+#
+# usage: bench/export.sh [path-to-crpe-binary]
+#
+#   With no argument, crpe is built with `go build -o $TMP/crpe ./cmd/crpe`.
+#   BENCH_RUNS=3            repetitions per measurement (median reported)
+#   BENCH_BIG_MIB=200       size of library/big's single random layer
+#   BENCH_PULLERS=16        concurrent cold pulls through one crpe serve
+#   BENCH_MAX_SECONDS=420   hard wall-clock cap for the whole script
+#
+# Measures, interleaved, fresh data dirs and outputs every time:
+#   cold export   crpe export --platform linux/amd64 of 4 images (3 multi-arch
+#                 + one 200 MiB single layer) vs `crane pull --format=oci`
+#                 of the same 4 vs `skopeo copy ... oci-archive:` per image
+#   warm export   crpe export --offline from a filled --data vs `cat` of the
+#                 archive's blob files into one file on the same disk
+#   peak RSS      of every crpe export (/usr/bin/time -v)
+#   shared fetch  BENCH_PULLERS concurrent cold pulls of the big blob through
+#                 a fresh crpe serve vs one cold pull through a fresh one, and
+#                 the upstream GETs of that blob (docker-registry access log);
+#                 for reference, the same pulls again once cached, and straight
+#                 from docker-registry (what the machine's loopback allows)
+#
+# `sync` runs (untimed) before every timed step, so no step pays for the
+# writeback of the one before.
+#
+# Everything binds to 127.0.0.1, every step is time-bounded, and an EXIT trap
+# stops the servers and removes the temp dir. Typical run time: about 1 min
+# (2 CPUs); the watchdog stops it at BENCH_MAX_SECONDS.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RUNS="${BENCH_RUNS:-3}"
+BIG_MIB="${BENCH_BIG_MIB:-200}"
+PULLERS="${BENCH_PULLERS:-16}"
+DIST_BIN="${DIST_BIN:-/usr/bin/docker-registry}"
+SKOPEO="${SKOPEO:-/usr/bin/skopeo}"
+CRANE="${CRANE:-$(go env GOPATH 2>/dev/null)/bin/crane}"
+HOST=127.0.0.1
+PLATFORM=linux/amd64
+IMAGES=(a b c big)
+
+# Never talk to anything but loopback, and never through a proxy.
+unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
+export NO_PROXY='*' no_proxy='*'
+# Don't let stray REGISTRY_* / CRPE_* env vars change the servers' config.
+while IFS= read -r v; do unset "$v"; done < <(env | awk -F= '/^(REGISTRY|CRPE)_/{print $1}')
+
+TMP="$(mktemp -d /tmp/crpe-bench-export.XXXXXX)"
+DIST_PID="" SERVE_PID="" WATCHDOG="" PULL_PIDS=""
+# skopeo (as root) keeps a blob-info cache in /var/lib/containers/cache: note
+# what is there now so that only what this run creates is removed.
+SKOPEO_CACHE=/var/lib/containers/cache
+SKOPEO_CACHE_BEFORE="$(ls -A "$SKOPEO_CACHE" 2>/dev/null | tr '\n' ' ' || true)"
+SKOPEO_CACHE_DIR_EXISTED=0; [ -d /var/lib/containers ] && SKOPEO_CACHE_DIR_EXISTED=1
+
+cleanup() {
+  local rc=$? p f
+  trap - EXIT INT TERM
+  for p in $PULL_PIDS; do kill "$p" 2>/dev/null || true; done
+  for p in $SERVE_PID $DIST_PID $WATCHDOG; do stop_pid "$p"; done
+  rm -rf "$TMP"
+  if [ "$(id -u)" = 0 ] && [ -d "$SKOPEO_CACHE" ]; then
+    for f in "$SKOPEO_CACHE"/blob-info-cache-v1.*; do
+      [ -e "$f" ] || continue
+      case " $SKOPEO_CACHE_BEFORE " in *" $(basename "$f") "*) ;; *) rm -f "$f" ;; esac
+    done
+    if [ "$SKOPEO_CACHE_DIR_EXISTED" = 0 ]; then
+      rmdir "$SKOPEO_CACHE" /var/lib/containers 2>/dev/null || true
+    fi
+  fi
+  exit $rc
+}
+stop_pid() { # bounded: TERM, up to 5 s, then KILL; reap
+  [ -n "$1" ] || return 0
+  kill "$1" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# Hard wall-clock cap for the whole script (kills us, which runs the trap).
+(
+  sleep "${BENCH_MAX_SECONDS:-420}" & sp=$!
+  trap 'kill $sp 2>/dev/null; exit 0' TERM
+  wait $sp && { log "time limit hit, aborting"; kill -TERM $$ 2>/dev/null; }
+) &
+WATCHDOG=$!
+
+[ -x "$DIST_BIN" ] || die "$DIST_BIN missing: apt-get install -y docker-registry"
+[ -x "$SKOPEO" ] || die "$SKOPEO missing: apt-get install -y skopeo"
+[ -x "$CRANE" ] || die "$CRANE missing: go install github.com/google/go-containerregistry/cmd/crane@latest"
+[ -x /usr/bin/time ] || die "/usr/bin/time missing: apt-get install -y time"
+command -v curl >/dev/null || die "curl missing"
+command -v go >/dev/null || die "go missing"
+LOAD0="$(cut -d' ' -f1 /proc/loadavg)"
+awk -v l="$LOAD0" -v n="$(nproc)" 'BEGIN{exit !(l > n)}' \
+  && log "WARNING: load average $LOAD0 on $(nproc) CPUs: other work is running, figures will be noisy"
+
+# ---------------------------------------------------------------- helpers ---
+
+free_port() {
+  local p i
+  for i in $(seq 1 50); do
+    p=$(( 20000 + RANDOM % 30000 ))
+    if ! (exec 3<>"/dev/tcp/$HOST/$p") 2>/dev/null; then echo "$p"; return 0; fi
+  done
+  die "no free port"
+}
+
+wait_http() { # url [seconds]
+  local url=$1 t=${2:-20} i
+  for i in $(seq 1 $(( t * 10 ))); do
+    if curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  return 1
+}
+
+now() { echo "$EPOCHREALTIME"; }
+# settle: flush dirty pages before a timed step, so that no run pays for the
+# writeback left by the previous one (bounded; never fails the run)
+settle() { timeout 60 sync || true; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", b-a}'; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
+maxof() { printf '%s\n' "$@" | sort -g | tail -n1; }
+fmt() { awk -v v="$1" -v d="${2:-1}" 'BEGIN{ printf "%.*f", d, v }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a=="" || b=="" || b+0==0) print "n/a"; else printf "%.2f×", a/b }'; }
+mib() { awk -v b="$1" 'BEGIN{printf "%.1f", b/1048576}'; }
+vm_hwm_kib() { awk '/^VmHWM:/{print $2}' "/proc/$1/status"; }
+# rss_of TIMEFILE -> peak RSS in MiB from /usr/bin/time -v
+rss_of() { awk -F': *' '/Maximum resident set size/{printf "%.1f", $2/1024}' "$1"; }
+
+# tv TIMEFILE SECONDS cmd...: run under /usr/bin/time -v with a timeout
+tv() {
+  local tf=$1 t=$2; shift 2
+  timeout "$t" /usr/bin/time -v -o "$tf" "$@"
+}
+
+# ------------------------------------------------------------------ build ---
+
+log "building exportfix (std-lib only, isolated module)"
+mkdir -p "$TMP/exportfix-src"
+cp "$REPO_ROOT/bench/exportfix/main.go" "$TMP/exportfix-src/"
+printf 'module exportfix\n\ngo 1.23\n' >"$TMP/exportfix-src/go.mod"
+( cd "$TMP/exportfix-src" && GOWORK=off GOFLAGS= GOTOOLCHAIN=local GOPROXY=off \
+    timeout 120 go build -o "$TMP/exportfix" . ) || die "exportfix build failed"
+
+if [ $# -ge 1 ]; then
+  CRPE_BIN="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
+else
+  log "building crpe (go build ./cmd/crpe)"
+  ( cd "$REPO_ROOT" && GOPROXY=off GOFLAGS=-mod=readonly timeout 300 go build -o "$TMP/crpe" ./cmd/crpe ) \
+    || die "crpe build failed"
+  CRPE_BIN="$TMP/crpe"
+fi
+[ -x "$CRPE_BIN" ] || die "crpe binary $CRPE_BIN not executable"
+help="$("$CRPE_BIN" export --help 2>&1 || true)"
+for f in --file --output --data --platform --registry-endpoint --offline --json; do
+  grep -q -- "$f" <<<"$help" || die "crpe export --help lacks $f"
+done
+help="$("$CRPE_BIN" serve --help 2>&1 || true)"
+for f in --addr --data --registry-endpoint; do
+  grep -q -- "$f" <<<"$help" || die "crpe serve --help lacks $f"
+done
+
+# --------------------------------------------------------------- upstream ---
+
+DIST_PORT=$(free_port)
+DIST_URL="http://$HOST:$DIST_PORT"
+UP="$HOST:$DIST_PORT"
+mkdir -p "$TMP/dist-data"
+cat >"$TMP/dist.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: $TMP/dist-data
+  cache:
+    blobdescriptor: inmemory
+  maintenance:
+    uploadpurging:
+      enabled: false
+  redirect:
+    disable: true
+http:
+  addr: $HOST:$DIST_PORT
+  secret: bench-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
+EOF
+# the access log (combined format) goes to stdout, the rest to stderr
+"$DIST_BIN" serve "$TMP/dist.yml" >"$TMP/access.log" 2>"$TMP/dist.log" &
+DIST_PID=$!
+wait_http "$DIST_URL/v2/" 20 || { tail -20 "$TMP/dist.log" >&2; die "docker-registry did not start"; }
+log "docker-registry on $DIST_URL"
+
+log "pushing fixtures: library/{a,b,c}:1 (linux/amd64 + linux/arm64), library/big:1 (${BIG_MIB} MiB layer)"
+PKG="$TMP/pkg.json"
+fix="$(timeout 180 "$TMP/exportfix" -registry "$DIST_URL" -pkg "$PKG" -tmp "$TMP" -big-mib "$BIG_MIB")" \
+  || die "fixture push failed"
+BIG_DIGEST="$(sed -n 's/.*"big_digest":"\([^"]*\)".*/\1/p' <<<"$fix")"
+BIG_SIZE="$(sed -n 's/.*"big_size":\([0-9]*\).*/\1/p' <<<"$fix")"
+AMD64_BYTES="$(sed -n 's/.*"linux\/amd64":\([0-9]*\).*/\1/p' <<<"$fix")"
+[ -n "$BIG_DIGEST" ] && [ -n "$BIG_SIZE" ] || die "exportfix said: $fix"
+log "fixtures pushed: $fix"
+
+# big_gets FROM_LINE: upstream GETs of the big blob logged after line FROM_LINE
+big_gets() { tail -n "+$(( $1 + 1 ))" "$TMP/access.log" | grep -c "\"GET /v2/library/big/blobs/$BIG_DIGEST " || true; }
+log_lines() { wc -l <"$TMP/access.log"; }
+
+# ---------------------------------------------------------- cold exports ---
+
+declare -A WALL RSS BYTES
+run_cold() { # tool run
+  local tool=$1 r=$2 dir="$TMP/cold/$1-$2" t0 t1 w rss bytes gets l0 i
+  mkdir -p "$dir"
+  settle
+  l0=$(log_lines)
+  case $tool in
+    crpe)
+      t0=$(now)
+      tv "$dir/time" 180 "$CRPE_BIN" export -f "$PKG" -o "$dir/out.tgz" --data "$dir/data" --platform "$PLATFORM" \
+        --registry-endpoint "docker.io=$DIST_URL" --json >"$dir/summary.json" 2>"$dir/err" \
+        || { tail -20 "$dir/err" >&2; die "crpe export run $r failed"; }
+      t1=$(now)
+      rss=$(rss_of "$dir/time")
+      bytes=$(stat -c %s "$dir/out.tgz")
+      grep -q '"ref": "docker.io/library/big:1"' "$dir/summary.json" || die "crpe export summary lacks library/big: $(head -c 400 "$dir/summary.json")"
+      ;;
+    crane)
+      local refs=()
+      for i in "${IMAGES[@]}"; do refs+=("$UP/library/$i:1"); done
+      t0=$(now)
+      tv "$dir/time" 180 "$CRANE" pull --insecure --format=oci --platform "$PLATFORM" "${refs[@]}" "$dir/layout" \
+        >"$dir/out" 2>"$dir/err" || { tail -20 "$dir/err" >&2; die "crane pull run $r failed"; }
+      t1=$(now)
+      rss=$(rss_of "$dir/time")
+      [ -s "$dir/layout/index.json" ] || die "crane wrote no index.json"
+      bytes=$(du -sb "$dir/layout" | cut -f1)
+      ;;
+    skopeo)
+      local rs=() tmpd="$dir/tmp"
+      mkdir -p "$tmpd"
+      t0=$(now)
+      for i in "${IMAGES[@]}"; do
+        TMPDIR="$tmpd" XDG_DATA_HOME="$TMP/xdg" tv "$dir/time-$i" 180 "$SKOPEO" --insecure-policy \
+          --override-arch amd64 --override-os linux copy -q --src-tls-verify=false \
+          "docker://$UP/library/$i:1" "oci-archive:$dir/$i.tar:docker.io/library/$i:1" \
+          >"$dir/out" 2>"$dir/err" || { tail -20 "$dir/err" >&2; die "skopeo copy $i run $r failed"; }
+        rs+=("$(rss_of "$dir/time-$i")")
+      done
+      t1=$(now)
+      rss=$(maxof "${rs[@]}")
+      bytes=$(cat "$dir"/*.tar | wc -c)
+      ;;
+  esac
+  w=$(elapsed "$t0" "$t1")
+  gets=$(big_gets "$l0")
+  WALL[$tool]+=" $w"; RSS[$tool]+=" $rss"; BYTES[$tool]=$bytes
+  log "cold run $r $tool: ${w} s, peak RSS ${rss} MiB, $(mib "$bytes") MiB written, upstream GETs of the big blob: $gets"
+  [ "$gets" = 1 ] || log "WARNING: $tool fetched the big blob $gets times from upstream"
+}
+
+run_cold_crpe_keep="" # data dir kept from the first crpe run for the warm export
+
+for r in $(seq 1 "$RUNS"); do
+  case $(( (r - 1) % 3 )) in
+    0) order=(crpe crane skopeo) ;;
+    1) order=(crane skopeo crpe) ;;
+    2) order=(skopeo crpe crane) ;;
+  esac
+  for tool in "${order[@]}"; do
+    run_cold "$tool" "$r"
+    if [ "$tool" = crpe ] && [ -z "$run_cold_crpe_keep" ]; then
+      run_cold_crpe_keep="$TMP/cold/crpe-$r"
+      # the blob files the archive holds, for the cat peer
+      tar -tzf "$run_cold_crpe_keep/out.tgz" | sed -n 's#^blobs/sha256/##p' >"$TMP/blobs.list"
+      rm -f "$run_cold_crpe_keep/out.tgz"
+    else
+      rm -rf "$TMP/cold/$tool-$r"
+    fi
+  done
+done
+
+# ---------------------------------------------------------- warm exports ---
+
+WARM_DATA="$run_cold_crpe_keep/data"
+mapfile -t BLOB_FILES < <(sed "s#^#$WARM_DATA/blobs/sha256/#" "$TMP/blobs.list")
+for f in "${BLOB_FILES[@]}"; do [ -f "$f" ] || die "blob file $f missing from the warm data dir"; done
+CAT_BYTES=$(cat "${BLOB_FILES[@]}" | wc -c) # also warms the page cache
+log "warm export: ${#BLOB_FILES[@]} blob files, $(mib "$CAT_BYTES") MiB"
+mkdir -p "$TMP/warm"
+
+declare -A TPUT ANON FILEB
+warm_crpe() { # record?
+  local out="$TMP/warm/out.tgz" t0 t1 w bytes
+  rm -f "$out"; settle
+  t0=$(now)
+  tv "$TMP/warm/time" 120 "$CRPE_BIN" export -f "$PKG" -o "$out" --data "$WARM_DATA" --platform "$PLATFORM" \
+    --offline --json >"$TMP/warm/summary.json" 2>"$TMP/warm/err" \
+    || { tail -20 "$TMP/warm/err" >&2; die "crpe export --offline failed"; }
+  t1=$(now)
+  w=$(elapsed "$t0" "$t1"); bytes=$(stat -c %s "$out")
+  rm -f "$out"
+  [ "$1" = 1 ] || return 0
+  TPUT[crpe]+=" $(awk -v b="$bytes" -v s="$w" 'BEGIN{printf "%.1f", b/1048576/s}')"
+  RSS[warm]+=" $(rss_of "$TMP/warm/time")"
+  BYTES[warm]=$bytes
+  log "warm crpe export --offline: $w s, $(mib "$bytes") MiB archive, $(awk -v b="$bytes" -v s="$w" 'BEGIN{printf "%.1f", b/1048576/s}') MiB/s, peak RSS $(rss_of "$TMP/warm/time") MiB"
+}
+warm_cat() { # record? mode: 0 cat, 1 cat + fsync, 2 cat | cat (user-space copies)
+  local out="$TMP/warm/cat.out" t0 t1 w key=cat
+  rm -f "$out"; settle
+  t0=$(now)
+  case $2 in
+    1) key=catsync
+       timeout 120 cat "${BLOB_FILES[@]}" >"$out" && timeout 60 sync "$out" ;;
+    2) key=catpipe
+       # a pipe in between: the second cat must read() and write(), as any
+       # program that looks at the bytes does
+       timeout 120 cat "${BLOB_FILES[@]}" | timeout 120 cat >"$out" ;;
+    *) timeout 120 cat "${BLOB_FILES[@]}" >"$out" ;;
+  esac
+  t1=$(now)
+  w=$(elapsed "$t0" "$t1")
+  rm -f "$out"
+  [ "$1" = 1 ] || return 0
+  TPUT[$key]+=" $(awk -v b="$CAT_BYTES" -v s="$w" 'BEGIN{printf "%.1f", b/1048576/s}')"
+  log "warm $key: $w s, $(awk -v b="$CAT_BYTES" -v s="$w" 'BEGIN{printf "%.1f", b/1048576/s}') MiB/s"
+}
+warm_crpe 0; warm_cat 0 0 # warm-up, not recorded
+for r in $(seq 1 "$RUNS"); do
+  if (( r % 2 )); then warm_crpe 1; warm_cat 1 0; warm_cat 1 1; warm_cat 1 2
+  else warm_cat 1 2; warm_cat 1 1; warm_cat 1 0; warm_crpe 1; fi
+done
+
+# One extra, untimed run of each under a 5 ms /proc sampler: how much of the
+# peak RSS is heap and stacks (RssAnon) and how much the binary's mapped pages
+# (RssFile).
+json_kib() { sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p" "$1" | awk '{printf "%.1f", $1/1024}'; }
+settle
+rm -rf "$TMP/split"; mkdir -p "$TMP/split"
+timeout 180 "$TMP/exportfix" watch -o "$TMP/split/cold.json" -- "$CRPE_BIN" export -f "$PKG" -o "$TMP/split/out.tgz" \
+  --data "$TMP/split/data" --platform "$PLATFORM" --registry-endpoint "docker.io=$DIST_URL" --json >/dev/null 2>"$TMP/split/err" \
+  || { tail -20 "$TMP/split/err" >&2; die "crpe export (sampled) failed"; }
+rm -rf "$TMP/split/out.tgz" "$TMP/split/data"
+timeout 120 "$TMP/exportfix" watch -o "$TMP/split/warm.json" -- "$CRPE_BIN" export -f "$PKG" -o "$TMP/split/out.tgz" \
+  --data "$WARM_DATA" --platform "$PLATFORM" --offline --json >/dev/null 2>"$TMP/split/err" \
+  || { tail -20 "$TMP/split/err" >&2; die "crpe export --offline (sampled) failed"; }
+for k in cold warm; do
+  ANON[$k]=$(json_kib "$TMP/split/$k.json" rss_anon_kib); FILEB[$k]=$(json_kib "$TMP/split/$k.json" rss_file_kib)
+  log "sampled $k export: peak RssAnon ${ANON[$k]} MiB, peak RssFile ${FILEB[$k]} MiB (binary $(mib "$(stat -c %s "$CRPE_BIN")") MiB)"
+done
+rm -rf "$TMP/split" "$run_cold_crpe_keep"
+
+# ------------------------------------------------- shared cold blob fetch ---
+
+start_serve() { # data-dir -> SERVE_PID, SERVE_URL
+  local p; p=$(free_port)
+  while [ "$p" = "$DIST_PORT" ]; do p=$(free_port); done
+  SERVE_URL="http://$HOST:$p"
+  "$CRPE_BIN" serve --addr "$HOST:$p" --data "$1" --registry-endpoint "docker.io=$DIST_URL" \
+    >>"$TMP/serve.log" 2>&1 &
+  SERVE_PID=$!
+  wait_http "$SERVE_URL/healthz" 20 || { tail -20 "$TMP/serve.log" >&2; die "crpe serve did not start"; }
+}
+
+declare -A PULL GETS FETCHES
+# pulls URL N DIR: N concurrent curl GETs of the big blob -> PW (wall seconds);
+# dies unless every one got 200 and all the bytes
+pulls() {
+  local url=$1 n=$2 dir=$3 t0 t1 i pids=() bad=0
+  rm -rf "$dir"; mkdir -p "$dir"
+  t0=$(now)
+  for i in $(seq 1 "$n"); do
+    curl -sS -o /dev/null --max-time 120 -w '%{http_code} %{size_download}\n' "$url" >"$dir/$i" 2>&1 &
+    pids+=($!)
+  done
+  PULL_PIDS="${pids[*]}"
+  for i in "${pids[@]}"; do wait "$i" || bad=$((bad + 1)); done
+  PULL_PIDS=""
+  t1=$(now)
+  PW=$(elapsed "$t0" "$t1")
+  for i in $(seq 1 "$n"); do
+    [ "$(cat "$dir/$i")" = "200 $BIG_SIZE" ] || { bad=$((bad + 1)); log "puller $i of $url: $(cat "$dir/$i")"; }
+  done
+  [ "$bad" = 0 ] || die "$bad of $n pulls of $url failed"
+}
+
+pull_run() { # n run
+  local n=$1 r=$2 dir="$TMP/serve-$1-$2" l0 gets fetches hwm warm=""
+  mkdir -p "$dir"
+  settle
+  start_serve "$dir/data"
+  l0=$(log_lines)
+  local url="$SERVE_URL/v2/docker.io/library/big/blobs/$BIG_DIGEST"
+  pulls "$url" "$n" "$dir/res"
+  local cold=$PW
+  sleep 0.2 # let docker-registry finish its access-log line
+  gets=$(big_gets "$l0")
+  fetches=$(curl -fsS --max-time 5 "$SERVE_URL/metrics" | awk '/^crpe_upstream_blob_fetches_total /{print $2}')
+  if [ "$n" -gt 1 ]; then
+    # reference: the same pulls again, now served from the cache (sendfile path)
+    pulls "$url" "$n" "$dir/res"; warm=$PW
+    PULLW+=" $warm"
+  fi
+  hwm=$(awk -v k="$(vm_hwm_kib "$SERVE_PID")" 'BEGIN{printf "%.1f", k/1024}')
+  local split; split=$(awk '/^Rss(Anon|File):/{printf "%s %.1f MiB ", $1, $2/1024}' "/proc/$SERVE_PID/status")
+  stop_pid "$SERVE_PID"; SERVE_PID=""
+  PULL[$n]+=" $cold"; GETS[$n]+=" $gets"; FETCHES[$n]+=" $fetches"; RSS[serve$n]+=" $hwm"
+  log "serve run $r: $n cold pull(s) of ${BIG_MIB} MiB: $cold s, upstream GETs $gets, crpe upstream fetches ${fetches:-?}, serve VmHWM $hwm MiB (now: $split)${warm:+; the same $n again from the cache: $warm s}"
+  rm -rf "$dir"
+}
+PULLW="" PULLD=""
+for r in $(seq 1 "$RUNS"); do
+  if (( r % 2 )); then pull_run 1 "$r"; pull_run "$PULLERS" "$r"
+  else pull_run "$PULLERS" "$r"; pull_run 1 "$r"; fi
+  # reference: the same pulls straight from docker-registry (no crpe)
+  pulls "$DIST_URL/v2/library/big/blobs/$BIG_DIGEST" "$PULLERS" "$TMP/direct"
+  PULLD+=" $PW"
+  log "serve run $r: $PULLERS pulls straight from docker-registry: $PW s"
+done
+
+# ------------------------------------------------------------------ report --
+
+# shellcheck disable=SC2086
+{
+  C_CRPE=$(median ${WALL[crpe]}); C_CRANE=$(median ${WALL[crane]}); C_SKOPEO=$(median ${WALL[skopeo]})
+  R_CRPE=$(maxof ${RSS[crpe]}); R_CRANE=$(maxof ${RSS[crane]}); R_SKOPEO=$(maxof ${RSS[skopeo]}); R_WARM=$(maxof ${RSS[warm]})
+  T_CRPE=$(median ${TPUT[crpe]}); T_CAT=$(median ${TPUT[cat]}); T_CATSYNC=$(median ${TPUT[catsync]}); T_CATPIPE=$(median ${TPUT[catpipe]})
+  P1=$(median ${PULL[1]}); PN=$(median ${PULL[$PULLERS]}); PNW=$(median $PULLW); PND=$(median $PULLD)
+  G1=$(maxof ${GETS[1]}); GN=$(maxof ${GETS[$PULLERS]}); GN_MIN=$(printf '%s\n' ${GETS[$PULLERS]} | sort -g | head -n1)
+  S1=$(maxof ${RSS[serve1]}); SN=$(maxof ${RSS[serve$PULLERS]})
+}
+verdict() { # expr over r (ratio) or v (crpe value)
+  awk -v a="$2" -v b="$3" "BEGIN{ if (a==\"\" || b==\"\" || b+0==0) { print \"–\"; exit } r=a/b; v=a; print (($1) ? \"✅\" : \"❌\") }"
+}
+GETS_OK="❌"; [ "$GN" = 1 ] && [ "$GN_MIN" = 1 ] && GETS_OK="✅"
+NIMG=${#IMAGES[@]}
+echo
+echo "<!-- bench/export.sh, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, load ${LOAD0} → $(cut -d' ' -f1 /proc/loadavg), $(uname -r), docker-registry $("$DIST_BIN" --version 2>/dev/null | awk '{print $NF}'), crane $("$CRANE" version 2>/dev/null), skopeo $("$SKOPEO" --version | awk '{print $NF}') -->"
+echo "Same ${NIMG} images on the same local upstream (docker-registry, filesystem storage): library/{a,b,c}:1 multi-arch (linux/amd64 + linux/arm64, 3–5 random gzip layers, 20–40 MiB per platform) and library/big:1 (one random ${BIG_MIB} MiB layer); ${PLATFORM} exported ($(mib "$AMD64_BYTES") MiB of blobs). Loopback 127.0.0.1, median of ${RUNS} interleaved runs, fresh data dirs and outputs every time."
+echo
+echo "| metric | crpe | peer | crpe / peer | goal | met |"
+echo "|---|---:|---:|---:|---|:-:|"
+echo "| cold export of ${NIMG} images, wall time (s) — vs \`crane pull --format=oci\` | $(fmt "$C_CRPE" 2) | $(fmt "$C_CRANE" 2) | $(ratio "$C_CRPE" "$C_CRANE") | ≤ 1.0× | $(verdict 'r<=1.0' "$C_CRPE" "$C_CRANE") |"
+echo "| cold export of ${NIMG} images, wall time (s) — vs \`skopeo copy … oci-archive:\` ×${NIMG} | $(fmt "$C_CRPE" 2) | $(fmt "$C_SKOPEO" 2) | $(ratio "$C_CRPE" "$C_SKOPEO") | ≤ 0.5× | $(verdict 'r<=0.5' "$C_CRPE" "$C_SKOPEO") |"
+echo "| warm export \`--offline\`, archive MiB/s — vs \`cat\` of its blob files | $(fmt "$T_CRPE" 0) | $(fmt "$T_CAT" 0) | $(ratio "$T_CRPE" "$T_CAT") | ≥ 0.8× | $(verdict 'r>=0.8' "$T_CRPE" "$T_CAT") |"
+echo "| warm export \`--offline\`, archive MiB/s — vs \`cat\` + \`sync FILE\` (crpe fsyncs its output) | $(fmt "$T_CRPE" 0) | $(fmt "$T_CATSYNC" 0) | $(ratio "$T_CRPE" "$T_CATSYNC") | (info) | |"
+echo "| warm export \`--offline\`, archive MiB/s — vs \`cat … \\| cat >file\` (read/write through user space, no fsync) | $(fmt "$T_CRPE" 0) | $(fmt "$T_CATPIPE" 0) | $(ratio "$T_CRPE" "$T_CATPIPE") | (info) | |"
+echo "| peak RSS, cold export (MiB) — vs crane | $(fmt "$R_CRPE" 1) | $(fmt "$R_CRANE" 1) | $(ratio "$R_CRPE" "$R_CRANE") | crpe ≤ 64 MiB | $(verdict 'v<=64' "$R_CRPE" 1) |"
+echo "| peak RSS, cold export (MiB) — vs skopeo (largest of its ${NIMG} runs) | $(fmt "$R_CRPE" 1) | $(fmt "$R_SKOPEO" 1) | $(ratio "$R_CRPE" "$R_SKOPEO") | crpe ≤ 64 MiB | $(verdict 'v<=64' "$R_CRPE" 1) |"
+echo "| of which heap + stacks (peak RssAnon, sampled every 5 ms), cold export (MiB) — vs mapped binary pages (peak RssFile; binary $(mib "$(stat -c %s "$CRPE_BIN")") MiB) | ${ANON[cold]} | ${FILEB[cold]} | $(ratio "${ANON[cold]}" "${FILEB[cold]}") | (info) | |"
+echo "| peak RSS, warm export (MiB) — vs cold export | $(fmt "$R_WARM" 1) | $(fmt "$R_CRPE" 1) | $(ratio "$R_WARM" "$R_CRPE") | crpe ≤ 64 MiB | $(verdict 'v<=64' "$R_WARM" 1) |"
+echo "| ${PULLERS} concurrent cold pulls of the ${BIG_MIB} MiB blob through one \`crpe serve\` (s) — vs 1 cold pull | $(fmt "$PN" 2) | $(fmt "$P1" 2) | $(ratio "$PN" "$P1") | ≤ 1.3× | $(verdict 'r<=1.3' "$PN" "$P1") |"
+echo "| the same ${PULLERS} pulls once cached (same \`crpe serve\`, sendfile) (s) — reference: what the machine allows | $(fmt "$PN" 2) | $(fmt "$PNW" 2) | $(ratio "$PN" "$PNW") | (info) | |"
+echo "| the same ${PULLERS} pulls straight from docker-registry, no crpe (s) — reference | $(fmt "$PN" 2) | $(fmt "$PND" 2) | $(ratio "$PN" "$PND") | (info) | |"
+echo "| upstream GETs of that blob for the ${PULLERS} pulls (docker-registry access log, worst run) — vs 1 pull | $GN | $G1 | $(ratio "$GN" "$G1") | exactly 1 | $GETS_OK |"
+echo "| \`crpe serve\` peak RSS, VmHWM (MiB) — ${PULLERS} pulls vs 1 pull | $(fmt "$SN" 1) | $(fmt "$S1" 1) | $(ratio "$SN" "$S1") | (info) | |"
+echo
+echo "Peak RSS is the largest of the runs (\`/usr/bin/time -v\`). \`cat\` (coreutils) copies in the kernel with copy_file_range; crpe reads each blob, re-checks its digest, frames it in stored deflate blocks with a CRC-32 and fsyncs the archive. Archive / output sizes: crpe $(mib "${BYTES[crpe]}") MiB, crane layout $(mib "${BYTES[crane]}") MiB, skopeo archives $(mib "${BYTES[skopeo]}") MiB."
+echo
+echo "Reproduce: \`bash bench/export.sh\` (or \`bash bench/export.sh path/to/crpe\`; BENCH_RUNS, BENCH_BIG_MIB, BENCH_PULLERS tune it)."

@@ -217,27 +217,6 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 	if o.Progress != nil {
 		o.Progress.Plan(res.Images)
 	}
-	g, gctx = errgroup.WithContext(ctx)
-	g.SetLimit(o.Parallel)
-	for _, d := range order {
-		wt := uniq[d]
-		if (o.Exclude[d] && wt.blob.Kind == archive.KindLayer) || len(wt.blob.Desc.URLs) > 0 {
-			continue
-		}
-		g.Go(func() error {
-			if _, err := cache.Blob(gctx, wt.repo, d, wt.blob.Desc.Size); err != nil {
-				return fmt.Errorf("image %s: blob %s: %w", wt.image, d, err)
-			}
-			if o.Progress != nil {
-				o.Progress.Fetched(wt.image, wt.blob.Desc.Size)
-			}
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return nil, err
-	}
-
 	var blobs []archive.Blob
 	for _, d := range order {
 		wt := uniq[d]
@@ -272,13 +251,72 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 	for _, p := range pkgs {
 		res.Packages = append(res.Packages, PackageResult{Namespace: p.Metadata.Namespace, Name: p.Metadata.Name, Version: p.Spec.Version, Platforms: p.Metadata.Annotations[kubepkg.AnnotationPlatform]})
 	}
+	// Fetch every blob once, in parallel, in archive order, while the
+	// archive is written: the writer waits for each blob's fetch, so the
+	// two overlap instead of running one after the other.
+	type pending struct {
+		done chan struct{}
+		err  error
+	}
+	fetches := map[digest.Digest]*pending{}
+	fresh := map[digest.Digest]bool{} // fetched (and hashed) by this export
+	var fetchOrder []archive.Blob
+	for _, b := range blobs {
+		if len(b.Desc.URLs) > 0 {
+			continue
+		}
+		fetches[b.Desc.Digest] = &pending{done: make(chan struct{})}
+		if _, err := store.Stat(ctx, b.Desc.Digest); err != nil {
+			fresh[b.Desc.Digest] = true
+		}
+		fetchOrder = append(fetchOrder, b)
+	}
+	sort.SliceStable(fetchOrder, func(i, j int) bool {
+		if fetchOrder[i].Kind != fetchOrder[j].Kind {
+			return fetchOrder[i].Kind < fetchOrder[j].Kind
+		}
+		return fetchOrder[i].Desc.Digest < fetchOrder[j].Desc.Digest
+	})
+	fctx, cancelFetch := context.WithCancel(ctx)
+	defer cancelFetch()
+	fg, fgctx := errgroup.WithContext(fctx)
+	fg.SetLimit(o.Parallel)
+	launched := make(chan struct{})
+	go func() {
+		defer close(launched)
+		for _, b := range fetchOrder {
+			wt, p := uniq[b.Desc.Digest], fetches[b.Desc.Digest]
+			fg.Go(func() error {
+				defer close(p.done)
+				if _, err := cache.Blob(fgctx, wt.repo, b.Desc.Digest, b.Desc.Size); err != nil {
+					p.err = fmt.Errorf("image %s: blob %s: %w", wt.image, b.Desc.Digest, err)
+					return p.err
+				}
+				if o.Progress != nil {
+					o.Progress.Fetched(wt.image, b.Desc.Size)
+				}
+				return nil
+			})
+		}
+	}()
 	open := func(ctx context.Context, d digest.Digest) (io.ReadCloser, error) {
+		if p := fetches[d]; p != nil {
+			select {
+			case <-p.done:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			if p.err != nil {
+				return nil, p.err
+			}
+		}
 		rc, _, err := store.Open(ctx, d)
 		return rc, err
 	}
 	var mu sync.Mutex
 	last := map[digest.Digest]int64{}
-	aopts := archive.Options{ModTime: o.ModTime, Absent: map[digest.Digest]bool{}}
+	aopts := archive.Options{ModTime: o.ModTime, Absent: map[digest.Digest]bool{},
+		Verified: func(d digest.Digest) bool { return fresh[d] }}
 	for d := range o.Exclude {
 		aopts.Absent[d] = true
 	}
@@ -291,8 +329,16 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 			o.Progress.Written(delta)
 		}
 	}
-	if err := archive.Write(ctx, w, pkgJSON, archImages, blobs, open, aopts); err != nil {
-		return nil, err
+	werr := archive.Write(ctx, w, pkgJSON, archImages, blobs, open, aopts)
+	if werr != nil {
+		cancelFetch()
+	}
+	<-launched
+	if err := fg.Wait(); err != nil && werr != nil && !errors.Is(err, context.Canceled) {
+		return nil, err // the fetch error says more than the writer's
+	}
+	if werr != nil {
+		return nil, werr
 	}
 	return res, nil
 }

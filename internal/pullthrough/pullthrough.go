@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -540,7 +541,16 @@ func (f *fetch) stream(ctx context.Context, w io.Writer, rd cas.ReaderAtCloser) 
 		if avail == 0 && done {
 			return nil
 		}
-		n, werr := io.Copy(w, io.NewSectionReader(rd, off, avail))
+		var n int64
+		var werr error
+		if f, ok := rd.(*os.File); ok {
+			// a file the server can send with sendfile
+			if _, werr = f.Seek(off, io.SeekStart); werr == nil {
+				n, werr = io.CopyN(w, f, avail)
+			}
+		} else {
+			n, werr = io.Copy(w, io.NewSectionReader(rd, off, avail))
+		}
 		off += n
 		if werr != nil {
 			return werr

@@ -1,0 +1,453 @@
+#!/usr/bin/env bash
+# Benchmark `crpe apply` and `crpe operator` against `kubectl apply
+# --server-side` on a real API server (etcd + kube-apiserver, no nodes),
+# started by the script on loopback only.
+#
+# usage: bench/operator.sh [path-to-crpe-binary]
+#
+#   With no argument, crpe is built with `CGO_ENABLED=0 go build ./cmd/crpe`.
+#   BENCH_RUNS=3            repetitions per measurement (median reported)
+#   BENCH_PKGS=200          KubePkgs for the operator's RSS (2 ConfigMaps each)
+#   BENCH_STEP_SECONDS=45   bound of one timed apply of the 500 manifests (crpe
+#                           apply, kubectl, or through the operator): a run that
+#                           hits it is reported as a lower bound (with how many
+#                           objects it applied) and not repeated
+#   BENCH_PKGS_SECONDS=60   bound of the wait for the BENCH_PKGS packages (and of
+#                           their deletion)
+#   BENCH_MAX_SECONDS=300   hard wall-clock cap for the whole script
+#   KUBE_APISERVER, KUBECTL default to $(go env GOPATH)/bin/{kube-apiserver,kubectl}
+#                           (built by test/peers/kube.sh); ETCD to /usr/bin/etcd
+#
+# The control plane: etcd (data on /dev/shm when there is one: etcd 3.4 has
+# no --unsafe-no-fsync, and both tools talk to the same API server) and
+# kube-apiserver with --bind-address=127.0.0.1, a token file with an admin in
+# system:masters, RBAC, a service-account key made by openssl, and
+# --service-cluster-ip-range=10.96.0.0/16 (an allocation range only: no
+# traffic goes there). No controller-manager, no scheduler, no nodes.
+#
+# Measures, `sync` before every timed step, a fresh namespace every time:
+#   1. operator RSS: a fresh `crpe operator`, BENCH_PKGS KubePkgs (2
+#      ConfigMaps each) applied with one `kubectl apply`; the operator's
+#      VmHWM once all show Applied=True (then they are deleted through the
+#      operator's finalizer, and it is stopped; what is left is purged)
+#   2. 500 manifests (200 ConfigMaps, 200 Secrets, 100 Services), median of
+#      BENCH_RUNS interleaved runs: `crpe apply -f pkg.json` vs `kubectl apply
+#      --server-side -f objects.yaml -n NS` of the same objects (kubectl with
+#      its discovery cache in the temp dir, warmed up first)
+#   3. the same package through a fresh `crpe operator` (started and warmed
+#      up with a one-object package, untimed): from `kubectl apply
+#      --server-side` of the KubePkg until status.conditions Applied=True
+#      (polled every 50 ms by bench/operatorfix with the admin token)
+#
+# Everything binds to 127.0.0.1, every step is time-bounded, and an EXIT trap
+# stops the processes and removes the temp dirs. Typical run time: ~2–4 min.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RUNS="${BENCH_RUNS:-3}"
+NPKGS="${BENCH_PKGS:-200}"
+STEP_SECONDS="${BENCH_STEP_SECONDS:-45}"
+PKGS_SECONDS="${BENCH_PKGS_SECONDS:-60}"
+GOBIN_DIR="$(go env GOPATH 2>/dev/null)/bin"
+ETCD="${ETCD:-/usr/bin/etcd}"
+KUBE_APISERVER="${KUBE_APISERVER:-$GOBIN_DIR/kube-apiserver}"
+KUBECTL_BIN="${KUBECTL:-$GOBIN_DIR/kubectl}"
+HOST=127.0.0.1
+N_CM=200 N_SECRET=200 N_SVC=100
+N_OBJ=$(( N_CM + N_SECRET + N_SVC ))
+
+# Never talk to anything but loopback, and never through a proxy.
+unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
+export NO_PROXY='*' no_proxy='*'
+# Don't let stray CRPE_* / ETCD_* / KUBECONFIG env vars change the set-up.
+while IFS= read -r v; do unset "$v"; done < <(env | awk -F= '/^(CRPE|ETCD)_/{print $1}')
+unset KUBECONFIG
+
+TMP="$(mktemp -d /tmp/crpe-bench-operator.XXXXXX)"
+if [ -d /dev/shm ] && [ -w /dev/shm ]; then
+  ETCD_DIR="$(mktemp -d /dev/shm/crpe-bench-etcd.XXXXXX)"
+else
+  ETCD_DIR="$TMP/etcd"; mkdir -p "$ETCD_DIR"
+fi
+ETCD_PID="" API_PID="" OP_PID="" WATCHDOG=""
+cleanup() {
+  local rc=$? p
+  trap - EXIT INT TERM
+  for p in $OP_PID $WATCHDOG; do stop_pid "$p"; done
+  # SIGKILL: a terminated API server waits on etcd and its own graceful
+  # shutdown; nothing here needs to outlive the run
+  for p in $API_PID $ETCD_PID; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  rm -rf "$TMP" "$ETCD_DIR"
+  exit $rc
+}
+stop_pid() { # bounded: TERM, up to 5 s, then KILL; reap
+  [ -n "$1" ] || return 0
+  kill "$1" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# Hard wall-clock cap for the whole script (kills us, which runs the trap).
+(
+  sleep "${BENCH_MAX_SECONDS:-300}" & sp=$!
+  trap 'kill $sp 2>/dev/null; exit 0' TERM
+  wait $sp && { log "time limit hit, aborting"; kill -TERM $$ 2>/dev/null; }
+) &
+WATCHDOG=$!
+
+[ -x "$ETCD" ] || die "$ETCD missing: apt-get install -y etcd-server"
+[ -x "$KUBE_APISERVER" ] || die "$KUBE_APISERVER missing: bash test/peers/kube.sh"
+[ -x "$KUBECTL_BIN" ] || die "$KUBECTL_BIN missing: bash test/peers/kube.sh"
+for c in curl go openssl; do command -v "$c" >/dev/null || die "$c missing"; done
+LOAD0="$(cut -d' ' -f1 /proc/loadavg)"
+awk -v l="$LOAD0" -v n="$(nproc)" 'BEGIN{exit !(l > n)}' \
+  && log "WARNING: load average $LOAD0 on $(nproc) CPUs: other work is running, figures will be noisy"
+
+# ---------------------------------------------------------------- helpers ---
+
+USED_PORTS=" "
+free_port() { # never one handed out before in this run
+  local p i
+  for i in $(seq 1 50); do
+    p=$(( 20000 + RANDOM % 30000 ))
+    case "$USED_PORTS" in *" $p "*) continue ;; esac
+    if ! (exec 3<>"/dev/tcp/$HOST/$p") 2>/dev/null; then USED_PORTS+="$p "; echo "$p"; return 0; fi
+  done
+  die "no free port"
+}
+
+now() { echo "$EPOCHREALTIME"; }
+settle() { timeout 60 sync || true; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", b-a}'; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
+maxof() { printf '%s\n' "$@" | sort -g | tail -n1; }
+fmt() { awk -v v="$1" -v d="${2:-1}" 'BEGIN{ printf "%.*f", d, v }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a=="" || b=="" || b+0==0) print "n/a"; else printf "%.2f×", a/b }'; }
+kib_mib() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
+status_kib() { awk -v k="$2:" '$1==k{print $2}' "/proc/$1/status"; }
+rss_of() { awk -F': *' '/Maximum resident set size/{printf "%.1f", $2/1024}' "$1"; }
+json_num() { sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p" <<<"$1"; }
+
+# ------------------------------------------------------------------ build ---
+
+log "building operatorfix (std-lib only, isolated module)"
+mkdir -p "$TMP/operatorfix-src"
+cp "$REPO_ROOT/bench/operatorfix/main.go" "$TMP/operatorfix-src/"
+printf 'module operatorfix\n\ngo 1.23\n' >"$TMP/operatorfix-src/go.mod"
+( cd "$TMP/operatorfix-src" && GOWORK=off GOFLAGS= GOTOOLCHAIN=local GOPROXY=off \
+    timeout 120 go build -o "$TMP/operatorfix" . ) || die "operatorfix build failed"
+FIX="$TMP/operatorfix"
+
+if [ $# -ge 1 ]; then
+  CRPE_BIN="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
+else
+  log "building crpe (CGO_ENABLED=0 go build ./cmd/crpe)"
+  ( cd "$REPO_ROOT" && CGO_ENABLED=0 GOPROXY=off GOFLAGS=-mod=readonly timeout 300 go build -o "$TMP/crpe" ./cmd/crpe ) \
+    || die "crpe build failed"
+  CRPE_BIN="$TMP/crpe"
+fi
+[ -x "$CRPE_BIN" ] || die "crpe binary $CRPE_BIN not executable"
+help="$("$CRPE_BIN" apply --help 2>&1 || true)"
+for f in --file --kubeconfig --json; do grep -q -- "$f" <<<"$help" || die "crpe apply --help lacks $f"; done
+help="$("$CRPE_BIN" operator --help 2>&1 || true)"
+for f in --kubeconfig --health-addr; do grep -q -- "$f" <<<"$help" || die "crpe operator --help lacks $f"; done
+
+# ---------------------------------------------------------- control plane ---
+
+log "starting etcd ($("$ETCD" --version | head -1)), data in $ETCD_DIR"
+ETCD_URL="http://$HOST:$(free_port)"
+ETCD_PEER="http://$HOST:$(free_port)"
+"$ETCD" --name crpe-bench --data-dir "$ETCD_DIR/data" \
+  --listen-client-urls "$ETCD_URL" --advertise-client-urls "$ETCD_URL" \
+  --listen-peer-urls "$ETCD_PEER" --initial-advertise-peer-urls "$ETCD_PEER" \
+  --initial-cluster "crpe-bench=$ETCD_PEER" --initial-cluster-state new \
+  --logger zap --log-level warn >"$TMP/etcd.log" 2>&1 &
+ETCD_PID=$!
+for i in $(seq 1 300); do
+  curl -fsS --max-time 1 "$ETCD_URL/health" 2>/dev/null | grep -q '"true"' && break
+  kill -0 "$ETCD_PID" 2>/dev/null || { tail -20 "$TMP/etcd.log" >&2; die "etcd exited"; }
+  [ "$i" = 300 ] && { tail -20 "$TMP/etcd.log" >&2; die "etcd not healthy"; }
+  sleep 0.1
+done
+
+ADMIN_TOKEN="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+printf '%s,admin,admin,"system:masters"\n' "$ADMIN_TOKEN" >"$TMP/tokens.csv"
+chmod 600 "$TMP/tokens.csv"
+openssl genrsa -out "$TMP/sa.key" 2048 2>/dev/null || die "openssl genrsa failed"
+API_PORT=$(free_port)
+API_URL="https://$HOST:$API_PORT"
+CERT_DIR="$TMP/certs"
+KUBE_VERSION="$(basename "$(readlink -f "$KUBE_APISERVER")" | sed 's/^kube-apiserver-//')"
+log "starting kube-apiserver ($KUBE_VERSION) on $API_URL"
+"$KUBE_APISERVER" \
+  --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT" \
+  --etcd-servers="$ETCD_URL" --cert-dir="$CERT_DIR" \
+  --token-auth-file="$TMP/tokens.csv" --authorization-mode=RBAC --anonymous-auth=false \
+  --service-account-key-file="$TMP/sa.key" --service-account-signing-key-file="$TMP/sa.key" \
+  --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+  --service-cluster-ip-range=10.96.0.0/16 \
+  --endpoint-reconciler-type=none --profiling=false >"$TMP/kube-apiserver.log" 2>&1 &
+API_PID=$!
+# it writes its self-signed serving certificate before it listens
+CA="$CERT_DIR/apiserver.crt"
+for i in $(seq 1 600); do
+  grep -q 'END CERTIFICATE' "$CA" 2>/dev/null && break
+  kill -0 "$API_PID" 2>/dev/null || { tail -20 "$TMP/kube-apiserver.log" >&2; die "kube-apiserver exited"; }
+  [ "$i" = 600 ] && die "kube-apiserver wrote no certificate"
+  sleep 0.1
+done
+KCFG="$TMP/kubeconfig"
+cat >"$KCFG" <<EOF
+apiVersion: "v1"
+kind: "Config"
+clusters:
+  - name: "bench"
+    cluster:
+      server: "$API_URL"
+      certificate-authority-data: "$(base64 -w0 <"$CA")"
+users:
+  - name: "admin"
+    user:
+      token: "$ADMIN_TOKEN"
+contexts:
+  - name: "bench"
+    context: {cluster: "bench", user: "admin", namespace: "default"}
+current-context: "bench"
+EOF
+chmod 600 "$KCFG"
+api() { curl -sS --max-time 10 --cacert "$CA" -H "Authorization: Bearer $ADMIN_TOKEN" "$@"; }
+for i in $(seq 1 600); do
+  if [ "$(api "$API_URL/readyz" 2>/dev/null)" = ok ] \
+    && [ "$(api -o /dev/null -w '%{http_code}' "$API_URL/api/v1/namespaces/default" 2>/dev/null)" = 200 ]; then break; fi
+  kill -0 "$API_PID" 2>/dev/null || { tail -20 "$TMP/kube-apiserver.log" >&2; die "kube-apiserver exited"; }
+  [ "$i" = 600 ] && { api "$API_URL/readyz?verbose" >&2 || true; die "kube-apiserver not ready"; }
+  sleep 0.1
+done
+log "control plane ready"
+
+kubectl() { timeout 120 "$KUBECTL_BIN" --kubeconfig "$KCFG" --cache-dir "$TMP/kube-cache" "$@"; }
+new_ns() { kubectl create namespace "$1" >/dev/null || die "create namespace $1 failed"; }
+# requests the API server has served on ConfigMaps, Secrets and Services so
+# far (its apiserver_request_total counter: every verb, dry runs included)
+obj_requests() {
+  api "$API_URL/metrics" | awk '/^apiserver_request_total[{]/ && /resource="(configmaps|secrets|services)"/ {s+=$NF} END{printf "%d", s}'
+}
+count_objs() { # ns [label selector] -> number of ConfigMaps + Secrets + Services
+  kubectl get configmaps,secrets,services -n "$1" ${2:+-l "$2"} -o name | grep -c . || true
+}
+wait_pkgs() { # ns name|"" want seconds -> prints operatorfix's JSON line
+  "$FIX" wait -server "$API_URL" -ca "$CA" -token "$ADMIN_TOKEN" -ns "$1" ${2:+-name "$2"} \
+    -want "$3" -timeout "${4}s" -interval 50ms 2>>"$TMP/operatorfix.err"
+}
+
+start_operator() { # log -> OP_PID
+  "$CRPE_BIN" operator --kubeconfig "$KCFG" --health-addr 0 --log-format json >"$1" 2>&1 &
+  OP_PID=$!
+  # warm-up: the CRD installed, caches synced, one package applied
+  local ns="warm-$RANDOM" out
+  for i in $(seq 1 300); do
+    api -o /dev/null -w '%{http_code}' "$API_URL/apis/octohelm.tech/v1alpha1/kubepkgs" 2>/dev/null | grep -q 200 && break
+    kill -0 "$OP_PID" 2>/dev/null || { tail -20 "$1" >&2; die "crpe operator exited"; }
+    [ "$i" = 300 ] && { tail -20 "$1" >&2; die "KubePkg CRD not served"; }
+    sleep 0.1
+  done
+  new_ns "$ns"
+  "$FIX" pkg -ns "$ns" -name warm -cm 1 -secret 0 -svc 0 -pkg "$TMP/warm.json"
+  kubectl apply --server-side -f "$TMP/warm.json" >/dev/null || die "kubectl apply of the warm-up KubePkg failed"
+  out=$(wait_pkgs "$ns" warm 1 60) || { tail -20 "$1" >&2; die "operator warm-up: $out"; }
+}
+
+# ------------------------------------------------- 1. operator RSS, N pkgs ---
+
+log "phase 1: a fresh crpe operator, $NPKGS KubePkgs of 2 ConfigMaps each"
+start_operator "$TMP/operator-rss.log"
+RSS_START=$(kib_mib "$(status_kib "$OP_PID" VmRSS)")
+new_ns many
+"$FIX" many -ns many -n "$NPKGS" -cm 2 -o "$TMP/many.yaml"
+settle
+t0=$(now)
+kubectl apply --server-side -f "$TMP/many.yaml" >/dev/null || die "kubectl apply of $NPKGS KubePkgs failed"
+MANY_DONE=1
+out=$(wait_pkgs many "" "$NPKGS" "$PKGS_SECONDS") || MANY_DONE=0
+t1=$(now)
+MANY_WALL=$(elapsed "$t0" "$t1")
+MANY_APPLIED=$(json_num "$out" applied)
+[ "$MANY_DONE" = 1 ] && sleep 1 # let the last status writes and events settle
+kill -0 "$OP_PID" 2>/dev/null || { tail -20 "$TMP/operator-rss.log" >&2; die "crpe operator exited"; }
+MANY_HWM=$(kib_mib "$(status_kib "$OP_PID" VmHWM)")
+MANY_RSS=$(kib_mib "$(status_kib "$OP_PID" VmRSS)")
+MANY_ANON=$(kib_mib "$(status_kib "$OP_PID" RssAnon)")
+MANY_FILE=$(kib_mib "$(status_kib "$OP_PID" RssFile)")
+DEL_WALL=""
+if [ "$MANY_DONE" = 1 ]; then
+  n=$(count_objs many app.kubernetes.io/managed-by=crpe)
+  [ "$n" = $(( NPKGS * 2 )) ] || die "expected $(( NPKGS * 2 )) ConfigMaps applied by the operator, found $n"
+  log "$NPKGS KubePkgs applied in $MANY_WALL s; operator VmHWM $MANY_HWM MiB (now RSS $MANY_RSS MiB: anon $MANY_ANON, file $MANY_FILE; at start $RSS_START)"
+  # delete them through the finalizer (which deletes their ConfigMaps),
+  # bounded; kubectl's own --wait waits object by object (~0.2 s each), so
+  # the end is polled instead
+  settle
+  t0=$(now)
+  kubectl delete kubepkgs --all -n many --wait=false >/dev/null || die "kubectl delete of the $NPKGS KubePkgs failed"
+  if out=$("$FIX" wait -server "$API_URL" -ca "$CA" -token "$ADMIN_TOKEN" -ns many -gone -timeout "${PKGS_SECONDS}s" \
+    -interval 50ms 2>>"$TMP/operatorfix.err"); then
+    t1=$(now); DEL_WALL=$(elapsed "$t0" "$t1")
+    log "$NPKGS KubePkgs deleted through the finalizer in $DEL_WALL s ($(count_objs many app.kubernetes.io/managed-by=crpe) ConfigMaps left)"
+  else
+    log "WARNING: deleting the $NPKGS KubePkgs through the finalizer took over ${PKGS_SECONDS} s: $out"
+  fi
+else
+  log "WARNING: only ${MANY_APPLIED:-?} of $NPKGS KubePkgs Applied=True after $MANY_WALL s: $out"
+  log "operator VmHWM so far $MANY_HWM MiB (RSS $MANY_RSS MiB: anon $MANY_ANON, file $MANY_FILE; at start $RSS_START)"
+fi
+stop_pid "$OP_PID"; OP_PID=""
+"$FIX" purge -server "$API_URL" -ca "$CA" -token "$ADMIN_TOKEN" -ns many >/dev/null || die "purging the KubePkgs of many failed"
+
+# ------------------------------------------- 2. crpe apply vs kubectl SSA ---
+
+log "phase 2: $N_OBJ manifests ($N_CM ConfigMaps, $N_SECRET Secrets, $N_SVC Services): crpe apply vs kubectl apply --server-side"
+declare -A WALL RSS PARTIAL REQS
+# warm-up (untimed): kubectl's discovery cache, the API server's first writes
+new_ns warm-direct
+"$FIX" pkg -ns warm-direct -name scale -cm 1 -secret 1 -svc 1 -pkg "$TMP/warm-direct.json" -yaml "$TMP/warm-direct.yaml"
+kubectl apply --server-side -n warm-direct -f "$TMP/warm-direct.yaml" >/dev/null || die "kubectl warm-up failed"
+timeout 60 "$CRPE_BIN" apply -f "$TMP/warm-direct.json" --kubeconfig "$KCFG" --json >/dev/null 2>"$TMP/warm-direct.err" \
+  || { tail -20 "$TMP/warm-direct.err" >&2; die "crpe apply warm-up failed"; }
+
+# partial TOOL RUN NS SECONDS SELECTOR: a run that hit its time bound: how
+# far it got, and no further runs of TOOL
+partial() {
+  local n; n=$(count_objs "$3" "$5")
+  PARTIAL[$1]="$n $4"
+  log "WARNING: run $2 $1: only $n of $N_OBJ objects applied after $4 s (~$(awk -v n="$n" -v s="$4" 'BEGIN{printf "%.1f", n/s}') objects/s); no further $1 runs"
+}
+
+run_direct() { # tool run
+  local tool=$1 r=$2 ns="$1-$2" t0 t1 w n rc=0
+  [ -z "${PARTIAL[$tool]:-}" ] || return 0
+  new_ns "$ns"
+  "$FIX" pkg -ns "$ns" -name scale -cm "$N_CM" -secret "$N_SECRET" -svc "$N_SVC" -pkg "$TMP/$ns.json" -yaml "$TMP/$ns.yaml"
+  local q0 q1; q0=$(obj_requests)
+  settle
+  case $tool in
+    crpe)
+      t0=$(now)
+      timeout "$STEP_SECONDS" /usr/bin/time -v -o "$TMP/$ns.time" "$CRPE_BIN" apply -f "$TMP/$ns.json" --kubeconfig "$KCFG" --json \
+        >"$TMP/$ns.out" 2>"$TMP/$ns.err" || rc=$?
+      t1=$(now)
+      [ "$rc" = 124 ] && { partial crpe "$r" "$ns" "$STEP_SECONDS" app.kubernetes.io/managed-by=crpe; return 0; }
+      [ "$rc" = 0 ] || { tail -20 "$TMP/$ns.err" >&2; die "crpe apply run $r failed"; }
+      grep -q '"failed"' "$TMP/$ns.out" && die "crpe apply run $r: objects refused: $(head -c 600 "$TMP/$ns.out")"
+      ;;
+    kubectl)
+      t0=$(now)
+      timeout "$STEP_SECONDS" /usr/bin/time -v -o "$TMP/$ns.time" "$KUBECTL_BIN" --kubeconfig "$KCFG" --cache-dir "$TMP/kube-cache" \
+        apply --server-side -n "$ns" -f "$TMP/$ns.yaml" >"$TMP/$ns.out" 2>"$TMP/$ns.err" || rc=$?
+      t1=$(now)
+      [ "$rc" = 124 ] && { partial kubectl "$r" "$ns" "$STEP_SECONDS" app=bench; return 0; }
+      [ "$rc" = 0 ] || { tail -20 "$TMP/$ns.err" >&2; die "kubectl apply run $r failed"; }
+      ;;
+  esac
+  q1=$(obj_requests)
+  n=$(count_objs "$ns" app=bench)
+  [ "$n" = "$N_OBJ" ] || die "$tool run $r: $n objects in $ns, expected $N_OBJ"
+  w=$(elapsed "$t0" "$t1")
+  WALL[$tool]+=" $w"; RSS[$tool]+=" $(rss_of "$TMP/$ns.time")"; REQS[$tool]+=" $(( q1 - q0 ))"
+  log "run $r $tool: $N_OBJ objects in $w s ($(awk -v n="$N_OBJ" -v s="$w" 'BEGIN{printf "%.0f", n/s}') objects/s), $(( q1 - q0 )) API requests on them, peak RSS $(rss_of "$TMP/$ns.time") MiB"
+  rm -f "$TMP/$ns.json" "$TMP/$ns.yaml"
+}
+for r in $(seq 1 "$RUNS"); do
+  if (( r % 2 )); then run_direct crpe "$r"; run_direct kubectl "$r"
+  else run_direct kubectl "$r"; run_direct crpe "$r"; fi
+done
+
+# ----------------------------------------- 3. the same through the operator --
+
+log "phase 3: the same package through a fresh crpe operator"
+start_operator "$TMP/operator.log"
+run_operator() { # run
+  local r=$1 ns="op-$1" t0 t1 w out n
+  [ -z "${PARTIAL[operator]:-}" ] || return 0
+  new_ns "$ns"
+  "$FIX" pkg -ns "$ns" -name scale -cm "$N_CM" -secret "$N_SECRET" -svc "$N_SVC" -pkg "$TMP/$ns.json"
+  local q0 q1; q0=$(obj_requests)
+  settle
+  t0=$(now)
+  kubectl apply --server-side -f "$TMP/$ns.json" >/dev/null || die "kubectl apply of the KubePkg (run $r) failed"
+  if ! out=$(wait_pkgs "$ns" scale 1 "$STEP_SECONDS"); then
+    kill -0 "$OP_PID" 2>/dev/null || { tail -20 "$TMP/operator.log" >&2; die "crpe operator exited"; }
+    grep -q '"pending"' <<<"$out" || die "operator run $r: $out"
+    partial operator "$r" "$ns" "$STEP_SECONDS" "octohelm.tech/kubepkg=$ns.scale"
+    return 0
+  fi
+  t1=$(now)
+  q1=$(obj_requests)
+  n=$(count_objs "$ns" "octohelm.tech/kubepkg=$ns.scale")
+  [ "$n" = "$N_OBJ" ] || die "operator run $r: $n objects in $ns, expected $N_OBJ"
+  w=$(elapsed "$t0" "$t1")
+  WALL[operator]+=" $w"; REQS[operator]+=" $(( q1 - q0 ))"
+  log "run $r operator: $N_OBJ objects applied (Applied=True) in $w s, $(( q1 - q0 )) API requests on them"
+}
+for r in $(seq 1 "$RUNS"); do run_operator "$r"; done
+OP_HWM=$(kib_mib "$(status_kib "$OP_PID" VmHWM)")
+OP_ANON=$(kib_mib "$(status_kib "$OP_PID" RssAnon)"); OP_FILE=$(kib_mib "$(status_kib "$OP_PID" RssFile)")
+log "operator VmHWM after the $N_OBJ-manifest packages: $OP_HWM MiB (now RssAnon $OP_ANON MiB, RssFile $OP_FILE MiB)"
+stop_pid "$OP_PID"; OP_PID=""
+
+# ------------------------------------------------------------------ report --
+
+# med TOOL: the median wall time, or "> S" when the only run hit its bound
+med() {
+  # shellcheck disable=SC2086
+  if [ -n "${WALL[$1]:-}" ]; then median ${WALL[$1]}; fi
+}
+shown() { # tool decimals: the median, or "> S s (N of 500)" for a partial run
+  if [ -n "${WALL[$1]:-}" ]; then fmt "$(med "$1")" "$2"
+  elif [ -n "${PARTIAL[$1]:-}" ]; then set -- ${PARTIAL[$1]}; echo "> $2 (only $1 of $N_OBJ applied)"
+  else echo "n/a"; fi
+}
+ratio_of() { # tool peer
+  local a b
+  a=$(med "$1"); b=$(med "$2")
+  if [ -n "$a" ] && [ -n "$b" ]; then ratio "$a" "$b"
+  elif [ -n "${PARTIAL[$1]:-}" ] && [ -n "$b" ]; then set -- ${PARTIAL[$1]}; echo "> $(ratio "$2" "$b")"
+  else echo "n/a"; fi
+}
+# shellcheck disable=SC2086
+{ R_CRPE=$(maxof ${RSS[crpe]:-}); R_KUBECTL=$(maxof ${RSS[kubectl]:-}); }
+verdict() { # expr over r (ratio) or v (crpe value)
+  awk -v a="$2" -v b="$3" "BEGIN{ if (a==\"\" || b==\"\" || b+0==0) { print \"–\"; exit } r=a/b; v=a; print (($1) ? \"✅\" : \"❌\") }"
+}
+if [ "$MANY_DONE" = 1 ]; then
+  MANY_CELL=$(fmt "$MANY_HWM" 1); MANY_MET=$(verdict 'v<80' "$MANY_HWM" 1)
+  MANY_TIME="$(fmt "$MANY_WALL" 2)"
+else
+  MANY_CELL="≥ $(fmt "$MANY_HWM" 1) (only ${MANY_APPLIED:-?} of $NPKGS applied)"; MANY_MET="–"
+  MANY_TIME="> $(fmt "$MANY_WALL" 0) (only ${MANY_APPLIED:-?} applied)"
+fi
+echo
+echo "<!-- bench/operator.sh, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, load ${LOAD0} → $(cut -d' ' -f1 /proc/loadavg), $(uname -r), kube-apiserver $KUBE_VERSION, kubectl $(basename "$(readlink -f "$KUBECTL_BIN")" | sed 's/^kubectl-//'), $("$ETCD" --version | head -1) -->"
+echo "One API server (kube-apiserver + etcd with its data on $( [ "${ETCD_DIR#/dev/shm}" != "$ETCD_DIR" ] && echo tmpfs || echo disk ), no nodes, no controller-manager) on loopback 127.0.0.1. ${N_OBJ} manifests = ${N_CM} ConfigMaps (~0.5 KiB of data each) + ${N_SECRET} Secrets + ${N_SVC} Services (ClusterIP), each run into a fresh namespace, median of ${RUNS} interleaved runs (crpe apply / kubectl alternate), \`sync\` before every timed step; a run that hits its ${STEP_SECONDS} s bound is shown as a lower bound and not repeated."
+echo
+echo "| metric | crpe | peer | crpe / peer | goal | met |"
+echo "|---|---:|---:|---:|---|:-:|"
+echo "| \`crpe apply -f pkg.json\` of ${N_OBJ} manifests, wall time (s) — vs \`kubectl apply --server-side\` of the same objects | $(shown crpe 2) | $(shown kubectl 2) | $(ratio_of crpe kubectl) | a small multiple (report) | |"
+echo "| the same package through \`crpe operator\`: \`kubectl apply\` of the KubePkg → Applied=True (s) — vs \`kubectl apply --server-side\` of the objects | $(shown operator 2) | $(shown kubectl 2) | $(ratio_of operator kubectl) | a small multiple (report) | |"
+echo "| \`crpe operator\` peak RSS, VmHWM, ${NPKGS} KubePkgs (2 ConfigMaps each) all Applied=True (MiB) — vs the same operator at start | ${MANY_CELL} | $(fmt "$RSS_START" 1) | $(ratio "$MANY_HWM" "$RSS_START") | crpe < 80 MiB | ${MANY_MET} |"
+echo "| ${NPKGS} KubePkgs: one \`kubectl apply\` → all Applied=True (s) — vs their deletion through the finalizer | ${MANY_TIME} | $( [ -n "$DEL_WALL" ] && fmt "$DEL_WALL" 2 || echo "n/a") | $( [ "$MANY_DONE" = 1 ] && [ -n "$DEL_WALL" ] && ratio "$MANY_WALL" "$DEL_WALL" || echo n/a) | (info) | |"
+echo "| peak RSS of one apply of ${N_OBJ} manifests (MiB): \`crpe apply\` — vs kubectl | ${R_CRPE:-n/a} | ${R_KUBECTL:-n/a} | $(ratio "${R_CRPE:-}" "${R_KUBECTL:-}") | (info) | |"
+echo "| \`crpe operator\` VmHWM after the ${N_OBJ}-manifest packages (MiB) — vs with ${NPKGS} small packages | $(fmt "$OP_HWM" 1) | $(fmt "$MANY_HWM" 1) | $(ratio "$OP_HWM" "$MANY_HWM") | (info) | |"
+reqs() { # shellcheck disable=SC2086
+  if [ -n "${REQS[$1]:-}" ]; then median ${REQS[$1]}; fi
+}
+echo "| API requests on the ${N_OBJ} objects, one apply (apiserver_request_total, dry runs and GETs included): \`crpe apply\` / operator — vs kubectl | $(reqs crpe) / $(reqs operator) | $(reqs kubectl) | $(ratio "$(reqs crpe)" "$(reqs kubectl)") / $(ratio "$(reqs operator)" "$(reqs kubectl)") | (info) | |"
+echo
+echo "Wall times (s), every run: crpe apply${WALL[crpe]:- –}; kubectl${WALL[kubectl]:- –}; operator${WALL[operator]:- –}. The operator's RSS after the ${NPKGS} packages: ${MANY_RSS} MiB (RssAnon ${MANY_ANON}, RssFile ${MANY_FILE}); after the ${N_OBJ}-manifest packages: RssAnon ${OP_ANON}, RssFile ${OP_FILE} (RssFile is the mapped binary). The operator's time includes kubectl's start-up, the watch event, the apply and the status write; Applied=True is polled every 50 ms over HTTPS with the admin token (bench/operatorfix)."
+echo
+echo "Reproduce: \`bash test/peers/kube.sh && bash bench/operator.sh\` (or \`bash bench/operator.sh path/to/crpe\`; BENCH_RUNS, BENCH_PKGS, BENCH_STEP_SECONDS tune it)."

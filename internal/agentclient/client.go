@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -49,9 +50,18 @@ func (c *Client) http() *http.Client {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, body io.Reader, contentType string) (*http.Response, error) {
+	return c.doLen(ctx, method, path, body, -2, contentType)
+}
+
+// doLen sends a request whose body has length bytes (-1: unknown, -2: let
+// net/http decide).
+func (c *Client) doLen(ctx context.Context, method, path string, body io.Reader, length int64, contentType string) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.URL, "/")+path, body)
 	if err != nil {
 		return nil, err
+	}
+	if length >= -1 {
+		req.ContentLength = length
 	}
 	if c.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.Token)
@@ -159,8 +169,12 @@ func (c *Client) Send(ctx context.Context, open func() (io.ReadCloser, error), o
 	if o.Attempts <= 0 {
 		o.Attempts = 3
 	}
-	layers, err := layerSizes(ctx, open)
+	layers, err := manifestLayers(ctx, open)
 	if err != nil {
+		// a damaged start: the verifying reader says precisely what is wrong
+		if _, verr := layerSizes(ctx, open); verr != nil {
+			return nil, verr
+		}
 		return nil, err
 	}
 	var last error
@@ -204,6 +218,44 @@ func (c *Client) sendOnce(ctx context.Context, open func() (io.ReadCloser, error
 			}
 		}
 	}
+	path := "/api/v1/kubepkgs"
+	if o.Force {
+		path += "?force=true"
+	}
+	if len(omit) == 0 {
+		// nothing left out: the file's own bytes go as they are, in one pass
+		// (the agent verifies every one of them), with their length so that
+		// the agent can check its free space first
+		src, err := open()
+		if err != nil {
+			return nil, err
+		}
+		defer src.Close()
+		length := int64(-1)
+		if f, ok := src.(*os.File); ok {
+			if fi, err := f.Stat(); err == nil {
+				length = fi.Size()
+			}
+		}
+		cr := &countReader{r: src, progress: o.Progress}
+		resp, err := c.doLen(ctx, http.MethodPut, path, cr, length, "application/gzip")
+		res.BytesSent = cr.n
+		if err != nil {
+			return nil, err
+		}
+		var raw json.RawMessage
+		if err := decode(resp, http.StatusCreated, &raw); err != nil {
+			return nil, err
+		}
+		res.Import = raw
+		return res, nil
+	}
+	// Layers are left out: the archive is re-encoded, so it is verified
+	// here first, whole, lest a damaged file come out of the re-encoding
+	// as a valid one.
+	if _, err := layerSizes(ctx, open); err != nil {
+		return nil, err
+	}
 	src, err := open()
 	if err != nil {
 		return nil, err
@@ -221,10 +273,6 @@ func (c *Client) sendOnce(ctx context.Context, open func() (io.ReadCloser, error
 		res.BytesSent = cw.n
 		pw.CloseWithError(err)
 	}()
-	path := "/api/v1/kubepkgs"
-	if o.Force {
-		path += "?force=true"
-	}
 	resp, err := c.do(ctx, http.MethodPut, path, pr, "application/gzip")
 	if err != nil {
 		pr.CloseWithError(err)
@@ -253,6 +301,21 @@ func markPartial(b []byte) ([]byte, error) {
 	return kubepkg.Marshal(pkgs)
 }
 
+type countReader struct {
+	r        io.Reader
+	n        int64
+	progress func(int64)
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	if c.progress != nil && n > 0 {
+		c.progress(c.n)
+	}
+	return n, err
+}
+
 type countWriter struct {
 	w        io.Writer
 	n        int64
@@ -266,6 +329,45 @@ func (c *countWriter) Write(p []byte) (int, error) {
 		c.progress(c.n)
 	}
 	return n, err
+}
+
+// errEnough stops a scan once it has what it needs.
+var errEnough = errors.New("enough")
+
+// manifestLayers lists the layers the archive's manifests name, reading only
+// the archive's start: manifests come first, before any config or layer.
+// Nothing is verified here (the agent verifies everything it takes).
+func manifestLayers(ctx context.Context, open func() (io.ReadCloser, error)) (map[digest.Digest]int64, error) {
+	src, err := open()
+	if err != nil {
+		return nil, err
+	}
+	defer src.Close()
+	layers := map[digest.Digest]int64{}
+	err = archive.Walk(ctx, src, func(e archive.Entry, body func() ([]byte, error)) error {
+		if e.Digest == "" {
+			return nil // kubepkg.json, oci-layout, index.json
+		}
+		if e.Size > registry.MaxManifestSize {
+			return errEnough
+		}
+		b, err := body()
+		if err != nil {
+			return err
+		}
+		pm, err := registry.ParseManifest("", b)
+		if err != nil {
+			return errEnough // the first config: no manifest follows
+		}
+		for _, l := range pm.Layers {
+			layers[l.Digest] = l.Size
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errEnough) {
+		return nil, err
+	}
+	return layers, nil
 }
 
 // layerSizes checks the archive as the agent will (one verifying pass:

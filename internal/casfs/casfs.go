@@ -96,79 +96,104 @@ func (s *Store) Open(_ context.Context, d digest.Digest) (io.ReadSeekCloser, cas
 }
 
 func (s *Store) Put(ctx context.Context, expected cas.Info, r io.Reader) (cas.Info, error) {
+	st, err := s.Stage(ctx, expected, r)
+	if err != nil {
+		return cas.Info{}, err
+	}
+	if err := st.Commit(); err != nil {
+		return cas.Info{}, err
+	}
+	return st.Info, nil
+}
+
+// Staged is a verified blob in a temp file, not yet published: Commit
+// fsyncs it and publishes it, Abort discards it. An importer stages blob
+// after blob and commits them in the background, so the disk flushes one
+// while the next one streams in.
+type Staged struct {
+	s    *Store
+	f    *os.File
+	Info cas.Info
+}
+
+// Commit fsyncs the blob and publishes it (nothing to do for a blob that
+// was already present).
+func (st *Staged) Commit() error {
+	if st.f == nil {
+		return nil
+	}
+	f := st.f
+	st.f = nil
+	if err := st.s.publish(f, st.Info); err != nil {
+		os.Remove(f.Name())
+		return err
+	}
+	return nil
+}
+
+// Abort discards a blob not committed.
+func (st *Staged) Abort() {
+	if st.f != nil {
+		st.f.Close()
+		os.Remove(st.f.Name())
+		st.f = nil
+	}
+}
+
+// Stage does what Put does short of publishing: the bytes are verified
+// (or, from a cas.SelfVerifying reader, trusted to fail rather than end
+// cleanly) and written to a temp file.
+func (s *Store) Stage(ctx context.Context, expected cas.Info, r io.Reader) (*Staged, error) {
 	if expected.Digest != "" {
 		if _, err := cas.ParseDigest(string(expected.Digest)); err != nil {
-			return cas.Info{}, err
+			return nil, err
 		}
 		if info, err := s.Stat(ctx, expected.Digest); err == nil {
 			if expected.Size >= 0 && info.Size != expected.Size {
-				return cas.Info{}, fmt.Errorf("%w: %s is stored with %d bytes, expected %d", cas.ErrSizeMismatch, expected.Digest, info.Size, expected.Size)
+				return nil, fmt.Errorf("%w: %s is stored with %d bytes, expected %d", cas.ErrSizeMismatch, expected.Digest, info.Size, expected.Size)
 			}
-			return info, nil
+			return &Staged{s: s, Info: info}, nil
 		}
 	} else {
 		expected.Size = -1
 	}
+	var v *cas.Verifier
+	trusted := false
 	if sv, ok := r.(cas.SelfVerifying); ok && expected.Digest != "" && sv.Expected().Digest == expected.Digest &&
 		(expected.Size < 0 || sv.Expected().Size == expected.Size) {
-		return s.putTrusted(ctx, sv)
-	}
-	v, err := cas.NewVerifier(expected, digest.SHA256)
-	if err != nil {
-		return cas.Info{}, err
+		trusted, expected = true, sv.Expected()
+	} else {
+		var err error
+		if v, err = cas.NewVerifier(expected, digest.SHA256); err != nil {
+			return nil, err
+		}
 	}
 	f, err := s.tempFile("put")
 	if err != nil {
-		return cas.Info{}, err
+		return nil, err
 	}
-	tmp := f.Name()
-	defer func() {
-		if f != nil {
-			f.Close()
+	fail := func(err error) (*Staged, error) {
+		f.Close()
+		os.Remove(f.Name())
+		return nil, err
+	}
+	var w io.Writer = f
+	if !trusted {
+		w = io.MultiWriter(v, f)
+	}
+	n, err := fillCopy(w, ctxReader{ctx, r}, make([]byte, copyBufSize))
+	if err != nil {
+		return fail(err)
+	}
+	info := expected
+	if trusted {
+		if n != info.Size {
+			return fail(fmt.Errorf("%w: got %d bytes, expected %d", cas.ErrSizeMismatch, n, info.Size))
 		}
-		os.Remove(tmp)
-	}()
-	if _, err := fillCopy(io.MultiWriter(v, f), ctxReader{ctx, r}, make([]byte, copyBufSize)); err != nil {
-		return cas.Info{}, err
+	} else if info, err = v.Verify(); err != nil {
+		return fail(err)
 	}
-	info, err := v.Verify()
-	if err != nil {
-		return cas.Info{}, err
-	}
-	if err := s.publish(f, info); err != nil {
-		return cas.Info{}, err
-	}
-	f = nil
-	return info, nil
-}
-
-// putTrusted stores a self-verifying reader's bytes without hashing them
-// again: the reader fails instead of ending cleanly if they are wrong.
-func (s *Store) putTrusted(ctx context.Context, r cas.SelfVerifying) (cas.Info, error) {
-	info := r.Expected()
-	f, err := s.tempFile("put")
-	if err != nil {
-		return cas.Info{}, err
-	}
-	tmp := f.Name()
-	defer func() {
-		if f != nil {
-			f.Close()
-		}
-		os.Remove(tmp)
-	}()
-	n, err := fillCopy(f, ctxReader{ctx, r}, make([]byte, copyBufSize))
-	if err != nil {
-		return cas.Info{}, err
-	}
-	if n != info.Size {
-		return cas.Info{}, fmt.Errorf("%w: got %d bytes, expected %d", cas.ErrSizeMismatch, n, info.Size)
-	}
-	if err := s.publish(f, info); err != nil {
-		return cas.Info{}, err
-	}
-	f = nil
-	return info, nil
+	return &Staged{s: s, f: f, Info: info}, nil
 }
 
 // publish fsyncs and closes f, then renames it into place.

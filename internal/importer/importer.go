@@ -33,6 +33,7 @@ import (
 
 	"github.com/octohelm/crpe/internal/archive"
 	"github.com/octohelm/crpe/internal/cas"
+	"github.com/octohelm/crpe/internal/casfs"
 	"github.com/octohelm/crpe/internal/diskfree"
 	"github.com/octohelm/crpe/internal/inspect"
 	"github.com/octohelm/crpe/internal/kubepkg"
@@ -158,7 +159,47 @@ type image struct {
 	platforms []ocispec.Platform
 }
 
+// stager is a store that can verify a blob now and publish it later
+// (casfs.Store).
+type stager interface {
+	Stage(ctx context.Context, expected cas.Info, r io.Reader) (*casfs.Staged, error)
+}
+
+// committer publishes staged blobs in the background, two at a time.
+type committer struct {
+	wg  sync.WaitGroup
+	sem chan struct{}
+	mu  sync.Mutex
+	err error
+}
+
+func (c *committer) commit(st *casfs.Staged) {
+	if c.sem == nil {
+		c.sem = make(chan struct{}, 2)
+	}
+	c.wg.Add(1)
+	c.sem <- struct{}{}
+	go func() {
+		defer c.wg.Done()
+		defer func() { <-c.sem }()
+		if err := st.Commit(); err != nil {
+			c.mu.Lock()
+			if c.err == nil {
+				c.err = err
+			}
+			c.mu.Unlock()
+		}
+	}()
+}
+
+// wait waits for every commit and returns the first error.
+func (c *committer) wait() error {
+	c.wg.Wait()
+	return c.err
+}
+
 type handler struct {
+	commits committer
 	// needed are the blobs the archive's manifests announce, with their
 	// sizes; checked against free space before the first config or layer
 	needed  map[digest.Digest]int64
@@ -252,7 +293,15 @@ func (h *handler) Blob(ctx context.Context, desc ocispec.Descriptor, kind archiv
 		h.res.BytesPresent += desc.Size
 		return nil // the archive reader still reads and verifies the bytes
 	}
-	if _, err := h.im.store.Put(ctx, cas.Info{Digest: desc.Digest, Size: desc.Size}, r); err != nil {
+	if st, ok := h.im.store.(stager); ok {
+		// verified into a temp file now, fsynced and published in the
+		// background while the next blob streams in
+		staged, err := st.Stage(ctx, cas.Info{Digest: desc.Digest, Size: desc.Size}, r)
+		if err != nil {
+			return err
+		}
+		h.commits.commit(staged)
+	} else if _, err := h.im.store.Put(ctx, cas.Info{Digest: desc.Digest, Size: desc.Size}, r); err != nil {
 		return err
 	}
 	h.res.BlobsReceived++
@@ -368,7 +417,12 @@ func (im *Importer) importLocked(ctx context.Context, r io.Reader, o ImportOptio
 		_, err := im.store.Stat(ctx, d)
 		return err == nil
 	}
-	if _, err := archive.Read(ctx, r, h, archive.Limits{Have: have}); err != nil {
+	_, err := archive.Read(ctx, r, h, archive.Limits{Have: have})
+	// blobs staged before an error are verified: they are published too
+	if cerr := h.commits.wait(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return nil, false, err
 	}
 	if h.pkgs == nil {

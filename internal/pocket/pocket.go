@@ -6,7 +6,6 @@ package pocket
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,15 +28,7 @@ type Config struct {
 
 // Run serves until ctx is done.
 func Run(ctx context.Context, cfg Config) error {
-	log := cfg.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	if cfg.Data == "" {
-		return errors.New("--data is required")
-	}
-	reg := httpx.NewRegistry()
-	st, err := storage.Open(ctx, cfg.Data, log, reg)
+	st, log, reg, err := storage.OpenServer(ctx, cfg.Data, cfg.Log)
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/octohelm/crpe/internal/cas"
 	"github.com/octohelm/crpe/internal/casfs"
@@ -91,4 +93,23 @@ func OpenReadOnly(dir string) (*Storage, error) {
 		return nil, err
 	}
 	return &Storage{Dir: dir, Store: store, DB: db}, nil
+}
+
+// OpenServer is how a server starts on a data folder: a logger (a silent
+// one if none), a Prometheus registry with the Go, process and store
+// metrics, and the folder opened.
+func OpenServer(ctx context.Context, dir string, log *slog.Logger) (*Storage, *slog.Logger, *prometheus.Registry, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if dir == "" {
+		return nil, nil, nil, errors.New("--data is required")
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	st, err := Open(ctx, dir, log, reg)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return st, log, reg, nil
 }

@@ -526,12 +526,18 @@ func (f *fetch) stream(ctx context.Context, w io.Writer, rd cas.ReaderAtCloser) 
 	defer stop()
 	var off int64
 	for {
+		// Until the fetch is done (and verified) the last byte written is
+		// held back: with sendfile the bytes reach the client at once, and a
+		// client must never hold every byte of a blob that then fails.
 		f.mu.Lock()
-		for off >= f.written && !f.done && ctx.Err() == nil {
+		for f.written-off <= 1 && !f.done && ctx.Err() == nil {
 			f.cond.Wait()
 		}
 		avail, done, err := f.written-off, f.done, f.err
 		f.mu.Unlock()
+		if !done {
+			avail--
+		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}

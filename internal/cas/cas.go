@@ -207,3 +207,24 @@ type SelfVerifying interface {
 	io.Reader
 	Expected() Info
 }
+
+// ErrTooLarge is returned by ReadAll for a blob over its cap.
+var ErrTooLarge = errors.New("blob too large")
+
+// ReadAll reads a whole small blob (a manifest, a config) from s, refusing
+// one of more than max bytes before reading it.
+func ReadAll(ctx context.Context, s Store, d digest.Digest, max int64) ([]byte, error) {
+	f, info, err := s.Open(ctx, d)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if info.Size > max {
+		return nil, fmt.Errorf("%w: %s has %d bytes, over %d", ErrTooLarge, d, info.Size, max)
+	}
+	b := make([]byte, info.Size)
+	if _, err := io.ReadFull(f, b); err != nil {
+		return nil, err
+	}
+	return b, nil
+}

@@ -12,7 +12,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"time"
 
@@ -135,15 +134,7 @@ func Run(ctx context.Context, data, indexPath string, repair bool, report func(F
 }
 
 func readSmall(ctx context.Context, store cas.Store, d digest.Digest) ([]byte, error) {
-	f, info, err := store.Open(ctx, d)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	if info.Size > registry.MaxManifestSize {
-		return nil, fmt.Errorf("%d bytes, over the manifest cap", info.Size)
-	}
-	b, err := io.ReadAll(f)
+	b, err := cas.ReadAll(ctx, store, d, registry.MaxManifestSize)
 	if err != nil {
 		return nil, err
 	}

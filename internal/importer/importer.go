@@ -490,15 +490,7 @@ func allPlatforms(top ocispec.Descriptor, manifest func(digest.Digest) ([]byte, 
 }
 
 func readSmall(ctx context.Context, store cas.Store, d digest.Digest) ([]byte, error) {
-	f, info, err := store.Open(ctx, d)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	if info.Size > registry.MaxManifestSize {
-		return nil, fmt.Errorf("%s: too large for a manifest", d)
-	}
-	return io.ReadAll(f)
+	return cas.ReadAll(ctx, store, d, registry.MaxManifestSize)
 }
 
 // publish records every image and package in one transaction.

@@ -116,15 +116,12 @@ func (c *Cache) Manifest(ctx context.Context, full, ref string) (*Manifest, erro
 }
 
 func (c *Cache) readAll(ctx context.Context, d digest.Digest) ([]byte, error) {
-	f, info, err := c.store.Open(ctx, d)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	if info.Size > registry.MaxManifestSize {
-		return nil, fmt.Errorf("manifest %s too large", d)
-	}
-	return io.ReadAll(f)
+	return c.ReadBlob(ctx, d, registry.MaxManifestSize)
+}
+
+// ReadBlob reads a small cached blob whole (at most max bytes).
+func (c *Cache) ReadBlob(ctx context.Context, d digest.Digest, max int64) ([]byte, error) {
+	return cas.ReadAll(ctx, c.store, d, max)
 }
 
 // resolve returns the digest of ref in full, fetching and recording the
@@ -562,17 +559,4 @@ func (f *fetch) stream(ctx context.Context, w io.Writer, rd cas.ReaderAtCloser) 
 			return werr
 		}
 	}
-}
-
-// ReadBlob reads a small cached blob whole (at most max bytes).
-func (c *Cache) ReadBlob(ctx context.Context, d digest.Digest, max int64) ([]byte, error) {
-	f, info, err := c.store.Open(ctx, d)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	if info.Size > max {
-		return nil, fmt.Errorf("blob %s has %d bytes, over %d", d, info.Size, max)
-	}
-	return io.ReadAll(f)
 }

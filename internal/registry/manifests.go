@@ -264,19 +264,13 @@ func (rg *Registry) manifestBytes(r *http.Request, d digest.Digest) ([]byte, err
 	if b, ok := rg.manifests.get(d); ok {
 		return b, nil
 	}
-	f, info, err := rg.store.Open(r.Context(), d)
-	if err != nil {
-		if errors.Is(err, cas.ErrNotFound) {
-			return nil, errManifestUnknown("manifest %s is recorded but its content is missing", d)
-		}
-		return nil, err
-	}
-	defer f.Close()
-	if info.Size > MaxManifestSize {
+	b, err := cas.ReadAll(r.Context(), rg.store, d, MaxManifestSize)
+	switch {
+	case errors.Is(err, cas.ErrNotFound):
+		return nil, errManifestUnknown("manifest %s is recorded but its content is missing", d)
+	case errors.Is(err, cas.ErrTooLarge):
 		return nil, errManifestInvalid("stored manifest %s is larger than %d bytes", d, MaxManifestSize)
-	}
-	b := make([]byte, info.Size)
-	if _, err := io.ReadFull(f, b); err != nil {
+	case err != nil:
 		return nil, err
 	}
 	rg.manifests.put(d, b)

@@ -364,7 +364,7 @@ func walk(ctx context.Context, cache *pullthrough.Cache, im *image) error {
 	if err != nil {
 		return fmt.Errorf("image %s: %w", im.ref, err)
 	}
-	im.repo = fullRepo(ref.Context())
+	im.repo = kubepkg.RepositoryName(ref.Context())
 	target := ref.Identifier()
 	if im.top.Digest != "" {
 		target = string(im.top.Digest)
@@ -500,13 +500,4 @@ func readPlatform(ctx context.Context, cache *pullthrough.Cache, info cas.Info) 
 		return p, err
 	}
 	return parseConfigPlatform(body), nil
-}
-
-// fullRepo names a repository as crpe stores it: docker.io/library/nginx.
-func fullRepo(r name.Repository) string {
-	host := r.RegistryStr()
-	if host == name.DefaultRegistry {
-		host = "docker.io"
-	}
-	return host + "/" + r.RepositoryStr()
 }

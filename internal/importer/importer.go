@@ -351,11 +351,7 @@ func parseRef(ref string) (*image, error) {
 	if err != nil {
 		return nil, err
 	}
-	host := r.Context().RegistryStr()
-	if host == name.DefaultRegistry {
-		host = "docker.io"
-	}
-	im := &image{ref: ref, repo: host + "/" + r.Context().RepositoryStr()}
+	im := &image{ref: ref, repo: kubepkg.RepositoryName(r.Context())}
 	if !registry.ValidName(im.repo) {
 		return nil, fmt.Errorf("repository %q is not a valid name", im.repo)
 	}

@@ -47,10 +47,7 @@ func NormalizeRef(s string) (string, error) {
 		tag = name.DefaultTag
 	}
 
-	out := repo.Name()
-	if repo.RegistryStr() == name.DefaultRegistry {
-		out = dockerHub + "/" + repo.RepositoryStr()
-	}
+	out := RepositoryName(repo)
 	if tag != "" {
 		out += ":" + tag
 	}
@@ -58,6 +55,16 @@ func NormalizeRef(s string) (string, error) {
 		out += "@" + dgst
 	}
 	return out, nil
+}
+
+// RepositoryName is the full name of a repository as containerd (and crpe's
+// stores) name it: go-containerregistry's "index.docker.io" is docker.io.
+func RepositoryName(r name.Repository) string {
+	host := r.RegistryStr()
+	if host == name.DefaultRegistry {
+		host = dockerHub
+	}
+	return host + "/" + r.RepositoryStr()
 }
 
 // podSpecPaths tells where each workload kind keeps its pod spec.

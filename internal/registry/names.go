@@ -40,15 +40,22 @@ func ValidName(name string) bool {
 // ValidTag reports whether tag is a valid tag.
 func ValidTag(tag string) bool { return tagRE.MatchString(tag) }
 
-// NormalizeNamespace maps containerd's ?ns= host to the name crpe stores
-// repositories under: lowercased, with Docker Hub's aliases folded into
-// docker.io. It returns "" when ns is not a valid host[:port].
-func NormalizeNamespace(ns string) string {
-	ns = strings.ToLower(strings.TrimSpace(ns))
-	switch ns {
+// CanonicalHost is the registry host as crpe names repositories after it:
+// lowercased, with Docker Hub's aliases folded into docker.io.
+func CanonicalHost(h string) string {
+	h = strings.ToLower(h)
+	switch h {
 	case "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com":
-		ns = "docker.io"
+		return "docker.io"
 	}
+	return h
+}
+
+// NormalizeNamespace maps containerd's ?ns= host to the name crpe stores
+// repositories under (CanonicalHost). It returns "" when ns is not a valid
+// host[:port].
+func NormalizeNamespace(ns string) string {
+	ns = CanonicalHost(strings.TrimSpace(ns))
 	if !hostPortRE.MatchString(ns) || len(ns) > 253 {
 		return ""
 	}

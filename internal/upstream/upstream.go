@@ -27,6 +27,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/octohelm/crpe/internal/registry"
 )
 
 // MaxManifestSize caps manifest bodies read from an upstream.
@@ -75,14 +77,7 @@ func ParseEndpoint(s string) (host, base string, err error) {
 }
 
 // NormalizeHost folds Docker Hub's aliases into docker.io.
-func NormalizeHost(h string) string {
-	h = strings.ToLower(h)
-	switch h {
-	case "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com":
-		return "docker.io"
-	}
-	return h
-}
+func NormalizeHost(h string) string { return registry.CanonicalHost(h) }
 
 // Client talks to upstream registries.
 type Client struct {

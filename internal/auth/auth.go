@@ -42,9 +42,6 @@ func LoadTokens(path string) (*Tokens, error) {
 	return t, nil
 }
 
-// Path is the token file.
-func (t *Tokens) Path() string { return t.path }
-
 // reload re-reads the file. A missing file keeps the last set (it may be
 // mid-rewrite); a file that holds no token revokes every token, except at
 // first load, where it is an error.

@@ -15,6 +15,7 @@ import (
 	"hash"
 	"io"
 	"regexp"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -70,7 +71,7 @@ func ParseDigest(s string) (digest.Digest, error) {
 		return "", fmt.Errorf("%w: too long", ErrInvalidDigest)
 	}
 	d := digest.Digest(s)
-	alg, enc, ok := cut(s, ':')
+	alg, enc, ok := strings.Cut(s, ":")
 	if !ok {
 		return "", fmt.Errorf("%w: %q has no algorithm", ErrInvalidDigest, s)
 	}
@@ -82,15 +83,6 @@ func ParseDigest(s string) (digest.Digest, error) {
 		return "", fmt.Errorf("%w: %q is not a valid %s encoding", ErrInvalidDigest, enc, alg)
 	}
 	return d, nil
-}
-
-func cut(s string, sep byte) (string, string, bool) {
-	for i := 0; i < len(s); i++ {
-		if s[i] == sep {
-			return s[:i], s[i+1:], true
-		}
-	}
-	return s, "", false
 }
 
 // NewHash returns a fresh hash for a supported algorithm.

@@ -51,9 +51,6 @@ func Open(root string) (*Store, error) {
 	return &Store{root: root}, nil
 }
 
-// Root is the folder the store lives in.
-func (s *Store) Root() string { return s.root }
-
 // Path is where the blob d lives (or would live). d must be validated.
 func (s *Store) Path(d digest.Digest) string {
 	return filepath.Join(s.root, "blobs", string(d.Algorithm()), d.Encoded())

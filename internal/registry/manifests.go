@@ -8,6 +8,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -315,7 +316,7 @@ func (rg *Registry) putManifest(w http.ResponseWriter, r *http.Request, repo, re
 		if !ValidTag(t) {
 			return errManifestInvalid("invalid tag %q", t)
 		}
-		if !contains(tags, t) {
+		if !slices.Contains(tags, t) {
 			tags = append(tags, t)
 		}
 	}
@@ -399,15 +400,6 @@ func (rg *Registry) putManifest(w http.ResponseWriter, r *http.Request, repo, re
 	h.Set("Content-Length", "0")
 	w.WriteHeader(http.StatusCreated)
 	return nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func (rg *Registry) deleteManifest(w http.ResponseWriter, r *http.Request, repo, ref string) error {

@@ -117,7 +117,7 @@ func (rg *Registry) serve(w http.ResponseWriter, r *http.Request, rt Route) erro
 	}
 	switch rt.Kind {
 	case RoutePing:
-		if !oneOf(r.Method, http.MethodGet, http.MethodHead) {
+		if !isRead(r) {
 			return methodNotAllowed(r)
 		}
 		w.Header().Set("Content-Type", "application/json")
@@ -128,7 +128,7 @@ func (rg *Registry) serve(w http.ResponseWriter, r *http.Request, rt Route) erro
 		}
 		return nil
 	case RouteCatalog:
-		if !oneOf(r.Method, http.MethodGet, http.MethodHead) {
+		if !isRead(r) {
 			return methodNotAllowed(r)
 		}
 		return rg.catalog(w, r)
@@ -142,7 +142,7 @@ func (rg *Registry) serve(w http.ResponseWriter, r *http.Request, rt Route) erro
 	}
 	switch rt.Kind {
 	case RouteTags:
-		if !oneOf(r.Method, http.MethodGet, http.MethodHead) {
+		if !isRead(r) {
 			return methodNotAllowed(r)
 		}
 		return rg.tags(w, r, repo)
@@ -178,7 +178,7 @@ func (rg *Registry) serve(w http.ResponseWriter, r *http.Request, rt Route) erro
 			return rg.cancelUpload(w, r, repo, rt.Ref)
 		}
 	case RouteReferrers:
-		if oneOf(r.Method, http.MethodGet, http.MethodHead) {
+		if isRead(r) {
 			return rg.referrers(w, r, repo, rt.Ref)
 		}
 	}
@@ -189,13 +189,9 @@ func methodNotAllowed(r *http.Request) error {
 	return errUnsupported("method %s is not supported on %s", r.Method, r.URL.Path)
 }
 
-func oneOf(s string, set ...string) bool {
-	for _, x := range set {
-		if s == x {
-			return true
-		}
-	}
-	return false
+// isRead tells GET and HEAD, the methods of the read-only routes.
+func isRead(r *http.Request) bool {
+	return r.Method == http.MethodGet || r.Method == http.MethodHead
 }
 
 func writeJSON(w http.ResponseWriter, r *http.Request, status int, contentType string, v any) error {

@@ -400,11 +400,7 @@ func (l *layerLister) Package(b []byte) error {
 	if err != nil {
 		return &archive.EntryError{Entry: archive.PackageEntry, Reason: err.Error()}
 	}
-	for _, p := range pkgs {
-		if p.Metadata.Annotations[kubepkg.AnnotationPartial] == "true" {
-			l.partial = true
-		}
-	}
+	l.partial = kubepkg.Partial(pkgs)
 	return nil
 }
 

@@ -228,15 +228,12 @@ func (h *handler) Package(data []byte) error {
 			}
 			h.refs[ref] = true
 		}
-		if p.Metadata.Annotations[kubepkg.AnnotationPartial] == "true" {
-			h.res.Partial = true
-		}
 		// refuse a downgrade before any byte of a blob is read
 		if err := h.im.gate(p, h.o.Force); err != nil {
 			return err
 		}
 	}
-	h.pkgs = pkgs
+	h.pkgs, h.res.Partial = pkgs, kubepkg.Partial(pkgs)
 	return nil
 }
 

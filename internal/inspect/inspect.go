@@ -61,12 +61,7 @@ func (c *collector) Package(data []byte) error {
 	if err != nil {
 		return &archive.EntryError{Entry: archive.PackageEntry, Reason: err.Error()}
 	}
-	c.pkgs = pkgs
-	for _, p := range pkgs {
-		if p.Metadata.Annotations[kubepkg.AnnotationPartial] == "true" {
-			c.partial = true
-		}
-	}
+	c.pkgs, c.partial = pkgs, kubepkg.Partial(pkgs)
 	return nil
 }
 
@@ -96,7 +91,7 @@ func Read(ctx context.Context, r io.Reader, verify bool) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	rep := &Report{Blobs: len(sum.Blobs), Bytes: sum.Bytes}
+	rep := &Report{Blobs: len(sum.Blobs), Bytes: sum.Bytes, Partial: c.partial}
 	var plats []ocispec.Platform
 	refs := map[string]bool{}
 	for _, p := range c.pkgs {
@@ -107,9 +102,6 @@ func Read(ctx context.Context, r io.Reader, verify bool) (*Report, error) {
 			names = append(names, platform.String(x))
 		}
 		rep.Packages = append(rep.Packages, Package{Namespace: p.Metadata.Namespace, Name: p.Metadata.Name, Version: p.Spec.Version, Platforms: names})
-		if p.Metadata.Annotations[kubepkg.AnnotationPartial] == "true" {
-			rep.Partial = true
-		}
 		if verify {
 			if err := p.Validate(); err != nil {
 				rep.Problems = append(rep.Problems, fmt.Sprintf("package %s: %v", p.Metadata.Name, err))

@@ -57,6 +57,17 @@ func NormalizeRef(s string) (string, error) {
 	return out, nil
 }
 
+// Partial reports whether any of pkgs says octohelm.tech/partial: "true"
+// (its archive leaves out blobs the receiver holds).
+func Partial(pkgs []*KubePkg) bool {
+	for _, p := range pkgs {
+		if p.Metadata.Annotations[AnnotationPartial] == "true" {
+			return true
+		}
+	}
+	return false
+}
+
 // RepositoryName is the full name of a repository as containerd (and crpe's
 // stores) name it: go-containerregistry's "index.docker.io" is docker.io.
 func RepositoryName(r name.Repository) string {

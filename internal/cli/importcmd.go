@@ -144,9 +144,6 @@ imported is refused (409) unless --force.`,
 func importErr(file string, err error) error {
 	var ae *agentclient.Error
 	if errors.As(err, &ae) {
-		if ae.Entry != "" {
-			return fmt.Errorf("%s: refused by the agent (%d %s): %s", file, ae.Status, ae.Code, ae.Message)
-		}
 		return fmt.Errorf("%s: refused by the agent (%d %s): %s", file, ae.Status, ae.Code, ae.Message)
 	}
 	e := importer.AsError(err)

@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -204,15 +205,15 @@ func (a *Applier) Apply(ctx context.Context, pkg *kubepkg.KubePkg, ns string, o 
 		if err := a.waitEstablished(ctx, applied); err != nil {
 			return nil, err
 		}
-		// kinds the new CRDs define are known now
-		if len(unknown) > 0 {
+		// kinds the new CRDs define become known; discovery may lag a
+		// moment behind Established, so wait (bounded) for those
+		deadline := time.Now().Add(10 * time.Second)
+		for len(unknown) > 0 {
 			if r, ok := a.c.RESTMapper().(interface{ Reset() }); ok {
 				r.Reset()
 			}
-			pending := unknown
-			unknown = nil
 			again := &kubepkg.KubePkg{Metadata: pkg.Metadata, Spec: kubepkg.Spec{Manifests: map[string]kubepkg.Manifest{}}}
-			for i, u := range pending {
+			for i, u := range unknown {
 				again.Spec.Manifests[fmt.Sprint(i)] = kubepkg.Manifest(u.Object)
 			}
 			more, still, err := a.Objects(again, ns)
@@ -221,6 +222,14 @@ func (a *Applier) Apply(ctx context.Context, pkg *kubepkg.KubePkg, ns string, o 
 			}
 			rest = append(rest, more...)
 			unknown = still
+			if !slices.ContainsFunc(still, func(u *unstructured.Unstructured) bool { return definedBy(u, defs) }) || time.Now().After(deadline) {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(250 * time.Millisecond):
+			}
 		}
 	}
 	for _, u := range unknown {

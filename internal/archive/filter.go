@@ -62,7 +62,7 @@ func eachEntry(ctx context.Context, r io.Reader, fn func(h *tar.Header, d digest
 // stored member, as Write does.
 func Filter(ctx context.Context, r io.Reader, w io.Writer, omit map[digest.Digest]bool, editPackage func([]byte) ([]byte, error)) error {
 	bw := bufio.NewWriterSize(w, copyBufferSize)
-	mw, err := newMemberWriter(bw, gzip.DefaultCompression)
+	mw, err := newMemberWriter(bw, regularFile(w))
 	if err != nil {
 		return err
 	}
@@ -78,7 +78,7 @@ func Filter(ctx context.Context, r io.Reader, w io.Writer, omit map[digest.Diges
 				if err := tw.Flush(); err != nil {
 					return err
 				}
-				if err := mw.next(gzip.NoCompression); err != nil {
+				if err := mw.stored(); err != nil {
 					return err
 				}
 				stored = true

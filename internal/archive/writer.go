@@ -3,11 +3,13 @@ package archive
 import (
 	"archive/tar"
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sort"
 	"time"
 
@@ -46,10 +48,14 @@ type Options struct {
 	// Absent lists blobs left out on purpose (a partial archive: the
 	// receiver already holds them); a manifest may need them anyway.
 	Absent map[digest.Digest]bool
-	// Verified, if set, tells which blobs this process has just verified
-	// (fetched and hashed on their way into the store): their size is still
+	// Verified, if set, tells which blobs need no hashing: verified by this
+	// process on their way into the store, or read from a content-addressed
+	// store that verified them when they came in. Their size is still
 	// checked, their digest not computed a second time.
 	Verified func(digest.Digest) bool
+	// CRC32, if set, is told the IEEE CRC-32 of every layer written, so the
+	// caller can keep it and offer it next time (see FileBlob).
+	CRC32 func(d digest.Digest, crc uint32)
 }
 
 // OpenFunc opens the content of blob d.
@@ -96,7 +102,7 @@ func Write(ctx context.Context, w io.Writer, pkgJSON []byte, images []Image, blo
 	mt = mt.Round(time.Second).UTC()
 
 	bw := bufio.NewWriterSize(w, copyBufferSize)
-	mw, err := newMemberWriter(bw, gzip.DefaultCompression)
+	mw, err := newMemberWriter(bw, regularFile(w))
 	if err != nil {
 		return err
 	}
@@ -136,30 +142,99 @@ func Write(ctx context.Context, w io.Writer, pkgJSON []byte, images []Image, blo
 			return err
 		}
 	}
-	if len(p.byKind[KindLayer]) > 0 {
+	if len(p.byKind[KindLayer]) == 0 {
+		if err := tw.Close(); err != nil {
+			return fmt.Errorf("archive: closing the tar stream: %w", err)
+		}
+	} else {
 		// end the compressed member on an entry boundary (padding included),
 		// then store the already compressed layers without compressing them
-		// again
+		// again, framing the tar entries here
 		if err := tw.Flush(); err != nil {
 			return fmt.Errorf("archive: %w", err)
 		}
-		if err := mw.next(gzip.NoCompression); err != nil {
+		if err := mw.stored(); err != nil {
 			return err
 		}
-	}
-	for _, b := range p.byKind[KindLayer] {
-		if err := copyBlob(ctx, tw, b.Desc, mt, open, buf, o.Progress, o.Verified != nil && o.Verified(b.Desc.Digest)); err != nil {
-			return err
+		for _, b := range p.byKind[KindLayer] {
+			if err := writeLayer(ctx, mw.st, b.Desc, mt, open, buf, o); err != nil {
+				return err
+			}
 		}
-	}
-	if err := tw.Close(); err != nil {
-		return fmt.Errorf("archive: closing the tar stream: %w", err)
+		if _, err := mw.st.Write(make([]byte, 2*blockSize)); err != nil { // the tar end
+			return fmt.Errorf("archive: closing the tar stream: %w", err)
+		}
 	}
 	if err := mw.close(); err != nil {
 		return err
 	}
 	if err := bw.Flush(); err != nil {
 		return fmt.Errorf("archive: %w", err)
+	}
+	return nil
+}
+
+// blockSize is tar's block.
+const blockSize = 512
+
+// writeLayer writes the tar entry of layer desc into the stored member: the
+// header made by archive/tar, the bytes (copied in the kernel when the
+// source and the output allow it), the padding.
+func writeLayer(ctx context.Context, st *storedWriter, desc ocispec.Descriptor, mt time.Time, open OpenFunc, buf []byte, o Options) error {
+	d := desc.Digest
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	rc, err := open(ctx, d)
+	if err != nil {
+		return fmt.Errorf("archive: opening blob %s: %w", d, err)
+	}
+	defer rc.Close()
+	var hdr bytes.Buffer
+	if err := tar.NewWriter(&hdr).WriteHeader(fileHeader(BlobEntry(d), desc.Size, mt)); err != nil {
+		return fmt.Errorf("archive: writing blob %s: %w", d, err)
+	}
+	if _, err := st.Write(hdr.Bytes()); err != nil {
+		return fmt.Errorf("archive: writing blob %s: %w", d, err)
+	}
+	var v *cas.Verifier
+	var h io.Writer
+	if o.Verified == nil || !o.Verified(d) {
+		if v, err = cas.NewVerifier(cas.Info{Digest: d, Size: desc.Size}, ""); err != nil {
+			return fmt.Errorf("archive: blob %s: %w", d, err)
+		}
+		h = v
+	}
+	var progress func(int64)
+	if o.Progress != nil {
+		progress = func(n int64) { o.Progress(d, n) }
+	}
+	crc, err := st.copyFrom(ctx, d, rc, desc.Size, h, buf, progress)
+	if errors.Is(err, errShort) {
+		return fmt.Errorf("%w (%w)", err, cas.ErrSizeMismatch)
+	}
+	if err != nil {
+		return err
+	}
+	if _, ok := rc.(FileBlob); !ok {
+		if m, err := io.ReadFull(rc, buf[:1]); m > 0 {
+			return fmt.Errorf("archive: blob %s: %w: more than the expected %d bytes", d, cas.ErrSizeMismatch, desc.Size)
+		} else if err != nil && err != io.EOF {
+			return fmt.Errorf("archive: reading blob %s: %w", d, err)
+		}
+	}
+	if v != nil {
+		if _, err := v.Verify(); err != nil {
+			return fmt.Errorf("archive: blob %s: %w", d, err)
+		}
+	}
+	if o.CRC32 != nil {
+		o.CRC32(d, crc)
+	}
+	if pad := (blockSize - desc.Size%blockSize) % blockSize; pad > 0 {
+		if _, err := st.Write(make([]byte, pad)); err != nil {
+			return fmt.Errorf("archive: writing blob %s: %w", d, err)
+		}
 	}
 	return nil
 }
@@ -243,39 +318,50 @@ func copyBlob(ctx context.Context, tw *tar.Writer, desc ocispec.Descriptor, mt t
 	return nil
 }
 
-// memberWriter writes a gzip stream as consecutive members, each with its own
-// compression level. The gzip header carries no name and no mtime.
+// memberWriter writes a gzip stream as consecutive members: a compressed
+// one first, then (after stored) one of stored blocks. The gzip headers carry
+// no name and no mtime.
 type memberWriter struct {
-	out io.Writer
-	gz  *gzip.Writer
+	out  *bufio.Writer
+	file *os.File // the output under out when it is a regular file
+	gz   *gzip.Writer
+	st   *storedWriter
 }
 
-func newMemberWriter(out io.Writer, level int) (*memberWriter, error) {
-	gz, err := gzip.NewWriterLevel(out, level)
+func newMemberWriter(out *bufio.Writer, file *os.File) (*memberWriter, error) {
+	gz, err := gzip.NewWriterLevel(out, gzip.DefaultCompression)
 	if err != nil {
 		return nil, fmt.Errorf("archive: %w", err)
 	}
-	return &memberWriter{out: out, gz: gz}, nil
+	return &memberWriter{out: out, file: file, gz: gz}, nil
 }
 
-// Write compresses p into the current member.
-func (m *memberWriter) Write(p []byte) (int, error) { return m.gz.Write(p) }
+// Write writes p into the current member.
+func (m *memberWriter) Write(p []byte) (int, error) {
+	if m.st != nil {
+		return m.st.Write(p)
+	}
+	return m.gz.Write(p)
+}
 
-// next ends the current member and starts one at level.
-func (m *memberWriter) next(level int) error {
+// stored ends the compressed member and starts the stored one.
+func (m *memberWriter) stored() error {
 	if err := m.gz.Close(); err != nil {
 		return fmt.Errorf("archive: ending a gzip member: %w", err)
 	}
-	gz, err := gzip.NewWriterLevel(m.out, level)
+	st, err := newStoredWriter(m.out, m.file)
 	if err != nil {
-		return fmt.Errorf("archive: %w", err)
+		return err
 	}
-	m.gz = gz
+	m.st = st
 	return nil
 }
 
 // close ends the last member.
 func (m *memberWriter) close() error {
+	if m.st != nil {
+		return m.st.Close()
+	}
 	if err := m.gz.Close(); err != nil {
 		return fmt.Errorf("archive: ending the gzip stream: %w", err)
 	}

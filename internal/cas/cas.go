@@ -184,6 +184,13 @@ type Ingest interface {
 	Cancel() error
 }
 
+// VerifyingIngest is an Ingest that can check its bytes against expected
+// before Commit publishes them (and pays for the fsync).
+type VerifyingIngest interface {
+	Ingest
+	Verify(ctx context.Context, expected Info) (Info, error)
+}
+
 // ReaderAtCloser reads at offsets and is closed after use.
 type ReaderAtCloser interface {
 	io.ReaderAt

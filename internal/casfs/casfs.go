@@ -298,6 +298,8 @@ type ingest struct {
 	f    *os.File
 	size int64
 	h    hash.Hash // sha256 of the bytes so far; nil once unknown
+	// checked is what Verify found, while nothing was taken since
+	checked cas.Info
 }
 
 func (in *ingest) ID() string  { return filepath.Base(in.f.Name()) }
@@ -344,8 +346,25 @@ func (in *ingest) Commit(ctx context.Context, expected cas.Info) (cas.Info, erro
 		in.f.Close()
 		os.Remove(in.f.Name())
 	}()
+	got, err := in.Verify(ctx, expected)
+	if err != nil {
+		return got, err
+	}
+	if err := in.s.publish(in.f, got); err != nil {
+		return cas.Info{}, err
+	}
+	return got, nil
+}
+
+// Verify checks the bytes taken so far against expected without publishing
+// them (cas.VerifyingIngest): a pull-through cache releases a blob to its
+// clients once verified, while the commit's fsync is still to come.
+func (in *ingest) Verify(ctx context.Context, expected cas.Info) (cas.Info, error) {
 	if _, err := cas.ParseDigest(string(expected.Digest)); err != nil {
 		return cas.Info{}, err
+	}
+	if in.checked.Digest == expected.Digest && in.checked.Size == in.size {
+		return in.checked, nil // verified before and nothing taken since
 	}
 	got := cas.Info{Size: in.size}
 	if in.h != nil && expected.Digest.Algorithm() == digest.SHA256 {
@@ -367,9 +386,7 @@ func (in *ingest) Commit(ctx context.Context, expected cas.Info) (cas.Info, erro
 	if got.Digest != expected.Digest {
 		return got, fmt.Errorf("%w: got %s, expected %s", cas.ErrDigestMismatch, got.Digest, expected.Digest)
 	}
-	if err := in.s.publish(in.f, got); err != nil {
-		return cas.Info{}, err
-	}
+	in.checked = got
 	return got, nil
 }
 

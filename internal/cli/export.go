@@ -25,7 +25,7 @@ import (
 func newExportCmd(g *globals) *cobra.Command {
 	var (
 		src, out, data, platforms, sourceToken, since string
-		asJSON                                        bool
+		asJSON, fsync                                 bool
 		parallel                                      int
 		up                                            upstreamFlags
 	)
@@ -41,7 +41,10 @@ linux/amd64,linux/arm64), fetches every blob once through the cache in --data
 
 The archive is written to a temp file and renamed at the end: a failed export
 leaves nothing under the output name. Two exports of the same content are
-byte-identical (SOURCE_DATE_EPOCH sets the entries' time).`,
+byte-identical (SOURCE_DATE_EPOCH sets the entries' time). Like cp, tar, crane
+or skopeo, export does not fsync the archive (the cache it fills is fsynced):
+every byte of an archive is verified when it is read, so a file torn by a
+power cut fails loudly. Pass --fsync before unplugging removable media.`,
 		Example: `  crpe export -f demo.kubepkg.json
   crpe export -f https://center.example/kubepkgs/demo --source-token "$TOKEN" --platform linux/arm64
   crpe export -f demo.yaml -o - --registry-endpoint docker.io=http://127.0.0.1:5000 | ssh gw 'cat > demo.tgz'
@@ -136,8 +139,10 @@ byte-identical (SOURCE_DATE_EPOCH sets the entries' time).`,
 				if err := tmp.Chmod(0o644); err != nil {
 					return err
 				}
-				if err := tmp.Sync(); err != nil {
-					return err
+				if fsync {
+					if err := tmp.Sync(); err != nil {
+						return err
+					}
 				}
 				if err := tmp.Close(); err != nil {
 					return err
@@ -177,6 +182,7 @@ byte-identical (SOURCE_DATE_EPOCH sets the entries' time).`,
 	f.StringVarP(&out, "output", "o", "", "archive to write, - for stdout (default <name>-<version>.kubepkg.tgz)")
 	f.StringVar(&platforms, "platform", "", "platforms to export: os/arch[/variant],... (default: the package's annotation, else "+export.DefaultPlatforms+")")
 	f.StringVar(&data, "data", defaultPocketData(), "cache folder (the pocket's --data)")
+	f.BoolVar(&fsync, "fsync", false, "fsync the archive before renaming it into place")
 	f.StringVar(&sourceToken, "source-token", "", "bearer token for a deployments center URL")
 	f.IntVar(&parallel, "parallel", 4, "blobs fetched at once")
 	f.StringVar(&since, "since", "", "an agent inventory (crpe agent inventory): leave out the layers it holds")

@@ -252,24 +252,13 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 		res.Packages = append(res.Packages, PackageResult{Namespace: p.Metadata.Namespace, Name: p.Metadata.Name, Version: p.Spec.Version, Platforms: p.Metadata.Annotations[kubepkg.AnnotationPlatform]})
 	}
 	// Fetch every blob once, in parallel, in archive order, while the
-	// archive is written: the writer waits for each blob's fetch, so the
-	// two overlap instead of running one after the other.
-	type pending struct {
-		done chan struct{}
-		err  error
-	}
-	fetches := map[digest.Digest]*pending{}
-	fresh := map[digest.Digest]bool{} // fetched (and hashed) by this export
+	// archive is written: the writer follows each fetch as its bytes arrive
+	// (copying them file to file) instead of waiting for it to be committed.
 	var fetchOrder []archive.Blob
 	for _, b := range blobs {
-		if len(b.Desc.URLs) > 0 {
-			continue
+		if len(b.Desc.URLs) == 0 {
+			fetchOrder = append(fetchOrder, b)
 		}
-		fetches[b.Desc.Digest] = &pending{done: make(chan struct{})}
-		if _, err := store.Stat(ctx, b.Desc.Digest); err != nil {
-			fresh[b.Desc.Digest] = true
-		}
-		fetchOrder = append(fetchOrder, b)
 	}
 	sort.SliceStable(fetchOrder, func(i, j int) bool {
 		if fetchOrder[i].Kind != fetchOrder[j].Kind {
@@ -285,12 +274,10 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 	go func() {
 		defer close(launched)
 		for _, b := range fetchOrder {
-			wt, p := uniq[b.Desc.Digest], fetches[b.Desc.Digest]
+			wt := uniq[b.Desc.Digest]
 			fg.Go(func() error {
-				defer close(p.done)
 				if _, err := cache.Blob(fgctx, wt.repo, b.Desc.Digest, b.Desc.Size); err != nil {
-					p.err = fmt.Errorf("image %s: blob %s: %w", wt.image, b.Desc.Digest, err)
-					return p.err
+					return fmt.Errorf("image %s: blob %s: %w", wt.image, b.Desc.Digest, err)
 				}
 				if o.Progress != nil {
 					o.Progress.Fetched(wt.image, b.Desc.Size)
@@ -300,23 +287,23 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 		}
 	}()
 	open := func(ctx context.Context, d digest.Digest) (io.ReadCloser, error) {
-		if p := fetches[d]; p != nil {
-			select {
-			case <-p.done:
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
-			if p.err != nil {
-				return nil, p.err
-			}
+		wt := uniq[d]
+		if wt == nil { // a non-distributable blob at hand
+			rc, _, err := store.Open(ctx, d)
+			return rc, err
 		}
-		rc, _, err := store.Open(ctx, d)
-		return rc, err
+		return cache.Open(ctx, wt.repo, d, wt.blob.Desc.Size)
 	}
 	var mu sync.Mutex
 	last := map[digest.Digest]int64{}
+	crcs := map[digest.Digest]uint32{}
 	aopts := archive.Options{ModTime: o.ModTime, Absent: map[digest.Digest]bool{},
-		Verified: func(d digest.Digest) bool { return fresh[d] }}
+		// every blob comes from the content-addressed cache, which verified
+		// it on the way in, or from a fetch that fails the read unless it
+		// verifies
+		Verified: func(digest.Digest) bool { return true },
+		CRC32:    func(d digest.Digest, crc uint32) { crcs[d] = crc },
+	}
 	for d := range o.Exclude {
 		aopts.Absent[d] = true
 	}
@@ -334,12 +321,15 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 		cancelFetch()
 	}
 	<-launched
-	if err := fg.Wait(); err != nil && werr != nil && !errors.Is(err, context.Canceled) {
+	// wait for the fetches to be committed: the cache is complete when
+	// Export returns
+	if err := fg.Wait(); err != nil && (werr != nil && !errors.Is(err, context.Canceled) || werr == nil) {
 		return nil, err // the fetch error says more than the writer's
 	}
 	if werr != nil {
 		return nil, werr
 	}
+	_ = cache.RecordCRC32(crcs) // an optimisation for the next export; never fails one
 	return res, nil
 }
 

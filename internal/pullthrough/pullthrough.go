@@ -15,7 +15,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"strings"
@@ -78,6 +80,9 @@ func New(store cas.IngestStore, db *repodb.DB, up *upstream.Client, o Options) *
 
 // ErrNotCached is returned offline for content the cache lacks.
 var ErrNotCached = errors.New("not in the cache and offline")
+
+// errCached tells a caller of startFetch that the blob is stored after all.
+var errCached = errors.New("blob is cached")
 
 // IsUpstream reports whether a full repository name names an upstream
 // registry (its first component is a host).
@@ -246,6 +251,9 @@ func (c *Cache) Blob(ctx context.Context, full string, d digest.Digest, expected
 		return info, c.link(full, info)
 	}
 	f, err := c.startFetch(full, d, expectedSize)
+	if errors.Is(err, errCached) {
+		return c.Blob(ctx, full, d, expectedSize)
+	}
 	if err != nil {
 		return cas.Info{}, err
 	}
@@ -261,6 +269,15 @@ func (c *Cache) Blob(ctx context.Context, full string, d digest.Digest, expected
 }
 
 func (c *Cache) link(full string, info cas.Info) error {
+	linked := false
+	_ = c.db.View(func(tx *repodb.Tx) error {
+		_, err := tx.Blob(full, info.Digest)
+		linked = err == nil
+		return nil
+	})
+	if linked {
+		return nil // a read transaction: no write, no fsync
+	}
 	return c.db.Update(func(tx *repodb.Tx) error {
 		if _, err := tx.Blob(full, info.Digest); err == nil {
 			return nil
@@ -278,14 +295,20 @@ type fetch struct {
 	info     cas.Info
 	err      error
 
-	mu      sync.Mutex
-	cond    *sync.Cond
-	size    int64 // -1 until known
-	written int64
-	done    bool
-	ing     cas.Ingest
-	repos   []string
+	mu       sync.Mutex
+	cond     *sync.Cond
+	size     int64 // -1 until known
+	written  int64
+	crc      uint32 // IEEE CRC-32 of the bytes written
+	verified bool   // every byte is there and matches the digest
+	done     bool
+	ing      cas.Ingest
+	repos    []string
 }
+
+// complete reports whether readers may have every byte: verified, or
+// committed (f.mu held).
+func (f *fetch) complete() bool { return f.verified || (f.done && f.err == nil) }
 
 func (c *Cache) startFetch(full string, d digest.Digest, expectedSize int64) (*fetch, error) {
 	repo, ok := upstream.SplitRepo(full)
@@ -302,6 +325,10 @@ func (c *Cache) startFetch(full string, d digest.Digest, expectedSize int64) (*f
 		f.repos = append(f.repos, full)
 		f.mu.Unlock()
 		return f, nil
+	}
+	// a fetch that ended since the caller looked has committed the blob
+	if _, err := c.store.Stat(context.Background(), d); err == nil {
+		return nil, errCached
 	}
 	ing, err := c.store.NewIngest(context.Background())
 	if err != nil {
@@ -321,6 +348,15 @@ func (c *Cache) run(f *fetch, repo upstream.Repo, expectedSize int64) {
 	var readyOnce sync.Once
 	markReady := func() { readyOnce.Do(func() { close(f.ready) }) }
 	err := c.transfer(ctx, f, repo, expectedSize, markReady)
+	if vi, ok := f.ing.(cas.VerifyingIngest); ok && err == nil {
+		// release the bytes to the readers now; the fsync comes next
+		if _, err = vi.Verify(ctx, cas.Info{Digest: f.d, Size: f.sizeOr(-1)}); err == nil {
+			f.mu.Lock()
+			f.verified = true
+			f.cond.Broadcast()
+			f.mu.Unlock()
+		}
+	}
 	var info cas.Info
 	if err == nil {
 		info, err = f.ing.Commit(ctx, cas.Info{Digest: f.d, Size: f.sizeOr(-1)})
@@ -329,7 +365,7 @@ func (c *Cache) run(f *fetch, repo upstream.Repo, expectedSize int64) {
 	}
 	if err == nil {
 		f.mu.Lock()
-		repos := append([]string(nil), f.repos...)
+		repos, crc := append([]string(nil), f.repos...), f.crc
 		f.mu.Unlock()
 		err = c.db.Update(func(tx *repodb.Tx) error {
 			for _, r := range repos {
@@ -337,7 +373,7 @@ func (c *Cache) run(f *fetch, repo upstream.Repo, expectedSize int64) {
 					return err
 				}
 			}
-			return nil
+			return tx.SetCRC32(info.Digest, crc)
 		})
 	}
 	if err != nil {
@@ -421,6 +457,7 @@ func (c *Cache) copyBody(f *fetch, body io.Reader, buf []byte) error {
 			}
 			c.Stats.BytesFetched.Add(int64(n))
 			f.mu.Lock()
+			f.crc = crc32.Update(f.crc, crc32.IEEETable, buf[:n])
 			f.written += int64(n)
 			f.cond.Broadcast()
 			f.mu.Unlock()
@@ -468,6 +505,9 @@ func (c *Cache) ServeBlob(w http.ResponseWriter, r *http.Request, full string, d
 		return true, nil
 	}
 	f, err := c.startFetch(full, d, -1)
+	if errors.Is(err, errCached) {
+		return false, nil
+	}
 	if err != nil {
 		return true, err
 	}
@@ -484,6 +524,12 @@ func (c *Cache) ServeBlob(w http.ResponseWriter, r *http.Request, full string, d
 		return false, c.link(full, f.info)
 	}
 	rd, err := f.ing.Reader()
+	if errors.Is(err, fs.ErrNotExist) {
+		// committed meanwhile: the ingest file is gone, the blob is stored
+		if _, serr := c.store.Stat(ctx, d); serr == nil {
+			return false, nil
+		}
+	}
 	if err != nil {
 		return true, err
 	}
@@ -527,12 +573,12 @@ func (f *fetch) stream(ctx context.Context, w io.Writer, rd cas.ReaderAtCloser) 
 		// held back: with sendfile the bytes reach the client at once, and a
 		// client must never hold every byte of a blob that then fails.
 		f.mu.Lock()
-		for f.written-off <= 1 && !f.done && ctx.Err() == nil {
+		for f.written-off <= 1 && !f.complete() && !f.done && ctx.Err() == nil {
 			f.cond.Wait()
 		}
-		avail, done, err := f.written-off, f.done, f.err
+		avail, done, err := f.written-off, f.complete(), f.err
 		f.mu.Unlock()
-		if !done {
+		if !done && err == nil {
 			avail--
 		}
 		if ctx.Err() != nil {

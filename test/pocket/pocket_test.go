@@ -149,7 +149,7 @@ func TestConcurrentMissesOneFetch(t *testing.T) {
 
 // faulty is an upstream proxy that misbehaves on blob GETs.
 type faulty struct {
-	mode   atomic.Value // "", "truncate-once", "corrupt", "503-twice", "hang"
+	mode   atomic.Value // "", "truncate-once", "corrupt", "corrupt-large", "503-twice", "hang"
 	blobs  atomic.Int64
 	ranges atomic.Int64
 	n503   atomic.Int64
@@ -204,7 +204,7 @@ func startFaulty(t *testing.T, target string) (*faulty, string) {
 				}
 			}
 			return
-		case mode == "corrupt" && len(body) > 100:
+		case mode == "corrupt" && len(body) > 100, mode == "corrupt-large" && len(body) > 1<<20:
 			body = append([]byte(nil), body...)
 			body[len(body)-1] ^= 0xff
 		}
@@ -315,4 +315,59 @@ func execCrpe(t *testing.T, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	return testenv.Run(ctx, t, args...)
+}
+
+// An export follows each fetch as its bytes arrive (copying them into the
+// archive file before the fetch is committed): a corrupt upstream must fail
+// the export and leave no archive and no cached blob; a transfer cut midway
+// is resumed and the archive is whole.
+func TestExportThroughLyingUpstream(t *testing.T) {
+	up := testenv.StartDistribution(t)
+	f, proxy := startFaulty(t, up.URL)
+	layer := testenv.RandomLayer(t, 3<<20, false)
+	im := testenv.NewImage(t, amd64, []testenv.Blob{layer}, false)
+	testenv.PushImage(t, up.URL, "library/lie", "v1", im)
+	dir := t.TempDir()
+	pkg := filepath.Join(dir, "lie.json")
+	if err := os.WriteFile(pkg, []byte(`{"apiVersion":"octohelm.tech/v1alpha1","kind":"KubePkg","metadata":{"name":"lie"},"spec":{"version":"1.0.0","images":{"docker.io/library/lie:v1":""}}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	data := filepath.Join(dir, "data")
+	out := filepath.Join(dir, "lie.kubepkg.tgz")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	export := func() (string, error) {
+		return testenv.Run(ctx, t, "export", "-f", pkg, "-o", out, "--data", data, "--platform", "linux/amd64",
+			"--registry-endpoint", "docker.io="+proxy)
+	}
+
+	f.mode.Store("corrupt-large")
+	if msg, err := export(); err == nil {
+		t.Fatalf("export of a corrupt upstream blob succeeded: %s", msg)
+	} else if !strings.Contains(msg, string(layer.Desc.Digest)) {
+		t.Fatalf("the error does not name the bad blob: %s", msg)
+	}
+	if _, err := os.Stat(out); err == nil {
+		t.Fatal("a failed export left an archive under the output name")
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, ".lie.kubepkg.tgz.tmp-*")); len(left) > 0 {
+		t.Fatalf("a failed export left its temp file: %v", left)
+	}
+	if _, err := os.Stat(filepath.Join(data, "blobs", "sha256", layer.Desc.Digest.Encoded())); err == nil {
+		t.Fatal("corrupt blob present in the cache")
+	}
+
+	f.mode.Store("truncate-once")
+	if msg, err := export(); err != nil {
+		t.Fatalf("export with a transfer cut midway: %v: %s", err, msg)
+	}
+	if f.ranges.Load() == 0 {
+		t.Fatal("the cut transfer was not resumed with a Range request")
+	}
+	if msg, err := testenv.Run(ctx, t, "inspect", "--verify", out); err != nil {
+		t.Fatalf("inspect --verify: %v: %s", err, msg)
+	}
+	if msg, err := testenv.Run(ctx, t, "fsck", "--data", data); err != nil {
+		t.Fatalf("fsck of the pocket's data after the exports: %v: %s", err, msg)
+	}
 }

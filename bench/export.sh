@@ -5,7 +5,8 @@
 #
 # usage: bench/export.sh [path-to-crpe-binary]
 #
-#   With no argument, crpe is built with `go build -o $TMP/crpe ./cmd/crpe`.
+#   With no argument, crpe is built as it ships (the Dockerfile's flags):
+#   `CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" ./cmd/crpe`.
 #   BENCH_RUNS=3            repetitions per measurement (median reported)
 #   BENCH_BIG_MIB=200       size of library/big's single random layer
 #   BENCH_PULLERS=16        concurrent cold pulls through one crpe serve
@@ -157,8 +158,9 @@ printf 'module exportfix\n\ngo 1.23\n' >"$TMP/exportfix-src/go.mod"
 if [ $# -ge 1 ]; then
   CRPE_BIN="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
 else
-  log "building crpe (go build ./cmd/crpe)"
-  ( cd "$REPO_ROOT" && GOPROXY=off GOFLAGS=-mod=readonly timeout 300 go build -o "$TMP/crpe" ./cmd/crpe ) \
+  log "building crpe as it ships (CGO_ENABLED=0 go build -trimpath -ldflags '-s -w')"
+  ( cd "$REPO_ROOT" && CGO_ENABLED=0 GOPROXY=off GOFLAGS=-mod=readonly timeout 300 \
+      go build -trimpath -ldflags "-s -w" -o "$TMP/crpe" ./cmd/crpe ) \
     || die "crpe build failed"
   CRPE_BIN="$TMP/crpe"
 fi

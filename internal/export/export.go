@@ -260,9 +260,11 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 			fetchOrder = append(fetchOrder, b)
 		}
 	}
+	// the largest first: the longest fetches start at once instead of
+	// becoming the tail that the rest of the archive waits for
 	sort.SliceStable(fetchOrder, func(i, j int) bool {
-		if fetchOrder[i].Kind != fetchOrder[j].Kind {
-			return fetchOrder[i].Kind < fetchOrder[j].Kind
+		if fetchOrder[i].Desc.Size != fetchOrder[j].Desc.Size {
+			return fetchOrder[i].Desc.Size > fetchOrder[j].Desc.Size
 		}
 		return fetchOrder[i].Desc.Digest < fetchOrder[j].Desc.Digest
 	})

@@ -13,25 +13,6 @@ import (
 	"github.com/opencontainers/go-digest"
 )
 
-// FileBlob is what an OpenFunc may return for a blob whose bytes are in a
-// file, complete or still arriving (a fetch in progress). When the archive
-// goes to a regular file, Write then copies the bytes inside the kernel
-// (copy_file_range) instead of through memory, and takes the blob's CRC-32
-// from the source instead of reading the bytes to compute it.
-type FileBlob interface {
-	io.ReadCloser
-	// File is the file holding the blob from offset 0. Write moves its
-	// offset.
-	File() *os.File
-	// Ready blocks until bytes past off are ready to be read and returns
-	// where they end. It returns the blob's size only once every byte is
-	// there and verified, and an error if the blob turns out bad.
-	Ready(ctx context.Context, off int64) (int64, error)
-	// CRC32 is the IEEE CRC-32 of the whole blob, known once Ready reached
-	// its size (ok is false when the source does not know it).
-	CRC32() (crc uint32, ok bool)
-}
-
 // maxStored is the most a stored deflate block holds.
 const maxStored = 65535
 
@@ -45,7 +26,7 @@ var gzipHeader = [10]byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff}
 // archive that holds them.
 type storedWriter struct {
 	w    *bufio.Writer
-	file *os.File // the output under w when it is a regular file, else nil
+	file *os.File // the output under w when it is a regular file (for writev), else nil
 	crc  uint32
 	size int64
 	hdr  [5]byte
@@ -58,8 +39,7 @@ func newStoredWriter(w *bufio.Writer, file *os.File) (*storedWriter, error) {
 	return &storedWriter{w: w, file: file}, nil
 }
 
-// regularFile returns w as a file when it is a regular file (where
-// copy_file_range works), else nil.
+// regularFile returns w as a file when it is a regular file, else nil.
 func regularFile(w io.Writer) *os.File {
 	f, ok := w.(*os.File)
 	if !ok {
@@ -98,52 +78,43 @@ func (s *storedWriter) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// copyFrom copies size bytes of blob d from rc and returns the blob's CRC-32.
-// The bytes go through memory (hashed when verify is set, which the caller
-// checks) unless rc is a FileBlob and the output a file: then they are
-// copied in the kernel as they become ready.
-func (s *storedWriter) copyFrom(ctx context.Context, d digest.Digest, rc io.Reader, size int64, h io.Writer, buf []byte, progress func(int64)) (uint32, error) {
-	if fb, ok := rc.(FileBlob); ok && s.file != nil && h == nil && size > 0 {
-		end, err := fb.Ready(ctx, 0)
-		if err != nil {
-			return 0, err
-		}
-		_, known := fb.CRC32()
-		if end < size || known {
-			return s.copyFile(ctx, d, fb, size, buf, progress)
-		}
-		// complete, but its CRC is unknown: the bytes must be read anyway
-	}
-	return s.copyRead(ctx, d, rc, size, h, buf, progress)
-}
-
-// copyRead copies through memory: each block read into buf behind its
-// header and written out with it.
-func (s *storedWriter) copyRead(ctx context.Context, d digest.Digest, rc io.Reader, size int64, h io.Writer, buf []byte, progress func(int64)) (uint32, error) {
+// copyFrom copies size bytes of blob d from rc, framed in stored blocks.
+// h, if set, is given the bytes too (to hash
+// them). The bytes are read a megabyte at a time and, into a file, written
+// with their block headers in one writev: a block is at most 64 KiB, and a
+// system call per block would cost more than reading the bytes through
+// memory. Every block but the last is full, however the bytes arrive, so
+// the framing (and the archive) does not depend on how fast they came.
+func (s *storedWriter) copyFrom(ctx context.Context, d digest.Digest, rc io.Reader, size int64, h io.Writer, buf []byte, progress func(int64)) error {
 	if err := s.w.Flush(); err != nil {
-		return 0, err
+		return err
 	}
-	out := io.Writer(s.w)
-	if s.file != nil {
-		out = s.file // whole blocks: no need to copy them into the buffer
-	}
+	buf = buf[:len(buf)/maxStored*maxStored]
+	hdrs := make([]byte, 5*(len(buf)/maxStored))
+	iov := make([][]byte, 0, 2*(len(buf)/maxStored))
 	var crc uint32
 	var n int64
 	for n < size {
 		if err := ctx.Err(); err != nil {
-			return 0, err
+			return err
 		}
-		c := int(min(size-n, maxStored))
-		m, err := io.ReadFull(rc, buf[5:5+c])
+		m, err := io.ReadFull(rc, buf[:min(int64(len(buf)), size-n)])
 		if m > 0 {
-			block := buf[5 : 5+m]
+			chunk := buf[:m]
 			if h != nil {
-				_, _ = h.Write(block)
+				_, _ = h.Write(chunk)
 			}
-			crc = crc32.Update(crc, crc32.IEEETable, block)
-			copy(buf, s.blockHeader(m))
-			if _, werr := out.Write(buf[:5+m]); werr != nil {
-				return 0, fmt.Errorf("archive: writing blob %s: %w", d, werr)
+			crc = crc32.Update(crc, crc32.IEEETable, chunk)
+			iov = iov[:0]
+			for k := 0; len(chunk) > 0; k++ {
+				c := min(len(chunk), maxStored)
+				hdr := hdrs[5*k : 5*k+5]
+				copy(hdr, s.blockHeader(c))
+				iov = append(iov, hdr, chunk[:c])
+				chunk = chunk[c:]
+			}
+			if werr := s.writeBlocks(iov); werr != nil {
+				return fmt.Errorf("archive: writing blob %s: %w", d, werr)
 			}
 			n += int64(m)
 			if progress != nil {
@@ -154,73 +125,31 @@ func (s *storedWriter) copyRead(ctx context.Context, d digest.Digest, rc io.Read
 			break
 		}
 		if err != nil {
-			return 0, fmt.Errorf("archive: reading blob %s: %w", d, err)
+			return fmt.Errorf("archive: reading blob %s: %w", d, err)
 		}
 	}
 	if n < size {
-		return 0, fmt.Errorf("archive: blob %s: got %d bytes, expected %d: %w", d, n, size, errShort)
+		return fmt.Errorf("archive: blob %s: got %d bytes, expected %d: %w", d, n, size, errShort)
 	}
 	s.crc = crc32Combine(s.crc, crc, n)
 	s.size += n
-	return crc, nil
+	return nil
 }
 
 var errShort = errors.New("short blob")
 
-// copyFile copies a FileBlob's bytes in the kernel, block by block, as they
-// become ready.
-func (s *storedWriter) copyFile(ctx context.Context, d digest.Digest, fb FileBlob, size int64, buf []byte, progress func(int64)) (uint32, error) {
-	if err := s.w.Flush(); err != nil {
-		return 0, err
+// writeBlocks writes iov in order: to the file in vectored writes when the
+// output is one, else through the buffer.
+func (s *storedWriter) writeBlocks(iov [][]byte) error {
+	if s.file != nil {
+		return writev(s.file, iov)
 	}
-	f := fb.File()
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return 0, fmt.Errorf("archive: reading blob %s: %w", d, err)
-	}
-	var n int64
-	for n < size {
-		// wait for a whole block (or the end): the framing must not depend
-		// on how the bytes arrived, or the archive would not be reproducible
-		end, err := fb.Ready(ctx, min(n+maxStored, size)-1)
-		if err != nil {
-			return 0, fmt.Errorf("archive: blob %s: %w", d, err)
-		}
-		if end > size {
-			return 0, fmt.Errorf("archive: blob %s has more than the expected %d bytes: %w", d, size, errShort)
-		}
-		if end < min(n+maxStored, size) {
-			return 0, fmt.Errorf("archive: blob %s: got %d bytes, expected %d: %w", d, end, size, errShort)
-		}
-		for n+maxStored <= end || (n < end && end == size) {
-			c := min(end-n, maxStored)
-			if _, err := s.file.Write(s.blockHeader(int(c))); err != nil {
-				return 0, fmt.Errorf("archive: writing blob %s: %w", d, err)
-			}
-			m, err := io.Copy(s.file, &io.LimitedReader{R: f, N: c})
-			if err == nil && m < c {
-				err = io.ErrUnexpectedEOF
-			}
-			if err != nil {
-				return 0, fmt.Errorf("archive: copying blob %s: %w", d, err)
-			}
-			n += c
-		}
-		if progress != nil {
-			progress(n)
+	for _, b := range iov {
+		if _, err := s.w.Write(b); err != nil {
+			return err
 		}
 	}
-	crc, ok := fb.CRC32()
-	if !ok {
-		// the source could not tell: read the bytes once more
-		h := crc32.NewIEEE()
-		if _, err := io.CopyBuffer(h, io.NewSectionReader(f, 0, size), buf); err != nil {
-			return 0, fmt.Errorf("archive: reading blob %s: %w", d, err)
-		}
-		crc = h.Sum32()
-	}
-	s.crc = crc32Combine(s.crc, crc, size)
-	s.size += size
-	return crc, nil
+	return nil
 }
 
 // Close ends the deflate stream with an empty final block and writes the

@@ -9,9 +9,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"sync"
+	"strings"
 	"testing"
-	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -33,143 +32,62 @@ func TestCRC32Combine(t *testing.T) {
 	}
 }
 
-// fileBlob is a FileBlob over a file that a writer goroutine fills slowly,
-// in odd-sized pieces, like a fetch in progress.
-type fileBlob struct {
-	f       *os.File
-	size    int64
-	crc     uint32
-	known   bool // the CRC is told
-	failAt  int64
-	mu      sync.Mutex
-	cond    *sync.Cond
-	written int64
-	err     error
-	off     int64 // of Read
+// arriving is a reader whose bytes come in odd-sized pieces, like a fetch
+// in progress, and that may fail at some point.
+type arriving struct {
+	data   []byte
+	piece  int
+	off    int
+	failAt int
 }
 
-func newFileBlob(t testing.TB, data []byte, piece int, known bool, failAt int64) *fileBlob {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "blob")
-	w, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
+func (a *arriving) Read(p []byte) (int, error) {
+	if a.failAt > 0 && a.off >= a.failAt {
+		return 0, errors.New("verification failed")
 	}
-	r, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fb := &fileBlob{f: r, size: int64(len(data)), crc: crc32.ChecksumIEEE(data), known: known, failAt: failAt}
-	fb.cond = sync.NewCond(&fb.mu)
-	go func() {
-		defer w.Close()
-		for off := 0; off < len(data); off += piece {
-			end := min(off+piece, len(data))
-			if _, err := w.Write(data[off:end]); err != nil {
-				panic(err)
-			}
-			fb.mu.Lock()
-			fb.written = int64(end)
-			if failAt > 0 && fb.written >= failAt {
-				fb.err = errors.New("verification failed")
-			}
-			fb.cond.Broadcast()
-			fb.mu.Unlock()
-			if fb.err != nil {
-				return
-			}
-			if off%(64<<10) == 0 {
-				time.Sleep(20 * time.Microsecond)
-			}
-		}
-	}()
-	return fb
-}
-
-func (fb *fileBlob) Read(p []byte) (int, error) {
-	if fb.off >= fb.size {
+	if a.off >= len(a.data) {
 		return 0, io.EOF
 	}
-	end, err := fb.Ready(context.Background(), fb.off)
-	if err != nil {
-		return 0, err
-	}
-	n, err := fb.f.ReadAt(p[:min(int64(len(p)), end-fb.off)], fb.off)
-	fb.off += int64(n)
-	return n, err
-}
-func (fb *fileBlob) Close() error   { return fb.f.Close() }
-func (fb *fileBlob) File() *os.File { return fb.f }
-func (fb *fileBlob) CRC32() (uint32, bool) {
-	fb.mu.Lock()
-	defer fb.mu.Unlock()
-	return fb.crc, fb.known && fb.written == fb.size
-}
-func (fb *fileBlob) Ready(ctx context.Context, off int64) (int64, error) {
-	fb.mu.Lock()
-	defer fb.mu.Unlock()
-	for fb.written < fb.size && fb.written-1 <= off && fb.err == nil {
-		fb.cond.Wait()
-	}
-	if fb.err != nil {
-		return 0, fb.err
-	}
-	if fb.written < fb.size {
-		return fb.written - 1, nil // the last byte is held back until the end
-	}
-	return fb.written, nil
+	n := copy(p[:min(len(p), a.piece)], a.data[a.off:])
+	a.off += n
+	return n, nil
 }
 
-// The kernel-copy path (a FileBlob into a regular file) writes the same
-// bytes as the path through memory, however the blob's bytes arrive.
-func TestFileBlobCopyIsIdentical(t *testing.T) {
+func (a *arriving) Close() error { return nil }
+
+// Writing into a regular file (vectored writes) gives the same bytes as
+// writing through the buffer, however the blobs' bytes arrive.
+func TestStoredFramingIsIdentical(t *testing.T) {
 	c := richContent(t)
 	trusted := Options{Verified: func(digest.Digest) bool { return true }}
 	want := c.write(t, trusted)
-	for _, tc := range []struct {
-		name  string
-		piece int
-		known bool
-	}{{"whole blocks", 65535, true}, {"odd pieces", 1000, true}, {"small pieces, CRC unknown", 4001, false}} {
-		t.Run(tc.name, func(t *testing.T) {
-			out, err := os.Create(filepath.Join(t.TempDir(), "out.tgz"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer out.Close()
-			var crcs []digest.Digest
-			open := func(ctx context.Context, d digest.Digest) (io.ReadCloser, error) {
-				return newFileBlob(t, c.data[d], tc.piece, tc.known, 0), nil
-			}
-			o := trusted
-			o.CRC32 = func(d digest.Digest, crc uint32) {
-				if crc != crc32.ChecksumIEEE(c.data[d]) {
-					t.Errorf("CRC32 of %s: %08x", d, crc)
-				}
-				crcs = append(crcs, d)
-			}
-			if err := Write(context.Background(), out, []byte(testPkg), c.images, c.blobs, open, o); err != nil {
-				t.Fatal(err)
-			}
-			got, err := os.ReadFile(out.Name())
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !bytes.Equal(got, want) {
-				t.Fatalf("the kernel-copy archive differs from the one written through memory (%d vs %d bytes)", len(got), len(want))
-			}
-			if len(crcs) != countLayers(c) {
-				t.Errorf("CRC32 told for %d layers, want %d", len(crcs), countLayers(c))
-			}
-			if _, err := Read(context.Background(), bytes.NewReader(got), &collector{}, Limits{}); err != nil {
-				t.Fatalf("reading back: %v", err)
-			}
-		})
+	for _, piece := range []int{1 << 20, 65535, 1000, 4001} {
+		out, err := os.Create(filepath.Join(t.TempDir(), "out.tgz"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		open := func(ctx context.Context, d digest.Digest) (io.ReadCloser, error) {
+			return &arriving{data: c.data[d], piece: piece}, nil
+		}
+		if err := Write(context.Background(), out, []byte(testPkg), c.images, c.blobs, open, trusted); err != nil {
+			t.Fatal(err)
+		}
+		out.Close()
+		got, err := os.ReadFile(out.Name())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("pieces of %d: the archive differs from the one written through the buffer (%d vs %d bytes)", piece, len(got), len(want))
+		}
+		if _, err := Read(context.Background(), bytes.NewReader(got), &collector{}, Limits{}); err != nil {
+			t.Fatalf("reading back: %v", err)
+		}
 	}
 }
 
-// A FileBlob that fails midway fails the write: no tar end, no trailer.
-func TestFileBlobFailureStopsWrite(t *testing.T) {
+// A source that fails midway fails the write.
+func TestSourceFailureStopsWrite(t *testing.T) {
 	c := richContent(t)
 	out, err := os.Create(filepath.Join(t.TempDir(), "out.tgz"))
 	if err != nil {
@@ -177,13 +95,14 @@ func TestFileBlobFailureStopsWrite(t *testing.T) {
 	}
 	defer out.Close()
 	open := func(ctx context.Context, d digest.Digest) (io.ReadCloser, error) {
+		a := &arriving{data: c.data[d], piece: 4096}
 		if len(c.data[d]) > 1<<20 {
-			return newFileBlob(t, c.data[d], 4096, true, 1<<19), nil
+			a.failAt = 1 << 19
 		}
-		return newFileBlob(t, c.data[d], 4096, true, 0), nil
+		return a, nil
 	}
 	err = Write(context.Background(), out, []byte(testPkg), c.images, c.blobs, open, Options{Verified: func(digest.Digest) bool { return true }})
-	if err == nil || !bytes.Contains([]byte(err.Error()), []byte("verification failed")) {
+	if err == nil || !strings.Contains(err.Error(), "verification failed") {
 		t.Fatalf("got %v, want the source's error", err)
 	}
 }

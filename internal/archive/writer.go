@@ -53,9 +53,6 @@ type Options struct {
 	// store that verified them when they came in. Their size is still
 	// checked, their digest not computed a second time.
 	Verified func(digest.Digest) bool
-	// CRC32, if set, is told the IEEE CRC-32 of every layer written, so the
-	// caller can keep it and offer it next time (see FileBlob).
-	CRC32 func(d digest.Digest, crc uint32)
 }
 
 // OpenFunc opens the content of blob d.
@@ -178,8 +175,7 @@ func Write(ctx context.Context, w io.Writer, pkgJSON []byte, images []Image, blo
 const blockSize = 512
 
 // writeLayer writes the tar entry of layer desc into the stored member: the
-// header made by archive/tar, the bytes (copied in the kernel when the
-// source and the output allow it), the padding.
+// header made by archive/tar, the bytes, the padding.
 func writeLayer(ctx context.Context, st *storedWriter, desc ocispec.Descriptor, mt time.Time, open OpenFunc, buf []byte, o Options) error {
 	d := desc.Digest
 	if err := ctx.Err(); err != nil {
@@ -209,27 +205,22 @@ func writeLayer(ctx context.Context, st *storedWriter, desc ocispec.Descriptor, 
 	if o.Progress != nil {
 		progress = func(n int64) { o.Progress(d, n) }
 	}
-	crc, err := st.copyFrom(ctx, d, rc, desc.Size, h, buf, progress)
+	err = st.copyFrom(ctx, d, rc, desc.Size, h, buf, progress)
 	if errors.Is(err, errShort) {
 		return fmt.Errorf("%w (%w)", err, cas.ErrSizeMismatch)
 	}
 	if err != nil {
 		return err
 	}
-	if _, ok := rc.(FileBlob); !ok {
-		if m, err := io.ReadFull(rc, buf[:1]); m > 0 {
-			return fmt.Errorf("archive: blob %s: %w: more than the expected %d bytes", d, cas.ErrSizeMismatch, desc.Size)
-		} else if err != nil && err != io.EOF {
-			return fmt.Errorf("archive: reading blob %s: %w", d, err)
-		}
+	if m, err := io.ReadFull(rc, buf[:1]); m > 0 {
+		return fmt.Errorf("archive: blob %s: %w: more than the expected %d bytes", d, cas.ErrSizeMismatch, desc.Size)
+	} else if err != nil && err != io.EOF {
+		return fmt.Errorf("archive: reading blob %s: %w", d, err)
 	}
 	if v != nil {
 		if _, err := v.Verify(); err != nil {
 			return fmt.Errorf("archive: blob %s: %w", d, err)
 		}
-	}
-	if o.CRC32 != nil {
-		o.CRC32(d, crc)
 	}
 	if pad := (blockSize - desc.Size%blockSize) % blockSize; pad > 0 {
 		if _, err := st.Write(make([]byte, pad)); err != nil {

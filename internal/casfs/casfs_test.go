@@ -54,7 +54,7 @@ func TestCheckFindsCorruptionAndRepairs(t *testing.T) {
 	_ = os.WriteFile(filepath.Join(root, "blobs", "sha256", "not-a-digest"), []byte("?"), 0o644)
 
 	var problems, info int
-	n, err := s.Check(ctx, false, nil, func(f Finding) {
+	n, err := s.Check(ctx, false, func(f Finding) {
 		if f.Problem {
 			problems++
 		} else {
@@ -64,9 +64,9 @@ func TestCheckFindsCorruptionAndRepairs(t *testing.T) {
 	if err != nil || n != 2 || problems != 2 || info != 1 {
 		t.Fatalf("check: n=%d problems=%d info=%d err=%v", n, problems, info, err)
 	}
-	_, _ = s.Check(ctx, true, nil, func(Finding) {})
+	_, _ = s.Check(ctx, true, func(Finding) {})
 	problems, info = 0, 0
-	_, _ = s.Check(ctx, false, nil, func(f Finding) {
+	_, _ = s.Check(ctx, false, func(f Finding) {
 		if f.Problem {
 			problems++
 		} else {

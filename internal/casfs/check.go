@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"io/fs"
 	"os"
@@ -24,16 +23,12 @@ type Finding struct {
 	Digest   digest.Digest
 	Message  string
 	Repaired bool
-	// BadCRC32 marks a blob whose CRC-32 recorded in the index is wrong
-	// (the index's entry is what needs repair, not the blob).
-	BadCRC32 bool
 }
 
 // Check re-hashes every blob and lists what is wrong. With repair it removes
 // corrupt blobs, stray files in the blob folders and leftover temp files.
-// crcOf, if set, gives the CRC-32 recorded for a blob, checked in the same
-// pass. It returns the number of blobs checked.
-func (s *Store) Check(ctx context.Context, repair bool, crcOf func(digest.Digest) (uint32, bool), report func(Finding)) (int, error) {
+// It returns the number of blobs checked.
+func (s *Store) Check(ctx context.Context, repair bool, report func(Finding)) (int, error) {
 	n := 0
 	buf := make([]byte, copyBufSize)
 	for _, alg := range []digest.Algorithm{digest.SHA256, digest.SHA512} {
@@ -60,7 +55,7 @@ func (s *Store) Check(ctx context.Context, repair bool, crcOf func(digest.Digest
 				continue
 			}
 			n++
-			got, crc, err := hashFile(p, alg, buf)
+			got, err := hashFile(p, alg, buf)
 			if err != nil {
 				if errors.Is(err, fs.ErrNotExist) {
 					continue // deleted meanwhile
@@ -74,13 +69,6 @@ func (s *Store) Check(ctx context.Context, repair bool, crcOf func(digest.Digest
 					f.Repaired = os.Remove(p) == nil
 				}
 				report(f)
-				continue
-			}
-			if crcOf != nil {
-				if want, ok := crcOf(d); ok && want != crc {
-					report(Finding{Problem: true, Path: p, Digest: d, BadCRC32: true,
-						Message: fmt.Sprintf("the index records CRC-32 %08x, the content has %08x", want, crc)})
-				}
 			}
 		}
 	}
@@ -114,19 +102,18 @@ func (s *Store) CleanIngest() (int, error) {
 	return len(entries), nil
 }
 
-func hashFile(p string, alg digest.Algorithm, buf []byte) (digest.Digest, uint32, error) {
+func hashFile(p string, alg digest.Algorithm, buf []byte) (digest.Digest, error) {
 	f, err := os.Open(p)
 	if err != nil {
-		return "", 0, err
+		return "", err
 	}
 	defer f.Close()
 	h, err := cas.NewHash(alg)
 	if err != nil {
-		return "", 0, err
+		return "", err
 	}
-	c := crc32.NewIEEE()
-	if _, err := io.CopyBuffer(io.MultiWriter(h, c), f, buf); err != nil {
-		return "", 0, err
+	if _, err := io.CopyBuffer(h, f, buf); err != nil {
+		return "", err
 	}
-	return digest.NewDigest(alg, h), c.Sum32(), nil
+	return digest.NewDigest(alg, h), nil
 }

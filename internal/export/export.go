@@ -253,7 +253,7 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 	}
 	// Fetch every blob once, in parallel, in archive order, while the
 	// archive is written: the writer follows each fetch as its bytes arrive
-	// (copying them file to file) instead of waiting for it to be committed.
+	// instead of waiting for it to be committed.
 	var fetchOrder []archive.Blob
 	for _, b := range blobs {
 		if len(b.Desc.URLs) == 0 {
@@ -298,13 +298,11 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 	}
 	var mu sync.Mutex
 	last := map[digest.Digest]int64{}
-	crcs := map[digest.Digest]uint32{}
 	aopts := archive.Options{ModTime: o.ModTime, Absent: map[digest.Digest]bool{},
 		// every blob comes from the content-addressed cache, which verified
 		// it on the way in, or from a fetch that fails the read unless it
 		// verifies
 		Verified: func(digest.Digest) bool { return true },
-		CRC32:    func(d digest.Digest, crc uint32) { crcs[d] = crc },
 	}
 	for d := range o.Exclude {
 		aopts.Absent[d] = true
@@ -331,7 +329,6 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 	if werr != nil {
 		return nil, werr
 	}
-	_ = cache.RecordCRC32(crcs) // an optimisation for the next export; never fails one
 	return res, nil
 }
 

@@ -62,7 +62,7 @@ func Run(ctx context.Context, data, indexPath string, repair bool, report func(F
 		if db, err = repodb.Open(indexPath, true, 2*time.Second); err != nil {
 			return sum, err
 		}
-		defer func() { db.Close() }() // the db may be reopened writable for a repair
+		defer db.Close()
 	} else {
 		// killed during its very first start, before the index existed
 		emit(Finding{Where: indexPath, Message: "index not created yet (no repository recorded)"})
@@ -71,46 +71,10 @@ func Run(ctx context.Context, data, indexPath string, repair bool, report func(F
 	if err != nil {
 		return sum, err
 	}
-	var crcOf func(digest.Digest) (uint32, bool)
-	if db != nil {
-		crcOf = func(d digest.Digest) (crc uint32, ok bool) {
-			_ = db.View(func(tx *repodb.Tx) error { crc, ok = tx.CRC32(d); return nil })
-			return
-		}
-	}
-	var badCRC []digest.Digest
-	var crcFindings []Finding
-	n, err := store.Check(ctx, repair, crcOf, func(f casfs.Finding) {
-		if f.BadCRC32 {
-			badCRC = append(badCRC, f.Digest)
-			crcFindings = append(crcFindings, Finding{Problem: true, Where: f.Path, Message: f.Message})
-			return
-		}
+	n, err := store.Check(ctx, repair, func(f casfs.Finding) {
 		emit(Finding{Problem: f.Problem, Where: f.Path, Message: f.Message, Repaired: f.Repaired})
 	})
 	sum.Blobs = n
-	if len(badCRC) > 0 && repair {
-		// a wrong CRC-32 would break the gzip trailer of every export of
-		// the blob: forget it (the next export computes it again)
-		db.Close()
-		if db, err = repodb.Open(indexPath, false, 2*time.Second); err != nil {
-			return sum, err
-		}
-		rerr := db.Update(func(tx *repodb.Tx) error {
-			for _, d := range badCRC {
-				if err := tx.DeleteCRC32(d); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		for i := range crcFindings {
-			crcFindings[i].Repaired = rerr == nil
-		}
-	}
-	for _, f := range crcFindings {
-		emit(f)
-	}
 	if err != nil || db == nil {
 		return sum, err
 	}

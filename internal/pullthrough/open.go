@@ -6,39 +6,26 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/octohelm/crpe/internal/cas"
-	"github.com/octohelm/crpe/internal/repodb"
 )
 
-// BlobReader reads a blob as its bytes become ready: from the store when it
-// is cached, else from the shared upstream fetch as the bytes arrive, the
-// last one held back until the whole blob is verified (a failed fetch fails
-// the read, never a clean end). It is an archive.FileBlob: an export copies
-// its bytes file to file and takes its CRC-32 from the fetch or the index.
-type BlobReader struct {
-	file *os.File
-	f    *fetch // nil when the blob is stored
-	size int64  // of a stored blob
-	crc  uint32 // of a stored blob, when crcOK
-	ok   bool
-	off  int64
-}
-
-// Open returns a reader of blob d of repository full (fetched through full's
-// upstream when not cached, shared with every concurrent caller; its size is
-// checked against expectedSize when >= 0). The caller closes it.
-func (c *Cache) Open(ctx context.Context, full string, d digest.Digest, expectedSize int64) (*BlobReader, error) {
+// Open returns a reader of blob d of repository full: the stored blob when it
+// is cached, else the shared upstream fetch (started if needed; its size is
+// checked against expectedSize when >= 0), read as its bytes arrive, the last
+// one held back until the whole blob is verified, so a failed fetch fails the
+// read and never ends cleanly. An export reads blobs this way, writing each
+// into the archive while it arrives instead of after its commit's fsync.
+func (c *Cache) Open(ctx context.Context, full string, d digest.Digest, expectedSize int64) (io.ReadCloser, error) {
 	for range 3 {
 		c.mu.Lock()
 		f := c.inflight[d]
 		c.mu.Unlock()
 		if f == nil {
-			if br, err := c.openStored(ctx, full, d); err == nil {
-				return br, nil
+			if rc, err := c.openStored(ctx, full, d); err == nil {
+				return rc, nil
 			} else if !errors.Is(err, cas.ErrNotFound) {
 				return nil, err
 			}
@@ -53,8 +40,8 @@ func (c *Cache) Open(ctx context.Context, full string, d digest.Digest, expected
 		if errors.Is(err, fs.ErrNotExist) {
 			// committed meanwhile: the ingest file is gone, the blob is
 			// stored (or about to be, once the fetch is over)
-			if br, err := c.openStored(ctx, full, d); err == nil {
-				return br, nil
+			if rc, err := c.openStored(ctx, full, d); err == nil {
+				return rc, nil
 			}
 			select {
 			case <-f.finished:
@@ -69,74 +56,37 @@ func (c *Cache) Open(ctx context.Context, full string, d digest.Digest, expected
 		if err != nil {
 			return nil, err
 		}
-		file, ok := rd.(*os.File)
-		if !ok {
-			rd.Close()
-			return nil, fmt.Errorf("pullthrough: the store's ingest reader is not a file")
-		}
-		return &BlobReader{file: file, f: f}, nil
+		return &fetchReader{ctx: ctx, f: f, rd: rd}, nil
 	}
 	return nil, fmt.Errorf("%w: %s in %s", cas.ErrNotFound, d, full)
 }
 
-func (c *Cache) openStored(ctx context.Context, full string, d digest.Digest) (*BlobReader, error) {
+func (c *Cache) openStored(ctx context.Context, full string, d digest.Digest) (io.ReadCloser, error) {
 	rc, info, err := c.store.Open(ctx, d)
 	if err != nil {
 		return nil, err
 	}
-	file, ok := rc.(*os.File)
-	if !ok {
-		rc.Close()
-		return nil, fmt.Errorf("pullthrough: the store's reader is not a file")
-	}
-	br := &BlobReader{file: file, size: info.Size}
-	_ = c.db.View(func(tx *repodb.Tx) error {
-		br.crc, br.ok = tx.CRC32(d)
-		return nil
-	})
 	if err := c.link(full, info); err != nil {
-		file.Close()
+		rc.Close()
 		return nil, err
 	}
-	return br, nil
+	return rc, nil
 }
 
-// RecordCRC32 keeps CRC-32s computed by a reader of the cache (an export of
-// blobs cached before CRC-32s were kept).
-func (c *Cache) RecordCRC32(crcs map[digest.Digest]uint32) error {
-	missing := map[digest.Digest]uint32{}
-	_ = c.db.View(func(tx *repodb.Tx) error {
-		for d, crc := range crcs {
-			if _, ok := tx.CRC32(d); !ok {
-				missing[d] = crc
-			}
-		}
-		return nil
-	})
-	if len(missing) == 0 {
-		return nil
-	}
-	return c.db.Update(func(tx *repodb.Tx) error {
-		for d, crc := range missing {
-			if err := tx.SetCRC32(d, crc); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+// fetchReader reads a fetch in progress from its ingest file; its reads
+// stop waiting when ctx (Open's) is done.
+type fetchReader struct {
+	ctx context.Context
+	f   *fetch
+	rd  cas.ReaderAtCloser
+	off int64
 }
 
-// File is the file holding the blob from offset 0.
-func (r *BlobReader) File() *os.File { return r.file }
-
-// Ready blocks until bytes past off are ready and returns where they end:
+// ready blocks until bytes past off are ready and returns where they end:
 // the blob's size once it is complete and verified.
-func (r *BlobReader) Ready(ctx context.Context, off int64) (int64, error) {
+func (r *fetchReader) ready(off int64) (int64, error) {
 	f := r.f
-	if f == nil {
-		return r.size, nil
-	}
-	stop := context.AfterFunc(ctx, func() {
+	stop := context.AfterFunc(r.ctx, func() {
 		f.mu.Lock()
 		f.cond.Broadcast()
 		f.mu.Unlock()
@@ -154,37 +104,23 @@ func (r *BlobReader) Ready(ctx context.Context, off int64) (int64, error) {
 			return f.written - 1, nil // the last byte waits for the verification
 		case f.done:
 			return 0, fmt.Errorf("fetching %s: ended early", f.d)
-		case ctx.Err() != nil:
-			return 0, ctx.Err()
+		case r.ctx.Err() != nil:
+			return 0, r.ctx.Err()
 		}
 		f.cond.Wait()
 	}
 }
 
-// CRC32 is the blob's IEEE CRC-32 once the blob is complete.
-func (r *BlobReader) CRC32() (uint32, bool) {
-	f := r.f
-	if f == nil {
-		return r.crc, r.ok
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.crc, f.complete()
-}
-
 // Read reads the blob in order, waiting for its bytes.
-func (r *BlobReader) Read(p []byte) (int, error) {
-	if r.f == nil {
-		return r.file.Read(p)
-	}
-	end, err := r.Ready(context.Background(), r.off)
+func (r *fetchReader) Read(p []byte) (int, error) {
+	end, err := r.ready(r.off)
 	if err != nil {
 		return 0, err
 	}
 	if r.off >= end {
 		return 0, io.EOF
 	}
-	n, err := r.file.ReadAt(p[:min(int64(len(p)), end-r.off)], r.off)
+	n, err := r.rd.ReadAt(p[:min(int64(len(p)), end-r.off)], r.off)
 	r.off += int64(n)
 	if err == io.EOF && n > 0 {
 		err = nil
@@ -193,4 +129,4 @@ func (r *BlobReader) Read(p []byte) (int, error) {
 }
 
 // Close releases the reader (the fetch goes on for the cache).
-func (r *BlobReader) Close() error { return r.file.Close() }
+func (r *fetchReader) Close() error { return r.rd.Close() }

@@ -15,7 +15,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"io/fs"
 	"net/http"
@@ -299,7 +298,6 @@ type fetch struct {
 	cond     *sync.Cond
 	size     int64 // -1 until known
 	written  int64
-	crc      uint32 // IEEE CRC-32 of the bytes written
 	verified bool   // every byte is there and matches the digest
 	done     bool
 	ing      cas.Ingest
@@ -365,7 +363,7 @@ func (c *Cache) run(f *fetch, repo upstream.Repo, expectedSize int64) {
 	}
 	if err == nil {
 		f.mu.Lock()
-		repos, crc := append([]string(nil), f.repos...), f.crc
+		repos := append([]string(nil), f.repos...)
 		f.mu.Unlock()
 		err = c.db.Update(func(tx *repodb.Tx) error {
 			for _, r := range repos {
@@ -373,7 +371,7 @@ func (c *Cache) run(f *fetch, repo upstream.Repo, expectedSize int64) {
 					return err
 				}
 			}
-			return tx.SetCRC32(info.Digest, crc)
+			return nil
 		})
 	}
 	if err != nil {
@@ -457,7 +455,6 @@ func (c *Cache) copyBody(f *fetch, body io.Reader, buf []byte) error {
 			}
 			c.Stats.BytesFetched.Add(int64(n))
 			f.mu.Lock()
-			f.crc = crc32.Update(f.crc, crc32.IEEETable, buf[:n])
 			f.written += int64(n)
 			f.cond.Broadcast()
 			f.mu.Unlock()

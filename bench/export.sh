@@ -32,188 +32,56 @@
 # stops the servers and removes the temp dir. Typical run time: about 1 min
 # (2 CPUs); the watchdog stops it at BENCH_MAX_SECONDS.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUNS="${BENCH_RUNS:-3}"
 BIG_MIB="${BENCH_BIG_MIB:-200}"
 PULLERS="${BENCH_PULLERS:-16}"
-DIST_BIN="${DIST_BIN:-/usr/bin/docker-registry}"
 SKOPEO="${SKOPEO:-/usr/bin/skopeo}"
 CRANE="${CRANE:-$(go env GOPATH 2>/dev/null)/bin/crane}"
-HOST=127.0.0.1
 PLATFORM=linux/amd64
 IMAGES=(a b c big)
 
-# Never talk to anything but loopback, and never through a proxy.
-unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
-export NO_PROXY='*' no_proxy='*'
-# Don't let stray REGISTRY_* / CRPE_* env vars change the servers' config.
-while IFS= read -r v; do unset "$v"; done < <(env | awk -F= '/^(REGISTRY|CRPE)_/{print $1}')
-
-TMP="$(mktemp -d /tmp/crpe-bench-export.XXXXXX)"
-DIST_PID="" SERVE_PID="" WATCHDOG="" PULL_PIDS=""
-# skopeo (as root) keeps a blob-info cache in /var/lib/containers/cache: note
-# what is there now so that only what this run creates is removed.
-SKOPEO_CACHE=/var/lib/containers/cache
-SKOPEO_CACHE_BEFORE="$(ls -A "$SKOPEO_CACHE" 2>/dev/null | tr '\n' ' ' || true)"
-SKOPEO_CACHE_DIR_EXISTED=0; [ -d /var/lib/containers ] && SKOPEO_CACHE_DIR_EXISTED=1
-
-cleanup() {
-  local rc=$? p f
-  trap - EXIT INT TERM
+DIST_PID="" SERVE_PID="" PULL_PIDS=""
+on_exit() {
+  local p
   for p in $PULL_PIDS; do kill "$p" 2>/dev/null || true; done
-  for p in $SERVE_PID $DIST_PID $WATCHDOG; do stop_pid "$p"; done
-  rm -rf "$TMP"
-  if [ "$(id -u)" = 0 ] && [ -d "$SKOPEO_CACHE" ]; then
-    for f in "$SKOPEO_CACHE"/blob-info-cache-v1.*; do
-      [ -e "$f" ] || continue
-      case " $SKOPEO_CACHE_BEFORE " in *" $(basename "$f") "*) ;; *) rm -f "$f" ;; esac
-    done
-    if [ "$SKOPEO_CACHE_DIR_EXISTED" = 0 ]; then
-      rmdir "$SKOPEO_CACHE" /var/lib/containers 2>/dev/null || true
-    fi
-  fi
-  exit $rc
+  for p in $SERVE_PID $DIST_PID; do stop_pid "$p"; done
+  skopeo_cache_clean
 }
-stop_pid() { # bounded: TERM, up to 5 s, then KILL; reap
-  [ -n "$1" ] || return 0
-  kill "$1" 2>/dev/null || true
-  for _ in $(seq 1 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$1" 2>/dev/null || true
-  wait "$1" 2>/dev/null || true
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_init crpe-bench-export 420
+skopeo_cache_note
 
-log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-
-# Hard wall-clock cap for the whole script (kills us, which runs the trap).
-(
-  sleep "${BENCH_MAX_SECONDS:-420}" & sp=$!
-  trap 'kill $sp 2>/dev/null; exit 0' TERM
-  wait $sp && { log "time limit hit, aborting"; kill -TERM $$ 2>/dev/null; }
-) &
-WATCHDOG=$!
-
-[ -x "$DIST_BIN" ] || die "$DIST_BIN missing: apt-get install -y docker-registry"
-[ -x "$SKOPEO" ] || die "$SKOPEO missing: apt-get install -y skopeo"
-[ -x "$CRANE" ] || die "$CRANE missing: go install github.com/google/go-containerregistry/cmd/crane@latest"
-[ -x /usr/bin/time ] || die "/usr/bin/time missing: apt-get install -y time"
-command -v curl >/dev/null || die "curl missing"
-command -v go >/dev/null || die "go missing"
-LOAD0="$(cut -d' ' -f1 /proc/loadavg)"
-awk -v l="$LOAD0" -v n="$(nproc)" 'BEGIN{exit !(l > n)}' \
-  && log "WARNING: load average $LOAD0 on $(nproc) CPUs: other work is running, figures will be noisy"
-
-# ---------------------------------------------------------------- helpers ---
-
-free_port() {
-  local p i
-  for i in $(seq 1 50); do
-    p=$(( 20000 + RANDOM % 30000 ))
-    if ! (exec 3<>"/dev/tcp/$HOST/$p") 2>/dev/null; then echo "$p"; return 0; fi
-  done
-  die "no free port"
-}
-
-wait_http() { # url [seconds]
-  local url=$1 t=${2:-20} i
-  for i in $(seq 1 $(( t * 10 ))); do
-    if curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  return 1
-}
-
-now() { echo "$EPOCHREALTIME"; }
-# settle: flush dirty pages before a timed step, so that no run pays for the
-# writeback left by the previous one (bounded; never fails the run)
-settle() { timeout 60 sync || true; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", b-a}'; }
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
-maxof() { printf '%s\n' "$@" | sort -g | tail -n1; }
-fmt() { awk -v v="$1" -v d="${2:-1}" 'BEGIN{ printf "%.*f", d, v }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a=="" || b=="" || b+0==0) print "n/a"; else printf "%.2f×", a/b }'; }
-mib() { awk -v b="$1" 'BEGIN{printf "%.1f", b/1048576}'; }
-vm_hwm_kib() { awk '/^VmHWM:/{print $2}' "/proc/$1/status"; }
-# rss_of TIMEFILE -> peak RSS in MiB from /usr/bin/time -v
-rss_of() { awk -F': *' '/Maximum resident set size/{printf "%.1f", $2/1024}' "$1"; }
-
-# tv TIMEFILE SECONDS cmd...: run under /usr/bin/time -v with a timeout
-tv() {
-  local tf=$1 t=$2; shift 2
-  timeout "$t" /usr/bin/time -v -o "$tf" "$@"
-}
+require_x "$DIST_BIN" "apt-get install -y docker-registry"
+require_x "$SKOPEO" "apt-get install -y skopeo"
+require_x "$CRANE" "go install github.com/google/go-containerregistry/cmd/crane@latest"
+require_x /usr/bin/time "apt-get install -y time"
+require_cmd curl go
+note_load
 
 # ------------------------------------------------------------------ build ---
 
-log "building exportfix (std-lib only, isolated module)"
-mkdir -p "$TMP/exportfix-src"
-cp "$REPO_ROOT/bench/exportfix/main.go" "$TMP/exportfix-src/"
-printf 'module exportfix\n\ngo 1.23\n' >"$TMP/exportfix-src/go.mod"
-( cd "$TMP/exportfix-src" && GOWORK=off GOFLAGS= GOTOOLCHAIN=local GOPROXY=off \
-    timeout 120 go build -o "$TMP/exportfix" . ) || die "exportfix build failed"
-
-if [ $# -ge 1 ]; then
-  CRPE_BIN="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
-else
-  log "building crpe as it ships (CGO_ENABLED=0 go build -trimpath -ldflags '-s -w')"
-  ( cd "$REPO_ROOT" && CGO_ENABLED=0 GOPROXY=off GOFLAGS=-mod=readonly timeout 300 \
-      go build -trimpath -ldflags "-s -w" -o "$TMP/crpe" ./cmd/crpe ) \
-    || die "crpe build failed"
-  CRPE_BIN="$TMP/crpe"
-fi
-[ -x "$CRPE_BIN" ] || die "crpe binary $CRPE_BIN not executable"
-help="$("$CRPE_BIN" export --help 2>&1 || true)"
-for f in --file --output --data --platform --registry-endpoint --offline --json; do
-  grep -q -- "$f" <<<"$help" || die "crpe export --help lacks $f"
-done
-help="$("$CRPE_BIN" serve --help 2>&1 || true)"
-for f in --addr --data --registry-endpoint; do
-  grep -q -- "$f" <<<"$help" || die "crpe serve --help lacks $f"
-done
+build_fix imagefix
+build_crpe "$@"
+crpe_has_flags export --file --output --data --platform --registry-endpoint --offline --json
+crpe_has_flags serve --addr --data --registry-endpoint
 
 # --------------------------------------------------------------- upstream ---
 
-DIST_PORT=$(free_port)
-DIST_URL="http://$HOST:$DIST_PORT"
+# the access log (combined format) goes to access.log, the rest to dist.log
+dist_start "$TMP/dist-data" "" "$TMP/access.log"
 UP="$HOST:$DIST_PORT"
-mkdir -p "$TMP/dist-data"
-cat >"$TMP/dist.yml" <<EOF
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: false
-storage:
-  filesystem:
-    rootdirectory: $TMP/dist-data
-  cache:
-    blobdescriptor: inmemory
-  maintenance:
-    uploadpurging:
-      enabled: false
-  redirect:
-    disable: true
-http:
-  addr: $HOST:$DIST_PORT
-  secret: bench-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
-EOF
-# the access log (combined format) goes to stdout, the rest to stderr
-"$DIST_BIN" serve "$TMP/dist.yml" >"$TMP/access.log" 2>"$TMP/dist.log" &
-DIST_PID=$!
-wait_http "$DIST_URL/v2/" 20 || { tail -20 "$TMP/dist.log" >&2; die "docker-registry did not start"; }
 log "docker-registry on $DIST_URL"
 
 log "pushing fixtures: library/{a,b,c}:1 (linux/amd64 + linux/arm64), library/big:1 (${BIG_MIB} MiB layer)"
 PKG="$TMP/pkg.json"
-fix="$(timeout 180 "$TMP/exportfix" -registry "$DIST_URL" -pkg "$PKG" -tmp "$TMP" -big-mib "$BIG_MIB")" \
+fix="$(timeout 180 "$TMP/imagefix" export -registry "$DIST_URL" -pkg "$PKG" -tmp "$TMP" -big-mib "$BIG_MIB")" \
   || die "fixture push failed"
 BIG_DIGEST="$(sed -n 's/.*"big_digest":"\([^"]*\)".*/\1/p' <<<"$fix")"
 BIG_SIZE="$(sed -n 's/.*"big_size":\([0-9]*\).*/\1/p' <<<"$fix")"
 AMD64_BYTES="$(sed -n 's/.*"linux\/amd64":\([0-9]*\).*/\1/p' <<<"$fix")"
-[ -n "$BIG_DIGEST" ] && [ -n "$BIG_SIZE" ] || die "exportfix said: $fix"
+if [ -z "$BIG_DIGEST" ] || [ -z "$BIG_SIZE" ]; then die "imagefix export said: $fix"; fi
 log "fixtures pushed: $fix"
 
 # big_gets FROM_LINE: upstream GETs of the big blob logged after line FROM_LINE
@@ -352,11 +220,11 @@ done
 json_kib() { sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p" "$1" | awk '{printf "%.1f", $1/1024}'; }
 settle
 rm -rf "$TMP/split"; mkdir -p "$TMP/split"
-timeout 180 "$TMP/exportfix" watch -o "$TMP/split/cold.json" -- "$CRPE_BIN" export -f "$PKG" -o "$TMP/split/out.tgz" \
+timeout 180 "$TMP/imagefix" watch -o "$TMP/split/cold.json" -- "$CRPE_BIN" export -f "$PKG" -o "$TMP/split/out.tgz" \
   --data "$TMP/split/data" --platform "$PLATFORM" --registry-endpoint "docker.io=$DIST_URL" --json >/dev/null 2>"$TMP/split/err" \
   || { tail -20 "$TMP/split/err" >&2; die "crpe export (sampled) failed"; }
 rm -rf "$TMP/split/out.tgz" "$TMP/split/data"
-timeout 120 "$TMP/exportfix" watch -o "$TMP/split/warm.json" -- "$CRPE_BIN" export -f "$PKG" -o "$TMP/split/out.tgz" \
+timeout 120 "$TMP/imagefix" watch -o "$TMP/split/warm.json" -- "$CRPE_BIN" export -f "$PKG" -o "$TMP/split/out.tgz" \
   --data "$WARM_DATA" --platform "$PLATFORM" --offline --json >/dev/null 2>"$TMP/split/err" \
   || { tail -20 "$TMP/split/err" >&2; die "crpe export --offline (sampled) failed"; }
 for k in cold warm; do
@@ -369,7 +237,6 @@ rm -rf "$TMP/split" "$run_cold_crpe_keep"
 
 start_serve() { # data-dir -> SERVE_PID, SERVE_URL
   local p; p=$(free_port)
-  while [ "$p" = "$DIST_PORT" ]; do p=$(free_port); done
   SERVE_URL="http://$HOST:$p"
   "$CRPE_BIN" serve --addr "$HOST:$p" --data "$1" --registry-endpoint "docker.io=$DIST_URL" \
     >>"$TMP/serve.log" 2>&1 &
@@ -416,7 +283,7 @@ pull_run() { # n run
     pulls "$url" "$n" "$dir/res"; warm=$PW
     PULLW+=" $warm"
   fi
-  hwm=$(awk -v k="$(vm_hwm_kib "$SERVE_PID")" 'BEGIN{printf "%.1f", k/1024}')
+  hwm=$(kib_mib "$(vm_hwm_kib "$SERVE_PID")")
   local split; split=$(awk '/^Rss(Anon|File):/{printf "%s %.1f MiB ", $1, $2/1024}' "/proc/$SERVE_PID/status")
   stop_pid "$SERVE_PID"; SERVE_PID=""
   PULL[$n]+=" $cold"; GETS[$n]+=" $gets"; FETCHES[$n]+=" $fetches"; RSS[serve$n]+=" $hwm"
@@ -443,9 +310,6 @@ done
   P1=$(median ${PULL[1]}); PN=$(median ${PULL[$PULLERS]}); PNW=$(median $PULLW); PND=$(median $PULLD)
   G1=$(maxof ${GETS[1]}); GN=$(maxof ${GETS[$PULLERS]}); GN_MIN=$(printf '%s\n' ${GETS[$PULLERS]} | sort -g | head -n1)
   S1=$(maxof ${RSS[serve1]}); SN=$(maxof ${RSS[serve$PULLERS]})
-}
-verdict() { # expr over r (ratio) or v (crpe value)
-  awk -v a="$2" -v b="$3" "BEGIN{ if (a==\"\" || b==\"\" || b+0==0) { print \"–\"; exit } r=a/b; v=a; print (($1) ? \"✅\" : \"❌\") }"
 }
 GETS_OK="❌"; [ "$GN" = 1 ] && [ "$GN_MIN" = 1 ] && GETS_OK="✅"
 NIMG=${#IMAGES[@]}

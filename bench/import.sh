@@ -7,7 +7,8 @@
 #
 # usage: bench/import.sh [path-to-crpe-binary]
 #
-#   With no argument, crpe is built with `CGO_ENABLED=0 go build ./cmd/crpe`.
+#   With no argument, crpe is built as it ships (the Dockerfile's flags):
+#   `CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" ./cmd/crpe`.
 #   BENCH_RUNS=3            repetitions per measurement (median reported)
 #   BENCH_ARCHIVE_MIB=400   MiB of random gzip layers in the archive (3 images)
 #   BENCH_MAX_SECONDS=300   hard wall-clock cap for the whole script
@@ -37,185 +38,43 @@
 # Everything binds to 127.0.0.1, every step is time-bounded, and an EXIT trap
 # stops the servers and removes the temp dir. Typical run time: ~1–2 min.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUNS="${BENCH_RUNS:-3}"
 ARCHIVE_MIB="${BENCH_ARCHIVE_MIB:-400}"
-DIST_BIN="${DIST_BIN:-/usr/bin/docker-registry}"
 SKOPEO="${SKOPEO:-/usr/bin/skopeo}"
-HOST=127.0.0.1
 PLATFORM=linux/amd64
 IMAGES=(a b c)
 
-# Never talk to anything but loopback, and never through a proxy.
-unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
-export NO_PROXY='*' no_proxy='*'
-# Don't let stray REGISTRY_* / CRPE_* env vars change the servers' config.
-while IFS= read -r v; do unset "$v"; done < <(env | awk -F= '/^(REGISTRY|CRPE)_/{print $1}')
-
-TMP="$(mktemp -d /tmp/crpe-bench-import.XXXXXX)"
-DIST_PID="" AGENT_PID="" WATCHDOG=""
-# skopeo (as root) keeps a blob-info cache in /var/lib/containers/cache: note
-# what is there now so that only what this run creates is removed.
-SKOPEO_CACHE=/var/lib/containers/cache
-SKOPEO_CACHE_BEFORE="$(ls -A "$SKOPEO_CACHE" 2>/dev/null | tr '\n' ' ' || true)"
-SKOPEO_CACHE_DIR_EXISTED=0; [ -d /var/lib/containers ] && SKOPEO_CACHE_DIR_EXISTED=1
-
-cleanup() {
-  local rc=$? p f
-  trap - EXIT INT TERM
-  for p in $AGENT_PID $DIST_PID $WATCHDOG; do stop_pid "$p"; done
-  rm -rf "$TMP"
-  if [ "$(id -u)" = 0 ] && [ -d "$SKOPEO_CACHE" ]; then
-    for f in "$SKOPEO_CACHE"/blob-info-cache-v1.*; do
-      [ -e "$f" ] || continue
-      case " $SKOPEO_CACHE_BEFORE " in *" $(basename "$f") "*) ;; *) rm -f "$f" ;; esac
-    done
-    if [ "$SKOPEO_CACHE_DIR_EXISTED" = 0 ]; then
-      rmdir "$SKOPEO_CACHE" /var/lib/containers 2>/dev/null || true
-    fi
-  fi
-  exit $rc
+DIST_PID="" AGENT_PID=""
+on_exit() {
+  local p
+  for p in $AGENT_PID $DIST_PID; do stop_pid "$p"; done
+  skopeo_cache_clean
 }
-stop_pid() { # bounded: TERM, up to 5 s, then KILL; reap
-  [ -n "$1" ] || return 0
-  kill "$1" 2>/dev/null || true
-  for _ in $(seq 1 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$1" 2>/dev/null || true
-  wait "$1" 2>/dev/null || true
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_init crpe-bench-import 300
+skopeo_cache_note
 
-log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-
-# Hard wall-clock cap for the whole script (kills us, which runs the trap).
-(
-  sleep "${BENCH_MAX_SECONDS:-300}" & sp=$!
-  trap 'kill $sp 2>/dev/null; exit 0' TERM
-  wait $sp && { log "time limit hit, aborting"; kill -TERM $$ 2>/dev/null; }
-) &
-WATCHDOG=$!
-
-[ -x "$DIST_BIN" ] || die "$DIST_BIN missing: apt-get install -y docker-registry"
-[ -x "$SKOPEO" ] || die "$SKOPEO missing: apt-get install -y skopeo"
-[ -x /usr/bin/time ] || die "/usr/bin/time missing: apt-get install -y time"
-for c in curl go sha256sum openssl; do command -v "$c" >/dev/null || die "$c missing"; done
-LOAD0="$(cut -d' ' -f1 /proc/loadavg)"
-awk -v l="$LOAD0" -v n="$(nproc)" 'BEGIN{exit !(l > n)}' \
-  && log "WARNING: load average $LOAD0 on $(nproc) CPUs: other work is running, figures will be noisy"
-
-# ---------------------------------------------------------------- helpers ---
-
-USED_PORTS=" "
-free_port() { # never one handed out before in this run
-  local p i
-  for i in $(seq 1 50); do
-    p=$(( 20000 + RANDOM % 30000 ))
-    case "$USED_PORTS" in *" $p "*) continue ;; esac
-    if ! (exec 3<>"/dev/tcp/$HOST/$p") 2>/dev/null; then USED_PORTS+="$p "; echo "$p"; return 0; fi
-  done
-  die "no free port"
-}
-
-wait_http() { # url [seconds]
-  local url=$1 t=${2:-20} i
-  for i in $(seq 1 $(( t * 10 ))); do
-    if curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  return 1
-}
-
-now() { echo "$EPOCHREALTIME"; }
-# settle: flush dirty pages before a timed step, so that no run pays for the
-# writeback left by the previous one (bounded; never fails the run)
-settle() { timeout 60 sync || true; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", b-a}'; }
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
-maxof() { printf '%s\n' "$@" | sort -g | tail -n1; }
-fmt() { awk -v v="$1" -v d="${2:-1}" 'BEGIN{ printf "%.*f", d, v }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a=="" || b=="" || b+0==0) print "n/a"; else printf "%.2f×", a/b }'; }
-mib() { awk -v b="$1" 'BEGIN{printf "%.1f", b/1048576}'; }
-mibps() { awk -v b="$1" -v s="$2" 'BEGIN{printf "%.1f", b/1048576/s}'; }
-vm_hwm_kib() { awk '/^VmHWM:/{print $2}' "/proc/$1/status"; }
-cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
-CLK_TCK="$(getconf CLK_TCK)"
-# rss_of TIMEFILE -> peak RSS in MiB from /usr/bin/time -v
-rss_of() { awk -F': *' '/Maximum resident set size/{printf "%.1f", $2/1024}' "$1"; }
-
-# tv TIMEFILE SECONDS cmd...: run under /usr/bin/time -v with a timeout
-tv() {
-  local tf=$1 t=$2; shift 2
-  timeout "$t" /usr/bin/time -v -o "$tf" "$@"
-}
+require_x "$DIST_BIN" "apt-get install -y docker-registry"
+require_x "$SKOPEO" "apt-get install -y skopeo"
+require_x /usr/bin/time "apt-get install -y time"
+require_cmd curl go sha256sum openssl
+note_load
 
 # ------------------------------------------------------------------ build ---
 
-log "building importfix (std-lib only, isolated module)"
-mkdir -p "$TMP/importfix-src"
-cp "$REPO_ROOT/bench/importfix/main.go" "$TMP/importfix-src/"
-printf 'module importfix\n\ngo 1.23\n' >"$TMP/importfix-src/go.mod"
-( cd "$TMP/importfix-src" && GOWORK=off GOFLAGS= GOTOOLCHAIN=local GOPROXY=off \
-    timeout 120 go build -o "$TMP/importfix" . ) || die "importfix build failed"
-
-if [ $# -ge 1 ]; then
-  CRPE_BIN="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
-else
-  log "building crpe (CGO_ENABLED=0 go build ./cmd/crpe)"
-  ( cd "$REPO_ROOT" && CGO_ENABLED=0 GOPROXY=off GOFLAGS=-mod=readonly timeout 300 go build -o "$TMP/crpe" ./cmd/crpe ) \
-    || die "crpe build failed"
-  CRPE_BIN="$TMP/crpe"
-fi
-[ -x "$CRPE_BIN" ] || die "crpe binary $CRPE_BIN not executable"
-help="$("$CRPE_BIN" import --help 2>&1 || true)"
-for f in --to --token --full --data --json; do
-  grep -q -- "$f" <<<"$help" || die "crpe import --help lacks $f"
-done
-help="$("$CRPE_BIN" agent --help 2>&1 || true)"
-for f in --addr --data --token-file; do
-  grep -q -- "$f" <<<"$help" || die "crpe agent --help lacks $f"
-done
-
-# ------------------------------------------------------------- registries ---
-
-# start_dist ROOTDIR -> DIST_PID, DIST_URL (a fresh port every time)
-start_dist() {
-  local root=$1 port; port=$(free_port)
-  DIST_URL="http://$HOST:$port"
-  mkdir -p "$root"
-  cat >"$root.yml" <<EOF
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $root
-  cache:
-    blobdescriptor: inmemory
-  maintenance:
-    uploadpurging:
-      enabled: false
-  redirect:
-    disable: true
-http:
-  addr: $HOST:$port
-  secret: bench-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
-EOF
-  "$DIST_BIN" serve "$root.yml" >>"$TMP/dist.log" 2>&1 &
-  DIST_PID=$!
-  wait_http "$DIST_URL/v2/" 20 || { tail -20 "$TMP/dist.log" >&2; die "docker-registry did not start"; }
-}
+build_fix imagefix
+build_crpe "$@"
+crpe_has_flags import --to --token --full --data --json
+crpe_has_flags agent --addr --data --token-file
 
 # ---------------------------------------------------------------- archive ---
 
-start_dist "$TMP/upstream"
+dist_start "$TMP/upstream"
 log "docker-registry (upstream) on $DIST_URL; pushing library/{a,b,c}:1 (${ARCHIVE_MIB} MiB of random gzip layers)"
 PKG="$TMP/pkg.json"
-fix="$(timeout 180 "$TMP/importfix" -registry "$DIST_URL" -pkg "$PKG" -tmp "$TMP" -mib "$ARCHIVE_MIB")" \
+fix="$(timeout 180 "$TMP/imagefix" import -registry "$DIST_URL" -pkg "$PKG" -tmp "$TMP" -mib "$ARCHIVE_MIB")" \
   || die "fixture push failed"
 log "fixtures pushed: $fix"
 ARCHIVE="$TMP/bench.kubepkg.tgz"
@@ -231,7 +90,7 @@ ARCHIVE_SHA=$(sha256sum "$ARCHIVE" | cut -d' ' -f1) # also puts it in the page c
 NBLOBS=$(awk '$1=="blobs"{print $2}' "$TMP/inspect.txt")
 log "archive: $(mib "$ARCHIVE_BYTES") MiB, ${NBLOBS:-?} blobs, sha256 $ARCHIVE_SHA"
 
-TOKEN="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+TOKEN="$(rand_hex 24)"
 printf '%s\n' "$TOKEN" >"$TMP/token"; chmod 600 "$TMP/token"
 
 # ---------------------------------------------------------------- measure ---
@@ -278,7 +137,7 @@ run_agent() { # r
     >"$dir/out.json" 2>"$dir/err" || { tail -20 "$dir/err" "$dir/agent.log" >&2; die "crpe import --to run $r failed"; }
   t1=$(now)
   c1=$(cpu_ticks "$AGENT_PID")
-  hwm=$(awk -v k="$(vm_hwm_kib "$AGENT_PID")" 'BEGIN{printf "%.1f", k/1024}')
+  hwm=$(kib_mib "$(vm_hwm_kib "$AGENT_PID")")
   # the agent serves what it imported
   code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 \
     -H 'Accept: application/vnd.oci.image.manifest.v1+json' "$url/v2/library/c/manifests/1?ns=docker.io")
@@ -313,7 +172,7 @@ run_local() { # r
 run_skopeo() { # r
   local r=$1 dir="$TMP/skopeo-$1" t0 t1 w i rs=() up code hwm
   mkdir -p "$dir/tmp"
-  start_dist "$dir/registry"
+  dist_start "$dir/registry"
   up=${DIST_URL#http://}
   settle
   t0=$(now)
@@ -325,7 +184,7 @@ run_skopeo() { # r
     rs+=("$(rss_of "$dir/time-$i")")
   done
   t1=$(now)
-  hwm=$(awk -v k="$(vm_hwm_kib "$DIST_PID")" 'BEGIN{printf "%.1f", k/1024}')
+  hwm=$(kib_mib "$(vm_hwm_kib "$DIST_PID")")
   for i in "${IMAGES[@]}"; do
     code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 \
       -H 'Accept: application/vnd.oci.image.manifest.v1+json' "$DIST_URL/v2/library/$i/manifests/1")
@@ -359,9 +218,6 @@ done
   R_AGENT=$(maxof ${RSS[agent]}); R_CLIENT=$(maxof ${RSS[client]}); R_LOCAL=$(maxof ${RSS[local]})
   R_SKOPEO=$(maxof ${RSS[skopeo]}); R_DIST=$(maxof ${RSS[dist]})
   C_AGENT=$(median ${CPU[agent]}); C_CLIENT=$(median ${CPU[client]})
-}
-verdict() { # expr over r (ratio) or v (crpe value)
-  awk -v a="$2" -v b="$3" "BEGIN{ if (a==\"\" || b==\"\" || b+0==0) { print \"–\"; exit } r=a/b; v=a; print (($1) ? \"✅\" : \"❌\") }"
 }
 echo
 echo "<!-- bench/import.sh, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, load ${LOAD0} → $(cut -d' ' -f1 /proc/loadavg), $(uname -r), $(sha256sum --version | head -1), $(openssl version | awk '{print $1, $2}'), docker-registry $("$DIST_BIN" --version 2>/dev/null | awk '{print $NF}'), skopeo $("$SKOPEO" --version | awk '{print $NF}') -->"

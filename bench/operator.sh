@@ -5,7 +5,8 @@
 #
 # usage: bench/operator.sh [path-to-crpe-binary]
 #
-#   With no argument, crpe is built with `CGO_ENABLED=0 go build ./cmd/crpe`.
+#   With no argument, crpe is built as it ships (the Dockerfile's flags):
+#   `CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" ./cmd/crpe`.
 #   BENCH_RUNS=3            repetitions per measurement (median reported)
 #   BENCH_PKGS=200          KubePkgs for the operator's RSS (2 ConfigMaps each)
 #   BENCH_STEP_SECONDS=45   bound of one timed apply of the 500 manifests (crpe
@@ -42,8 +43,9 @@
 # Everything binds to 127.0.0.1, every step is time-bounded, and an EXIT trap
 # stops the processes and removes the temp dirs. Typical run time: ~2–4 min.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUNS="${BENCH_RUNS:-3}"
 NPKGS="${BENCH_PKGS:-200}"
 STEP_SECONDS="${BENCH_STEP_SECONDS:-45}"
@@ -52,111 +54,43 @@ GOBIN_DIR="$(go env GOPATH 2>/dev/null)/bin"
 ETCD="${ETCD:-/usr/bin/etcd}"
 KUBE_APISERVER="${KUBE_APISERVER:-$GOBIN_DIR/kube-apiserver}"
 KUBECTL_BIN="${KUBECTL:-$GOBIN_DIR/kubectl}"
-HOST=127.0.0.1
 N_CM=200 N_SECRET=200 N_SVC=100
 N_OBJ=$(( N_CM + N_SECRET + N_SVC ))
 
-# Never talk to anything but loopback, and never through a proxy.
-unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
-export NO_PROXY='*' no_proxy='*'
-# Don't let stray CRPE_* / ETCD_* / KUBECONFIG env vars change the set-up.
-while IFS= read -r v; do unset "$v"; done < <(env | awk -F= '/^(CRPE|ETCD)_/{print $1}')
+ETCD_PID="" API_PID="" OP_PID="" ETCD_DIR=""
+on_exit() {
+  local p
+  stop_pid "$OP_PID"
+  # SIGKILL: a terminated API server waits on etcd and its own graceful
+  # shutdown; nothing here needs to outlive the run
+  for p in $API_PID $ETCD_PID; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  [ -z "$ETCD_DIR" ] || rm -rf "$ETCD_DIR"
+}
+bench_init crpe-bench-operator 300
+# Don't let stray ETCD_* / KUBECONFIG env vars change the set-up either.
+scrub_env ETCD
 unset KUBECONFIG
-
-TMP="$(mktemp -d /tmp/crpe-bench-operator.XXXXXX)"
 if [ -d /dev/shm ] && [ -w /dev/shm ]; then
   ETCD_DIR="$(mktemp -d /dev/shm/crpe-bench-etcd.XXXXXX)"
 else
   ETCD_DIR="$TMP/etcd"; mkdir -p "$ETCD_DIR"
 fi
-ETCD_PID="" API_PID="" OP_PID="" WATCHDOG=""
-cleanup() {
-  local rc=$? p
-  trap - EXIT INT TERM
-  for p in $OP_PID $WATCHDOG; do stop_pid "$p"; done
-  # SIGKILL: a terminated API server waits on etcd and its own graceful
-  # shutdown; nothing here needs to outlive the run
-  for p in $API_PID $ETCD_PID; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  rm -rf "$TMP" "$ETCD_DIR"
-  exit $rc
-}
-stop_pid() { # bounded: TERM, up to 5 s, then KILL; reap
-  [ -n "$1" ] || return 0
-  kill "$1" 2>/dev/null || true
-  for _ in $(seq 1 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$1" 2>/dev/null || true
-  wait "$1" 2>/dev/null || true
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
-log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+require_x "$ETCD" "apt-get install -y etcd-server"
+require_x "$KUBE_APISERVER" "bash test/peers/kube.sh"
+require_x "$KUBECTL_BIN" "bash test/peers/kube.sh"
+require_cmd curl go openssl
+note_load
 
-# Hard wall-clock cap for the whole script (kills us, which runs the trap).
-(
-  sleep "${BENCH_MAX_SECONDS:-300}" & sp=$!
-  trap 'kill $sp 2>/dev/null; exit 0' TERM
-  wait $sp && { log "time limit hit, aborting"; kill -TERM $$ 2>/dev/null; }
-) &
-WATCHDOG=$!
-
-[ -x "$ETCD" ] || die "$ETCD missing: apt-get install -y etcd-server"
-[ -x "$KUBE_APISERVER" ] || die "$KUBE_APISERVER missing: bash test/peers/kube.sh"
-[ -x "$KUBECTL_BIN" ] || die "$KUBECTL_BIN missing: bash test/peers/kube.sh"
-for c in curl go openssl; do command -v "$c" >/dev/null || die "$c missing"; done
-LOAD0="$(cut -d' ' -f1 /proc/loadavg)"
-awk -v l="$LOAD0" -v n="$(nproc)" 'BEGIN{exit !(l > n)}' \
-  && log "WARNING: load average $LOAD0 on $(nproc) CPUs: other work is running, figures will be noisy"
-
-# ---------------------------------------------------------------- helpers ---
-
-USED_PORTS=" "
-free_port() { # never one handed out before in this run
-  local p i
-  for i in $(seq 1 50); do
-    p=$(( 20000 + RANDOM % 30000 ))
-    case "$USED_PORTS" in *" $p "*) continue ;; esac
-    if ! (exec 3<>"/dev/tcp/$HOST/$p") 2>/dev/null; then USED_PORTS+="$p "; echo "$p"; return 0; fi
-  done
-  die "no free port"
-}
-
-now() { echo "$EPOCHREALTIME"; }
-settle() { timeout 60 sync || true; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", b-a}'; }
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
-maxof() { printf '%s\n' "$@" | sort -g | tail -n1; }
-fmt() { awk -v v="$1" -v d="${2:-1}" 'BEGIN{ printf "%.*f", d, v }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a=="" || b=="" || b+0==0) print "n/a"; else printf "%.2f×", a/b }'; }
-kib_mib() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
-status_kib() { awk -v k="$2:" '$1==k{print $2}' "/proc/$1/status"; }
-rss_of() { awk -F': *' '/Maximum resident set size/{printf "%.1f", $2/1024}' "$1"; }
 json_num() { sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p" <<<"$1"; }
 
 # ------------------------------------------------------------------ build ---
 
-log "building operatorfix (std-lib only, isolated module)"
-mkdir -p "$TMP/operatorfix-src"
-cp "$REPO_ROOT/bench/operatorfix/main.go" "$TMP/operatorfix-src/"
-printf 'module operatorfix\n\ngo 1.23\n' >"$TMP/operatorfix-src/go.mod"
-( cd "$TMP/operatorfix-src" && GOWORK=off GOFLAGS= GOTOOLCHAIN=local GOPROXY=off \
-    timeout 120 go build -o "$TMP/operatorfix" . ) || die "operatorfix build failed"
+build_fix operatorfix
 FIX="$TMP/operatorfix"
-
-if [ $# -ge 1 ]; then
-  CRPE_BIN="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
-else
-  log "building crpe (CGO_ENABLED=0 go build ./cmd/crpe)"
-  ( cd "$REPO_ROOT" && CGO_ENABLED=0 GOPROXY=off GOFLAGS=-mod=readonly timeout 300 go build -o "$TMP/crpe" ./cmd/crpe ) \
-    || die "crpe build failed"
-  CRPE_BIN="$TMP/crpe"
-fi
-[ -x "$CRPE_BIN" ] || die "crpe binary $CRPE_BIN not executable"
-help="$("$CRPE_BIN" apply --help 2>&1 || true)"
-for f in --file --kubeconfig --json; do grep -q -- "$f" <<<"$help" || die "crpe apply --help lacks $f"; done
-help="$("$CRPE_BIN" operator --help 2>&1 || true)"
-for f in --kubeconfig --health-addr; do grep -q -- "$f" <<<"$help" || die "crpe operator --help lacks $f"; done
+build_crpe "$@"
+crpe_has_flags apply --file --kubeconfig --json
+crpe_has_flags operator --kubeconfig --health-addr
 
 # ---------------------------------------------------------- control plane ---
 
@@ -176,7 +110,7 @@ for i in $(seq 1 300); do
   sleep 0.1
 done
 
-ADMIN_TOKEN="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+ADMIN_TOKEN="$(rand_hex 16)"
 printf '%s,admin,admin,"system:masters"\n' "$ADMIN_TOKEN" >"$TMP/tokens.csv"
 chmod 600 "$TMP/tokens.csv"
 openssl genrsa -out "$TMP/sa.key" 2048 2>/dev/null || die "openssl genrsa failed"
@@ -407,11 +341,13 @@ med() {
   # shellcheck disable=SC2086
   if [ -n "${WALL[$1]:-}" ]; then median ${WALL[$1]}; fi
 }
+# shellcheck disable=SC2086 # PARTIAL[tool] is "N S": two words
 shown() { # tool decimals: the median, or "> S s (N of 500)" for a partial run
   if [ -n "${WALL[$1]:-}" ]; then fmt "$(med "$1")" "$2"
   elif [ -n "${PARTIAL[$1]:-}" ]; then set -- ${PARTIAL[$1]}; echo "> $2 (only $1 of $N_OBJ applied)"
   else echo "n/a"; fi
 }
+# shellcheck disable=SC2086 # PARTIAL[tool] is "N S": two words
 ratio_of() { # tool peer
   local a b
   a=$(med "$1"); b=$(med "$2")
@@ -421,9 +357,6 @@ ratio_of() { # tool peer
 }
 # shellcheck disable=SC2086
 { R_CRPE=$(maxof ${RSS[crpe]:-}); R_KUBECTL=$(maxof ${RSS[kubectl]:-}); }
-verdict() { # expr over r (ratio) or v (crpe value)
-  awk -v a="$2" -v b="$3" "BEGIN{ if (a==\"\" || b==\"\" || b+0==0) { print \"–\"; exit } r=a/b; v=a; print (($1) ? \"✅\" : \"❌\") }"
-}
 if [ "$MANY_DONE" = 1 ]; then
   MANY_CELL=$(fmt "$MANY_HWM" 1); MANY_MET=$(verdict 'v<80' "$MANY_HWM" 1)
   MANY_TIME="$(fmt "$MANY_WALL" 2)"

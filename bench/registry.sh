@@ -4,16 +4,19 @@
 #
 # usage: bench/registry.sh [path-to-crpe-binary]
 #
-#   With no argument, crpe is built with `go build -o $TMP/crpe ./cmd/crpe`.
+#   With no argument, crpe is built as it ships (the Dockerfile's flags):
+#   `CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" ./cmd/crpe`.
 #   BENCH_ONLY_DISTRIBUTION=1  skip crpe entirely (validates the harness).
 #   BENCH_BLOB_MIB=200         size of the random layer blob.
 #   BENCH_RUNS=3               repetitions per measurement (median reported).
+#   BENCH_MAX_SECONDS=300      hard wall-clock cap for the whole script.
 #
 # Everything binds to 127.0.0.1, every step is time-bounded, and an EXIT trap
 # stops the servers and removes the temp dir. Typical run time: well under 3 min.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ONLY_DIST="${BENCH_ONLY_DISTRIBUTION:-0}"
 BLOB_MIB="${BENCH_BLOB_MIB:-200}"
 RUNS="${BENCH_RUNS:-3}"
@@ -21,105 +24,28 @@ BLOB_N=8
 MAN_N=2000
 MAN_C=32
 REPO_NAME="bench/blob"
-DIST_BIN="${DIST_BIN:-/usr/bin/docker-registry}"
-HOST=127.0.0.1
 
-# Never talk to anything but loopback, and never through a proxy.
-unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
-export NO_PROXY='*' no_proxy='*'
-# Don't let stray REGISTRY_* env vars override distribution's config file.
-while IFS= read -r v; do unset "$v"; done < <(env | awk -F= '/^REGISTRY_/{print $1}')
+DIST_PID="" CRPE_PID=""
+on_exit() { local p; for p in $CRPE_PID $DIST_PID; do stop_pid "$p"; done; }
+bench_init crpe-bench 300
 
-TMP="$(mktemp -d /tmp/crpe-bench.XXXXXX)"
-DIST_PID="" CRPE_PID="" WATCHDOG=""
-cleanup() {
-  local rc=$? p
-  trap - EXIT INT TERM
-  for p in $CRPE_PID $DIST_PID $WATCHDOG; do stop_pid "$p"; done
-  rm -rf "$TMP"
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-
-# Hard wall-clock cap for the whole script (kills us, which runs the trap).
-(
-  sleep "${BENCH_MAX_SECONDS:-300}" & sp=$!
-  trap 'kill $sp 2>/dev/null; exit 0' TERM
-  wait $sp && { log "time limit hit, aborting"; kill -TERM $$ 2>/dev/null; }
-) &
-WATCHDOG=$!
-
-[ -x "$DIST_BIN" ] || die "$DIST_BIN missing: apt-get install -y docker-registry"
-command -v curl >/dev/null || die "curl missing"
-command -v go >/dev/null || die "go missing"
-
-# ---------------------------------------------------------------- helpers ---
-
-free_port() {
-  local p i
-  for i in $(seq 1 50); do
-    p=$(( 20000 + RANDOM % 30000 ))
-    if ! (exec 3<>"/dev/tcp/$HOST/$p") 2>/dev/null; then echo "$p"; return 0; fi
-  done
-  die "no free port"
-}
-
-wait_http() { # url [seconds]
-  local url=$1 t=${2:-20} i
-  for i in $(seq 1 $(( t * 10 ))); do
-    if curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  return 1
-}
-
-cpu_ticks() { # pid -> utime+stime in clock ticks
-  # fields after the ")" that closes comm: state is $1, utime is $12, stime $13
-  awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
-}
-CLK_TCK="$(getconf CLK_TCK)"
-
-vm_hwm_kib() { awk '/^VmHWM:/{print $2}' "/proc/$1/status"; }
+require_x "$DIST_BIN" "apt-get install -y docker-registry"
+require_cmd curl go
 
 json_field() { # json key -> value (flat JSON lines from loadgen)
   sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p" <<<"$1" | tr -d '"'
 }
 
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
-
-fmt() { awk -v v="$1" -v d="${2:-1}" 'BEGIN{ printf "%.*f", d, v }'; }
-
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a=="" || b=="" || b+0==0) print "n/a"; else printf "%.2f×", a/b }'; }
-
 # ------------------------------------------------------------------ build ---
 
-log "building loadgen (std-lib only, isolated module)"
-mkdir -p "$TMP/loadgen-src"
-cp "$REPO_ROOT/bench/loadgen/main.go" "$TMP/loadgen-src/"
-printf 'module loadgen\n\ngo 1.22\n' >"$TMP/loadgen-src/go.mod"
-( cd "$TMP/loadgen-src" && GOWORK=off GOFLAGS= GOTOOLCHAIN=local GOPROXY=off \
-    timeout 120 go build -o "$TMP/loadgen" . ) || die "loadgen build failed"
+build_fix loadgen 1.22
 LOADGEN="$TMP/loadgen"
 
 CRPE_BIN=""
 if [ "$ONLY_DIST" != "1" ]; then
-  if [ $# -ge 1 ]; then
-    CRPE_BIN="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
-  else
-    log "building crpe (go build ./cmd/crpe)"
-    ( cd "$REPO_ROOT" && GOPROXY=off GOFLAGS=-mod=readonly timeout 300 go build -o "$TMP/crpe" ./cmd/crpe ) \
-      || die "crpe build failed (set BENCH_ONLY_DISTRIBUTION=1 to bench distribution alone)"
-    CRPE_BIN="$TMP/crpe"
-  fi
-  [ -x "$CRPE_BIN" ] || die "crpe binary $CRPE_BIN not executable"
-  help="$("$CRPE_BIN" agent --help 2>&1 || true)"
-  for f in --addr --data --token-file --allow-push; do
-    grep -qE -- "(^|[^a-z-])--?${f#--}([^a-z-]|$)" <<<"$help" || die "crpe agent --help lacks $f"
-  done
+  CRPE_BUILD_HINT="set BENCH_ONLY_DISTRIBUTION=1 to bench distribution alone"
+  build_crpe "$@"
+  crpe_has_flags agent --addr --data --token-file --allow-push
 fi
 
 # ---------------------------------------------------------------- content ---
@@ -188,39 +114,10 @@ verify_image() {
 
 # ---------------------------------------------------------------- servers ---
 
-DIST_PORT=$(free_port)
-DIST_URL="http://$HOST:$DIST_PORT"
-mkdir -p "$TMP/dist-data"
-cat >"$TMP/dist.yml" <<EOF
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $TMP/dist-data
-  cache:
-    blobdescriptor: inmemory
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: $HOST:$DIST_PORT
-  secret: bench-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
-EOF
-
-start_dist() {
-  "$DIST_BIN" serve "$TMP/dist.yml" >>"$TMP/dist.log" 2>&1 &
-  DIST_PID=$!
-  wait_http "$DIST_URL/v2/" 20 || { tail -20 "$TMP/dist.log" >&2; die "distribution did not start"; }
-}
-
 if [ "$ONLY_DIST" != "1" ]; then
   CRPE_PORT=$(free_port)
-  while [ "$CRPE_PORT" = "$DIST_PORT" ]; do CRPE_PORT=$(free_port); done
   CRPE_URL="http://$HOST:$CRPE_PORT"
-  TOKEN="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  TOKEN="$(rand_hex 24)"
   printf '%s\n' "$TOKEN" >"$TMP/token"
   chmod 600 "$TMP/token"
   mkdir -p "$TMP/crpe-data"
@@ -231,15 +128,9 @@ start_crpe() {
   CRPE_PID=$!
   wait_http "$CRPE_URL/healthz" 20 || { tail -20 "$TMP/crpe.log" >&2; die "crpe did not start"; }
 }
-stop_pid() { # bounded: TERM, up to 5 s, then KILL; reap
-  kill "$1" 2>/dev/null || true
-  for _ in $(seq 1 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$1" 2>/dev/null || true
-  wait "$1" 2>/dev/null || true
-}
 
-log "starting distribution on $DIST_URL"
-start_dist
+dist_start "$TMP/dist-data"
+log "started distribution on $DIST_URL"
 log "pushing image to distribution"
 push_image "$DIST_URL" || die "push to distribution failed"
 if [ "$ONLY_DIST" != "1" ]; then
@@ -251,7 +142,7 @@ fi
 
 # Restart both so peak RSS / CPU reflect serving only, not the 200 MiB push.
 log "restarting servers (measure serving only)"
-stop_pid "$DIST_PID"; start_dist
+stop_pid "$DIST_PID"; dist_start "$TMP/dist-data" "$DIST_PORT"
 [ "$ONLY_DIST" = "1" ] || { stop_pid "$CRPE_PID"; start_crpe; }
 
 verify_image "$DIST_URL" || die "distribution verify failed"
@@ -300,16 +191,13 @@ for s in "${SERVERS[@]}"; do
   # shellcheck disable=SC2086
   { M[$s.bw]=$(median ${BW[$s]}); M[$s.wall]=$(median ${WALL[$s]}); M[$s.cpu]=$(median ${CPU[$s]})
     M[$s.rps]=$(median ${RPS[$s]}); M[$s.p50]=$(median ${P50[$s]}); M[$s.p99]=$(median ${P99[$s]}); }
-  M[$s.rss]=$(awk -v k="$(vm_hwm_kib "$(pid_of "$s")")" 'BEGIN{printf "%.1f", k/1024}')
+  M[$s.rss]=$(kib_mib "$(vm_hwm_kib "$(pid_of "$s")")")
 done
 for k in bw wall cpu rps p50 p99 rss; do M[crpe.$k]=${M[crpe.$k]:-}; done
 
 # ------------------------------------------------------------------ report --
 
 val() { if [ -z "$1" ]; then echo "n/a"; else fmt "$1" "$2"; fi; }
-verdict() { # expr over r (ratio) or v (crpe value)
-  awk -v a="$2" -v b="$3" "BEGIN{ if (a==\"\" || b==\"\" || b+0==0) { print \"–\"; exit } r=a/b; v=a; print (($1) ? \"✅\" : \"❌\") }"
-}
 echo
 echo "<!-- bench/registry.sh, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, $(uname -r), $("$DIST_BIN" --version 2>/dev/null | awk '{print $NF}') -->"
 echo "Same image on both (${BLOB_MIB} MiB random layer + config + OCI manifest), loopback 127.0.0.1, median of ${RUNS} interleaved runs."

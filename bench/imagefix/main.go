@@ -1,0 +1,61 @@
+// Command imagefix is a standard-library-only fixture generator used by
+// bench/export.sh and bench/import.sh: it pushes random OCI images straight
+// into a registry over the OCI distribution API and writes the KubePkg that
+// lists them.
+//
+//	imagefix export -registry http://127.0.0.1:5000 -pkg pkg.json -tmp DIR [-seed 1] [-big-mib 200]
+//	imagefix import -registry http://127.0.0.1:5000 -pkg pkg.json -tmp DIR [-mib 400] [-seed 1]
+//	imagefix watch -o FILE -- COMMAND [ARGS...]
+//
+// export (bench/export.sh) pushes library/a:1, library/b:1 and library/c:1
+// as OCI indexes of linux/amd64 + linux/arm64 (a few gzip layers of random
+// bytes each, 20–40 MiB per platform), and library/big:1 as a single
+// linux/amd64 OCI manifest with one random layer of -big-mib MiB. It prints
+// one JSON line on stdout: the big layer's digest and size, and the total
+// bytes pushed per platform.
+//
+// import (bench/import.sh) pushes library/a:1, library/b:1 and library/c:1,
+// each a linux/amd64 OCI image manifest with a few gzip layers of random
+// bytes, about -mib MiB of layers in all, split a ≈ 34%, b ≈ 33%, c ≈ 33%
+// over 3–5 layers per image. It prints one JSON line on stdout: the images,
+// the layer count and the bytes pushed (layers + configs + manifests).
+//
+// For both, content is derived from -seed, so two runs with the same seed
+// push the same digests, and every layer is staged in a file under -tmp
+// (removed once pushed), never held in memory whole. Layers are gzip'd
+// tars stored without compression: random bytes do not compress.
+//
+// watch runs COMMAND (stdio passed through) and samples its
+// /proc/PID/status every 5 ms, then writes one JSON line to FILE: the
+// kernel's VmHWM and the largest RssAnon (heap, stacks) and RssFile
+// (mapped pages of the binary and other files) seen, in KiB. It exits with
+// COMMAND's exit code.
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+	}
+	switch os.Args[1] {
+	case "export":
+		os.Exit(cmdExport(os.Args[2:]))
+	case "import":
+		os.Exit(cmdImport(os.Args[2:]))
+	case "watch":
+		os.Exit(watch(os.Args[2:]))
+	default:
+		usage()
+	}
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: imagefix export -registry URL -pkg FILE [-tmp DIR] [-seed N] [-big-mib 200]")
+	fmt.Fprintln(os.Stderr, "       imagefix import -registry URL -pkg FILE [-tmp DIR] [-seed N] [-mib 400 (≥ 8)]")
+	fmt.Fprintln(os.Stderr, "       imagefix watch -o FILE -- COMMAND [ARGS...]")
+	os.Exit(2)
+}

@@ -1,0 +1,243 @@
+package main
+
+// Pushing random images over the OCI distribution API: shared by the export
+// and import fixtures.
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+const (
+	mtIndex    = "application/vnd.oci.image.index.v1+json"
+	mtManifest = "application/vnd.oci.image.manifest.v1+json"
+	mtConfig   = "application/vnd.oci.image.config.v1+json"
+	mtLayerGz  = "application/vnd.oci.image.layer.v1.tar+gzip"
+)
+
+type descriptor struct {
+	MediaType string            `json:"mediaType"`
+	Digest    string            `json:"digest"`
+	Size      int64             `json:"size"`
+	Platform  *platform         `json:"platform,omitempty"`
+	Annots    map[string]string `json:"annotations,omitempty"`
+}
+
+type platform struct {
+	Architecture string `json:"architecture"`
+	OS           string `json:"os"`
+}
+
+var (
+	client = &http.Client{Transport: &http.Transport{
+		Proxy:               nil, // loopback only, never through a proxy
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+		MaxIdleConnsPerHost: 16,
+		DisableCompression:  true,
+	}}
+	base   string
+	tmpDir string
+)
+
+// seedBytes makes a ChaCha8 seed from the content seed, a stream number n
+// and a salt that keeps the fixture sets of different benchmarks apart.
+func seedBytes(salt byte, seed, n uint64) [32]byte {
+	var s [32]byte
+	for i := 0; i < 8; i++ {
+		s[i] = byte(seed >> (8 * i))
+		s[8+i] = byte(n >> (8 * i))
+	}
+	s[16] = salt
+	return s
+}
+
+// pushImage pushes the layers (sizes in bytes of payload), a config and an
+// OCI image manifest (as tag, or by digest only when tag is empty) and
+// returns the manifest's descriptor and the bytes pushed (layers + config +
+// manifest).
+func pushImage(ctx context.Context, repo, tag, arch string, sizes []int64, rng *rand.ChaCha8) (descriptor, int64, error) {
+	var layers []descriptor
+	var diffIDs []string
+	var total int64
+	for i, n := range sizes {
+		d, diff, err := pushLayer(ctx, repo, fmt.Sprintf("layer-%d.bin", i), n, rng)
+		if err != nil {
+			return descriptor{}, 0, err
+		}
+		layers = append(layers, d)
+		diffIDs = append(diffIDs, diff)
+		total += d.Size
+	}
+	cfg, _ := json.Marshal(map[string]any{
+		"architecture": arch, "os": "linux",
+		"config": map[string]any{"Cmd": []string{"/bin/true"}},
+		"rootfs": map[string]any{"type": "layers", "diff_ids": diffIDs},
+	})
+	cd := descriptor{MediaType: mtConfig, Digest: sha(cfg), Size: int64(len(cfg))}
+	if err := pushBlob(ctx, repo, cd.Digest, bytes.NewReader(cfg), cd.Size); err != nil {
+		return descriptor{}, 0, err
+	}
+	man, _ := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": mtManifest, "config": cd, "layers": layers})
+	if tag == "" {
+		tag = sha(man)
+	}
+	md, err := putManifest(ctx, repo, tag, mtManifest, man)
+	if err != nil {
+		return descriptor{}, 0, err
+	}
+	return md, total + cd.Size + md.Size, nil
+}
+
+// pushLayer stages a gzip'd tar holding one file of n random bytes, then
+// pushes it. It returns the layer descriptor and its diff ID.
+func pushLayer(ctx context.Context, repo, name string, n int64, rng *rand.ChaCha8) (descriptor, string, error) {
+	f, err := os.CreateTemp(tmpDir, "imagefix-layer-*")
+	if err != nil {
+		return descriptor{}, "", err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	compressed, diff := sha256.New(), sha256.New()
+	cw := &countWriter{w: io.MultiWriter(f, compressed)}
+	// random bytes do not compress: store them (fast), still a valid gzip
+	zw, _ := gzip.NewWriterLevel(cw, gzip.NoCompression)
+	tw := tar.NewWriter(io.MultiWriter(zw, diff))
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: filepath.Join("data", name), Size: n, Mode: 0o644, ModTime: time.Unix(0, 0)}); err != nil {
+		return descriptor{}, "", err
+	}
+	if _, err := io.CopyN(tw, rng, n); err != nil {
+		return descriptor{}, "", err
+	}
+	if err := tw.Close(); err != nil {
+		return descriptor{}, "", err
+	}
+	if err := zw.Close(); err != nil {
+		return descriptor{}, "", err
+	}
+	d := descriptor{MediaType: mtLayerGz, Digest: "sha256:" + hex.EncodeToString(compressed.Sum(nil)), Size: cw.n}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return descriptor{}, "", err
+	}
+	if err := pushBlob(ctx, repo, d.Digest, f, d.Size); err != nil {
+		return descriptor{}, "", err
+	}
+	return d, "sha256:" + hex.EncodeToString(diff.Sum(nil)), nil
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func sha(b []byte) string {
+	s := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(s[:])
+}
+
+// pushBlob: POST to open an upload, then a monolithic PUT ?digest=.
+func pushBlob(ctx context.Context, repo, dgst string, body io.Reader, size int64) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v2/"+repo+"/blobs/uploads/", nil)
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		return fmt.Errorf("POST upload: HTTP %d", resp.StatusCode)
+	}
+	loc, err := resp.Location()
+	if err != nil {
+		return fmt.Errorf("POST upload: %w", err)
+	}
+	q := loc.Query()
+	q.Set("digest", dgst)
+	loc.RawQuery = q.Encode()
+	req, _ = http.NewRequestWithContext(ctx, http.MethodPut, loc.String(), io.NopCloser(body))
+	req.ContentLength = size
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err = client.Do(req)
+	if err != nil {
+		return err
+	}
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		return fmt.Errorf("PUT blob %s: HTTP %d: %s", dgst, resp.StatusCode, msg)
+	}
+	return nil
+}
+
+func putManifest(ctx context.Context, repo, ref, mediaType string, body []byte) (descriptor, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPut, base+"/v2/"+repo+"/manifests/"+url.PathEscape(ref), bytes.NewReader(body))
+	req.Header.Set("Content-Type", mediaType)
+	resp, err := client.Do(req)
+	if err != nil {
+		return descriptor{}, err
+	}
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		return descriptor{}, fmt.Errorf("PUT manifest %s:%s: HTTP %d: %s", repo, ref, resp.StatusCode, msg)
+	}
+	d := descriptor{MediaType: mediaType, Digest: sha(body), Size: int64(len(body))}
+	if got := resp.Header.Get("Docker-Content-Digest"); got != "" && got != d.Digest {
+		return descriptor{}, fmt.Errorf("PUT manifest %s:%s: registry says %s, expected %s", repo, ref, got, d.Digest)
+	}
+	return d, nil
+}
+
+func getManifest(ctx context.Context, repo, dgst, accept string) ([]byte, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v2/"+repo+"/manifests/"+dgst, nil)
+	req.Header.Set("Accept", accept)
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: HTTP %d", dgst, resp.StatusCode)
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err == nil && sha(b) != dgst {
+		err = errors.New("manifest digest mismatch")
+	}
+	return b, err
+}
+
+// writePkg writes a KubePkg listing images (references) to path.
+func writePkg(path string, metadata map[string]any, images []string) error {
+	refs := map[string]string{}
+	for _, ref := range images {
+		refs[ref] = ""
+	}
+	pkg := map[string]any{
+		"apiVersion": "octohelm.tech/v1alpha1",
+		"kind":       "KubePkg",
+		"metadata":   metadata,
+		"spec":       map[string]any{"version": "1.0.0", "images": refs, "manifests": map[string]any{}},
+	}
+	b, _ := json.MarshalIndent(pkg, "", "  ")
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}

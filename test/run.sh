@@ -25,6 +25,10 @@ apt_pkgs=()
 command -v docker-registry >/dev/null || apt_pkgs+=(docker-registry)
 command -v skopeo >/dev/null || apt_pkgs+=(skopeo)
 command -v containerd >/dev/null || apt_pkgs+=(containerd)
+# the one-node cluster of test/e2e: runc, the CNI bridge plugin, iproute2
+command -v runc >/dev/null || apt_pkgs+=(runc)
+[ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ] || apt_pkgs+=(containernetworking-plugins)
+command -v ip >/dev/null || apt_pkgs+=(iproute2)
 if ((${#apt_pkgs[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq
@@ -34,8 +38,10 @@ if ((${#apt_pkgs[@]})); then
   fi
 fi
 
-# etcd (Debian) and kube-apiserver + kubectl (built from the Go module proxy, cached)
-bash test/peers/kube.sh
+# etcd (Debian) and kube-apiserver + kubectl, and for test/e2e's one-node
+# cluster kube-controller-manager, kube-scheduler and the kubelet (built from
+# the Go module proxy, cached)
+KUBE_WITH_NODE=1 bash test/peers/kube.sh
 
 step "go vet"
 go vet ./...

@@ -77,8 +77,9 @@ func startPeerProc(name, bin, logFile string, args ...string) (*peerProc, error)
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	// the peers die with the test process even when it is killed (a go test
-	// timeout skips the cleanups)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// timeout skips the cleanups); in a process group of their own, a Ctrl-C
+	// reaches the test process alone, which then stops them in order
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
@@ -182,10 +183,25 @@ func kubePeers(t testing.TB) (etcd, api, kubectl string) {
 // waits until /readyz answers ok and the default namespace exists; the
 // caller must call Stop.
 func LaunchKube(etcdBin, apiBin, kubectlBin string) (k *Kube, err error) {
+	return launchKube(etcdBin, apiBin, kubectlBin, kubeOptions{})
+}
+
+// kubeOptions tune launchKube (for the one-node cluster of node.go).
+type kubeOptions struct {
+	// dir, when set, holds everything (etcd's data too) instead of temp
+	// dirs of their own; it must exist.
+	dir string
+	// apiArgs are added to the API server's flags (a later flag wins).
+	apiArgs []string
+}
+
+func launchKube(etcdBin, apiBin, kubectlBin string, o kubeOptions) (k *Kube, err error) {
 	begin := time.Now()
-	dir, err := os.MkdirTemp("", "crpe-kube-")
-	if err != nil {
-		return nil, err
+	dir := o.dir
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "crpe-kube-"); err != nil {
+			return nil, err
+		}
 	}
 	k = &Kube{Dir: dir, kubectl: kubectlBin}
 	defer func() {
@@ -201,7 +217,12 @@ func LaunchKube(etcdBin, apiBin, kubectlBin string) (k *Kube, err error) {
 	if fi, e := os.Stat("/dev/shm"); e == nil && fi.IsDir() {
 		base = "/dev/shm"
 	}
-	if k.etcdDir, err = os.MkdirTemp(base, "crpe-etcd-"); err != nil {
+	if o.dir != "" {
+		k.etcdDir = filepath.Join(o.dir, "etcd")
+		if err = os.Mkdir(k.etcdDir, 0o700); err != nil {
+			return k, err
+		}
+	} else if k.etcdDir, err = os.MkdirTemp(base, "crpe-etcd-"); err != nil {
 		if k.etcdDir, err = os.MkdirTemp("", "crpe-etcd-"); err != nil {
 			return k, err
 		}
@@ -245,17 +266,17 @@ func LaunchKube(etcdBin, apiBin, kubectlBin string) (k *Kube, err error) {
 	_, port, _ := net.SplitHostPort(addr)
 	k.URL = "https://" + addr
 	certDir := filepath.Join(dir, "certs")
-	k.api, err = startPeerProc("kube-apiserver", apiBin, filepath.Join(dir, "kube-apiserver.log"),
+	apiArgs := []string{
 		"--bind-address=127.0.0.1",
 		"--advertise-address=127.0.0.1",
-		"--secure-port="+port,
-		"--etcd-servers="+clientURL,
-		"--cert-dir="+certDir,
-		"--token-auth-file="+tokens,
+		"--secure-port=" + port,
+		"--etcd-servers=" + clientURL,
+		"--cert-dir=" + certDir,
+		"--token-auth-file=" + tokens,
 		"--authorization-mode=RBAC",
 		"--anonymous-auth=false",
-		"--service-account-key-file="+saKey,
-		"--service-account-signing-key-file="+saKey,
+		"--service-account-key-file=" + saKey,
+		"--service-account-signing-key-file=" + saKey,
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		// an allocation range only: no traffic ever goes there
 		"--service-cluster-ip-range=10.96.0.0/16",
@@ -263,7 +284,8 @@ func LaunchKube(etcdBin, apiBin, kubectlBin string) (k *Kube, err error) {
 		// server itself refuses (loopback) and retries forever
 		"--endpoint-reconciler-type=none",
 		"--profiling=false",
-	)
+	}
+	k.api, err = startPeerProc("kube-apiserver", apiBin, filepath.Join(dir, "kube-apiserver.log"), append(apiArgs, o.apiArgs...)...)
 	if err != nil {
 		return k, err
 	}

@@ -5,6 +5,8 @@
 # proxy (k8s.io/kubernetes v1.34.4 with every staging module replaced by
 # v0.34.4). The build takes ~5 min on 2 cores and is cached in
 # $(go env GOPATH)/bin, so a warm run does not rebuild it.
+# KUBE_WITH_NODE=1 also builds kube-controller-manager, kube-scheduler and
+# the kubelet (~2 min more), for the one-node cluster of test/e2e.
 set -euo pipefail
 K8S=${K8S_VERSION:-v1.34.4}
 STAGING=${K8S_STAGING_VERSION:-v0.34.4}
@@ -44,22 +46,22 @@ EOM
     for s in "${staging[@]}"; do echo "  k8s.io/$s => k8s.io/$s $STAGING"; done
     echo ")"
   } >> go.mod
-  cat > tools.go <<'EOM'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-)
-EOM
+  {
+    printf '//go:build tools\n\npackage tools\n\nimport (\n'
+    for b in "${missing[@]}"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$b"; done
+    printf ')\n'
+  } > tools.go
   export GOFLAGS=-mod=mod
   go mod tidy >/dev/null 2>&1 || true
   for b in "${missing[@]}"; do
     pkg=k8s.io/kubernetes/cmd/$b
     echo "building $b $K8S (cached in $bin)"
-    CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$bin/$b-$K8S" "$pkg"
+    # the version stamp (kubectl get nodes shows the kubelet's)
+    major=${K8S#v}; minor=${major#*.}; major=${major%%.*}; minor=${minor%%.*}
+    ver="-X k8s.io/component-base/version.gitVersion=$K8S -X k8s.io/component-base/version.gitMajor=$major"
+    ver="$ver -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
+    CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $ver" -o "$bin/$b-$K8S" "$pkg"
   done
 fi
 for b in "${want[@]}"; do ln -sf "$bin/$b-$K8S" "$bin/$b"; done
-echo "kube peers ready: $(etcd --version 2>/dev/null | head -1); kube-apiserver $K8S"
+echo "kube peers ready: $(etcd --version 2>/dev/null | head -1); ${want[*]} $K8S"

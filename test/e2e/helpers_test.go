@@ -1,0 +1,272 @@
+//go:build linux
+
+// Package e2e runs the air-gap story end to end on a real one-node cluster
+// (testenv.Node: etcd, kube-apiserver, kube-controller-manager,
+// kube-scheduler and a kubelet built from the Go module proxy, Debian's
+// containerd with its CRI plugin, runc and the CNI bridge plugin), on
+// loopback and in network namespaces of its own, and checks that stopping
+// the cluster leaves the host as it was.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/octohelm/crpe/internal/testenv"
+)
+
+func TestMain(m *testing.M) {
+	// anything but loopback and the pods goes to a dead loopback port: the
+	// story runs with no network, and proves it
+	dead := "http://127.0.0.1:9"
+	for _, k := range []string{"HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"} {
+		os.Setenv(k, dead)
+	}
+	os.Setenv("NO_PROXY", "127.0.0.1,localhost,10.244.0.0/24")
+	os.Setenv("no_proxy", "127.0.0.1,localhost,10.244.0.0/24")
+	os.Unsetenv("KUBECONFIG")
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "CRPE_") {
+			k, _, _ := strings.Cut(kv, "=")
+			os.Unsetenv(k)
+		}
+	}
+	os.Exit(m.Run())
+}
+
+// pod is the part of a Pod the tests read.
+type pod struct {
+	Metadata struct {
+		Name              string            `json:"name"`
+		Labels            map[string]string `json:"labels"`
+		DeletionTimestamp *string           `json:"deletionTimestamp"`
+	} `json:"metadata"`
+	Spec struct {
+		Containers []struct {
+			Image string `json:"image"`
+		} `json:"containers"`
+	} `json:"spec"`
+	Status struct {
+		Phase             string `json:"phase"`
+		PodIP             string `json:"podIP"`
+		ContainerStatuses []struct {
+			Image   string `json:"image"`
+			ImageID string `json:"imageID"`
+			Ready   bool   `json:"ready"`
+			State   struct {
+				Running *struct {
+					StartedAt string `json:"startedAt"`
+				} `json:"running"`
+				Waiting *struct {
+					Reason  string `json:"reason"`
+					Message string `json:"message"`
+				} `json:"waiting"`
+			} `json:"state"`
+		} `json:"containerStatuses"`
+	} `json:"status"`
+}
+
+func (p pod) running() bool {
+	return p.Metadata.DeletionTimestamp == nil && p.Status.Phase == "Running" && len(p.Status.ContainerStatuses) > 0 &&
+		p.Status.ContainerStatuses[0].State.Running != nil
+}
+
+func (p pod) ready() bool {
+	return p.running() && p.Status.ContainerStatuses[0].Ready
+}
+
+func (p pod) imageID() string {
+	if len(p.Status.ContainerStatuses) == 0 {
+		return ""
+	}
+	return p.Status.ContainerStatuses[0].ImageID
+}
+
+func (p pod) String() string {
+	s := fmt.Sprintf("%s phase=%s ip=%s", p.Metadata.Name, p.Status.Phase, p.Status.PodIP)
+	for _, c := range p.Status.ContainerStatuses {
+		s += fmt.Sprintf(" image=%s imageID=%s ready=%v", c.Image, c.ImageID, c.Ready)
+		if c.State.Waiting != nil {
+			s += fmt.Sprintf(" waiting=%s %s", c.State.Waiting.Reason, c.State.Waiting.Message)
+		}
+	}
+	if p.Metadata.DeletionTimestamp != nil {
+		s += " (terminating)"
+	}
+	return s
+}
+
+// pods lists the pods of ns matching a label selector.
+func pods(ctx context.Context, k *testenv.Kube, ns, selector string) ([]pod, error) {
+	var l struct {
+		Items []pod `json:"items"`
+	}
+	_, err := k.API(ctx, http.MethodGet, "/api/v1/namespaces/"+ns+"/pods?labelSelector="+selector, nil, &l)
+	return l.Items, err
+}
+
+// waitPods polls (every 100 ms) until pred holds for the pods of ns
+// matching selector; it returns them and how long it took.
+func waitPods(ctx context.Context, t *testing.T, k *testenv.Kube, ns, selector string, d time.Duration, what string, pred func([]pod) bool) ([]pod, time.Duration) {
+	t.Helper()
+	begin := time.Now()
+	deadline := begin.Add(d)
+	var last []pod
+	for {
+		ps, err := pods(ctx, k, ns, selector)
+		if err == nil {
+			last = ps
+			if pred(ps) {
+				return ps, time.Since(begin)
+			}
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			var b strings.Builder
+			for _, p := range last {
+				b.WriteString("\n  " + p.String())
+			}
+			t.Fatalf("%s: not so after %s (err %v); pods:%s", what, d, err, b.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// eventually polls check every 200 ms until it holds or d passes.
+func eventually(t *testing.T, d time.Duration, what string, check func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		ok, msg := check()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not so after %s: %s", what, d, msg)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// httpGet fetches a URL (a pod's address) with a short timeout.
+func httpGet(ctx context.Context, url string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	// the pods are reached directly (no proxy, whatever the environment)
+	resp, err := (&http.Client{Transport: &http.Transport{Proxy: nil}}).Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+	if resp.StatusCode != http.StatusOK {
+		return string(b), fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return strings.TrimSpace(string(b)), err
+}
+
+// countingProxy is a TCP proxy on loopback that counts what its clients
+// send towards the target.
+type countingProxy struct {
+	ln     net.Listener
+	target string
+	URL    string
+	up     atomic.Int64
+	mu     sync.Mutex
+	conns  map[net.Conn]bool
+}
+
+func startCountingProxy(t *testing.T, target string) *countingProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &countingProxy{ln: ln, target: target, URL: "http://" + ln.Addr().String(), conns: map[net.Conn]bool{}}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go p.handle(c)
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		p.mu.Lock()
+		for c := range p.conns {
+			_ = c.Close()
+		}
+		p.mu.Unlock()
+	})
+	return p
+}
+
+func (p *countingProxy) handle(c net.Conn) {
+	s, err := net.DialTimeout("tcp", p.target, 5*time.Second)
+	if err != nil {
+		_ = c.Close()
+		return
+	}
+	p.mu.Lock()
+	p.conns[c], p.conns[s] = true, true
+	p.mu.Unlock()
+	done := make(chan struct{}, 2)
+	pipe := func(dst, src net.Conn, count bool) {
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := src.Read(buf)
+			if n > 0 {
+				if count {
+					p.up.Add(int64(n))
+				}
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					break
+				}
+			}
+			if err != nil {
+				break
+			}
+		}
+		if tc, ok := dst.(*net.TCPConn); ok {
+			_ = tc.CloseWrite()
+		}
+		done <- struct{}{}
+	}
+	go pipe(s, c, true)
+	go pipe(c, s, false)
+	<-done
+	<-done
+	_ = c.Close()
+	_ = s.Close()
+	p.mu.Lock()
+	delete(p.conns, c)
+	delete(p.conns, s)
+	p.mu.Unlock()
+}
+
+// peakRSS is a process's peak resident set (VmHWM), in bytes.
+func peakRSS(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmHWM:") {
+			var kb int64
+			fmt.Sscanf(strings.TrimSpace(strings.TrimPrefix(line, "VmHWM:")), "%d", &kb)
+			return kb << 10
+		}
+	}
+	return 0
+}

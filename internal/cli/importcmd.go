@@ -14,6 +14,7 @@ import (
 	"github.com/vbauerster/mpb/v8/decor"
 
 	"github.com/octohelm/crpe/internal/agentclient"
+	"github.com/octohelm/crpe/internal/archive"
 	"github.com/octohelm/crpe/internal/auth"
 	"github.com/octohelm/crpe/internal/importer"
 	"github.com/octohelm/crpe/internal/storage"
@@ -106,6 +107,13 @@ imported is refused (409) unless --force.`,
 			}
 			res, err := c.Send(ctx, func() (io.ReadCloser, error) { return os.Open(file) }, o)
 			if err != nil {
+				var ae *agentclient.Error
+				var ee *archive.EntryError
+				if !errors.As(err, &ae) && !errors.As(err, &ee) {
+					// not the agent's answer nor a bad archive: the agent
+					// could not be reached, or the file read
+					return fmt.Errorf("%s: %w", file, err)
+				}
 				return importErr(file, err)
 			}
 			var ir struct {

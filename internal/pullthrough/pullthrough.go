@@ -189,9 +189,21 @@ func (c *Cache) resolve(ctx context.Context, full, ref string) (digest.Digest, e
 
 func (c *Cache) fetchManifest(ctx context.Context, full string, repo upstream.Repo, ref string, isDigest bool) (digest.Digest, error) {
 	tag := ""
+	known := false
+	if !isDigest {
+		_ = c.db.View(func(tx *repodb.Tx) error {
+			_, err := tx.Tag(full, ref)
+			known = err == nil
+			return nil
+		})
+	}
 	if !isDigest {
 		tag = ref
-		// a HEAD is enough when we already hold what the tag points at
+	}
+	if known {
+		// a HEAD (free of Docker Hub's pull limits) is enough when we
+		// already hold what the tag points at; for a tag never cached it
+		// would only cost a round trip before the GET
 		if desc, err := c.up.HeadManifest(ctx, repo, ref); err == nil && desc.Digest != "" {
 			if _, err := c.store.Stat(ctx, desc.Digest); err == nil {
 				if body, err := c.readAll(ctx, desc.Digest); err == nil {
@@ -302,6 +314,7 @@ type fetch struct {
 	done     bool
 	ing      cas.Ingest
 	repos    []string
+	cancel   context.CancelFunc
 }
 
 // complete reports whether readers may have every byte: verified, or
@@ -332,17 +345,48 @@ func (c *Cache) startFetch(full string, d digest.Digest, expectedSize int64) (*f
 	if err != nil {
 		return nil, err
 	}
-	f := &fetch{d: d, ready: make(chan struct{}), finished: make(chan struct{}), size: -1, ing: ing, repos: []string{full}}
+	// detached from the caller: the fetch completes for the cache even if
+	// every client hangs up; Close cancels it
+	ctx, cancel := context.WithTimeout(context.Background(), c.o.FetchTimeout)
+	f := &fetch{d: d, ready: make(chan struct{}), finished: make(chan struct{}), size: -1, ing: ing, repos: []string{full}, cancel: cancel}
 	f.cond = sync.NewCond(&f.mu)
 	c.inflight[d] = f
 	c.Stats.BlobFetches.Add(1)
-	go c.run(f, repo, expectedSize)
+	go c.run(ctx, f, repo, expectedSize)
 	return f, nil
 }
 
-func (c *Cache) run(f *fetch, repo upstream.Repo, expectedSize int64) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.o.FetchTimeout)
-	defer cancel()
+// Close is for a server that stops: the fetches whose bytes are all in and
+// verified finish their commit (a client may already hold every byte, and
+// the cache must keep what it handed out), the others are cancelled, and
+// Close waits for all of them until ctx is done.
+func (c *Cache) Close(ctx context.Context) error {
+	c.mu.Lock()
+	var fs []*fetch
+	for _, f := range c.inflight {
+		fs = append(fs, f)
+	}
+	c.mu.Unlock()
+	for _, f := range fs {
+		f.mu.Lock()
+		verified := f.verified
+		f.mu.Unlock()
+		if !verified {
+			f.cancel()
+		}
+	}
+	for _, f := range fs {
+		select {
+		case <-f.finished:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+func (c *Cache) run(ctx context.Context, f *fetch, repo upstream.Repo, expectedSize int64) {
+	defer f.cancel()
 	var readyOnce sync.Once
 	markReady := func() { readyOnce.Do(func() { close(f.ready) }) }
 	err := c.transfer(ctx, f, repo, expectedSize, markReady)

@@ -29,6 +29,8 @@ command -v containerd >/dev/null || apt_pkgs+=(containerd)
 command -v runc >/dev/null || apt_pkgs+=(runc)
 [ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ] || apt_pkgs+=(containernetworking-plugins)
 command -v ip >/dev/null || apt_pkgs+=(iproute2)
+# headless Chromium for the web UI tests (test/webui)
+[ -x /usr/bin/chromium ] || apt_pkgs+=(chromium)
 if ((${#apt_pkgs[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq

@@ -1,7 +1,6 @@
 // Package agent owns the `crpe agent` server of the intranet side: it wires
 // the data folder, the OCI registry, token auth, /healthz and /metrics into
-// one HTTP server. (Import, inventory and mirror configuration join it in
-// later steps.)
+// one HTTP server, with the import API (/api/v1) and the web UI at /.
 package agent
 
 import (
@@ -17,6 +16,7 @@ import (
 	"github.com/octohelm/crpe/internal/importer"
 	"github.com/octohelm/crpe/internal/registry"
 	"github.com/octohelm/crpe/internal/storage"
+	"github.com/octohelm/crpe/internal/webui"
 )
 
 // Config is what `crpe agent` takes.
@@ -79,15 +79,20 @@ func Run(ctx context.Context, cfg Config) error {
 	guard := &auth.Guard{Tokens: tokens, PullTokenRequired: cfg.PullTokenRequired}
 	mux := httpx.NewMux(reg)
 	a := newAPI(st, imp, reg)
+	ui := &uiAPI{pullTokenRequired: cfg.PullTokenRequired, allowPush: cfg.AllowPush}
 	if cfg.Kubeconfig != "" || os.Getenv("KUBERNETES_SERVICE_HOST") != "" {
 		sync, err := newClusterSync(cfg.Kubeconfig, log)
 		if err != nil {
 			return err
 		}
 		a.OnImport = sync.onImport
+		ui.cluster = sync
 		log.Info("imports become KubePkg objects in the cluster")
 	}
-	a.routes(mux, func(h http.Handler) http.Handler { return guard.Middleware(IsWrite, denyAPI, h) })
+	apiGuard := func(h http.Handler) http.Handler { return guard.Middleware(IsWrite, denyAPI, h) }
+	a.routes(mux, apiGuard)
+	ui.routes(mux, apiGuard)
+	webui.Register(mux, webui.Agent)
 	v2 := guard.Middleware(registry.IsWrite, registry.DenyUnauthorized, rg)
 	mux.Handle("/v2/", v2)
 	mux.Handle("/v2", v2)
@@ -98,7 +103,10 @@ func Run(ctx context.Context, cfg Config) error {
 // denyAPI answers an /api request the guard refused.
 func denyAPI(w http.ResponseWriter, r *http.Request, err error) {
 	httpx.SetRoute(r, "unauthorized")
-	w.Header().Set("WWW-Authenticate", `Basic realm="crpe"`)
+	if r.Header.Get("X-Crpe-UI") == "" {
+		// not for the web UI: a browser would pop up its own login box
+		w.Header().Set("WWW-Authenticate", `Basic realm="crpe"`)
+	}
 	writeAPIError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", err.Error(), nil)
 }
 

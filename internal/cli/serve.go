@@ -25,8 +25,17 @@ asks). A missing blob is fetched once, however many clients want it, and
 streamed to all of them as it arrives; the cache copy is verified before it is
 kept. Pushes answer 405 UNSUPPORTED.
 
-Credentials come from Docker's config.json and its credential helpers.`,
-		Example: `  # on defaults: listen on :6060, cache in the user cache folder
+The web UI at / (for a phone's browser, installable to the home screen) and
+the JSON API under /api/v1 (docs/api.md) keep a package library: add
+packages (pasted, or from a deployments center URL), sync their images into
+the cache, download their kubepkg.tgz, send them to agents with only the
+layers each lacks. Reads are anonymous; changes from other devices need the
+token (--token-file, else <data>/token), which the UI's QR code carries.
+
+Credentials come from Docker's config.json and its credential helpers, and
+from the registries set through the API.`,
+		Example: `  # on defaults: listen on :6060, cache in the user cache folder; open
+  # http://127.0.0.1:6060/ in a browser
   crpe serve
 
   # send docker.io's traffic to a local mirror, allow a plain-HTTP registry
@@ -48,6 +57,7 @@ Credentials come from Docker's config.json and its credential helpers.`,
 	f := cmd.Flags()
 	listenerFlags(f, &cfg.Listener, ":6060")
 	f.StringVar(&cfg.Data, "data", defaultPocketData(), "data folder (the cache)")
+	f.StringVar(&cfg.TokenFile, "token-file", "", "file of accepted tokens, one per line, for API changes from other devices (default: <data>/token, created on first start)")
 	up.register(cmd)
 	return cmd
 }

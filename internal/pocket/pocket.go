@@ -1,29 +1,39 @@
 // Package pocket owns the `crpe serve` server of the internet side: a
 // read-only OCI registry over the local cache with the pull-through cache in
-// front of it, for any number of upstream registries, plus /healthz and
-// /metrics. (The package library and its API join it in later steps.)
+// front of it, for any number of upstream registries, the package library's
+// JSON API (/api/v1, see pocketapi), the web UI at /, /healthz and /metrics.
 package pocket
 
 import (
 	"context"
 	"log/slog"
+	"net"
+	"os"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/octohelm/crpe/internal/auth"
 	"github.com/octohelm/crpe/internal/httpx"
+	"github.com/octohelm/crpe/internal/pocketapi"
 	"github.com/octohelm/crpe/internal/pullthrough"
 	"github.com/octohelm/crpe/internal/registry"
 	"github.com/octohelm/crpe/internal/storage"
 	"github.com/octohelm/crpe/internal/upstream"
+	"github.com/octohelm/crpe/internal/version"
+	"github.com/octohelm/crpe/internal/webui"
 )
 
 // Config is what `crpe serve` takes.
 type Config struct {
 	httpx.Listener
-	Data     string
-	Upstream upstream.Options
-	Offline  bool
-	Log      *slog.Logger
+	Data string
+	// TokenFile holds the tokens that mutating API calls from other hosts
+	// need (default: <data>/token, created on first start).
+	TokenFile string
+	Upstream  upstream.Options
+	Offline   bool
+	Log       *slog.Logger
 }
 
 // Run serves until ctx is done.
@@ -33,26 +43,68 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer st.Close()
+	// the index holds agent tokens and registry credentials
+	_ = os.Chmod(storage.IndexPath(cfg.Data), 0o600)
 
-	cache := pullthrough.New(st.Store, st.DB, upstream.New(cfg.Upstream), pullthrough.Options{Offline: cfg.Offline})
-	registerCacheMetrics(reg, cache)
+	tokenPath, created, err := auth.EnsureTokenFile(cfg.TokenFile, cfg.Data)
+	if err != nil {
+		return err
+	}
+	if created {
+		log.Info("created the pocket's token; other devices need it to change the pocket (the web UI's QR code carries it)", "token_file", tokenPath)
+	}
+	tokens, err := auth.LoadTokens(tokenPath)
+	if err != nil {
+		return err
+	}
+
+	api, err := pocketapi.New(ctx, pocketapi.Config{Storage: st, Upstream: cfg.Upstream, Offline: cfg.Offline,
+		Tokens: tokens, Log: log, Version: version.Get().Version})
+	if err != nil {
+		return err
+	}
+	registerCacheMetrics(reg, api.Upstreams())
 	rg := registry.New(st.Store, st.DB, registry.Options{})
-	v2 := cache.Handler(rg)
+	v2 := api.Upstreams().Handler(rg)
 	mux := httpx.NewMux(reg)
 	mux.Handle("/v2/", v2)
 	mux.Handle("/v2", v2)
+	api.Routes(mux)
+	webui.Register(mux, webui.Pocket)
 
-	return cfg.Listener.Run(ctx, log, reg, mux, "crpe serve listening", "data", cfg.Data, "offline", cfg.Offline)
+	l := cfg.Listener
+	ready := l.Ready
+	l.Ready = func(a net.Addr) {
+		api.SetListener(a, cfg.TLSCert != "")
+		if ready != nil {
+			ready(a)
+		}
+	}
+	err = l.Run(ctx, log, reg, mux, "crpe serve listening", "data", cfg.Data, "offline", cfg.Offline)
+	// what a client was handed is kept: verified fetches commit before the
+	// index closes
+	cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if cerr := api.Upstreams().Close(cctx); cerr != nil {
+		log.Warn("upstream fetches not all finished at shutdown", "error", cerr)
+	}
+	return err
 }
 
-func registerCacheMetrics(reg *prometheus.Registry, c *pullthrough.Cache) {
-	counter := func(name, help string, f func() int64) {
-		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(f()) }))
+func registerCacheMetrics(reg *prometheus.Registry, u *pocketapi.Upstreams) {
+	counter := func(name, help string, f func(*pullthrough.Cache) int64) {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 {
+			var n int64
+			for _, c := range u.Caches() {
+				n += f(c)
+			}
+			return float64(n)
+		}))
 	}
-	counter("crpe_upstream_blob_fetches_total", "Blob fetches started upstream.", c.Stats.BlobFetches.Load)
-	counter("crpe_upstream_blob_resumes_total", "Broken blob transfers resumed with a Range request.", c.Stats.BlobResumes.Load)
-	counter("crpe_upstream_blob_failures_total", "Blob fetches that failed (network or verification).", c.Stats.BlobFailures.Load)
-	counter("crpe_upstream_manifest_fetches_total", "Manifests fetched upstream.", c.Stats.ManifestFetches.Load)
-	counter("crpe_upstream_fallbacks_total", "Tags served from the cache because the upstream was unreachable.", c.Stats.Fallbacks.Load)
-	counter("crpe_upstream_bytes_total", "Blob bytes received from upstreams.", c.Stats.BytesFetched.Load)
+	counter("crpe_upstream_blob_fetches_total", "Blob fetches started upstream.", func(c *pullthrough.Cache) int64 { return c.Stats.BlobFetches.Load() })
+	counter("crpe_upstream_blob_resumes_total", "Broken blob transfers resumed with a Range request.", func(c *pullthrough.Cache) int64 { return c.Stats.BlobResumes.Load() })
+	counter("crpe_upstream_blob_failures_total", "Blob fetches that failed (network or verification).", func(c *pullthrough.Cache) int64 { return c.Stats.BlobFailures.Load() })
+	counter("crpe_upstream_manifest_fetches_total", "Manifests fetched upstream.", func(c *pullthrough.Cache) int64 { return c.Stats.ManifestFetches.Load() })
+	counter("crpe_upstream_fallbacks_total", "Tags served from the cache because the upstream was unreachable.", func(c *pullthrough.Cache) int64 { return c.Stats.Fallbacks.Load() })
+	counter("crpe_upstream_bytes_total", "Blob bytes received from upstreams.", func(c *pullthrough.Cache) int64 { return c.Stats.BytesFetched.Load() })
 }

@@ -310,7 +310,7 @@ type fetch struct {
 	cond     *sync.Cond
 	size     int64 // -1 until known
 	written  int64
-	verified bool   // every byte is there and matches the digest
+	verified bool // every byte is there and matches the digest
 	done     bool
 	ing      cas.Ingest
 	repos    []string

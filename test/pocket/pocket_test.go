@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -369,5 +370,32 @@ func TestExportThroughLyingUpstream(t *testing.T) {
 	}
 	if msg, err := testenv.Run(ctx, t, "fsck", "--data", data); err != nil {
 		t.Fatalf("fsck of the pocket's data after the exports: %v: %s", err, msg)
+	}
+}
+
+// A client is handed a blob once its bytes are verified, before the cache's
+// fsync: a SIGTERM right after must still leave the blob in the cache.
+func TestSIGTERMKeepsWhatWasServed(t *testing.T) {
+	up := testenv.StartDistribution(t)
+	for i := range 3 {
+		layer := testenv.RandomLayer(t, 24<<20, false)
+		im := testenv.NewImage(t, amd64, []testenv.Blob{layer}, false)
+		testenv.PushImage(t, up.URL, "library/term", fmt.Sprintf("v%d", i), im)
+		p := startPocket(t, up.URL)
+		resp, body := get(t, p.URL+"/v2/docker.io/library/term/blobs/"+string(layer.Desc.Digest))
+		if resp.StatusCode != 200 || !bytes.Equal(body, layer.Data) {
+			t.Fatalf("pull: %d, %d bytes", resp.StatusCode, len(body))
+		}
+		if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-p.Stopped():
+		case <-time.After(20 * time.Second):
+			t.Fatal("crpe serve did not stop on SIGTERM")
+		}
+		if _, err := os.Stat(filepath.Join(p.Data, "blobs", "sha256", layer.Desc.Digest.Encoded())); err != nil {
+			t.Fatalf("run %d: the blob a client received is not in the cache after SIGTERM: %v", i, err)
+		}
 	}
 }

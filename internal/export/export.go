@@ -464,12 +464,8 @@ func addImageManifest(ctx context.Context, cache *pullthrough.Cache, im *image, 
 	var plat ocispec.Platform
 	if pm.Config != nil {
 		im.blobs = append(im.blobs, archive.Blob{Desc: *pm.Config, Kind: archive.KindConfig})
-		info, err := cache.Blob(ctx, im.repo, pm.Config.Digest, pm.Config.Size)
-		if err != nil {
-			return plat, fmt.Errorf("image %s: config %s: %w", im.ref, pm.Config.Digest, err)
-		}
-		plat, err = readPlatform(ctx, cache, info)
-		if err != nil {
+		var err error
+		if plat, err = readPlatform(ctx, cache, im.repo, *pm.Config); err != nil {
 			return plat, fmt.Errorf("image %s: config %s: %w", im.ref, pm.Config.Digest, err)
 		}
 	}
@@ -479,14 +475,25 @@ func addImageManifest(ctx context.Context, cache *pullthrough.Cache, im *image, 
 	return plat, nil
 }
 
-func readPlatform(ctx context.Context, cache *pullthrough.Cache, info cas.Info) (ocispec.Platform, error) {
+// readPlatform reads the platform an image config names. The config is read
+// as it arrives (verified, before its commit: the export waits for every
+// commit at the end), so a cold walk does not wait for an fsync per image.
+func readPlatform(ctx context.Context, cache *pullthrough.Cache, repo string, desc ocispec.Descriptor) (ocispec.Platform, error) {
 	var p ocispec.Platform
-	if info.Size > 16<<20 {
+	if desc.Size > 16<<20 {
 		return p, nil // not an image config we could read cheaply; platform unknown
 	}
-	body, err := cache.ReadBlob(ctx, info.Digest, 16<<20)
+	rc, err := cache.Open(ctx, repo, desc.Digest, desc.Size)
 	if err != nil {
 		return p, err
+	}
+	defer rc.Close()
+	body, err := io.ReadAll(io.LimitReader(rc, desc.Size+1))
+	if err != nil {
+		return p, err
+	}
+	if int64(len(body)) != desc.Size {
+		return p, fmt.Errorf("%w: %d bytes, the manifest says %d", cas.ErrSizeMismatch, len(body), desc.Size)
 	}
 	return parseConfigPlatform(body), nil
 }

@@ -325,19 +325,30 @@ func (in *ingest) Append(r io.Reader) (int64, error) {
 }
 
 func (in *ingest) Write(p []byte) (int, error) {
+	// a large write is hashed on another core while it goes to the file
+	var hashed chan struct{}
+	if in.h != nil && len(p) >= parallelHashMin {
+		hashed = make(chan struct{})
+		go func() { in.h.Write(p); close(hashed) }()
+	}
 	n, err := in.f.Write(p)
+	if hashed != nil {
+		<-hashed
+	} else if in.h != nil && err == nil {
+		in.h.Write(p)
+	}
 	if err != nil {
 		_ = in.f.Truncate(in.size)
 		_, _ = in.f.Seek(in.size, io.SeekStart)
 		in.h = nil
 		return 0, err
 	}
-	if in.h != nil {
-		in.h.Write(p)
-	}
 	in.size += int64(n)
 	return n, nil
 }
+
+// parallelHashMin is the smallest write worth hashing on another goroutine.
+const parallelHashMin = 64 << 10
 
 func (in *ingest) Reader() (cas.ReaderAtCloser, error) { return os.Open(in.f.Name()) }
 

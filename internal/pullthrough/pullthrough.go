@@ -488,13 +488,47 @@ func (c *Cache) transfer(ctx context.Context, f *fetch, repo upstream.Repo, expe
 }
 
 func (c *Cache) copyBody(f *fetch, body io.Reader, buf []byte) error {
-	for {
-		n, err := body.Read(buf)
-		if n > 0 {
+	// Receiving overlaps storing: a goroutine fills buffers from the
+	// network while the previous one is written (and hashed) into the
+	// ingest. Whole buffers also make fewer, larger writes.
+	type chunk struct {
+		b   []byte
+		err error
+	}
+	const depth = 3
+	free := make(chan []byte, depth)
+	free <- buf
+	for range depth - 1 {
+		free <- make([]byte, len(buf))
+	}
+	filled := make(chan chunk, depth)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			var b []byte
+			select {
+			case b = <-free:
+			case <-stop:
+				return
+			}
+			n, err := fill(body, b)
+			select {
+			case filled <- chunk{b[:n], err}:
+			case <-stop:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	for ch := range filled {
+		if n := len(ch.b); n > 0 {
 			if f.size >= 0 && f.written+int64(n) > f.size {
 				return fmt.Errorf("%w: upstream sent more than %d bytes", cas.ErrSizeMismatch, f.size)
 			}
-			if _, werr := f.ing.Write(buf[:n]); werr != nil {
+			if _, werr := f.ing.Write(ch.b); werr != nil {
 				return werr
 			}
 			c.Stats.BytesFetched.Add(int64(n))
@@ -503,16 +537,32 @@ func (c *Cache) copyBody(f *fetch, body io.Reader, buf []byte) error {
 			f.cond.Broadcast()
 			f.mu.Unlock()
 		}
-		if err == io.EOF {
+		if ch.err == io.EOF {
 			if f.size >= 0 && f.written < f.size {
 				return io.ErrUnexpectedEOF
 			}
 			return nil
 		}
+		if ch.err != nil {
+			return ch.err
+		}
+		free <- ch.b[:cap(ch.b)]
+	}
+	return nil
+}
+
+// fill reads into b until it is full or r fails, and returns r's own error
+// (io.EOF for a clean end), unlike io.ReadFull.
+func fill(r io.Reader, b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := r.Read(b[n:])
+		n += m
 		if err != nil {
-			return err
+			return n, err
 		}
 	}
+	return n, nil
 }
 
 // ServeBlob answers GET/HEAD of blob d in repository full from the cache

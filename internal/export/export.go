@@ -169,11 +169,27 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 		p.Metadata.Annotations[kubepkg.AnnotationPlatform] = platform.Join(plats)
 	}
 
-	// resolve every image and walk it for the chosen platforms
+	// resolve every image and walk it for the chosen platforms; its blobs
+	// start to be fetched as soon as they are known
+	var progressFetched func(string, int64)
+	if o.Progress != nil {
+		progressFetched = o.Progress.Fetched
+	}
+	fetch := newFetcher(ctx, cache, o.Parallel, func(b archive.Blob) bool {
+		// left out on purpose (only layers are), or non-distributable
+		return (o.Exclude[b.Desc.Digest] && b.Kind == archive.KindLayer) || len(b.Desc.URLs) > 0
+	}, progressFetched)
+	defer fetch.cancel()
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(o.Parallel)
 	for _, im := range images {
-		g.Go(func() error { return walk(gctx, cache, im) })
+		g.Go(func() error {
+			if err := walk(gctx, cache, im); err != nil {
+				return err
+			}
+			fetch.start(im.repo, im.ref, im.blobs)
+			return nil
+		})
 	}
 	if err := g.Wait(); err != nil {
 		return nil, err
@@ -251,43 +267,9 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 	for _, p := range pkgs {
 		res.Packages = append(res.Packages, PackageResult{Namespace: p.Metadata.Namespace, Name: p.Metadata.Name, Version: p.Spec.Version, Platforms: p.Metadata.Annotations[kubepkg.AnnotationPlatform]})
 	}
-	// Fetch every blob once, in parallel, in archive order, while the
-	// archive is written: the writer follows each fetch as its bytes arrive
-	// instead of waiting for it to be committed.
-	var fetchOrder []archive.Blob
-	for _, b := range blobs {
-		if len(b.Desc.URLs) == 0 {
-			fetchOrder = append(fetchOrder, b)
-		}
-	}
-	// the largest first: the longest fetches start at once instead of
-	// becoming the tail that the rest of the archive waits for
-	sort.SliceStable(fetchOrder, func(i, j int) bool {
-		if fetchOrder[i].Desc.Size != fetchOrder[j].Desc.Size {
-			return fetchOrder[i].Desc.Size > fetchOrder[j].Desc.Size
-		}
-		return fetchOrder[i].Desc.Digest < fetchOrder[j].Desc.Digest
-	})
-	fctx, cancelFetch := context.WithCancel(ctx)
-	defer cancelFetch()
-	fg, fgctx := errgroup.WithContext(fctx)
-	fg.SetLimit(o.Parallel)
-	launched := make(chan struct{})
-	go func() {
-		defer close(launched)
-		for _, b := range fetchOrder {
-			wt := uniq[b.Desc.Digest]
-			fg.Go(func() error {
-				if _, err := cache.Blob(fgctx, wt.repo, b.Desc.Digest, b.Desc.Size); err != nil {
-					return fmt.Errorf("image %s: blob %s: %w", wt.image, b.Desc.Digest, err)
-				}
-				if o.Progress != nil {
-					o.Progress.Fetched(wt.image, b.Desc.Size)
-				}
-				return nil
-			})
-		}
-	}()
+	// The archive is written while the blobs are fetched: the writer
+	// follows each fetch as its bytes arrive instead of waiting for it to
+	// be committed.
 	open := func(ctx context.Context, d digest.Digest) (io.ReadCloser, error) {
 		wt := uniq[d]
 		if wt == nil { // a non-distributable blob at hand
@@ -318,12 +300,11 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 	}
 	werr := archive.Write(ctx, w, pkgJSON, archImages, blobs, open, aopts)
 	if werr != nil {
-		cancelFetch()
+		fetch.cancel()
 	}
-	<-launched
 	// wait for the fetches to be committed: the cache is complete when
 	// Export returns
-	if err := fg.Wait(); err != nil && (werr != nil && !errors.Is(err, context.Canceled) || werr == nil) {
+	if err := fetch.wait(); err != nil {
 		return nil, err // the fetch error says more than the writer's
 	}
 	if werr != nil {

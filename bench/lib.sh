@@ -156,9 +156,13 @@ crpe_has_flags() {
 # free_port: a port nothing listens on at $HOST, never one handed out before
 # in this run (noted in $TMP, so that it holds across $(free_port) subshells)
 free_port() {
-  local p used="$TMP/ports.used"
+  # below the kernel's ephemeral range: a port the clients' own connections
+  # (16 pullers...) may take as their source port cannot be listened on
+  local p used="$TMP/ports.used" lo
+  lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+  [ "$lo" -gt 12000 ] || lo=32768
   for _ in $(seq 1 50); do
-    p=$(( 20000 + RANDOM % 30000 ))
+    p=$(( 10000 + RANDOM % (lo - 10000) ))
     grep -qx "$p" "$used" 2>/dev/null && continue
     if ! (exec 3<>"/dev/tcp/$HOST/$p") 2>/dev/null; then echo "$p" >>"$used"; echo "$p"; return 0; fi
   done

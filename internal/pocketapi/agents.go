@@ -268,7 +268,7 @@ func (a *API) agentPackages(ctx context.Context, ag *repodb.PocketAgent) ([]agen
 		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, agentError(resp.StatusCode, body)
+		return nil, agentclient.ParseError(resp.StatusCode, body)
 	}
 	var out struct {
 		Items []agentPackage `json:"items"`
@@ -277,24 +277,6 @@ func (a *API) agentPackages(ctx context.Context, ag *repodb.PocketAgent) ([]agen
 		return nil, fmt.Errorf("not a crpe agent? %w", err)
 	}
 	return out.Items, nil
-}
-
-func agentError(status int, body []byte) *agentclient.Error {
-	e := &agentclient.Error{Status: status, Message: strings.TrimSpace(string(body))}
-	var eb struct {
-		Errors []struct {
-			Code    string            `json:"code"`
-			Message string            `json:"message"`
-			Detail  map[string]string `json:"detail"`
-		} `json:"errors"`
-	}
-	if json.Unmarshal(body, &eb) == nil && len(eb.Errors) > 0 {
-		e.Code, e.Message, e.Entry = eb.Errors[0].Code, eb.Errors[0].Message, eb.Errors[0].Detail["entry"]
-	}
-	if len(e.Message) > 500 {
-		e.Message = e.Message[:500]
-	}
-	return e
 }
 
 // compareVersions says what sending pocket over agent would do.
@@ -480,7 +462,7 @@ func (a *API) sendOnce(ctx context.Context, j *Job, cl *agentclient.Client, ag *
 		return nil, err
 	}
 	if resp.StatusCode != http.StatusCreated {
-		return nil, agentError(resp.StatusCode, body)
+		return nil, agentclient.ParseError(resp.StatusCode, body)
 	}
 	res.BytesSent = cw.n.Load()
 	res.Import = json.RawMessage(body)

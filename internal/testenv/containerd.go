@@ -53,32 +53,7 @@ func StartContainerd(t testing.TB) *Containerd {
 	// the snapshotters that need kernel features or tools this host may not
 	// have are disabled; overlayfs and native stay (unpacking is not needed
 	// by the tests, which import with --no-unpack)
-	cfg := fmt.Sprintf(`version = 2
-root = %q
-state = %q
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.internal.v1.tracing",
-]
-
-[grpc]
-  address = %q
-
-[ttrpc]
-  address = %q
-
-[debug]
-  level = "info"
-
-[plugins]
-  [plugins."io.containerd.internal.v1.opt"]
-    path = %q
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.Socket, c.Socket+".ttrpc", filepath.Join(dir, "opt"))
+	cfg := containerdConfig(dir, c.Socket, false)
 	cfgPath := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -154,4 +129,40 @@ func (c *Containerd) Logs() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.log.String()
+}
+
+// containerdConfig is the config of a containerd of the tests' own: its
+// root, state and opt folders under dir, its sockets, the snapshotters and
+// tracing it does not need disabled; and the CRI plugin disabled unless cri
+// (the caller then appends its [plugins."io.containerd.grpc.v1.cri"]).
+func containerdConfig(dir, socket string, cri bool) string {
+	disabled := ""
+	if !cri {
+		disabled = "\n  \"io.containerd.grpc.v1.cri\","
+	}
+	return fmt.Sprintf(`version = 2
+root = %q
+state = %q
+disabled_plugins = [%s
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing",
+]
+
+[grpc]
+  address = %q
+
+[ttrpc]
+  address = %q
+
+[debug]
+  level = "info"
+
+[plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = %q
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), disabled, socket, socket+".ttrpc", filepath.Join(dir, "opt"))
 }

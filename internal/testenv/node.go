@@ -480,31 +480,7 @@ func (n *Node) writeConfigs() error {
 }
 `, n.opts.Bridge, n.opts.PodCIDR, n.IP, filepath.Join(r, "cni", "ipam"))
 	c := filepath.Join(r, "containerd")
-	files["containerd/config.toml"] = fmt.Sprintf(`version = 2
-root = %q
-state = %q
-disabled_plugins = [
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.internal.v1.tracing",
-]
-
-[grpc]
-  address = %q
-
-[ttrpc]
-  address = %q
-
-[debug]
-  level = "info"
-
-[plugins]
-  [plugins."io.containerd.internal.v1.opt"]
-    path = %q
-  [plugins."io.containerd.grpc.v1.cri"]
+	files["containerd/config.toml"] = containerdConfig(c, n.ContainerdSocket, true) + fmt.Sprintf(`  [plugins."io.containerd.grpc.v1.cri"]
     sandbox_image = %q
     restrict_oom_score_adj = true
     netns_mounts_under_state_dir = true
@@ -527,8 +503,7 @@ disabled_plugins = [
       max_conf_num = 1
     [plugins."io.containerd.grpc.v1.cri".registry]
       config_path = %q
-`, filepath.Join(c, "root"), filepath.Join(c, "state"), n.ContainerdSocket, n.ContainerdSocket+".ttrpc",
-		filepath.Join(c, "opt"), n.opts.SandboxImage, n.bins.Runc, filepath.Join(r, "runc"),
+`, n.opts.SandboxImage, n.bins.Runc, filepath.Join(r, "runc"),
 		n.bins.CNIDir, filepath.Join(r, "cni", "net.d"), n.CertsD)
 	files["kubelet-config.yaml"] = fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration

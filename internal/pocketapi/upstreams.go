@@ -10,7 +10,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/opencontainers/go-digest"
@@ -124,10 +123,7 @@ func (u *Upstreams) Reload() error {
 	o.Keychain = kc
 	base := o.Transport
 	if base == nil {
-		t := http.DefaultTransport.(*http.Transport).Clone()
-		t.ResponseHeaderTimeout = 60 * time.Second
-		t.MaxIdleConnsPerHost = 16
-		base = t
+		base = upstream.DefaultTransport()
 	}
 	o.Transport = u.meter.wrap(base)
 	c := pullthrough.New(u.st.Store, u.st.DB, upstream.New(o), pullthrough.Options{Offline: u.offline})

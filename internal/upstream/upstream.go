@@ -104,10 +104,7 @@ func New(o Options) *Client {
 	}
 	base := o.Transport
 	if base == nil {
-		t := http.DefaultTransport.(*http.Transport).Clone()
-		t.ResponseHeaderTimeout = 60 * time.Second
-		t.MaxIdleConnsPerHost = 16
-		base = t
+		base = DefaultTransport()
 	}
 	return &Client{o: o, base: base, transports: map[string]http.RoundTripper{}}
 }
@@ -511,4 +508,13 @@ func (c *Client) Tags(ctx context.Context, r Repo) ([]string, error) {
 	}
 	sort.Strings(all)
 	return all, nil
+}
+
+// DefaultTransport is the HTTP transport upstream clients use unless told
+// otherwise: a minute for response headers, 16 idle connections per host.
+func DefaultTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.ResponseHeaderTimeout = 60 * time.Second
+	t.MaxIdleConnsPerHost = 16
+	return t
 }

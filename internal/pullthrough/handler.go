@@ -3,7 +3,6 @@ package pullthrough
 import (
 	"errors"
 	"net/http"
-	"strings"
 
 	"github.com/octohelm/crpe/internal/cas"
 	"github.com/octohelm/crpe/internal/httpx"
@@ -73,6 +72,11 @@ func (c *Cache) fail(w http.ResponseWriter, r *http.Request, kind string, err er
 
 // mapError turns cache and upstream failures into registry errors.
 func mapError(kind string, err error) error {
+	if errors.Is(err, ErrUpstreamInvalid) {
+		// first: the chain may hold the parser's MANIFEST_INVALID, which
+		// would blame the client
+		return &registry.Error{Status: http.StatusBadGateway, Code: "UNAVAILABLE", Message: err.Error()}
+	}
 	var re *registry.Error
 	if errors.As(err, &re) {
 		return re
@@ -93,9 +97,6 @@ func mapError(kind string, err error) error {
 		if ue.Status == http.StatusUnauthorized || ue.Status == http.StatusForbidden {
 			return &registry.Error{Status: http.StatusBadGateway, Code: "DENIED", Message: "upstream refused: " + err.Error()}
 		}
-		return &registry.Error{Status: http.StatusBadGateway, Code: "UNAVAILABLE", Message: err.Error()}
-	}
-	if strings.Contains(err.Error(), "invalid") {
 		return &registry.Error{Status: http.StatusBadGateway, Code: "UNAVAILABLE", Message: err.Error()}
 	}
 	return registry.AsError(err)

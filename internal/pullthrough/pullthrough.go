@@ -80,6 +80,11 @@ func New(store cas.IngestStore, db *repodb.DB, up *upstream.Client, o Options) *
 // ErrNotCached is returned offline for content the cache lacks.
 var ErrNotCached = errors.New("not in the cache and offline")
 
+// ErrUpstreamInvalid is returned when an upstream served content that is
+// not what was asked for: bytes that do not match their digest or size, or
+// a manifest that does not parse. Nothing of it is cached.
+var ErrUpstreamInvalid = errors.New("the upstream served invalid content")
+
 // errCached tells a caller of startFetch that the blob is stored after all.
 var errCached = errors.New("blob is cached")
 
@@ -220,7 +225,7 @@ func (c *Cache) fetchManifest(ctx context.Context, full string, repo upstream.Re
 		return "", err
 	}
 	if _, err := registry.ParseManifest(m.MediaType, m.Body); err != nil {
-		return "", fmt.Errorf("upstream %s:%s served an invalid manifest: %w", repo, ref, err)
+		return "", fmt.Errorf("%w: %s:%s is not a valid manifest: %w", ErrUpstreamInvalid, repo, ref, err)
 	}
 	if _, err := c.store.Put(ctx, cas.Info{Digest: m.Digest, Size: int64(len(m.Body))}, strings.NewReader(string(m.Body))); err != nil {
 		return "", err
@@ -420,6 +425,9 @@ func (c *Cache) run(ctx context.Context, f *fetch, repo upstream.Repo, expectedS
 	}
 	if err != nil {
 		c.Stats.BlobFailures.Add(1)
+		if errors.Is(err, cas.ErrDigestMismatch) || errors.Is(err, cas.ErrSizeMismatch) {
+			err = fmt.Errorf("%w: %w", ErrUpstreamInvalid, err)
+		}
 		err = fmt.Errorf("fetching %s from %s: %w", f.d, repo, err)
 	}
 	c.mu.Lock()

@@ -150,7 +150,7 @@ func TestConcurrentMissesOneFetch(t *testing.T) {
 
 // faulty is an upstream proxy that misbehaves on blob GETs.
 type faulty struct {
-	mode   atomic.Value // "", "truncate-once", "corrupt", "corrupt-large", "503-twice", "hang"
+	mode   atomic.Value // "", "truncate-once", "corrupt", "corrupt-large", "503-twice", "hang", "garbage-manifest"
 	blobs  atomic.Int64
 	ranges atomic.Int64
 	n503   atomic.Int64
@@ -163,6 +163,14 @@ func startFaulty(t *testing.T, target string) (*faulty, string) {
 	rp := httputil.NewSingleHostReverseProxy(u)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mode := f.mode.Load().(string)
+		if mode == "garbage-manifest" && strings.Contains(r.URL.Path, "/manifests/") {
+			w.Header().Set("Content-Type", ocispec.MediaTypeImageManifest)
+			w.WriteHeader(http.StatusOK)
+			if r.Method == http.MethodGet {
+				_, _ = w.Write([]byte("this is not a manifest"))
+			}
+			return
+		}
 		isBlob := strings.Contains(r.URL.Path, "/blobs/") && r.Method == http.MethodGet
 		if !isBlob {
 			rp.ServeHTTP(w, r)
@@ -263,6 +271,14 @@ func TestLyingAndBrokenUpstream(t *testing.T) {
 	if up.Requests("GET", "/blobs/"+string(layer.Desc.Digest)) < 2 {
 		t.Fatal("no resume request reached the upstream")
 	}
+
+	// a manifest that does not parse is the upstream's fault: 502, nothing cached
+	f.mode.Store("garbage-manifest")
+	resp, body = get(t, p.URL+"/v2/docker.io/library/lie/manifests/garbage")
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(body), "UNAVAILABLE") {
+		t.Fatalf("garbage manifest upstream: %d %s", resp.StatusCode, body)
+	}
+	f.mode.Store("")
 
 	// 5xx answers are retried
 	cfg := im.Config

@@ -6,9 +6,9 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
-// parseConfigPlatform reads os/architecture/variant of an image config; an
+// ParseConfigPlatform reads os/architecture/variant of an image config; an
 // unreadable config (an artifact's) yields the zero platform.
-func parseConfigPlatform(body []byte) ocispec.Platform {
+func ParseConfigPlatform(body []byte) ocispec.Platform {
 	var c struct {
 		OS           string `json:"os"`
 		Architecture string `json:"architecture"`

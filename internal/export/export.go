@@ -12,11 +12,9 @@ import (
 	"fmt"
 	"io"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
@@ -26,7 +24,6 @@ import (
 	"github.com/octohelm/crpe/internal/kubepkg"
 	"github.com/octohelm/crpe/internal/platform"
 	"github.com/octohelm/crpe/internal/pullthrough"
-	"github.com/octohelm/crpe/internal/registry"
 )
 
 // DefaultPlatforms are exported when neither --platform nor the package's
@@ -184,9 +181,11 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 	g.SetLimit(o.Parallel)
 	for _, im := range images {
 		g.Go(func() error {
-			if err := walk(gctx, cache, im); err != nil {
+			wk, err := Walk(gctx, im.ref, im.top.Digest, im.platforms, cache.Manifest, CacheConfigPlatform(cache))
+			if err != nil {
 				return err
 			}
+			im.repo, im.top, im.blobs, im.exported = wk.Repo, wk.Top, wk.Blobs, wk.Platforms
 			fetch.start(im.repo, im.ref, im.blobs)
 			return nil
 		})
@@ -326,155 +325,4 @@ func appendPlatforms(list, add []ocispec.Platform) []ocispec.Platform {
 		}
 	}
 	return list
-}
-
-// walk resolves im and collects the blobs of its chosen platforms.
-func walk(ctx context.Context, cache *pullthrough.Cache, im *image) error {
-	ref, err := name.ParseReference(im.ref, name.WeakValidation)
-	if err != nil {
-		return fmt.Errorf("image %s: %w", im.ref, err)
-	}
-	im.repo = kubepkg.RepositoryName(ref.Context())
-	target := ref.Identifier()
-	if im.top.Digest != "" {
-		target = string(im.top.Digest)
-	} else if d, ok := ref.(name.Digest); ok {
-		target = d.DigestStr()
-	}
-	m, err := cache.Manifest(ctx, im.repo, target)
-	if err != nil {
-		return fmt.Errorf("image %s: %w", im.ref, err)
-	}
-	if im.top.Digest != "" && m.Digest != im.top.Digest {
-		return fmt.Errorf("image %s: resolved to %s, expected %s", im.ref, m.Digest, im.top.Digest)
-	}
-	pm, err := registry.ParseManifest(m.MediaType, m.Body)
-	if err != nil {
-		return fmt.Errorf("image %s: %w", im.ref, err)
-	}
-	im.top = ocispec.Descriptor{MediaType: pm.MediaType, Digest: m.Digest, Size: int64(len(m.Body))}
-	im.exported = map[string]bool{}
-	im.blobs = append(im.blobs, archive.Blob{Desc: im.top, Kind: archive.KindManifest})
-	if pm.IsIndex() {
-		n, err := walkIndex(ctx, cache, im, pm, 0)
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			return fmt.Errorf("image %s has no manifest for %s (it has %s)", im.ref, platform.Join(im.platforms), strings.Join(available(pm), ", "))
-		}
-		return nil
-	}
-	plat, err := addImageManifest(ctx, cache, im, pm)
-	if err != nil {
-		return err
-	}
-	if plat.OS == "" && plat.Architecture == "" {
-		// the config names no platform (an artifact, or an image built
-		// without one): nothing to choose by, taken as it is
-		im.exported["unknown"] = true
-		return nil
-	}
-	if !platform.MatchAny(im.platforms, plat) {
-		return fmt.Errorf("image %s is %s only, which is not among the chosen platforms %s", im.ref, platform.String(plat), platform.Join(im.platforms))
-	}
-	im.exported[platform.String(plat)] = true
-	return nil
-}
-
-func available(pm *registry.ParsedManifest) []string {
-	var out []string
-	for _, c := range pm.Manifests {
-		if c.Platform != nil {
-			out = append(out, platform.String(*c.Platform))
-		}
-	}
-	if len(out) == 0 {
-		out = []string{"no platforms"}
-	}
-	return out
-}
-
-// walkIndex adds the children of an index that match im's platforms and
-// returns how many image manifests it added.
-func walkIndex(ctx context.Context, cache *pullthrough.Cache, im *image, pm *registry.ParsedManifest, depth int) (int, error) {
-	if depth > 4 {
-		return 0, fmt.Errorf("image %s: indexes nested too deep", im.ref)
-	}
-	n := 0
-	for _, c := range pm.Manifests {
-		isIndex := c.MediaType == ocispec.MediaTypeImageIndex || c.MediaType == registry.MediaTypeDockerManifestList
-		if !isIndex && (c.Platform == nil || !platform.MatchAny(im.platforms, *c.Platform)) {
-			continue
-		}
-		if isIndex && c.Platform != nil && !platform.MatchAny(im.platforms, *c.Platform) {
-			continue
-		}
-		m, err := cache.Manifest(ctx, im.repo, string(c.Digest))
-		if err != nil {
-			return 0, fmt.Errorf("image %s: manifest %s: %w", im.ref, c.Digest, err)
-		}
-		if int64(len(m.Body)) != c.Size {
-			return 0, fmt.Errorf("image %s: manifest %s has %d bytes, the index says %d", im.ref, c.Digest, len(m.Body), c.Size)
-		}
-		cpm, err := registry.ParseManifest(m.MediaType, m.Body)
-		if err != nil {
-			return 0, fmt.Errorf("image %s: manifest %s: %w", im.ref, c.Digest, err)
-		}
-		im.blobs = append(im.blobs, archive.Blob{Desc: ocispec.Descriptor{MediaType: cpm.MediaType, Digest: c.Digest, Size: c.Size}, Kind: archive.KindManifest})
-		if cpm.IsIndex() {
-			k, err := walkIndex(ctx, cache, im, cpm, depth+1)
-			if err != nil {
-				return 0, err
-			}
-			n += k
-			continue
-		}
-		if _, err := addImageManifest(ctx, cache, im, cpm); err != nil {
-			return 0, err
-		}
-		im.exported[platform.String(*c.Platform)] = true
-		n++
-	}
-	return n, nil
-}
-
-// addImageManifest adds the config and layers of an image manifest and
-// returns its platform, read from the config.
-func addImageManifest(ctx context.Context, cache *pullthrough.Cache, im *image, pm *registry.ParsedManifest) (ocispec.Platform, error) {
-	var plat ocispec.Platform
-	if pm.Config != nil {
-		im.blobs = append(im.blobs, archive.Blob{Desc: *pm.Config, Kind: archive.KindConfig})
-		var err error
-		if plat, err = readPlatform(ctx, cache, im.repo, *pm.Config); err != nil {
-			return plat, fmt.Errorf("image %s: config %s: %w", im.ref, pm.Config.Digest, err)
-		}
-	}
-	for _, l := range pm.Layers {
-		im.blobs = append(im.blobs, archive.Blob{Desc: l, Kind: archive.KindLayer})
-	}
-	return plat, nil
-}
-
-// readPlatform reads the platform an image config names. The config is read
-// as it arrives (verified, before its commit: the export waits for every
-// commit at the end), so a cold walk does not wait for an fsync per image.
-func readPlatform(ctx context.Context, cache *pullthrough.Cache, repo string, desc ocispec.Descriptor) (ocispec.Platform, error) {
-	var p ocispec.Platform
-	if desc.Size > 16<<20 {
-		return p, nil // not an image config we could read cheaply; platform unknown
-	}
-	rc, err := cache.Open(ctx, repo, desc.Digest, desc.Size)
-	if err != nil {
-		return p, err
-	}
-	defer rc.Close()
-	body, err := io.ReadAll(io.LimitReader(rc, desc.Size+1))
-	if err != nil {
-		return p, err
-	}
-	if int64(len(body)) != desc.Size {
-		return p, fmt.Errorf("%w: %d bytes, the manifest says %d", cas.ErrSizeMismatch, len(body), desc.Size)
-	}
-	return parseConfigPlatform(body), nil
 }

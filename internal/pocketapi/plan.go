@@ -7,10 +7,10 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/octohelm/crpe/internal/archive"
 	"github.com/octohelm/crpe/internal/cas"
 	"github.com/octohelm/crpe/internal/export"
 	"github.com/octohelm/crpe/internal/kubepkg"
@@ -126,9 +126,6 @@ func packagePlatforms(p *kubepkg.KubePkg) ([]ocispec.Platform, error) {
 	return platform.ParseList(s)
 }
 
-// manifestSource reads manifests for a plan.
-type manifestSource func(ctx context.Context, repo, ref string) (*pullthrough.Manifest, error)
-
 var errNotCached = errors.New("not in the cache")
 
 // localManifest reads a manifest from the cache alone.
@@ -164,10 +161,20 @@ func (a *API) planPackage(ctx context.Context, rec *repodb.PocketPackage, pkg *k
 			return nil, err
 		}
 	}
-	src := manifestSource(a.localManifest)
+	src, config := export.ManifestSource(a.localManifest), export.ConfigPlatform(a.localConfigPlatform)
 	if mode != resolveLocal {
 		cache := a.ups.Cache()
+		fetchConfig := export.CacheConfigPlatform(cache)
 		src = cache.Manifest
+		config = func(ctx context.Context, repo string, desc ocispec.Descriptor) (ocispec.Platform, error) {
+			p, err := fetchConfig(ctx, repo, desc)
+			if err != nil {
+				// unknown for now: the config is fetched again with the
+				// other blobs, where a failure shows in the progress
+				return ocispec.Platform{}, nil
+			}
+			return p, nil
+		}
 	}
 	pl := &plan{Platforms: plats}
 	refs := map[string]string{}
@@ -192,80 +199,43 @@ func (a *API) planPackage(ctx context.Context, rec *repodb.PocketPackage, pkg *k
 		if target == "" && mode != resolveFresh && rec != nil {
 			target = rec.Resolved[ref]
 		}
-		im.Err = a.walkImage(ctx, src, im, target, plats)
+		im.Err = a.walkImage(ctx, src, config, im, target, plats)
 	}
 	return pl, nil
 }
 
 // walkImage resolves im (target: a digest to use, "" to resolve the
-// reference) and lists the blobs of its platforms.
-func (a *API) walkImage(ctx context.Context, src manifestSource, im *planImage, target string, plats []ocispec.Platform) error {
-	r, err := name.ParseReference(im.Ref, name.WeakValidation)
+// reference) and lists the blobs of its platforms, as an export walks it.
+func (a *API) walkImage(ctx context.Context, src export.ManifestSource, config export.ConfigPlatform, im *planImage, target string, plats []ocispec.Platform) error {
+	wk, err := export.Walk(ctx, im.Ref, digest.Digest(target), plats, src, config)
 	if err != nil {
 		return err
 	}
-	im.Repo = kubepkg.RepositoryName(r.Context())
-	if target == "" {
-		target = r.Identifier()
-	}
-	m, err := src(ctx, im.Repo, target)
-	if err != nil {
-		return err
-	}
-	im.Digest = m.Digest
+	im.Repo, im.Digest = wk.Repo, wk.Top.Digest
 	seen := map[digest.Digest]bool{}
-	add := func(d digest.Digest, size int64, layer bool) {
-		if seen[d] {
-			return
+	for _, b := range wk.Blobs {
+		d := b.Desc.Digest
+		if seen[d] || len(b.Desc.URLs) > 0 { // non-distributable: not fetched
+			continue
 		}
 		seen[d] = true
 		_, serr := a.st.Store.Stat(ctx, d)
-		im.Blobs = append(im.Blobs, planBlob{Digest: d, Size: size, Present: serr == nil, Layer: layer})
-	}
-	add(m.Digest, int64(len(m.Body)), false)
-	return a.walkManifest(ctx, src, im, m, plats, add, 0)
-}
-
-func (a *API) walkManifest(ctx context.Context, src manifestSource, im *planImage, m *pullthrough.Manifest, plats []ocispec.Platform, add func(digest.Digest, int64, bool), depth int) error {
-	if depth > 4 {
-		return errors.New("indexes nested too deep")
-	}
-	pm, err := registry.ParseManifest(m.MediaType, m.Body)
-	if err != nil {
-		return err
-	}
-	if !pm.IsIndex() {
-		if pm.Config != nil {
-			add(pm.Config.Digest, pm.Config.Size, false)
-		}
-		for _, l := range pm.Layers {
-			if len(l.URLs) > 0 {
-				continue // non-distributable: not fetched
-			}
-			add(l.Digest, l.Size, true)
-		}
-		return nil
-	}
-	n := 0
-	for _, c := range pm.Manifests {
-		isIndex := c.MediaType == ocispec.MediaTypeImageIndex || c.MediaType == registry.MediaTypeDockerManifestList
-		if c.Platform != nil && !platform.MatchAny(plats, *c.Platform) || c.Platform == nil && !isIndex {
-			continue
-		}
-		cm, err := src(ctx, im.Repo, string(c.Digest))
-		if err != nil {
-			return fmt.Errorf("manifest %s: %w", c.Digest, err)
-		}
-		add(c.Digest, c.Size, false)
-		if err := a.walkManifest(ctx, src, im, cm, plats, add, depth+1); err != nil {
-			return err
-		}
-		n++
-	}
-	if n == 0 {
-		return fmt.Errorf("no manifest for %s", platform.Join(plats))
+		im.Blobs = append(im.Blobs, planBlob{Digest: d, Size: b.Desc.Size, Present: serr == nil, Layer: b.Kind == archive.KindLayer})
 	}
 	return nil
+}
+
+// localConfigPlatform reads an image config's platform from the cache
+// alone: unknown when the config is not cached.
+func (a *API) localConfigPlatform(ctx context.Context, _ string, desc ocispec.Descriptor) (ocispec.Platform, error) {
+	if desc.Size > 16<<20 {
+		return ocispec.Platform{}, nil
+	}
+	body, err := cas.ReadAll(ctx, a.st.Store, desc.Digest, desc.Size)
+	if err != nil {
+		return ocispec.Platform{}, nil // not cached (yet): unknown
+	}
+	return export.ParseConfigPlatform(body), nil
 }
 
 // pin sets every image of pkg to the digest pl resolved it to, so that an

@@ -93,6 +93,30 @@ func (s *storedWriter) copyFrom(ctx context.Context, d digest.Digest, rc io.Read
 	hdrs := make([]byte, 5*(len(buf)/maxStored))
 	iov := make([][]byte, 0, 2*(len(buf)/maxStored))
 	var crc uint32
+	err := copyChunks(ctx, d, rc, size, h, buf, progress, func(chunk []byte) error {
+		crc = crc32.Update(crc, crc32.IEEETable, chunk)
+		iov = iov[:0]
+		for k := 0; len(chunk) > 0; k++ {
+			c := min(len(chunk), maxStored)
+			hdr := hdrs[5*k : 5*k+5]
+			copy(hdr, s.blockHeader(c))
+			iov = append(iov, hdr, chunk[:c])
+			chunk = chunk[c:]
+		}
+		return s.writeBlocks(iov)
+	})
+	if err != nil {
+		return err
+	}
+	s.crc = crc32Combine(s.crc, crc, size)
+	s.size += size
+	return nil
+}
+
+// copyChunks reads size bytes of blob d from rc, a whole buffer at a time
+// (a shorter one only at the end), gives each chunk to h (if set) and to
+// write, and reports the bytes done to progress.
+func copyChunks(ctx context.Context, d digest.Digest, rc io.Reader, size int64, h io.Writer, buf []byte, progress func(int64), write func([]byte) error) error {
 	var n int64
 	for n < size {
 		if err := ctx.Err(); err != nil {
@@ -100,20 +124,10 @@ func (s *storedWriter) copyFrom(ctx context.Context, d digest.Digest, rc io.Read
 		}
 		m, err := io.ReadFull(rc, buf[:min(int64(len(buf)), size-n)])
 		if m > 0 {
-			chunk := buf[:m]
 			if h != nil {
-				_, _ = h.Write(chunk)
+				_, _ = h.Write(buf[:m])
 			}
-			crc = crc32.Update(crc, crc32.IEEETable, chunk)
-			iov = iov[:0]
-			for k := 0; len(chunk) > 0; k++ {
-				c := min(len(chunk), maxStored)
-				hdr := hdrs[5*k : 5*k+5]
-				copy(hdr, s.blockHeader(c))
-				iov = append(iov, hdr, chunk[:c])
-				chunk = chunk[c:]
-			}
-			if werr := s.writeBlocks(iov); werr != nil {
+			if werr := write(buf[:m]); werr != nil {
 				return fmt.Errorf("archive: writing blob %s: %w", d, werr)
 			}
 			n += int64(m)
@@ -131,8 +145,6 @@ func (s *storedWriter) copyFrom(ctx context.Context, d digest.Digest, rc io.Read
 	if n < size {
 		return fmt.Errorf("archive: blob %s: got %d bytes, expected %d: %w", d, n, size, errShort)
 	}
-	s.crc = crc32Combine(s.crc, crc, n)
-	s.size += n
 	return nil
 }
 

@@ -239,35 +239,10 @@ type tarSink struct{ tw *tar.Writer }
 func (s tarSink) header(h *tar.Header) error { return s.tw.WriteHeader(h) }
 func (s tarSink) end(int64) error            { return nil }
 func (s tarSink) copy(ctx context.Context, d digest.Digest, rc io.Reader, size int64, h io.Writer, buf []byte, progress func(int64)) error {
-	var n int64
-	for n < size {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		m, err := io.ReadFull(rc, buf[:min(int64(len(buf)), size-n)])
-		if m > 0 {
-			if h != nil {
-				_, _ = h.Write(buf[:m])
-			}
-			if _, werr := s.tw.Write(buf[:m]); werr != nil {
-				return fmt.Errorf("archive: writing blob %s: %w", d, werr)
-			}
-			n += int64(m)
-			if progress != nil {
-				progress(n)
-			}
-		}
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("archive: reading blob %s: %w", d, err)
-		}
-	}
-	if n < size {
-		return fmt.Errorf("archive: blob %s: got %d bytes, expected %d: %w", d, n, size, errShort)
-	}
-	return nil
+	return copyChunks(ctx, d, rc, size, h, buf, progress, func(chunk []byte) error {
+		_, err := s.tw.Write(chunk)
+		return err
+	})
 }
 
 // storedSink writes entries into the stored member: the header made by

@@ -70,12 +70,19 @@ type peerProc struct {
 }
 
 func startPeerProc(name, bin, logFile string, args ...string) (*peerProc, error) {
+	return startPeerProcEnv(name, bin, logFile, nil, args...)
+}
+
+// startPeerProcEnv starts a peer with env (nil: this process's), its output
+// in logFile.
+func startPeerProcEnv(name, bin, logFile string, env []string, args ...string) (*peerProc, error) {
 	f, err := os.Create(logFile)
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Env = env
 	// the peers die with the test process even when it is killed (a go test
 	// timeout skips the cleanups); in a process group of their own, a Ctrl-C
 	// reaches the test process alone, which then stops them in order

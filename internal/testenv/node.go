@@ -322,12 +322,12 @@ func LaunchNode(b NodeBins, o NodeOptions) (n *Node, err error) {
 	n.Kube = k
 	caFile := filepath.Join(k.Dir, "certs", "apiserver.crt")
 	o.Logf("node: kube-apiserver ready at %s (%s); starting containerd, kube-controller-manager, kube-scheduler", k.URL, k.Started.Round(time.Millisecond))
-	n.ctrd, err = startNodeProc("containerd", b.Containerd, filepath.Join(root, "logs", "containerd.log"), env,
+	n.ctrd, err = startPeerProcEnv("containerd", b.Containerd, filepath.Join(root, "logs", "containerd.log"), env,
 		"--config", filepath.Join(root, "containerd", "config.toml"))
 	if err != nil {
 		return n, err
 	}
-	n.kcm, err = startNodeProc("kube-controller-manager", b.ControllerManager, filepath.Join(root, "logs", "kube-controller-manager.log"), env,
+	n.kcm, err = startPeerProcEnv("kube-controller-manager", b.ControllerManager, filepath.Join(root, "logs", "kube-controller-manager.log"), env,
 		"--kubeconfig="+k.Kubeconfig,
 		"--authentication-kubeconfig="+k.Kubeconfig,
 		"--authorization-kubeconfig="+k.Kubeconfig,
@@ -344,7 +344,7 @@ func LaunchNode(b NodeBins, o NodeOptions) (n *Node, err error) {
 	if err != nil {
 		return n, err
 	}
-	n.sched, err = startNodeProc("kube-scheduler", b.Scheduler, filepath.Join(root, "logs", "kube-scheduler.log"), env,
+	n.sched, err = startPeerProcEnv("kube-scheduler", b.Scheduler, filepath.Join(root, "logs", "kube-scheduler.log"), env,
 		"--kubeconfig="+k.Kubeconfig,
 		"--authentication-kubeconfig="+k.Kubeconfig,
 		"--authorization-kubeconfig="+k.Kubeconfig,
@@ -360,7 +360,7 @@ func LaunchNode(b NodeBins, o NodeOptions) (n *Node, err error) {
 		return n, err
 	}
 	o.Logf("node: containerd answers; starting the kubelet")
-	n.kubelet, err = startNodeProc("kubelet", b.Kubelet, filepath.Join(root, "logs", "kubelet.log"), env,
+	n.kubelet, err = startPeerProcEnv("kubelet", b.Kubelet, filepath.Join(root, "logs", "kubelet.log"), env,
 		"--config="+filepath.Join(root, "kubelet-config.yaml"),
 		"--kubeconfig="+k.Kubeconfig,
 		"--root-dir="+filepath.Join(root, "kubelet"),
@@ -403,27 +403,6 @@ func firstHost(cidr string) (string, error) {
 func maskBits(cidr string) string {
 	_, m, _ := strings.Cut(cidr, "/")
 	return m
-}
-
-// startNodeProc is startPeerProc with an environment.
-func startNodeProc(name, bin, logFile string, env []string, args ...string) (*peerProc, error) {
-	f, err := os.Create(logFile)
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.Env = env
-	// dies with its owner; a process group of its own, so that a Ctrl-C
-	// reaches the owner alone, which then stops the node in order
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &peerProc{name: name, cmd: cmd, log: logFile, done: make(chan struct{})}
-	go func() { _ = cmd.Wait(); f.Close(); close(p.done) }()
-	return p, nil
 }
 
 // guardedEnv is the environment of containerd and the kubelet: iptables

@@ -210,6 +210,25 @@ type handler struct {
 	refs    map[string]bool
 	images  []*image
 	res     *Result
+	// manifests are the manifests read back from the store during this
+	// import (space check, closure, publish read each once)
+	manifests map[digest.Digest][]byte
+}
+
+// manifest reads manifest d from the store once per import.
+func (h *handler) manifest(ctx context.Context, d digest.Digest) ([]byte, error) {
+	if b, ok := h.manifests[d]; ok {
+		return b, nil
+	}
+	b, err := readSmall(ctx, h.im.store, d)
+	if err != nil {
+		return nil, err
+	}
+	if h.manifests == nil {
+		h.manifests = map[digest.Digest][]byte{}
+	}
+	h.manifests[d] = b
+	return b, nil
 }
 
 func (h *handler) Package(data []byte) error {
@@ -308,7 +327,7 @@ func (h *handler) Blob(ctx context.Context, desc ocispec.Descriptor, kind archiv
 
 // announce records what a stored manifest needs.
 func (h *handler) announce(ctx context.Context, desc ocispec.Descriptor) {
-	b, err := readSmall(ctx, h.im.store, desc.Digest)
+	b, err := h.manifest(ctx, desc.Digest)
 	if err != nil {
 		return
 	}
@@ -434,7 +453,7 @@ func (im *Importer) importLocked(ctx context.Context, r io.Reader, o ImportOptio
 	}
 	ctxBG := context.WithoutCancel(ctx)
 	getManifest := func(d digest.Digest) ([]byte, bool) {
-		b, err := readSmall(ctxBG, im.store, d)
+		b, err := h.manifest(ctxBG, d)
 		return b, err == nil
 	}
 	has := func(d digest.Digest) bool {
@@ -501,7 +520,7 @@ func (im *Importer) publish(ctx context.Context, h *handler, o ImportOptions) ([
 	for _, img := range h.images {
 		var walk func(desc ocispec.Descriptor, depth int) error
 		walk = func(desc ocispec.Descriptor, depth int) error {
-			body, err := readSmall(ctx, im.store, desc.Digest)
+			body, err := h.manifest(ctx, desc.Digest)
 			if err != nil {
 				return nil // an index child left out (another platform)
 			}

@@ -83,7 +83,9 @@ type fetchReader struct {
 }
 
 // ready blocks until bytes past off are ready and returns where they end:
-// the blob's size once it is complete and verified.
+// the blob's size once it is complete and verified. Until then the last
+// byte written is held back: with sendfile the bytes reach a client at
+// once, and a reader must never hold every byte of a blob that then fails.
 func (r *fetchReader) ready(off int64) (int64, error) {
 	f := r.f
 	stop := context.AfterFunc(r.ctx, func() {

@@ -658,46 +658,28 @@ func (c *Cache) ServeBlob(w http.ResponseWriter, r *http.Request, full string, d
 	return true, nil
 }
 
-// stream copies the fetch's bytes to w as they arrive.
+// stream copies the fetch's bytes to w as they arrive, with sendfile when
+// it can; the last byte waits for the verification (fetchReader.ready).
 func (f *fetch) stream(ctx context.Context, w io.Writer, rd cas.ReaderAtCloser) error {
-	stop := context.AfterFunc(ctx, func() {
-		f.mu.Lock()
-		f.cond.Broadcast()
-		f.mu.Unlock()
-	})
-	defer stop()
+	r := &fetchReader{ctx: ctx, f: f, rd: rd}
 	var off int64
 	for {
-		// Until the fetch is done (and verified) the last byte written is
-		// held back: with sendfile the bytes reach the client at once, and a
-		// client must never hold every byte of a blob that then fails.
-		f.mu.Lock()
-		for f.written-off <= 1 && !f.complete() && !f.done && ctx.Err() == nil {
-			f.cond.Wait()
-		}
-		avail, done, err := f.written-off, f.complete(), f.err
-		f.mu.Unlock()
-		if !done && err == nil {
-			avail--
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
+		end, err := r.ready(off)
 		if err != nil {
 			return err
 		}
-		if avail == 0 && done {
-			return nil
+		if end <= off {
+			return nil // complete, and all of it sent
 		}
 		var n int64
 		var werr error
 		if f, ok := rd.(*os.File); ok {
 			// a file the server can send with sendfile
 			if _, werr = f.Seek(off, io.SeekStart); werr == nil {
-				n, werr = io.CopyN(w, f, avail)
+				n, werr = io.CopyN(w, f, end-off)
 			}
 		} else {
-			n, werr = io.Copy(w, io.NewSectionReader(rd, off, avail))
+			n, werr = io.Copy(w, io.NewSectionReader(rd, off, end-off))
 		}
 		off += n
 		if werr != nil {

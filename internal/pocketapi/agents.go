@@ -215,12 +215,7 @@ func (a *API) agentStatus(ctx context.Context, ag *repodb.PocketAgent) AgentStat
 	if ag.Token == "" {
 		st.Error = "no token is known for this agent: sending will be refused"
 	}
-	var recs []*repodb.PocketPackage
-	_ = a.st.DB.View(func(tx *repodb.Tx) error {
-		var err error
-		recs, err = tx.PocketPackages()
-		return err
-	})
+	recs, _ := a.allPackages() // none known: everything on the agent is agent-only
 	mine := map[string]*repodb.PocketPackage{}
 	for _, rec := range recs {
 		mine[rec.Name] = rec
@@ -348,11 +343,7 @@ func (a *API) runSend(ctx context.Context, j *Job, name string, ag *repodb.Pocke
 	if ag.Token == "" {
 		return nil, fmt.Errorf("no token is known for agent %s: register it again with its token", ag.Name)
 	}
-	rec, err := a.loadPackage(name)
-	if err != nil {
-		return nil, err
-	}
-	pkg, err := decodePackage(rec)
+	rec, pkg, err := a.loadPackage(name)
 	if err != nil {
 		return nil, err
 	}

@@ -40,12 +40,8 @@ type CleanResult struct {
 // needed is every cached blob some package of the library needs (for its
 // platforms, as resolved by its last sync or the cache's tags).
 func (a *API) needed(ctx context.Context) (map[digest.Digest]bool, error) {
-	var recs []*repodb.PocketPackage
-	if err := a.st.DB.View(func(tx *repodb.Tx) error {
-		var err error
-		recs, err = tx.PocketPackages()
-		return err
-	}); err != nil {
+	recs, err := a.allPackages()
+	if err != nil {
 		return nil, err
 	}
 	keep := map[digest.Digest]bool{}

@@ -69,7 +69,7 @@ const (
 )
 
 // loadPackage reads package name of the library.
-func (a *API) loadPackage(name string) (*repodb.PocketPackage, error) {
+func (a *API) loadPackage(name string) (*repodb.PocketPackage, *kubepkg.KubePkg, error) {
 	var rec *repodb.PocketPackage
 	var ok bool
 	err := a.st.DB.View(func(tx *repodb.Tx) error {
@@ -77,10 +77,28 @@ func (a *API) loadPackage(name string) (*repodb.PocketPackage, error) {
 		rec, ok, err = tx.PocketPackage(name)
 		return err
 	})
-	if err == nil && !ok {
-		return nil, errNoPackage
+	if err != nil {
+		return nil, nil, err
 	}
-	return rec, err
+	if !ok {
+		return nil, nil, errNoPackage
+	}
+	pkg, err := decodePackage(rec)
+	if err != nil {
+		return nil, nil, err
+	}
+	return rec, pkg, nil
+}
+
+// allPackages lists the library's packages.
+func (a *API) allPackages() ([]*repodb.PocketPackage, error) {
+	var recs []*repodb.PocketPackage
+	err := a.st.DB.View(func(tx *repodb.Tx) error {
+		var err error
+		recs, err = tx.PocketPackages()
+		return err
+	})
+	return recs, err
 }
 
 var errNoPackage = errors.New("no such package")
@@ -88,16 +106,11 @@ var errNoPackage = errors.New("no such package")
 // packageFor finds package name or answers 404.
 func (a *API) packageFor(w http.ResponseWriter, r *http.Request) (*repodb.PocketPackage, *kubepkg.KubePkg, bool) {
 	name := r.PathValue("name")
-	rec, err := a.loadPackage(name)
+	rec, pkg, err := a.loadPackage(name)
 	if errors.Is(err, errNoPackage) {
 		writeError(w, r, http.StatusNotFound, "NOT_FOUND", fmt.Sprintf("package %q is not in the pocket", name), map[string]string{"package": name})
 		return nil, nil, false
 	}
-	if err != nil {
-		internal(w, r, err)
-		return nil, nil, false
-	}
-	pkg, err := decodePackage(rec)
 	if err != nil {
 		internal(w, r, err)
 		return nil, nil, false
@@ -138,14 +151,7 @@ func (a *API) view(ctx context.Context, rec *repodb.PocketPackage, withObject bo
 	}
 	for _, im := range pl.Images {
 		iv := ImageView{Ref: im.Ref, Digest: string(im.Digest)}
-		for _, b := range im.Blobs {
-			iv.Blobs++
-			iv.Bytes += b.Size
-			if b.Present {
-				iv.CachedBlobs++
-				iv.CachedBytes += b.Size
-			}
-		}
+		iv.Blobs, iv.CachedBlobs, iv.Bytes, iv.CachedBytes = im.counts()
 		if im.Err != nil {
 			iv.Error = im.Err.Error()
 			v.Cache.Unresolved++
@@ -173,12 +179,8 @@ func (a *API) view(ctx context.Context, rec *repodb.PocketPackage, withObject bo
 }
 
 func (a *API) listPackages(w http.ResponseWriter, r *http.Request) {
-	var recs []*repodb.PocketPackage
-	if err := a.st.DB.View(func(tx *repodb.Tx) error {
-		var err error
-		recs, err = tx.PocketPackages()
-		return err
-	}); err != nil {
+	recs, err := a.allPackages()
+	if err != nil {
 		internal(w, r, err)
 		return
 	}

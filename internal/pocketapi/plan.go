@@ -59,6 +59,19 @@ type plan struct {
 	Images    []*planImage
 }
 
+// counts counts the image's blobs and bytes, and those present.
+func (im *planImage) counts() (blobs, present int, bytes, presentBytes int64) {
+	for _, b := range im.Blobs {
+		blobs++
+		bytes += b.Size
+		if b.Present {
+			present++
+			presentBytes += b.Size
+		}
+	}
+	return
+}
+
 // totals counts unique blobs and bytes, and those present.
 func (p *plan) totals() (blobs, present int, bytes, presentBytes int64, complete bool) {
 	seen := map[digest.Digest]bool{}

@@ -57,11 +57,7 @@ func (a *API) syncPackage(w http.ResponseWriter, r *http.Request) {
 // of its platforms that the cache lacks. A sync cut off keeps what it
 // fetched: the next one starts from there.
 func (a *API) runSync(ctx context.Context, j *Job, name string) (any, error) {
-	rec, err := a.loadPackage(name)
-	if err != nil {
-		return nil, err
-	}
-	pkg, err := decodePackage(rec)
+	rec, pkg, err := a.loadPackage(name)
 	if err != nil {
 		return nil, err
 	}
@@ -104,14 +100,10 @@ func (a *API) fetchMissing(ctx context.Context, j *Job, pl *plan) (int, int64, e
 	var images []ImageProgress
 	for _, im := range pl.Images {
 		ip := ImageProgress{Ref: im.Ref}
+		ip.Blobs, ip.BlobsDone, ip.Total, ip.Bytes = im.counts()
 		byImage[im.Ref] = map[digest.Digest]int64{}
 		for _, b := range im.Blobs {
-			ip.Blobs++
-			ip.Total += b.Size
-			if b.Present {
-				ip.BlobsDone++
-				ip.Bytes += b.Size
-			} else {
+			if !b.Present {
 				byImage[im.Ref][b.Digest] = b.Size
 			}
 		}

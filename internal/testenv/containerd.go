@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -25,10 +24,7 @@ type Containerd struct {
 	// Socket is the gRPC socket (ctr --address).
 	Socket string
 	ctr    string
-	cmd    *exec.Cmd
-	log    *bytes.Buffer
-	mu     *sync.Mutex
-	done   chan struct{}
+	logged
 }
 
 // StartContainerd starts containerd and waits until `ctr version` answers.
@@ -43,8 +39,7 @@ func StartContainerd(t testing.TB) *Containerd {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &Containerd{Dir: dir, Socket: filepath.Join(dir, "c.sock"), ctr: ctr,
-		log: &bytes.Buffer{}, mu: &sync.Mutex{}, done: make(chan struct{})}
+	c := &Containerd{Dir: dir, Socket: filepath.Join(dir, "c.sock"), ctr: ctr}
 	t.Cleanup(func() {
 		c.Stop()
 		// the snapshotters may leave read-only or mounted files: best effort
@@ -58,13 +53,9 @@ func StartContainerd(t testing.TB) *Containerd {
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	c.cmd = exec.Command(bin, "--config", cfgPath)
-	w := &syncWriter{mu: c.mu, w: c.log}
-	c.cmd.Stdout, c.cmd.Stderr = w, w
-	if err := c.cmd.Start(); err != nil {
+	if err := c.start(exec.Command(bin, "--config", cfgPath)); err != nil {
 		t.Fatal(err)
 	}
-	go func() { _ = c.cmd.Wait(); close(c.done) }()
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("containerd log:\n%s", c.Logs())
@@ -109,26 +100,6 @@ func (c *Containerd) CtrIn(ctx context.Context, stdin []byte, args ...string) (s
 		return string(out), fmt.Errorf("ctr %s: %w\n%s", strings.Join(args, " "), err, out)
 	}
 	return string(out), nil
-}
-
-// Stop kills containerd (idempotent).
-func (c *Containerd) Stop() {
-	if c.cmd == nil || c.cmd.Process == nil {
-		return
-	}
-	select {
-	case <-c.done:
-	default:
-		_ = c.cmd.Process.Kill()
-		<-c.done
-	}
-}
-
-// Logs returns what containerd logged.
-func (c *Containerd) Logs() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.log.String()
 }
 
 // containerdConfig is the config of a containerd of the tests' own: its

@@ -21,10 +21,7 @@ type Distribution struct {
 	Addr string
 	URL  string
 	Dir  string
-	cmd  *exec.Cmd
-	log  *bytes.Buffer
-	mu   *sync.Mutex
-	done chan struct{}
+	logged
 }
 
 // StartDistribution starts docker-registry and waits until it answers.
@@ -50,14 +47,10 @@ http:
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d := &Distribution{Addr: addr, URL: "http://" + addr, Dir: dir, log: &bytes.Buffer{}, mu: &sync.Mutex{}, done: make(chan struct{})}
-	d.cmd = exec.Command(bin, "serve", cfgPath)
-	w := &syncWriter{mu: d.mu, w: d.log}
-	d.cmd.Stdout, d.cmd.Stderr = w, w
-	if err := d.cmd.Start(); err != nil {
+	d := &Distribution{Addr: addr, URL: "http://" + addr, Dir: dir}
+	if err := d.start(exec.Command(bin, "serve", cfgPath)); err != nil {
 		t.Fatal(err)
 	}
-	go func() { _ = d.cmd.Wait(); close(d.done) }()
 	t.Cleanup(d.Stop)
 	deadline := time.Now().Add(15 * time.Second)
 	for {
@@ -71,23 +64,6 @@ http:
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// Stop kills the registry (idempotent): the upstream is gone.
-func (d *Distribution) Stop() {
-	select {
-	case <-d.done:
-	default:
-		_ = d.cmd.Process.Kill()
-		<-d.done
-	}
-}
-
-// Logs returns what the registry logged.
-func (d *Distribution) Logs() string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.log.String()
 }
 
 // Requests counts access-log lines whose request line contains all of
@@ -115,15 +91,53 @@ func (d *Distribution) Requests(parts ...string) int {
 	return n
 }
 
-type syncWriter struct {
-	mu *sync.Mutex
-	w  *bytes.Buffer
+// logged is a peer process whose output is kept in memory.
+type logged struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	log  bytes.Buffer
+	done chan struct{}
 }
 
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(p)
+// start starts cmd with its output kept.
+func (p *logged) start(cmd *exec.Cmd) error {
+	w := &syncWriter{p}
+	cmd.Stdout, cmd.Stderr = w, w
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	p.cmd, p.done = cmd, make(chan struct{})
+	go func() { _ = cmd.Wait(); close(p.done) }()
+	return nil
+}
+
+// Stop kills the process (idempotent): a registry stopped this way is an
+// upstream gone.
+func (p *logged) Stop() {
+	if p.done == nil {
+		return
+	}
+	select {
+	case <-p.done:
+	default:
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// Logs returns what the process wrote.
+func (p *logged) Logs() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.log.String()
+}
+
+type syncWriter struct{ p *logged }
+
+func (s *syncWriter) Write(b []byte) (int, error) {
+	s.p.mu.Lock()
+	defer s.p.mu.Unlock()
+	return s.p.log.Write(b)
 }
 
 // WaitCtx is a context that ends with the test or after d.

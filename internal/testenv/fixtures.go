@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 
@@ -175,4 +176,29 @@ func PushIndex(t testing.TB, base, repo, tag string, images []Image, index Blob)
 		PushImage(t, base, repo, "", im)
 	}
 	PushManifest(t, base, repo, tag, index)
+}
+
+// ArchivePackage returns the kubepkg.json of an archive, which must be its
+// first entry.
+func ArchivePackage(t testing.TB, file string) []byte {
+	t.Helper()
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(zr)
+	h, err := tr.Next()
+	if err != nil || h.Name != "kubepkg.json" {
+		t.Fatalf("%s: first entry %v %v, want kubepkg.json", file, h, err)
+	}
+	b, err := io.ReadAll(io.LimitReader(tr, 4<<20))
+	if err != nil {
+		t.Fatalf("%s: kubepkg.json: %v", file, err)
+	}
+	return b
 }

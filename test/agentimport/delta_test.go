@@ -38,23 +38,8 @@ func appYAML(name, ns, version string, images map[string]digest.Digest) string {
 // readPackage returns the kubepkg.json of an archive (its first entry).
 func readPackage(t *testing.T, file string) map[string]any {
 	t.Helper()
-	f, err := os.Open(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := tar.NewReader(zr)
-	h, err := tr.Next()
-	if err != nil || h.Name != "kubepkg.json" {
-		t.Fatalf("first entry %v %v, want kubepkg.json", h, err)
-	}
-	b, _ := io.ReadAll(tr)
 	var p map[string]any
-	if err := json.Unmarshal(b, &p); err != nil {
+	if err := json.Unmarshal(testenv.ArchivePackage(t, file), &p); err != nil {
 		t.Fatalf("kubepkg.json: %v", err)
 	}
 	return p

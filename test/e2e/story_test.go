@@ -3,12 +3,9 @@
 package e2e
 
 import (
-	"archive/tar"
-	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -351,26 +348,12 @@ func firstLine(s string) string {
 // entry): the digest each reference was pinned to.
 func exportedImages(t *testing.T, file string) map[string]string {
 	t.Helper()
-	f, err := os.Open(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := tar.NewReader(zr)
-	h, err := tr.Next()
-	if err != nil || h.Name != "kubepkg.json" {
-		t.Fatalf("%s: first entry %v %v, want kubepkg.json", file, h, err)
-	}
 	var pkg struct {
 		Spec struct {
 			Images map[string]string `json:"images"`
 		} `json:"spec"`
 	}
-	if err := json.NewDecoder(io.LimitReader(tr, 4<<20)).Decode(&pkg); err != nil {
+	if err := json.Unmarshal(testenv.ArchivePackage(t, file), &pkg); err != nil {
 		t.Fatal(err)
 	}
 	return pkg.Spec.Images

@@ -207,3 +207,20 @@ func Run(ctx context.Context, t testing.TB, args ...string) (string, error) {
 	out, err := exec.CommandContext(ctx, Crpe(t), args...).CombinedOutput()
 	return string(out), err
 }
+
+// Eventually polls check every 200 ms until it returns true or d passes,
+// then fails the test with what and check's last message.
+func Eventually(t testing.TB, d time.Duration, what string, check func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		ok, msg := check()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not so after %s: %s", what, d, msg)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}

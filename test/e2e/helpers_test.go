@@ -140,22 +140,6 @@ func waitPods(ctx context.Context, t *testing.T, k *testenv.Kube, ns, selector s
 	}
 }
 
-// eventually polls check every 200 ms until it holds or d passes.
-func eventually(t *testing.T, d time.Duration, what string, check func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		ok, msg := check()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not so after %s: %s", what, d, msg)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
 // httpGet fetches a URL (a pod's address) with a short timeout.
 func httpGet(ctx context.Context, url string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)

@@ -88,7 +88,7 @@ spec:
 	}
 	url := fmt.Sprintf("http://%s:%d/", ps[0].Status.PodIP, kit.Port)
 	var body string
-	eventually(t, 20*time.Second, "pod answers "+url, func() (bool, string) {
+	testenv.Eventually(t, 20*time.Second, "pod answers "+url, func() (bool, string) {
 		b, err := httpGet(ctx, url)
 		body = b
 		return err == nil, fmt.Sprint(err)
@@ -200,7 +200,7 @@ func TestNodeKilled(t *testing.T) {
 			t.Error(err)
 		}
 	})
-	eventually(t, 120*time.Second, "the node started by "+helper, func() (bool, string) {
+	testenv.Eventually(t, 120*time.Second, "the node started by "+helper, func() (bool, string) {
 		select {
 		case <-ownerDone:
 			t.Fatalf("demo node exited:\n%s", ownerOut.String())
@@ -232,7 +232,7 @@ func TestNodeKilled(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("kubectl apply: %v\n%s", err, out)
 	}
-	eventually(t, 60*time.Second, "pod hello running", func() (bool, string) {
+	testenv.Eventually(t, 60*time.Second, "pod hello running", func() (bool, string) {
 		out, _ := exec.CommandContext(ctx, kubectl, "--kubeconfig", kubeconfig, "get", "pod", "hello", "-o", "jsonpath={.status.phase}").CombinedOutput()
 		return string(out) == "Running", string(out)
 	})

@@ -163,7 +163,7 @@ func TestStory(t *testing.T) {
 	agent := testenv.StartAgent(t, testenv.AgentOptions{Args: []string{"--kubeconfig", node.Kubeconfig, "--namespace", kit.PkgNamespace}})
 	operator := testenv.Start(t, "operator", "--kubeconfig", node.Kubeconfig, "--namespace", kit.PkgNamespace,
 		"--health-addr", "0", "--resync", "1m", "--log-format", "text")
-	eventually(t, 30*time.Second, "crpe operator started", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "crpe operator started", func() (bool, string) {
 		select {
 		case <-operator.Stopped():
 			t.Fatalf("crpe operator exited:\n%s", operator.Logs())
@@ -214,7 +214,7 @@ func TestStory(t *testing.T) {
 		for _, p := range ps {
 			url := fmt.Sprintf("http://%s:%d/", p.Status.PodIP, kit.Port)
 			var got string
-			eventually(t, 10*time.Second, "pod "+p.Metadata.Name+" answers", func() (bool, string) {
+			testenv.Eventually(t, 10*time.Second, "pod "+p.Metadata.Name+" answers", func() (bool, string) {
 				b, err := httpGet(ctx, url)
 				got = b
 				return err == nil, fmt.Sprint(err)
@@ -255,7 +255,7 @@ func TestStory(t *testing.T) {
 	fig.V2ToRolledOut = time.Since(begin)
 	answer(ps, "hello v2")
 	checkService(ctx, t, node, ps)
-	eventually(t, 30*time.Second, "ConfigMap "+kit.ConfigMap+" pruned", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "ConfigMap "+kit.ConfigMap+" pruned", func() (bool, string) {
 		code, err := node.API(ctx, http.MethodGet, "/api/v1/namespaces/"+kit.PkgNamespace+"/configmaps/"+kit.ConfigMap, nil, nil)
 		return err == nil && code == http.StatusNotFound, fmt.Sprintf("%d %v", code, err)
 	})
@@ -379,7 +379,7 @@ func checkService(ctx context.Context, t *testing.T, n *testenv.Node, ps []pod) 
 	for _, p := range ps {
 		want[p.Status.PodIP] = true
 	}
-	eventually(t, 20*time.Second, "EndpointSlice of service "+kit.PkgName+" names the pods", func() (bool, string) {
+	testenv.Eventually(t, 20*time.Second, "EndpointSlice of service "+kit.PkgName+" names the pods", func() (bool, string) {
 		var l struct {
 			Items []struct {
 				Endpoints []struct {

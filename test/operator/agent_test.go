@@ -187,7 +187,7 @@ metadata:
 	if obj := kpkg(ctx, t, k, ns, "bare"); obj == nil {
 		t.Fatalf("no KubePkg %s/bare: a package without a namespace should go to --namespace", ns)
 	}
-	eventually(t, 30*time.Second, "bare applied or refused", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "bare applied or refused", func() (bool, string) {
 		obj = kpkg(ctx, t, k, ns, "bare")
 		return cond(obj, "Applied") != nil, condString(obj)
 	})

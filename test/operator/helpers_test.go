@@ -147,23 +147,6 @@ func condString(obj map[string]any) string {
 	return string(b)
 }
 
-// eventually polls check every 200 ms until it returns true or d passes;
-// the last message explains the failure.
-func eventually(t *testing.T, d time.Duration, what string, check func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		ok, msg := check()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not so after %s: %s", what, d, msg)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
 // kpkg returns a KubePkg object.
 func kpkg(ctx context.Context, t *testing.T, k *testenv.Kube, ns, name string) map[string]any {
 	t.Helper()
@@ -175,7 +158,7 @@ func kpkg(ctx context.Context, t *testing.T, k *testenv.Kube, ns, name string) m
 func waitPkg(ctx context.Context, t *testing.T, k *testenv.Kube, ns, name string, d time.Duration, what string, pred func(obj map[string]any) bool) map[string]any {
 	t.Helper()
 	var obj map[string]any
-	eventually(t, d, fmt.Sprintf("KubePkg %s/%s: %s", ns, name, what), func() (bool, string) {
+	testenv.Eventually(t, d, fmt.Sprintf("KubePkg %s/%s: %s", ns, name, what), func() (bool, string) {
 		obj = kpkg(ctx, t, k, ns, name)
 		if obj == nil {
 			return false, "not found"
@@ -227,7 +210,7 @@ func startOperator(ctx context.Context, t *testing.T, k *testenv.Kube, ns string
 		args = append(args, "--namespace", ns)
 	}
 	p := testenv.Start(t, append(args, extra...)...)
-	eventually(t, 30*time.Second, "crpe operator started", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "crpe operator started", func() (bool, string) {
 		select {
 		case <-p.Stopped():
 			t.Fatalf("crpe operator exited:\n%s", p.Logs())

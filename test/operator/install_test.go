@@ -228,7 +228,7 @@ spec:
 		// (`crpe import --json` does not show the agent's kubepkgObjects:
 		// see TestAgentCreatesKubePkg; the object is checked instead)
 		mustCrpe(ctx, t, "", "import", export(v), "--to", agent.URL, "--token", agent.Token, "--json")
-		eventually(t, 10*time.Second, "KubePkg written by the agent's service account", func() (bool, string) {
+		testenv.Eventually(t, 10*time.Second, "KubePkg written by the agent's service account", func() (bool, string) {
 			got := str(kpkg(ctx, t, k, ws, "rbac"), "spec", "version")
 			return got == v, "spec.version " + got + "\nagent:\n" + agent.Logs()
 		})

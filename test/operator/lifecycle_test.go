@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/octohelm/crpe/internal/testenv"
 )
 
 // TestDeleteWithFinalizer: deleting a KubePkg deletes what it applied, with
@@ -41,7 +43,7 @@ func TestDeleteWithFinalizer(t *testing.T) {
 	checkOwned(t, getObj(ctx, t, k, "-n", ns, "deployment", "app"), ns+".app")
 
 	kubectl(ctx, t, k, "delete", "kubepkg.octohelm.tech", "app", "-n", ns, "--wait=false")
-	eventually(t, 30*time.Second, "KubePkg app gone with its objects", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "KubePkg app gone with its objects", func() (bool, string) {
 		var left []string
 		for _, o := range [][2]string{{"kubepkg.octohelm.tech", "app"}, {"deployment", "app"}, {"configmap", "app-config"}, {"service", "app"}} {
 			if u := getObj(ctx, t, k, "-n", ns, o[0], o[1]); u != nil {
@@ -118,7 +120,7 @@ func TestCRDAndCustomResource(t *testing.T) {
 	}
 
 	kubectl(ctx, t, k, "delete", "kubepkg.octohelm.tech", "widgets", "-n", ns, "--wait=false")
-	eventually(t, 30*time.Second, "the CRD deleted with the package", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "the CRD deleted with the package", func() (bool, string) {
 		c := getObj(ctx, t, k, "crd", "widgets."+group)
 		p := kpkg(ctx, t, k, ns, "widgets")
 		return c == nil && p == nil, fmt.Sprintf("crd: %v, kubepkg: %v", c != nil, p != nil)
@@ -181,7 +183,7 @@ func TestClusterScoped(t *testing.T) {
 	}
 
 	kubectl(ctx, t, k, "delete", "kubepkg.octohelm.tech", "cluster", "-n", ns, "--wait=false")
-	eventually(t, 30*time.Second, "package deleted, its Namespace deleting", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "package deleted, its Namespace deleting", func() (bool, string) {
 		n := getObj(ctx, t, k, "namespace", other)
 		p := kpkg(ctx, t, k, ns, "cluster")
 		local := getObj(ctx, t, k, "-n", ns, "configmap", "local")
@@ -330,7 +332,7 @@ func TestDrift(t *testing.T) {
 	}
 	begin := time.Now()
 	kubectl(ctx, t, k, "patch", "-n", ns, "configmap", "drift", "--type=merge", "-p", `{"data":{"color":"red"}}`)
-	eventually(t, 15*time.Second, "the patched ConfigMap restored", colorIs("blue"))
+	testenv.Eventually(t, 15*time.Second, "the patched ConfigMap restored", colorIs("blue"))
 	t.Logf("kubectl patch undone after %s", time.Since(begin).Round(time.Millisecond))
 
 	begin = time.Now()
@@ -338,12 +340,12 @@ func TestDrift(t *testing.T) {
 		"apply", "--server-side", "--field-manager", "someone-else", "--force-conflicts", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 15*time.Second, "the field taken by another manager restored", colorIs("blue"))
+	testenv.Eventually(t, 15*time.Second, "the field taken by another manager restored", colorIs("blue"))
 	t.Logf("server-side apply by another manager undone after %s", time.Since(begin).Round(time.Millisecond))
 
 	begin = time.Now()
 	kubectl(ctx, t, k, "delete", "-n", ns, "secret", "drift")
-	eventually(t, 15*time.Second, "the deleted Secret recreated", func() (bool, string) {
+	testenv.Eventually(t, 15*time.Second, "the deleted Secret recreated", func() (bool, string) {
 		return getObj(ctx, t, k, "-n", ns, "secret", "drift") != nil, "absent"
 	})
 	t.Logf("deleted Secret recreated after %s", time.Since(begin).Round(time.Millisecond))

@@ -287,7 +287,7 @@ func checkOwned(t *testing.T, u map[string]any, owner string) {
 // message containing msg.
 func waitEvent(ctx context.Context, t *testing.T, k *testenv.Kube, ns, name, typ, reason, msg string) {
 	t.Helper()
-	eventually(t, 15*time.Second, fmt.Sprintf("event %s %s %q on KubePkg %s/%s", typ, reason, msg, ns, name), func() (bool, string) {
+	testenv.Eventually(t, 15*time.Second, fmt.Sprintf("event %s %s %q on KubePkg %s/%s", typ, reason, msg, ns, name), func() (bool, string) {
 		list := getObj(ctx, t, k, "events", "-n", ns, "--field-selector", "involvedObject.kind=KubePkg,involvedObject.name="+name)
 		items, _ := at(list, "items").([]any)
 		var seen []string

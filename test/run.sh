@@ -56,11 +56,12 @@ step "fuzz (short runs)"
 # engine minimizes a new input, which go test reports as a failure
 fuzz() { go test -run='^$' -fuzz="^$1\$" -fuzztime="${3:-${FUZZRUNS:-40000}x}" -fuzzminimizetime=5s "$2"; }
 fuzz FuzzParseRoute ./internal/registry
-fuzz FuzzValidName ./internal/registry
-fuzz FuzzParseDigest ./internal/cas
+fuzz FuzzValidName ./internal/oci
+fuzz FuzzParseDigest ./internal/oci
 fuzz FuzzParseContentRange ./internal/registry
 fuzz FuzzCheckRange ./internal/registry
-fuzz FuzzParseManifest ./internal/registry
+fuzz FuzzParseManifest ./internal/oci
+fuzz FuzzNormalizeReference ./internal/oci 20000x
 fuzz FuzzRead ./internal/archive 3000x
 fuzz FuzzParse ./internal/kubepkg 20000x
 

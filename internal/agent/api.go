@@ -16,6 +16,7 @@ import (
 	"github.com/octohelm/crpe/internal/diskfree"
 	"github.com/octohelm/crpe/internal/httpx"
 	"github.com/octohelm/crpe/internal/importer"
+	"github.com/octohelm/crpe/internal/oci"
 	"github.com/octohelm/crpe/internal/repodb"
 	"github.com/octohelm/crpe/internal/storage"
 )
@@ -186,7 +187,7 @@ func (a *api) missingBlobs(w http.ResponseWriter, r *http.Request) {
 	}
 	missing := []string{}
 	for _, s := range q.Digests {
-		d, err := cas.ParseDigest(s)
+		d, err := oci.ParseDigest(s)
 		if err != nil {
 			writeAPIError(w, r, http.StatusBadRequest, "DIGEST_INVALID", err.Error(), map[string]string{"digest": s})
 			return

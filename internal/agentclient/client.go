@@ -20,7 +20,7 @@ import (
 
 	"github.com/octohelm/crpe/internal/archive"
 	"github.com/octohelm/crpe/internal/kubepkg"
-	"github.com/octohelm/crpe/internal/registry"
+	"github.com/octohelm/crpe/internal/oci"
 )
 
 // Client is an agent's API.
@@ -357,14 +357,14 @@ func manifestLayers(ctx context.Context, open func() (io.ReadCloser, error)) (ma
 		if e.Digest == "" {
 			return nil // kubepkg.json, oci-layout, index.json
 		}
-		if e.Size > registry.MaxManifestSize {
+		if e.Size > oci.MaxManifestSize {
 			return errEnough
 		}
 		b, err := body()
 		if err != nil {
 			return err
 		}
-		pm, err := registry.ParseManifest("", b)
+		pm, err := oci.ParseManifest("", b)
 		if err != nil {
 			return errEnough // the first config: no manifest follows
 		}
@@ -419,11 +419,11 @@ func (l *layerLister) Blob(ctx context.Context, desc ocispec.Descriptor, kind ar
 	if kind != archive.KindManifest {
 		return nil // the reader verifies what is left unread
 	}
-	b, err := io.ReadAll(io.LimitReader(r, registry.MaxManifestSize+1))
+	b, err := io.ReadAll(io.LimitReader(r, oci.MaxManifestSize+1))
 	if err != nil {
 		return err
 	}
-	pm, err := registry.ParseManifest(desc.MediaType, b)
+	pm, err := oci.ParseManifest(desc.MediaType, b)
 	if err != nil {
 		return err
 	}

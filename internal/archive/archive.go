@@ -34,6 +34,8 @@ import (
 	"strings"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/octohelm/crpe/internal/oci"
 )
 
 // Names of the fixed entries of a kubepkg.tgz.
@@ -64,9 +66,9 @@ const layoutJSON = `{"imageLayoutVersion":"1.0.0"}`
 // Default limits of Read, also honoured by Write so that it never produces an
 // archive the default reader refuses.
 const (
-	DefaultMaxPackage       = 8 << 20
-	DefaultMaxIndex         = 4 << 20
-	DefaultMaxManifest      = 4 << 20
+	DefaultMaxPackage       = oci.MaxPackageSize
+	DefaultMaxIndex         = oci.MaxIndexSize
+	DefaultMaxManifest      = oci.MaxManifestSize
 	DefaultMaxManifestBytes = 64 << 20
 	DefaultMaxBlobs         = 1 << 18
 )

@@ -12,7 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/octohelm/crpe/internal/registry"
+	"github.com/octohelm/crpe/internal/oci"
 )
 
 // checker is a Handler checking the order of the calls and the content of
@@ -90,7 +90,7 @@ func (c *checker) verify(input []byte, sum *Summary) error {
 		}
 	}
 	for _, data := range c.blobs {
-		pm, err := registry.ParseManifest("", data)
+		pm, err := oci.ParseManifest("", data)
 		if err != nil {
 			continue
 		}

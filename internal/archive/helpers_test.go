@@ -16,7 +16,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/octohelm/crpe/internal/registry"
+	"github.com/octohelm/crpe/internal/oci"
 )
 
 // content is a set of generated blobs and images to archive.
@@ -121,8 +121,8 @@ func richContent(t testing.TB) *content {
 
 	// Docker manifest list sharing a layer with the OCI image
 	dcfg := c.config(digest.SHA256, "application/vnd.docker.container.image.v1+json", "amd64")
-	dm := c.manifest(digest.SHA256, registry.MediaTypeDockerManifest, dcfg, shared, c.layer(digest.SHA256, "application/vnd.docker.image.rootfs.diff.tar.gzip", 4096))
-	dl := c.index(digest.SHA256, registry.MediaTypeDockerManifestList, withPlatform(dm, "amd64"))
+	dm := c.manifest(digest.SHA256, oci.MediaTypeDockerManifest, dcfg, shared, c.layer(digest.SHA256, "application/vnd.docker.image.rootfs.diff.tar.gzip", 4096))
+	dl := c.index(digest.SHA256, oci.MediaTypeDockerManifestList, withPlatform(dm, "amd64"))
 	c.image("ghcr.io/octohelm/demo:v1", dl)
 
 	// sha512 manifest, config and layer; an empty layer

@@ -18,7 +18,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/octohelm/crpe/internal/cas"
-	"github.com/octohelm/crpe/internal/registry"
+	"github.com/octohelm/crpe/internal/oci"
 )
 
 // Limits bound what Read holds in memory. A zero (or negative) field means its
@@ -147,7 +147,7 @@ type knownBlob struct {
 type heldManifest struct {
 	entry string
 	body  []byte
-	pm    *registry.ParsedManifest
+	pm    *oci.Manifest
 }
 
 // reader is the state of one Read.
@@ -339,7 +339,7 @@ func (rd *reader) entryHeader(hdr *tar.Header) error {
 	if hdr.Typeflag == tar.TypeDir {
 		dir := strings.TrimSuffix(name, "/")
 		alg, ok := strings.CutPrefix(dir, BlobsDir+"/")
-		if dir == BlobsDir || ok && cas.Supported(digest.Algorithm(alg)) {
+		if dir == BlobsDir || ok && oci.Supported(digest.Algorithm(alg)) {
 			return nil // ignored
 		}
 		return entryErr(raw, nil, "directory entries are only allowed for blobs/ and blobs/<alg>/")
@@ -355,7 +355,7 @@ func (rd *reader) entryHeader(hdr *tar.Header) error {
 			return entryErr(raw, nil, "unexpected entry: only %s, %s, %s and blobs/<alg>/<hex> are allowed", PackageEntry, LayoutEntry, IndexEntry)
 		}
 		var err error
-		if d, err = cas.ParseDigest(alg + ":" + enc); err != nil {
+		if d, err = oci.ParseDigest(alg + ":" + enc); err != nil {
 			return entryErr(raw, err, "unexpected entry: not blobs/<alg>/<hex> with a valid digest")
 		}
 	}
@@ -449,7 +449,7 @@ func (rd *reader) readIndex(entry string, size int64) error {
 		return entryErr(entry, nil, "unexpected mediaType %q", idx.MediaType)
 	}
 	for i, m := range idx.Manifests {
-		if _, err := cas.ParseDigest(string(m.Digest)); err != nil {
+		if _, err := oci.ParseDigest(string(m.Digest)); err != nil {
 			return entryErr(entry, err, "manifests[%d]: invalid digest", i)
 		}
 		if m.Size < 0 {
@@ -514,7 +514,7 @@ func (rd *reader) readBlob(entry string, d digest.Digest, size int64) error {
 		if err != nil {
 			return err
 		}
-		pm, err := registry.ParseManifest("", body)
+		pm, err := oci.ParseManifest("", body)
 		if err != nil {
 			return entryErr(entry, err, "not a valid manifest or index")
 		}
@@ -574,7 +574,7 @@ func (rd *reader) holdManifest(entry string, d digest.Digest, size int64) error 
 	if err != nil {
 		return err
 	}
-	pm, err := registry.ParseManifest("", body)
+	pm, err := oci.ParseManifest("", body)
 	if err != nil {
 		return entryErr(entry, err, "not referenced by any manifest (and not a manifest)")
 	}
@@ -585,12 +585,12 @@ func (rd *reader) holdManifest(entry string, d digest.Digest, size int64) error 
 
 // deliverManifest gives a verified manifest to the handler, announces its
 // children and delivers the held manifests that become referenced.
-func (rd *reader) deliverManifest(entry string, k *knownBlob, body []byte, pm *registry.ParsedManifest) error {
+func (rd *reader) deliverManifest(entry string, k *knownBlob, body []byte, pm *oci.Manifest) error {
 	type pending struct {
 		entry string
 		k     *knownBlob
 		body  []byte
-		pm    *registry.ParsedManifest
+		pm    *oci.Manifest
 	}
 	queue := []pending{{entry, k, body, pm}}
 	for len(queue) > 0 {

@@ -18,7 +18,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/octohelm/crpe/internal/cas"
-	"github.com/octohelm/crpe/internal/registry"
+	"github.com/octohelm/crpe/internal/oci"
 )
 
 // Blob is a blob to put in the archive: its descriptor (digest and size are
@@ -345,7 +345,7 @@ type writePlan struct {
 // loadedManifest is a manifest or index read before writing.
 type loadedManifest struct {
 	body []byte
-	pm   *registry.ParsedManifest
+	pm   *oci.Manifest
 }
 
 // plan de-duplicates and sorts the blobs and the images.
@@ -353,7 +353,7 @@ func plan(images []Image, blobs []Blob) (*writePlan, error) {
 	p := &writePlan{blobs: map[digest.Digest]Blob{}, manifests: map[digest.Digest]*loadedManifest{}}
 	for _, b := range blobs {
 		d := b.Desc.Digest
-		if _, err := cas.ParseDigest(string(d)); err != nil {
+		if _, err := oci.ParseDigest(string(d)); err != nil {
 			return nil, fmt.Errorf("archive: blob %q: %w", d, err)
 		}
 		if b.Desc.Size < 0 {
@@ -425,7 +425,7 @@ func (p *writePlan) loadManifests(ctx context.Context, open OpenFunc, buf []byte
 		if err != nil {
 			return err
 		}
-		pm, err := registry.ParseManifest("", body)
+		pm, err := oci.ParseManifest("", body)
 		if err != nil {
 			return fmt.Errorf("archive: manifest %s: %w", d, err)
 		}

@@ -1,6 +1,7 @@
 // Package cas owns the content-addressed blob store contract that every part of
-// crpe shares: the Store interface, its errors, digest validation, and the
-// verifying writer used to check bytes while they stream.
+// crpe shares: the Store interface, its errors, and the verifying writer and
+// reader used to check bytes while they stream (digests are validated by
+// oci.ParseDigest).
 //
 // Implementations live in their own packages (casfs for disk) and must all pass
 // the conformance suite in cas/castest.
@@ -8,16 +9,14 @@ package cas
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/sha512"
 	"errors"
 	"fmt"
 	"hash"
 	"io"
-	"regexp"
-	"strings"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/octohelm/crpe/internal/oci"
 )
 
 // Info describes a stored blob.
@@ -53,48 +52,7 @@ var (
 	ErrNotFound       = errors.New("blob not found")
 	ErrDigestMismatch = errors.New("digest mismatch")
 	ErrSizeMismatch   = errors.New("size mismatch")
-	ErrInvalidDigest  = errors.New("invalid digest")
 )
-
-var encodedRE = map[digest.Algorithm]*regexp.Regexp{
-	digest.SHA256: regexp.MustCompile(`^[a-f0-9]{64}$`),
-	digest.SHA512: regexp.MustCompile(`^[a-f0-9]{128}$`),
-}
-
-// Supported reports whether alg is an algorithm crpe stores (sha256, sha512).
-func Supported(alg digest.Algorithm) bool { _, ok := encodedRE[alg]; return ok }
-
-// ParseDigest validates s as a digest crpe can store: sha256 or sha512 with a
-// lowercase hex encoding of the right length. It never panics.
-func ParseDigest(s string) (digest.Digest, error) {
-	if len(s) > 7+1+128 {
-		return "", fmt.Errorf("%w: too long", ErrInvalidDigest)
-	}
-	d := digest.Digest(s)
-	alg, enc, ok := strings.Cut(s, ":")
-	if !ok {
-		return "", fmt.Errorf("%w: %q has no algorithm", ErrInvalidDigest, s)
-	}
-	re, ok := encodedRE[digest.Algorithm(alg)]
-	if !ok {
-		return "", fmt.Errorf("%w: unsupported algorithm %q", ErrInvalidDigest, alg)
-	}
-	if !re.MatchString(enc) {
-		return "", fmt.Errorf("%w: %q is not a valid %s encoding", ErrInvalidDigest, enc, alg)
-	}
-	return d, nil
-}
-
-// NewHash returns a fresh hash for a supported algorithm.
-func NewHash(alg digest.Algorithm) (hash.Hash, error) {
-	switch alg {
-	case digest.SHA256:
-		return sha256.New(), nil
-	case digest.SHA512:
-		return sha512.New(), nil
-	}
-	return nil, fmt.Errorf("%w: unsupported algorithm %q", ErrInvalidDigest, alg)
-}
 
 // Verifier checks that the bytes written to it match an expected digest and
 // size. It is an io.Writer so it can sit on an io.MultiWriter or TeeReader.
@@ -111,7 +69,7 @@ func NewVerifier(expected Info, alg digest.Algorithm) (*Verifier, error) {
 	if expected.Digest != "" {
 		alg = expected.Digest.Algorithm()
 	}
-	h, err := NewHash(alg)
+	h, err := oci.NewHash(alg)
 	if err != nil {
 		return nil, err
 	}

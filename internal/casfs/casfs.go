@@ -25,6 +25,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/octohelm/crpe/internal/cas"
+	"github.com/octohelm/crpe/internal/oci"
 )
 
 const copyBufSize = 1 << 20
@@ -60,7 +61,7 @@ func (s *Store) Path(d digest.Digest) string {
 func (s *Store) IngestDir() string { return filepath.Join(s.root, "ingest") }
 
 func (s *Store) Stat(_ context.Context, d digest.Digest) (cas.Info, error) {
-	if _, err := cas.ParseDigest(string(d)); err != nil {
+	if _, err := oci.ParseDigest(string(d)); err != nil {
 		return cas.Info{}, err
 	}
 	fi, err := os.Stat(s.Path(d))
@@ -74,7 +75,7 @@ func (s *Store) Stat(_ context.Context, d digest.Digest) (cas.Info, error) {
 }
 
 func (s *Store) Open(_ context.Context, d digest.Digest) (io.ReadSeekCloser, cas.Info, error) {
-	if _, err := cas.ParseDigest(string(d)); err != nil {
+	if _, err := oci.ParseDigest(string(d)); err != nil {
 		return nil, cas.Info{}, err
 	}
 	f, err := os.Open(s.Path(d))
@@ -142,7 +143,7 @@ func (st *Staged) Abort() {
 // cleanly) and written to a temp file.
 func (s *Store) Stage(ctx context.Context, expected cas.Info, r io.Reader) (*Staged, error) {
 	if expected.Digest != "" {
-		if _, err := cas.ParseDigest(string(expected.Digest)); err != nil {
+		if _, err := oci.ParseDigest(string(expected.Digest)); err != nil {
 			return nil, err
 		}
 		if info, err := s.Stat(ctx, expected.Digest); err == nil {
@@ -230,7 +231,7 @@ func (s *Store) publish(f *os.File, info cas.Info) error {
 }
 
 func (s *Store) Delete(_ context.Context, d digest.Digest) error {
-	if _, err := cas.ParseDigest(string(d)); err != nil {
+	if _, err := oci.ParseDigest(string(d)); err != nil {
 		return err
 	}
 	fi, _ := os.Stat(s.Path(d))
@@ -262,7 +263,7 @@ func (s *Store) Walk(ctx context.Context, fn func(cas.Info) error) error {
 				return err
 			}
 			d := digest.NewDigestFromEncoded(alg, e.Name())
-			if _, err := cas.ParseDigest(string(d)); err != nil || !e.Type().IsRegular() {
+			if _, err := oci.ParseDigest(string(d)); err != nil || !e.Type().IsRegular() {
 				continue // not a blob; Check reports it
 			}
 			fi, err := e.Info()
@@ -371,7 +372,7 @@ func (in *ingest) Commit(ctx context.Context, expected cas.Info) (cas.Info, erro
 // them (cas.VerifyingIngest): a pull-through cache releases a blob to its
 // clients once verified, while the commit's fsync is still to come.
 func (in *ingest) Verify(ctx context.Context, expected cas.Info) (cas.Info, error) {
-	if _, err := cas.ParseDigest(string(expected.Digest)); err != nil {
+	if _, err := oci.ParseDigest(string(expected.Digest)); err != nil {
 		return cas.Info{}, err
 	}
 	if in.checked.Digest == expected.Digest && in.checked.Size == in.size {
@@ -382,7 +383,7 @@ func (in *ingest) Verify(ctx context.Context, expected cas.Info) (cas.Info, erro
 		got.Digest = digest.NewDigest(digest.SHA256, in.h)
 	} else {
 		// the algorithm differs or the running hash was lost: hash the file
-		h, _ := cas.NewHash(expected.Digest.Algorithm())
+		h, _ := oci.NewHash(expected.Digest.Algorithm())
 		if _, err := in.f.Seek(0, io.SeekStart); err != nil {
 			return cas.Info{}, err
 		}

@@ -11,7 +11,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/octohelm/crpe/internal/cas"
+	"github.com/octohelm/crpe/internal/oci"
 )
 
 // Finding is one thing Check noticed.
@@ -46,7 +46,7 @@ func (s *Store) Check(ctx context.Context, repair bool, report func(Finding)) (i
 			}
 			p := filepath.Join(dir, e.Name())
 			d := digest.NewDigestFromEncoded(alg, e.Name())
-			if _, err := cas.ParseDigest(string(d)); err != nil || !e.Type().IsRegular() {
+			if _, err := oci.ParseDigest(string(d)); err != nil || !e.Type().IsRegular() {
 				f := Finding{Problem: true, Path: p, Message: "not a blob (bad name or not a regular file)"}
 				if repair {
 					f.Repaired = os.RemoveAll(p) == nil
@@ -108,7 +108,7 @@ func hashFile(p string, alg digest.Algorithm, buf []byte) (digest.Digest, error)
 		return "", err
 	}
 	defer f.Close()
-	h, err := cas.NewHash(alg)
+	h, err := oci.NewHash(alg)
 	if err != nil {
 		return "", err
 	}

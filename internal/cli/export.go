@@ -16,7 +16,7 @@ import (
 
 	"github.com/octohelm/crpe/internal/export"
 	"github.com/octohelm/crpe/internal/kubepkg"
-	"github.com/octohelm/crpe/internal/platform"
+	"github.com/octohelm/crpe/internal/oci"
 	"github.com/octohelm/crpe/internal/pullthrough"
 	"github.com/octohelm/crpe/internal/storage"
 	"github.com/octohelm/crpe/internal/upstream"
@@ -58,7 +58,7 @@ power cut fails loudly. Pass --fsync before unplugging removable media.`,
 			var plats []ocispec.Platform
 			if platforms != "" {
 				var err error
-				if plats, err = platform.ParseList(platforms); err != nil {
+				if plats, err = oci.ParsePlatforms(platforms); err != nil {
 					return err
 				}
 			}

@@ -22,13 +22,23 @@ import (
 	"github.com/octohelm/crpe/internal/archive"
 	"github.com/octohelm/crpe/internal/cas"
 	"github.com/octohelm/crpe/internal/kubepkg"
-	"github.com/octohelm/crpe/internal/platform"
+	"github.com/octohelm/crpe/internal/oci"
 	"github.com/octohelm/crpe/internal/pullthrough"
 )
 
 // DefaultPlatforms are exported when neither --platform nor the package's
 // annotation says.
 const DefaultPlatforms = "linux/amd64,linux/arm64"
+
+// PackagePlatforms are the platforms a package is carried for: its
+// octohelm.tech/platform annotation, DefaultPlatforms without one.
+func PackagePlatforms(p *kubepkg.KubePkg) ([]ocispec.Platform, error) {
+	ps, err := p.Platforms()
+	if err != nil || len(ps) > 0 {
+		return ps, err
+	}
+	return oci.ParsePlatforms(DefaultPlatforms)
+}
 
 // Options tune an export.
 type Options struct {
@@ -119,19 +129,15 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 		}
 		plats := o.Platforms
 		if len(plats) == 0 {
-			s := p.Metadata.Annotations[kubepkg.AnnotationPlatform]
-			if s == "" {
-				s = DefaultPlatforms
-			}
 			var err error
-			if plats, err = platform.ParseList(s); err != nil {
+			if plats, err = PackagePlatforms(p); err != nil {
 				return nil, fmt.Errorf("package %s: %w", p.Metadata.Name, err)
 			}
 		}
 		pinned := map[string]string{}
 		for _, key := range p.ImageRefs() {
 			val := p.Spec.Images[key]
-			ref, err := kubepkg.NormalizeRef(key)
+			ref, err := oci.NormalizeReference(key)
 			if err != nil {
 				return nil, fmt.Errorf("package %s: spec.images[%q]: %w", p.Metadata.Name, key, err)
 			}
@@ -163,7 +169,7 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 		if p.Metadata.Annotations == nil {
 			p.Metadata.Annotations = map[string]string{}
 		}
-		p.Metadata.Annotations[kubepkg.AnnotationPlatform] = platform.Join(plats)
+		p.Metadata.Annotations[kubepkg.AnnotationPlatform] = oci.JoinPlatforms(plats)
 	}
 
 	// resolve every image and walk it for the chosen platforms; its blobs
@@ -316,7 +322,7 @@ func appendPlatforms(list, add []ocispec.Platform) []ocispec.Platform {
 	for _, a := range add {
 		found := false
 		for _, l := range list {
-			if platform.String(l) == platform.String(a) {
+			if oci.FormatPlatform(l) == oci.FormatPlatform(a) {
 				found = true
 			}
 		}

@@ -12,10 +12,8 @@ import (
 
 	"github.com/octohelm/crpe/internal/archive"
 	"github.com/octohelm/crpe/internal/cas"
-	"github.com/octohelm/crpe/internal/kubepkg"
-	"github.com/octohelm/crpe/internal/platform"
+	"github.com/octohelm/crpe/internal/oci"
 	"github.com/octohelm/crpe/internal/pullthrough"
-	"github.com/octohelm/crpe/internal/registry"
 )
 
 // ManifestSource gives manifest ref (a tag or a digest) of repository repo:
@@ -52,7 +50,7 @@ func Walk(ctx context.Context, ref string, pinned digest.Digest, plats []ocispec
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", ref, err)
 	}
-	w := &Walked{Ref: ref, Repo: kubepkg.RepositoryName(r.Context()), Platforms: map[string]bool{}}
+	w := &Walked{Ref: ref, Repo: oci.RepositoryName(r.Context()), Platforms: map[string]bool{}}
 	target := r.Identifier()
 	if pinned != "" {
 		target = string(pinned)
@@ -66,7 +64,7 @@ func Walk(ctx context.Context, ref string, pinned digest.Digest, plats []ocispec
 	if pinned != "" && m.Digest != pinned {
 		return nil, fmt.Errorf("image %s: resolved to %s, expected %s", ref, m.Digest, pinned)
 	}
-	pm, err := registry.ParseManifest(m.MediaType, m.Body)
+	pm, err := oci.ParseManifest(m.MediaType, m.Body)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", ref, err)
 	}
@@ -79,7 +77,7 @@ func Walk(ctx context.Context, ref string, pinned digest.Digest, plats []ocispec
 			return nil, err
 		}
 		if n == 0 {
-			return nil, fmt.Errorf("image %s has no manifest for %s (it has %s)", ref, platform.Join(plats), strings.Join(available(pm), ", "))
+			return nil, fmt.Errorf("image %s has no manifest for %s (it has %s)", ref, oci.JoinPlatforms(plats), strings.Join(available(pm), ", "))
 		}
 		return w, nil
 	}
@@ -93,10 +91,10 @@ func Walk(ctx context.Context, ref string, pinned digest.Digest, plats []ocispec
 		w.Platforms["unknown"] = true
 		return w, nil
 	}
-	if !platform.MatchAny(plats, plat) {
-		return nil, fmt.Errorf("image %s is %s only, which is not among the chosen platforms %s", ref, platform.String(plat), platform.Join(plats))
+	if !oci.MatchAnyPlatform(plats, plat) {
+		return nil, fmt.Errorf("image %s is %s only, which is not among the chosen platforms %s", ref, oci.FormatPlatform(plat), oci.JoinPlatforms(plats))
 	}
-	w.Platforms[platform.String(plat)] = true
+	w.Platforms[oci.FormatPlatform(plat)] = true
 	return w, nil
 }
 
@@ -107,11 +105,11 @@ type walker struct {
 	w      *Walked
 }
 
-func available(pm *registry.ParsedManifest) []string {
+func available(pm *oci.Manifest) []string {
 	var out []string
 	for _, c := range pm.Manifests {
 		if c.Platform != nil {
-			out = append(out, platform.String(*c.Platform))
+			out = append(out, oci.FormatPlatform(*c.Platform))
 		}
 	}
 	if len(out) == 0 {
@@ -122,18 +120,18 @@ func available(pm *registry.ParsedManifest) []string {
 
 // index adds the children of an index that match the platforms and
 // returns how many image manifests it added.
-func (wk *walker) index(ctx context.Context, pm *registry.ParsedManifest, depth int) (int, error) {
+func (wk *walker) index(ctx context.Context, pm *oci.Manifest, depth int) (int, error) {
 	w := wk.w
 	if depth > 4 {
 		return 0, fmt.Errorf("image %s: indexes nested too deep", w.Ref)
 	}
 	n := 0
 	for _, c := range pm.Manifests {
-		isIndex := c.MediaType == ocispec.MediaTypeImageIndex || c.MediaType == registry.MediaTypeDockerManifestList
-		if !isIndex && (c.Platform == nil || !platform.MatchAny(wk.plats, *c.Platform)) {
+		isIndex := c.MediaType == ocispec.MediaTypeImageIndex || c.MediaType == oci.MediaTypeDockerManifestList
+		if !isIndex && (c.Platform == nil || !oci.MatchAnyPlatform(wk.plats, *c.Platform)) {
 			continue
 		}
-		if isIndex && c.Platform != nil && !platform.MatchAny(wk.plats, *c.Platform) {
+		if isIndex && c.Platform != nil && !oci.MatchAnyPlatform(wk.plats, *c.Platform) {
 			continue
 		}
 		m, err := wk.src(ctx, w.Repo, string(c.Digest))
@@ -143,7 +141,7 @@ func (wk *walker) index(ctx context.Context, pm *registry.ParsedManifest, depth 
 		if int64(len(m.Body)) != c.Size {
 			return 0, fmt.Errorf("image %s: manifest %s has %d bytes, the index says %d", w.Ref, c.Digest, len(m.Body), c.Size)
 		}
-		cpm, err := registry.ParseManifest(m.MediaType, m.Body)
+		cpm, err := oci.ParseManifest(m.MediaType, m.Body)
 		if err != nil {
 			return 0, fmt.Errorf("image %s: manifest %s: %w", w.Ref, c.Digest, err)
 		}
@@ -159,7 +157,7 @@ func (wk *walker) index(ctx context.Context, pm *registry.ParsedManifest, depth 
 		if _, err := wk.image(ctx, cpm); err != nil {
 			return 0, err
 		}
-		w.Platforms[platform.String(*c.Platform)] = true
+		w.Platforms[oci.FormatPlatform(*c.Platform)] = true
 		n++
 	}
 	return n, nil
@@ -167,7 +165,7 @@ func (wk *walker) index(ctx context.Context, pm *registry.ParsedManifest, depth 
 
 // image adds the config and layers of an image manifest and returns its
 // platform, read from the config (zero when unknown or not read).
-func (wk *walker) image(ctx context.Context, pm *registry.ParsedManifest) (ocispec.Platform, error) {
+func (wk *walker) image(ctx context.Context, pm *oci.Manifest) (ocispec.Platform, error) {
 	w := wk.w
 	var plat ocispec.Platform
 	if pm.Config != nil {
@@ -192,7 +190,7 @@ func (wk *walker) image(ctx context.Context, pm *registry.ParsedManifest) (ocisp
 func CacheConfigPlatform(cache *pullthrough.Cache) ConfigPlatform {
 	return func(ctx context.Context, repo string, desc ocispec.Descriptor) (ocispec.Platform, error) {
 		var p ocispec.Platform
-		if desc.Size > 16<<20 {
+		if desc.Size > oci.MaxConfigSize {
 			return p, nil // not an image config we could read cheaply; platform unknown
 		}
 		rc, err := cache.Open(ctx, repo, desc.Digest, desc.Size)

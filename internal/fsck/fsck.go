@@ -19,7 +19,7 @@ import (
 
 	"github.com/octohelm/crpe/internal/cas"
 	"github.com/octohelm/crpe/internal/casfs"
-	"github.com/octohelm/crpe/internal/registry"
+	"github.com/octohelm/crpe/internal/oci"
 	"github.com/octohelm/crpe/internal/repodb"
 )
 
@@ -85,7 +85,7 @@ func Run(ctx context.Context, data, indexPath string, repair bool, report func(F
 	err = db.View(func(tx *repodb.Tx) error {
 		return tx.ForEachRepo(func(repo string) error {
 			sum.Repos++
-			if !registry.ValidName(repo) {
+			if !oci.ValidName(repo) {
 				emit(Finding{Problem: true, Where: repo, Message: "invalid repository name"})
 			}
 			if err := tx.ForEachBlob(repo, func(d digest.Digest, size int64) error {
@@ -104,7 +104,7 @@ func Run(ctx context.Context, data, indexPath string, repair bool, report func(F
 					emit(Finding{Problem: true, Where: where, Message: "manifest content unreadable: " + err.Error()})
 					return nil
 				}
-				pm, err := registry.ParseManifest(m.MediaType, body)
+				pm, err := oci.ParseManifest(m.MediaType, body)
 				if err != nil {
 					emit(Finding{Problem: true, Where: where, Message: "manifest invalid: " + err.Error()})
 					return nil
@@ -120,7 +120,7 @@ func Run(ctx context.Context, data, indexPath string, repair bool, report func(F
 			}
 			return tx.ForEachTag(repo, func(tag string, d digest.Digest) error {
 				sum.Tags++
-				if !registry.ValidTag(tag) {
+				if !oci.ValidTag(tag) {
 					emit(Finding{Problem: true, Where: repo + ":" + tag, Message: "invalid tag"})
 				}
 				if _, err := tx.Manifest(repo, d); err != nil {
@@ -134,7 +134,7 @@ func Run(ctx context.Context, data, indexPath string, repair bool, report func(F
 }
 
 func readSmall(ctx context.Context, store cas.Store, d digest.Digest) ([]byte, error) {
-	b, err := cas.ReadAll(ctx, store, d, registry.MaxManifestSize)
+	b, err := cas.ReadAll(ctx, store, d, oci.MaxManifestSize)
 	if err != nil {
 		return nil, err
 	}

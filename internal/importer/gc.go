@@ -8,7 +8,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/octohelm/crpe/internal/cas"
-	"github.com/octohelm/crpe/internal/registry"
+	"github.com/octohelm/crpe/internal/oci"
 	"github.com/octohelm/crpe/internal/repodb"
 )
 
@@ -177,7 +177,7 @@ func (im *Importer) closure(ctx context.Context, d digest.Digest, manifests, blo
 	if err != nil {
 		return
 	}
-	pm, err := registry.ParseManifest("", body)
+	pm, err := oci.ParseManifest("", body)
 	if err != nil {
 		return
 	}

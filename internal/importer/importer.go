@@ -37,8 +37,7 @@ import (
 	"github.com/octohelm/crpe/internal/diskfree"
 	"github.com/octohelm/crpe/internal/inspect"
 	"github.com/octohelm/crpe/internal/kubepkg"
-	"github.com/octohelm/crpe/internal/platform"
-	"github.com/octohelm/crpe/internal/registry"
+	"github.com/octohelm/crpe/internal/oci"
 	"github.com/octohelm/crpe/internal/repodb"
 )
 
@@ -242,7 +241,7 @@ func (h *handler) Package(data []byte) error {
 			return badRequest(archive.PackageEntry, "package %s: %v", p.Metadata.Name, err)
 		}
 		for ref, d := range p.Spec.Images {
-			if !strings.HasPrefix(d, "sha") {
+			if !oci.IsDigest(d) {
 				return badRequest(archive.PackageEntry, "package %s: spec.images[%q] is not pinned to a digest", p.Metadata.Name, ref)
 			}
 			h.refs[ref] = true
@@ -331,7 +330,7 @@ func (h *handler) announce(ctx context.Context, desc ocispec.Descriptor) {
 	if err != nil {
 		return
 	}
-	pm, err := registry.ParseManifest(desc.MediaType, b)
+	pm, err := oci.ParseManifest(desc.MediaType, b)
 	if err != nil {
 		return
 	}
@@ -367,8 +366,8 @@ func parseRef(ref string) (*image, error) {
 	if err != nil {
 		return nil, err
 	}
-	im := &image{ref: ref, repo: kubepkg.RepositoryName(r.Context())}
-	if !registry.ValidName(im.repo) {
+	im := &image{ref: ref, repo: oci.RepositoryName(r.Context())}
+	if !oci.ValidName(im.repo) {
 		return nil, fmt.Errorf("repository %q is not a valid name", im.repo)
 	}
 	if t, ok := r.(name.Tag); ok {
@@ -443,9 +442,9 @@ func (im *Importer) importLocked(ctx context.Context, r io.Reader, o ImportOptio
 	// every image complete for its package's platforms
 	plats := map[string][]ocispec.Platform{}
 	for _, p := range h.pkgs {
-		ps, err := platform.ParseList(p.Metadata.Annotations[kubepkg.AnnotationPlatform])
+		ps, err := p.Platforms() // nil without the annotation: every platform of the index
 		if err != nil {
-			ps = nil // no annotation: every platform of the index
+			return nil, false, badRequest(archive.PackageEntry, "%v", err)
 		}
 		for ref := range p.Spec.Images {
 			plats[ref] = append(plats[ref], ps...)
@@ -468,7 +467,7 @@ func (im *Importer) importLocked(ctx context.Context, r io.Reader, o ImportOptio
 		}
 		cl := inspect.Closure(img.desc, ps, getManifest, has)
 		if len(cl.Missing) > 0 {
-			return nil, false, badRequest("", "image %s is incomplete for %s: %s is neither in the archive nor in the store", img.ref, platform.Join(ps), strings.Join(cl.Missing, ", "))
+			return nil, false, badRequest("", "image %s is incomplete for %s: %s is neither in the archive nor in the store", img.ref, oci.JoinPlatforms(ps), strings.Join(cl.Missing, ", "))
 		}
 		if len(cl.Problems) > 0 {
 			return nil, false, badRequest("", "image %s: %s", img.ref, strings.Join(cl.Problems, "; "))
@@ -488,7 +487,7 @@ func allPlatforms(top ocispec.Descriptor, manifest func(digest.Digest) ([]byte, 
 	if !ok {
 		return nil
 	}
-	pm, err := registry.ParseManifest(top.MediaType, body)
+	pm, err := oci.ParseManifest(top.MediaType, body)
 	if err != nil {
 		return nil
 	}
@@ -502,7 +501,7 @@ func allPlatforms(top ocispec.Descriptor, manifest func(digest.Digest) ([]byte, 
 }
 
 func readSmall(ctx context.Context, store cas.Store, d digest.Digest) ([]byte, error) {
-	return cas.ReadAll(ctx, store, d, registry.MaxManifestSize)
+	return cas.ReadAll(ctx, store, d, oci.MaxManifestSize)
 }
 
 // publish records every image and package in one transaction.
@@ -524,7 +523,7 @@ func (im *Importer) publish(ctx context.Context, h *handler, o ImportOptions) ([
 			if err != nil {
 				return nil // an index child left out (another platform)
 			}
-			pm, err := registry.ParseManifest(desc.MediaType, body)
+			pm, err := oci.ParseManifest(desc.MediaType, body)
 			if err != nil {
 				return badRequest(archive.BlobEntry(desc.Digest), "%v", err)
 			}

@@ -10,15 +10,13 @@ import (
 	"fmt"
 	"io"
 	"sort"
-	"strings"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/octohelm/crpe/internal/archive"
 	"github.com/octohelm/crpe/internal/kubepkg"
-	"github.com/octohelm/crpe/internal/platform"
-	"github.com/octohelm/crpe/internal/registry"
+	"github.com/octohelm/crpe/internal/oci"
 )
 
 // Report is what inspect found.
@@ -95,11 +93,11 @@ func Read(ctx context.Context, r io.Reader, verify bool) (*Report, error) {
 	var plats []ocispec.Platform
 	refs := map[string]bool{}
 	for _, p := range c.pkgs {
-		ps, _ := platform.ParseList(p.Metadata.Annotations[kubepkg.AnnotationPlatform])
+		ps, _ := p.Platforms() // validated when the package was read
 		plats = append(plats, ps...)
 		var names []string
 		for _, x := range ps {
-			names = append(names, platform.String(x))
+			names = append(names, oci.FormatPlatform(x))
 		}
 		rep.Packages = append(rep.Packages, Package{Namespace: p.Metadata.Namespace, Name: p.Metadata.Name, Version: p.Spec.Version, Platforms: names})
 		if verify {
@@ -109,7 +107,7 @@ func Read(ctx context.Context, r io.Reader, verify bool) (*Report, error) {
 		}
 		for ref, d := range p.Spec.Images {
 			refs[ref] = true
-			if verify && !strings.HasPrefix(d, "sha") {
+			if verify && !oci.IsDigest(d) {
 				rep.Problems = append(rep.Problems, fmt.Sprintf("package %s: spec.images[%q] is not pinned to a digest", p.Metadata.Name, ref))
 			}
 		}
@@ -194,7 +192,7 @@ func Closure(top ocispec.Descriptor, plats []ocispec.Platform, manifest func(dig
 			missing[string(d.Digest)] = true
 			return
 		}
-		pm, err := registry.ParseManifest(d.MediaType, body)
+		pm, err := oci.ParseManifest(d.MediaType, body)
 		if err != nil {
 			res.Problems = append(res.Problems, fmt.Sprintf("manifest %s: %v", d.Digest, err))
 			return
@@ -206,8 +204,8 @@ func Closure(top ocispec.Descriptor, plats []ocispec.Platform, manifest func(dig
 			}
 			matched := 0
 			for _, c := range pm.Manifests {
-				isIndex := c.MediaType == ocispec.MediaTypeImageIndex || c.MediaType == registry.MediaTypeDockerManifestList
-				if c.Platform != nil && !platform.MatchAny(plats, *c.Platform) {
+				isIndex := c.MediaType == ocispec.MediaTypeImageIndex || c.MediaType == oci.MediaTypeDockerManifestList
+				if c.Platform != nil && !oci.MatchAnyPlatform(plats, *c.Platform) {
 					continue
 				}
 				if c.Platform == nil && !isIndex {
@@ -215,12 +213,12 @@ func Closure(top ocispec.Descriptor, plats []ocispec.Platform, manifest func(dig
 				}
 				matched++
 				if c.Platform != nil {
-					platSeen[platform.String(*c.Platform)] = true
+					platSeen[oci.FormatPlatform(*c.Platform)] = true
 				}
 				visit(c, depth+1)
 			}
 			if matched == 0 && depth == 0 {
-				res.Problems = append(res.Problems, fmt.Sprintf("no manifest for %s", platform.Join(plats)))
+				res.Problems = append(res.Problems, fmt.Sprintf("no manifest for %s", oci.JoinPlatforms(plats)))
 			}
 			return
 		}

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/octohelm/crpe/internal/kubepkg"
+	"github.com/octohelm/crpe/internal/oci"
 )
 
 // FuzzParse checks that Parse never panics, and that whatever it accepts
@@ -32,7 +33,7 @@ func FuzzParse(f *testing.F) {
 			_ = p.ManifestImages()
 			_, _ = p.Platforms()
 			for _, ref := range p.ImageRefs() {
-				_, _ = kubepkg.NormalizeRef(ref)
+				_, _ = oci.NormalizeReference(ref)
 			}
 			p.AddManifestImages()
 		}
@@ -50,23 +51,6 @@ func FuzzParse(f *testing.F) {
 		}
 		if !bytes.Equal(out, out2) {
 			t.Fatalf("not stable:\n%s\n%s", out, out2)
-		}
-	})
-}
-
-// FuzzNormalizeRef checks that NormalizeRef never panics and is idempotent.
-func FuzzNormalizeRef(f *testing.F) {
-	for _, seed := range []string{"nginx", "nginx:alpine", "index.docker.io/x/y:1", "ghcr.io/a/b:t@" + sha256Digest, "localhost:5000/a", "@", ":"} {
-		f.Add(seed)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		n, err := kubepkg.NormalizeRef(s)
-		if err != nil {
-			return
-		}
-		again, err := kubepkg.NormalizeRef(n)
-		if err != nil || again != n {
-			t.Fatalf("NormalizeRef(%q) = %q; again = %q, %v", s, n, again, err)
 		}
 	})
 }

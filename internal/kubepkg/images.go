@@ -1,61 +1,10 @@
 package kubepkg
 
 import (
-	"fmt"
-	"regexp"
 	"slices"
-	"strings"
 
-	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/octohelm/crpe/internal/oci"
 )
-
-// dockerHub is the name containerd (and image references in manifests) use
-// for Docker Hub; go-containerregistry calls it name.DefaultRegistry
-// ("index.docker.io").
-const dockerHub = "docker.io"
-
-// tagPattern is the form of a tag in the distribution spec.
-var tagPattern = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
-
-// NormalizeRef returns the fully-qualified form of an image reference, as
-// containerd names it: the registry is always present (Docker Hub is
-// "docker.io", official images get "library/"), a reference with neither tag
-// nor digest gets ":latest", and a reference with both keeps both
-// ("repo:tag@sha256:..."). Digests must be sha256 or sha512 (see IsDigest).
-//
-//	nginx:alpine              → docker.io/library/nginx:alpine
-//	index.docker.io/x/y:1     → docker.io/x/y:1
-//	ghcr.io/a/b@sha256:...    → ghcr.io/a/b@sha256:...
-func NormalizeRef(s string) (string, error) {
-	base, dgst, hasDigest := strings.Cut(s, "@")
-	if hasDigest && !IsDigest(dgst) {
-		return "", fmt.Errorf("image reference %q: %q is not a sha256 or sha512 digest", s, dgst)
-	}
-	repoPart, tag, hasTag := base, "", false
-	if i := strings.LastIndex(base, ":"); i > strings.LastIndex(base, "/") {
-		repoPart, tag, hasTag = base[:i], base[i+1:], true
-	}
-	repo, err := name.NewRepository(repoPart)
-	if err != nil {
-		return "", fmt.Errorf("image reference %q: %w", s, err)
-	}
-	if hasTag {
-		if !tagPattern.MatchString(tag) {
-			return "", fmt.Errorf("image reference %q: invalid tag %q", s, tag)
-		}
-	} else if !hasDigest {
-		tag = name.DefaultTag
-	}
-
-	out := RepositoryName(repo)
-	if tag != "" {
-		out += ":" + tag
-	}
-	if hasDigest {
-		out += "@" + dgst
-	}
-	return out, nil
-}
 
 // Partial reports whether any of pkgs says octohelm.tech/partial: "true"
 // (its archive leaves out blobs the receiver holds).
@@ -66,16 +15,6 @@ func Partial(pkgs []*KubePkg) bool {
 		}
 	}
 	return false
-}
-
-// RepositoryName is the full name of a repository as containerd (and crpe's
-// stores) name it: go-containerregistry's "index.docker.io" is docker.io.
-func RepositoryName(r name.Repository) string {
-	host := r.RegistryStr()
-	if host == name.DefaultRegistry {
-		host = dockerHub
-	}
-	return host + "/" + r.RepositoryStr()
 }
 
 // podSpecPaths tells where each workload kind keeps its pod spec.
@@ -124,7 +63,7 @@ func (p *KubePkg) ManifestImages() []string {
 }
 
 // AddManifestImages adds to spec.images, with the value "", every image of
-// ManifestImages whose normalized form (NormalizeRef) is not already among
+// ManifestImages whose normalized form (oci.NormalizeReference) is not already among
 // the normalized keys of spec.images, and returns the images added (sorted,
 // as written in the manifests). An image that cannot be normalized is added
 // as written unless that exact key exists, so that Validate reports it.
@@ -132,13 +71,13 @@ func (p *KubePkg) AddManifestImages() (added []string) {
 	have := map[string]bool{}
 	for ref := range p.Spec.Images {
 		have[ref] = true
-		if n, err := NormalizeRef(ref); err == nil {
+		if n, err := oci.NormalizeReference(ref); err == nil {
 			have[n] = true
 		}
 	}
 	for _, img := range p.ManifestImages() {
 		key := img
-		if n, err := NormalizeRef(img); err == nil {
+		if n, err := oci.NormalizeReference(img); err == nil {
 			key = n
 		}
 		if have[key] || have[img] {

@@ -8,51 +8,6 @@ import (
 	"github.com/octohelm/crpe/internal/kubepkg"
 )
 
-func TestNormalizeRef(t *testing.T) {
-	d := sha256Digest
-	d512 := sha512Digest
-	cases := []struct{ in, want string }{
-		{"nginx", "docker.io/library/nginx:latest"},
-		{"nginx:alpine", "docker.io/library/nginx:alpine"},
-		{"library/nginx:alpine", "docker.io/library/nginx:alpine"},
-		{"docker.io/nginx:alpine", "docker.io/library/nginx:alpine"},
-		{"docker.io/library/nginx:alpine", "docker.io/library/nginx:alpine"},
-		{"index.docker.io/x/y:1", "docker.io/x/y:1"},
-		{"index.docker.io/nginx", "docker.io/library/nginx:latest"},
-		{"bitnami/redis:7.2", "docker.io/bitnami/redis:7.2"},
-		{"ghcr.io/a/b@" + d, "ghcr.io/a/b@" + d},
-		{"ghcr.io/a/b", "ghcr.io/a/b:latest"},
-		{"ghcr.io/a/b:v1.0.0", "ghcr.io/a/b:v1.0.0"},
-		{"ghcr.io/a/b:v1@" + d, "ghcr.io/a/b:v1@" + d},
-		{"nginx:alpine@" + d, "docker.io/library/nginx:alpine@" + d},
-		{"nginx@" + d, "docker.io/library/nginx@" + d},
-		{"quay.io/a/b@" + d512, "quay.io/a/b@" + d512},
-		{"localhost:5000/x", "localhost:5000/x:latest"},
-		{"localhost:5000/x:1", "localhost:5000/x:1"},
-		{"127.0.0.1:36060/docker.io/library/nginx:alpine", "127.0.0.1:36060/docker.io/library/nginx:alpine"},
-		{"registry.k8s.io/pause:3.9", "registry.k8s.io/pause:3.9"},
-		{"gcr.io/a/b/c/d:e", "gcr.io/a/b/c/d:e"},
-	}
-	for _, c := range cases {
-		got, err := kubepkg.NormalizeRef(c.in)
-		if err != nil || got != c.want {
-			t.Errorf("NormalizeRef(%q) = %q, %v; want %q", c.in, got, err, c.want)
-		}
-		// normalizing is idempotent
-		if again, err := kubepkg.NormalizeRef(got); err != nil || again != got {
-			t.Errorf("NormalizeRef(%q) = %q, %v; want it unchanged", got, again, err)
-		}
-	}
-	for _, bad := range []string{
-		"", "Nginx", "nginx:", "nginx@", "nginx@sha256:abc", "nginx@md5:" + strings.Repeat("a", 32),
-		"nginx:a@b@" + d, "nginx:bad/tag", "nginx:-x", "nginx:.x", "nginx:" + strings.Repeat("t", 129), "a b", "@" + d, "ghcr.io/",
-	} {
-		if got, err := kubepkg.NormalizeRef(bad); err == nil {
-			t.Errorf("NormalizeRef(%q) = %q, want an error", bad, got)
-		}
-	}
-}
-
 func container(image string) map[string]any { return map[string]any{"name": "c", "image": image} }
 
 func podSpec(prefix string) map[string]any {

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/octohelm/crpe/internal/oci"
 )
 
 const (
@@ -25,7 +27,7 @@ const (
 
 	// MaxDocumentSize caps the size of any package document read (from bytes, a
 	// file, stdin or a URL).
-	MaxDocumentSize = 8 << 20
+	MaxDocumentSize = oci.MaxPackageSize
 )
 
 // KubePkg is a Kubernetes application: its manifests and the container images

@@ -6,15 +6,17 @@ import (
 	"regexp"
 	"strings"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
 	"github.com/Masterminds/semver/v3"
 	"github.com/google/go-containerregistry/pkg/name"
+
+	"github.com/octohelm/crpe/internal/oci"
 )
 
 var (
 	dns1123Label     = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
 	dns1123Subdomain = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
-	digestPattern    = regexp.MustCompile(`^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$`)
-	platformPart     = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]*$`)
 )
 
 // Validate checks the package and returns every problem found, joined with
@@ -49,7 +51,7 @@ func (p *KubePkg) Validate() error {
 		add("metadata.namespace", "%q is not a DNS-1123 label (lowercase letters, digits and '-', at most 63 characters)", ns)
 	}
 	if v, ok := p.Metadata.Annotations[AnnotationPlatform]; ok {
-		if _, err := ParsePlatforms(v); err != nil {
+		if _, err := oci.ParsePlatforms(v); err != nil {
 			add("metadata.annotations"+keyPath(AnnotationPlatform), "%v", err)
 		}
 	}
@@ -64,10 +66,10 @@ func (p *KubePkg) Validate() error {
 		path := "spec.images" + keyPath(ref)
 		if _, err := name.ParseReference(ref); err != nil {
 			add(path, "invalid image reference: %v", err)
-		} else if _, err := NormalizeRef(ref); err != nil {
+		} else if _, err := oci.NormalizeReference(ref); err != nil {
 			add(path, "invalid image reference: %v", err)
 		}
-		if d := p.Spec.Images[ref]; d != "" && !digestPattern.MatchString(d) {
+		if d := p.Spec.Images[ref]; d != "" && !oci.IsDigest(d) {
 			add(path, "value %q must be empty or a digest (sha256:<64 hex> or sha512:<128 hex>)", d)
 		}
 	}
@@ -143,40 +145,9 @@ func IsDNS1123Label(s string) bool {
 	return len(s) <= 63 && dns1123Label.MatchString(s)
 }
 
-// IsDigest reports whether s is a digest this package accepts:
-// "sha256:<64 lowercase hex>" or "sha512:<128 lowercase hex>".
-func IsDigest(s string) bool { return digestPattern.MatchString(s) }
-
-// ParsePlatforms parses a comma-separated list of os/arch[/variant]
-// platforms (spaces around entries are ignored). It returns them in the order
-// written, without duplicates; an empty (or blank) value gives nil.
-func ParsePlatforms(s string) ([]string, error) {
-	if strings.TrimSpace(s) == "" {
-		return nil, nil
-	}
-	var out []string
-	seen := map[string]bool{}
-	for _, entry := range strings.Split(s, ",") {
-		entry = strings.TrimSpace(entry)
-		parts := strings.Split(entry, "/")
-		if len(parts) < 2 || len(parts) > 3 {
-			return nil, fmt.Errorf("platform %q: want os/arch[/variant]", entry)
-		}
-		for _, part := range parts {
-			if !platformPart.MatchString(part) {
-				return nil, fmt.Errorf("platform %q: want os/arch[/variant] in lowercase letters and digits", entry)
-			}
-		}
-		if !seen[entry] {
-			seen[entry] = true
-			out = append(out, entry)
-		}
-	}
-	return out, nil
-}
-
-// Platforms returns the platforms of the AnnotationPlatform annotation (see
-// ParsePlatforms), nil when it is absent or empty.
-func (p *KubePkg) Platforms() ([]string, error) {
-	return ParsePlatforms(p.Metadata.Annotations[AnnotationPlatform])
+// Platforms returns the platforms of the AnnotationPlatform annotation
+// (oci.ParsePlatforms: normalized, without duplicates, sorted), nil when it
+// is absent or empty.
+func (p *KubePkg) Platforms() ([]ocispec.Platform, error) {
+	return oci.ParsePlatforms(p.Metadata.Annotations[AnnotationPlatform])
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/octohelm/crpe/internal/kubepkg"
+	"github.com/octohelm/crpe/internal/oci"
 )
 
 var (
@@ -219,7 +220,7 @@ func TestManifestKey(t *testing.T) {
 }
 
 func TestHelpers(t *testing.T) {
-	if !kubepkg.IsDigest(sha256Digest) || !kubepkg.IsDigest(sha512Digest) || kubepkg.IsDigest("sha256:"+strings.Repeat("a", 63)) {
+	if !oci.IsDigest(sha256Digest) || !oci.IsDigest(sha512Digest) || oci.IsDigest("sha256:"+strings.Repeat("a", 63)) {
 		t.Error("IsDigest")
 	}
 	if !kubepkg.IsDNS1123Label("a-1") || kubepkg.IsDNS1123Label("-a") || kubepkg.IsDNS1123Label(strings.Repeat("a", 64)) {

@@ -14,9 +14,8 @@ import (
 	"github.com/octohelm/crpe/internal/cas"
 	"github.com/octohelm/crpe/internal/export"
 	"github.com/octohelm/crpe/internal/kubepkg"
-	"github.com/octohelm/crpe/internal/platform"
+	"github.com/octohelm/crpe/internal/oci"
 	"github.com/octohelm/crpe/internal/pullthrough"
-	"github.com/octohelm/crpe/internal/registry"
 	"github.com/octohelm/crpe/internal/repodb"
 )
 
@@ -130,15 +129,6 @@ func (p *plan) firstErr() error {
 	return nil
 }
 
-// packagePlatforms are the platforms a package is carried for.
-func packagePlatforms(p *kubepkg.KubePkg) ([]ocispec.Platform, error) {
-	s := p.Metadata.Annotations[kubepkg.AnnotationPlatform]
-	if s == "" {
-		s = export.DefaultPlatforms
-	}
-	return platform.ParseList(s)
-}
-
 var errNotCached = errors.New("not in the cache")
 
 // localManifest reads a manifest from the cache alone.
@@ -154,7 +144,7 @@ func (a *API) localManifest(ctx context.Context, repo, ref string) (*pullthrough
 			return nil, fmt.Errorf("%w: tag %s of %s", errNotCached, ref, repo)
 		}
 	}
-	body, err := cas.ReadAll(ctx, a.st.Store, d, registry.MaxManifestSize)
+	body, err := cas.ReadAll(ctx, a.st.Store, d, oci.MaxManifestSize)
 	if err != nil {
 		if errors.Is(err, cas.ErrNotFound) {
 			return nil, fmt.Errorf("%w: manifest %s", errNotCached, d)
@@ -170,7 +160,7 @@ func (a *API) planPackage(ctx context.Context, rec *repodb.PocketPackage, pkg *k
 	pkg.AddManifestImages()
 	if plats == nil {
 		var err error
-		if plats, err = packagePlatforms(pkg); err != nil {
+		if plats, err = export.PackagePlatforms(pkg); err != nil {
 			return nil, err
 		}
 	}
@@ -192,7 +182,7 @@ func (a *API) planPackage(ctx context.Context, rec *repodb.PocketPackage, pkg *k
 	pl := &plan{Platforms: plats}
 	refs := map[string]string{}
 	for _, key := range pkg.ImageRefs() {
-		ref, err := kubepkg.NormalizeRef(key)
+		ref, err := oci.NormalizeReference(key)
 		if err != nil {
 			return nil, fmt.Errorf("spec.images[%q]: %w", key, err)
 		}
@@ -241,7 +231,7 @@ func (a *API) walkImage(ctx context.Context, src export.ManifestSource, config e
 // localConfigPlatform reads an image config's platform from the cache
 // alone: unknown when the config is not cached.
 func (a *API) localConfigPlatform(ctx context.Context, _ string, desc ocispec.Descriptor) (ocispec.Platform, error) {
-	if desc.Size > 16<<20 {
+	if desc.Size > oci.MaxConfigSize {
 		return ocispec.Platform{}, nil
 	}
 	body, err := cas.ReadAll(ctx, a.st.Store, desc.Digest, desc.Size)
@@ -262,7 +252,7 @@ func pin(pkg *kubepkg.KubePkg, pl *plan) {
 		if v != "" {
 			continue
 		}
-		if ref, err := kubepkg.NormalizeRef(key); err == nil && byRef[ref] != "" {
+		if ref, err := oci.NormalizeReference(key); err == nil && byRef[ref] != "" {
 			pkg.Spec.Images[key] = string(byRef[ref])
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/octohelm/crpe/internal/oci"
 	"github.com/octohelm/crpe/internal/repodb"
 	"github.com/octohelm/crpe/internal/upstream"
 )
@@ -49,7 +50,7 @@ func (a *API) listRegistries(w http.ResponseWriter, r *http.Request) {
 		flags[h] = &RegistryView{Host: h, Endpoint: e, Source: "flag"}
 	}
 	for _, h := range a.ups.base.Insecure {
-		h = upstream.NormalizeHost(h)
+		h = oci.CanonicalHost(h)
 		if flags[h] == nil {
 			flags[h] = &RegistryView{Host: h, Source: "flag"}
 		}
@@ -67,7 +68,7 @@ func (a *API) listRegistries(w http.ResponseWriter, r *http.Request) {
 // putRegistry stores a registry's settings: {"endpoint", "insecure",
 // "username", "password"}. A password left out keeps the one stored.
 func (a *API) putRegistry(w http.ResponseWriter, r *http.Request) {
-	host := upstream.NormalizeHost(strings.TrimSpace(r.PathValue("host")))
+	host := oci.CanonicalHost(strings.TrimSpace(r.PathValue("host")))
 	if !hostPattern.MatchString(host) {
 		writeError(w, r, http.StatusBadRequest, "INVALID", fmt.Sprintf("host %q: want a registry host[:port] such as ghcr.io", host), map[string]string{"field": "host"})
 		return
@@ -122,7 +123,7 @@ func (a *API) putRegistry(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) deleteRegistry(w http.ResponseWriter, r *http.Request) {
-	host := upstream.NormalizeHost(r.PathValue("host"))
+	host := oci.CanonicalHost(r.PathValue("host"))
 	var found bool
 	if err := a.st.DB.Update(func(tx *repodb.Tx) error {
 		var err error

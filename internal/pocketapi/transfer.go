@@ -15,7 +15,7 @@ import (
 
 	"github.com/octohelm/crpe/internal/export"
 	"github.com/octohelm/crpe/internal/kubepkg"
-	"github.com/octohelm/crpe/internal/platform"
+	"github.com/octohelm/crpe/internal/oci"
 	"github.com/octohelm/crpe/internal/pullthrough"
 	"github.com/octohelm/crpe/internal/repodb"
 	"github.com/octohelm/crpe/internal/upstream"
@@ -242,7 +242,7 @@ func (a *API) downloadPackage(w http.ResponseWriter, r *http.Request) {
 	var plats []ocispec.Platform
 	if s := r.URL.Query().Get("platform"); s != "" {
 		var err error
-		if plats, err = platform.ParseList(s); err != nil {
+		if plats, err = oci.ParsePlatforms(s); err != nil {
 			writeError(w, r, http.StatusBadRequest, "INVALID", "platform: "+err.Error(), map[string]string{"field": "platform"})
 			return
 		}
@@ -264,7 +264,7 @@ func (a *API) downloadPackage(w http.ResponseWriter, r *http.Request) {
 	j.SetPhase("writing")
 	filename := fmt.Sprintf("%s-%s.kubepkg.tgz", rec.Name, rec.Version)
 	if s := r.URL.Query().Get("platform"); s != "" {
-		filename = fmt.Sprintf("%s-%s-%s.kubepkg.tgz", rec.Name, rec.Version, platform.Join(plats))
+		filename = fmt.Sprintf("%s-%s-%s.kubepkg.tgz", rec.Name, rec.Version, oci.JoinPlatforms(plats))
 		filename = sanitizeFilename(filename)
 	}
 	lw := &lazyWriter{w: w, before: func() {

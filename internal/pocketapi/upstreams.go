@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/octohelm/crpe/internal/oci"
 	"github.com/octohelm/crpe/internal/pullthrough"
 	"github.com/octohelm/crpe/internal/repodb"
 	"github.com/octohelm/crpe/internal/storage"
@@ -142,7 +143,7 @@ type keychain struct {
 }
 
 func (k *keychain) Resolve(r authn.Resource) (authn.Authenticator, error) {
-	host := upstream.NormalizeHost(r.RegistryStr())
+	host := oci.CanonicalHost(r.RegistryStr())
 	if c, ok := k.creds[host]; ok {
 		return authn.FromConfig(c), nil
 	}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/octohelm/crpe/internal/cas"
 	"github.com/octohelm/crpe/internal/httpx"
+	"github.com/octohelm/crpe/internal/oci"
 	"github.com/octohelm/crpe/internal/registry"
 	"github.com/octohelm/crpe/internal/upstream"
 )
@@ -45,7 +46,7 @@ func (c *Cache) Handler(next http.Handler) http.Handler {
 				return
 			}
 		case registry.RouteBlob:
-			d, err := cas.ParseDigest(rt.Ref)
+			d, err := oci.ParseDigest(rt.Ref)
 			if err != nil {
 				next.ServeHTTP(w, r)
 				return
@@ -73,15 +74,10 @@ func (c *Cache) fail(w http.ResponseWriter, r *http.Request, kind string, err er
 // mapError turns cache and upstream failures into registry errors.
 func mapError(kind string, err error) error {
 	if errors.Is(err, ErrUpstreamInvalid) {
-		// first: the chain may hold the parser's MANIFEST_INVALID, which
-		// would blame the client
 		return &registry.Error{Status: http.StatusBadGateway, Code: "UNAVAILABLE", Message: err.Error()}
 	}
 	var re *registry.Error
-	if errors.As(err, &re) {
-		return re
-	}
-	if errors.Is(err, cas.ErrInvalidDigest) {
+	if errors.As(err, &re) || errors.Is(err, oci.ErrInvalidDigest) {
 		return registry.AsError(err)
 	}
 	notFound := errors.Is(err, upstream.ErrNotFound) || errors.Is(err, ErrNotCached) || errors.Is(err, cas.ErrNotFound)

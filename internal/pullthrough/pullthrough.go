@@ -28,7 +28,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/octohelm/crpe/internal/cas"
-	"github.com/octohelm/crpe/internal/registry"
+	"github.com/octohelm/crpe/internal/oci"
 	"github.com/octohelm/crpe/internal/repodb"
 	"github.com/octohelm/crpe/internal/upstream"
 )
@@ -125,7 +125,7 @@ func (c *Cache) Manifest(ctx context.Context, full, ref string) (*Manifest, erro
 }
 
 func (c *Cache) readAll(ctx context.Context, d digest.Digest) ([]byte, error) {
-	return c.ReadBlob(ctx, d, registry.MaxManifestSize)
+	return c.ReadBlob(ctx, d, oci.MaxManifestSize)
 }
 
 // ReadBlob reads a small cached blob whole (at most max bytes).
@@ -137,7 +137,7 @@ func (c *Cache) ReadBlob(ctx context.Context, d digest.Digest, max int64) ([]byt
 // manifest (and moving the tag) as needed.
 func (c *Cache) resolve(ctx context.Context, full, ref string) (digest.Digest, error) {
 	repo, ok := upstream.SplitRepo(full)
-	isDigest := strings.Contains(ref, ":")
+	isDigest := oci.IsDigestRef(ref)
 	local := func() (digest.Digest, error) {
 		var d digest.Digest
 		err := c.db.View(func(tx *repodb.Tx) error {
@@ -153,7 +153,7 @@ func (c *Cache) resolve(ctx context.Context, full, ref string) (digest.Digest, e
 		return d, err
 	}
 	if isDigest {
-		if _, err := cas.ParseDigest(ref); err != nil {
+		if _, err := oci.ParseDigest(ref); err != nil {
 			return "", err
 		}
 		if d, err := local(); err == nil {
@@ -224,7 +224,7 @@ func (c *Cache) fetchManifest(ctx context.Context, full string, repo upstream.Re
 	if err != nil {
 		return "", err
 	}
-	if _, err := registry.ParseManifest(m.MediaType, m.Body); err != nil {
+	if _, err := oci.ParseManifest(m.MediaType, m.Body); err != nil {
 		return "", fmt.Errorf("%w: %s:%s is not a valid manifest: %w", ErrUpstreamInvalid, repo, ref, err)
 	}
 	if _, err := c.store.Put(ctx, cas.Info{Digest: m.Digest, Size: int64(len(m.Body))}, strings.NewReader(string(m.Body))); err != nil {
@@ -236,7 +236,7 @@ func (c *Cache) fetchManifest(ctx context.Context, full string, repo upstream.Re
 // record notes manifest d (whose bytes are stored) in repository full and
 // points tag at it.
 func (c *Cache) record(full string, d digest.Digest, mediaType string, body []byte, tag string) error {
-	pm, err := registry.ParseManifest(mediaType, body)
+	pm, err := oci.ParseManifest(mediaType, body)
 	if err != nil {
 		return err
 	}

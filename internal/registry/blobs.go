@@ -10,11 +10,12 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/octohelm/crpe/internal/cas"
+	"github.com/octohelm/crpe/internal/oci"
 	"github.com/octohelm/crpe/internal/repodb"
 )
 
 func parseDigestRef(ref string) (digest.Digest, error) {
-	d, err := cas.ParseDigest(ref)
+	d, err := oci.ParseDigest(ref)
 	if err != nil {
 		return "", errDigestInvalid("%v", err)
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/octohelm/crpe/internal/cas"
 	"github.com/octohelm/crpe/internal/httpx"
+	"github.com/octohelm/crpe/internal/oci"
 	"github.com/octohelm/crpe/internal/repodb"
 )
 
@@ -83,8 +84,12 @@ func AsError(err error) *Error {
 	switch {
 	case errors.As(err, &e):
 		return e
-	case errors.Is(err, cas.ErrInvalidDigest):
+	case errors.Is(err, oci.ErrInvalidDigest):
 		return errDigestInvalid("%v", err)
+	case errors.Is(err, oci.ErrManifestTooLarge):
+		return newErr(http.StatusRequestEntityTooLarge, "SIZE_INVALID", "%v", err)
+	case errors.Is(err, oci.ErrManifestInvalid), errors.Is(err, oci.ErrManifestUnsupported):
+		return errManifestInvalid("%v", err)
 	case errors.Is(err, cas.ErrDigestMismatch):
 		return errDigestInvalid("%v", err)
 	case errors.Is(err, cas.ErrSizeMismatch):

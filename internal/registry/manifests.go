@@ -2,11 +2,8 @@ package registry
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
-	"mime"
 	"net/http"
 	"slices"
 	"strconv"
@@ -16,169 +13,22 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/octohelm/crpe/internal/cas"
+	"github.com/octohelm/crpe/internal/oci"
 	"github.com/octohelm/crpe/internal/repodb"
 )
-
-// Manifest media types the registry takes.
-const (
-	MediaTypeDockerManifest     = "application/vnd.docker.distribution.manifest.v2+json"
-	MediaTypeDockerManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
-)
-
-func isIndexType(mt string) bool {
-	return mt == ocispec.MediaTypeImageIndex || mt == MediaTypeDockerManifestList
-}
-
-func isManifestType(mt string) bool {
-	return mt == ocispec.MediaTypeImageManifest || mt == MediaTypeDockerManifest
-}
-
-// ParsedManifest is what the registry reads of a manifest or index.
-type ParsedManifest struct {
-	MediaType    string
-	ArtifactType string
-	Config       *ocispec.Descriptor
-	Layers       []ocispec.Descriptor
-	Manifests    []ocispec.Descriptor
-	Subject      *ocispec.Descriptor
-	Annotations  map[string]string
-}
-
-// IsIndex reports whether the manifest is an index (or Docker list).
-func (m *ParsedManifest) IsIndex() bool { return isIndexType(m.MediaType) }
-
-// Required lists the blobs a registry must hold before taking the manifest:
-// config and layers, except non-distributable layers (with urls). An index's
-// children and a subject may be absent.
-func (m *ParsedManifest) Required() []ocispec.Descriptor {
-	var out []ocispec.Descriptor
-	if m.Config != nil {
-		out = append(out, *m.Config)
-	}
-	for _, l := range m.Layers {
-		if len(l.URLs) > 0 {
-			continue
-		}
-		out = append(out, l)
-	}
-	return out
-}
-
-type rawManifest struct {
-	SchemaVersion *int                 `json:"schemaVersion"`
-	MediaType     string               `json:"mediaType"`
-	ArtifactType  string               `json:"artifactType"`
-	Config        *ocispec.Descriptor  `json:"config"`
-	Layers        []ocispec.Descriptor `json:"layers"`
-	Manifests     []ocispec.Descriptor `json:"manifests"`
-	Subject       *ocispec.Descriptor  `json:"subject"`
-	Annotations   map[string]string    `json:"annotations"`
-	FSLayers      json.RawMessage      `json:"fsLayers"`
-}
-
-// ParseManifest validates body as a manifest of contentType (which may be
-// empty: the body's mediaType or its shape decides).
-func ParseManifest(contentType string, body []byte) (*ParsedManifest, error) {
-	var raw rawManifest
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(&raw); err != nil {
-		return nil, errManifestInvalid("manifest is not valid JSON: %v", err)
-	}
-	if dec.More() {
-		return nil, errManifestInvalid("manifest has data after its JSON object")
-	}
-	if raw.FSLayers != nil || strings.Contains(contentType, "distribution.manifest.v1") {
-		return nil, errManifestInvalid("Docker schema 1 manifests are not supported")
-	}
-	if raw.SchemaVersion == nil || *raw.SchemaVersion != 2 {
-		return nil, errManifestInvalid("schemaVersion must be 2")
-	}
-	ct := ""
-	if contentType != "" {
-		if mt, _, err := mime.ParseMediaType(contentType); err == nil {
-			ct = mt
-		}
-	}
-	mt := raw.MediaType
-	switch {
-	case mt != "" && ct != "" && isKnownManifestType(ct) && mt != ct:
-		return nil, errManifestInvalid("Content-Type %q does not match the manifest's mediaType %q", ct, mt)
-	case mt == "" && isKnownManifestType(ct):
-		mt = ct
-	case mt == "" && raw.Manifests != nil:
-		mt = ocispec.MediaTypeImageIndex
-	case mt == "" && raw.Config != nil:
-		mt = ocispec.MediaTypeImageManifest
-	}
-	m := &ParsedManifest{MediaType: mt, ArtifactType: raw.ArtifactType, Subject: raw.Subject, Annotations: raw.Annotations}
-	switch {
-	case isManifestType(mt):
-		if raw.Config == nil {
-			return nil, errManifestInvalid("image manifest has no config")
-		}
-		if raw.Manifests != nil {
-			return nil, errManifestInvalid("image manifest must not have manifests")
-		}
-		if err := checkDescriptor("config", *raw.Config); err != nil {
-			return nil, err
-		}
-		for i, l := range raw.Layers {
-			if err := checkDescriptor(fmt.Sprintf("layers[%d]", i), l); err != nil {
-				return nil, err
-			}
-		}
-		m.Config, m.Layers = raw.Config, raw.Layers
-		if m.ArtifactType == "" && mt == ocispec.MediaTypeImageManifest {
-			m.ArtifactType = raw.Config.MediaType
-		}
-	case isIndexType(mt):
-		if raw.Config != nil || raw.Layers != nil {
-			return nil, errManifestInvalid("index must not have config or layers")
-		}
-		for i, c := range raw.Manifests {
-			if err := checkDescriptor(fmt.Sprintf("manifests[%d]", i), c); err != nil {
-				return nil, err
-			}
-		}
-		m.Manifests = raw.Manifests
-	default:
-		return nil, errManifestInvalid("unsupported manifest media type %q", mt)
-	}
-	if raw.Subject != nil {
-		if err := checkDescriptor("subject", *raw.Subject); err != nil {
-			return nil, err
-		}
-	}
-	return m, nil
-}
-
-func isKnownManifestType(mt string) bool { return isManifestType(mt) || isIndexType(mt) }
-
-func checkDescriptor(field string, d ocispec.Descriptor) error {
-	if _, err := cas.ParseDigest(string(d.Digest)); err != nil {
-		return errManifestInvalid("%s: %v", field, err)
-	}
-	if d.Size < 0 {
-		return errManifestInvalid("%s: negative size", field)
-	}
-	if d.MediaType == "" {
-		return errManifestInvalid("%s: mediaType is required", field)
-	}
-	return nil
-}
 
 // resolve returns the digest and record of a manifest reference (tag or
 // digest) in repo.
 func (rg *Registry) resolve(repo, ref string) (digest.Digest, repodb.Manifest, error) {
 	var d digest.Digest
 	var m repodb.Manifest
-	byDigest := strings.Contains(ref, ":")
+	byDigest := oci.IsDigestRef(ref)
 	if byDigest {
 		var err error
 		if d, err = parseDigestRef(ref); err != nil {
 			return "", m, err
 		}
-	} else if !ValidTag(ref) {
+	} else if !oci.ValidTag(ref) {
 		return "", m, errManifestUnknown("invalid tag %q", ref)
 	}
 	err := rg.db.View(func(tx *repodb.Tx) error {
@@ -212,11 +62,11 @@ func (rg *Registry) getManifest(w http.ResponseWriter, r *http.Request, repo, re
 	if err != nil {
 		return err
 	}
-	if !strings.Contains(ref, ":") && !accepts(r.Header.Values("Accept"), m.MediaType) {
+	if !oci.IsDigestRef(ref) && !accepts(r.Header.Values("Accept"), m.MediaType) {
 		// Content negotiation as distribution does it: a client that takes
 		// no index gets the linux/amd64 image of one. Otherwise the manifest
 		// is served as stored (registries do not convert between schemas).
-		if isIndexType(m.MediaType) && (accepts(r.Header.Values("Accept"), ocispec.MediaTypeImageManifest) || accepts(r.Header.Values("Accept"), MediaTypeDockerManifest)) {
+		if oci.IsIndex(m.MediaType) && (accepts(r.Header.Values("Accept"), ocispec.MediaTypeImageManifest) || accepts(r.Header.Values("Accept"), oci.MediaTypeDockerManifest)) {
 			if cd, cm, cbody, ok := rg.defaultChild(r, repo, body); ok {
 				d, m, body = cd, cm, cbody
 			}
@@ -237,7 +87,7 @@ func (rg *Registry) getManifest(w http.ResponseWriter, r *http.Request, repo, re
 // defaultChild picks the linux/amd64 image of an index, when it is stored
 // in repo.
 func (rg *Registry) defaultChild(r *http.Request, repo string, index []byte) (digest.Digest, repodb.Manifest, []byte, bool) {
-	pm, err := ParseManifest("", index)
+	pm, err := oci.ParseManifest("", index)
 	if err != nil {
 		return "", repodb.Manifest{}, nil, false
 	}
@@ -265,12 +115,12 @@ func (rg *Registry) manifestBytes(r *http.Request, d digest.Digest) ([]byte, err
 	if b, ok := rg.manifests.get(d); ok {
 		return b, nil
 	}
-	b, err := cas.ReadAll(r.Context(), rg.store, d, MaxManifestSize)
+	b, err := cas.ReadAll(r.Context(), rg.store, d, oci.MaxManifestSize)
 	switch {
 	case errors.Is(err, cas.ErrNotFound):
 		return nil, errManifestUnknown("manifest %s is recorded but its content is missing", d)
 	case errors.Is(err, cas.ErrTooLarge):
-		return nil, errManifestInvalid("stored manifest %s is larger than %d bytes", d, MaxManifestSize)
+		return nil, errManifestInvalid("stored manifest %s is larger than %d bytes", d, oci.MaxManifestSize)
 	case err != nil:
 		return nil, err
 	}
@@ -298,14 +148,14 @@ func accepts(values []string, mediaType string) bool {
 
 func (rg *Registry) putManifest(w http.ResponseWriter, r *http.Request, repo, ref string) error {
 	ctx := r.Context()
-	byDigest := strings.Contains(ref, ":")
+	byDigest := oci.IsDigestRef(ref)
 	var want digest.Digest
 	if byDigest {
 		var err error
 		if want, err = parseDigestRef(ref); err != nil {
 			return err
 		}
-	} else if !ValidTag(ref) {
+	} else if !oci.ValidTag(ref) {
 		return errManifestInvalid("invalid tag %q", ref)
 	}
 	tags := []string{}
@@ -313,22 +163,22 @@ func (rg *Registry) putManifest(w http.ResponseWriter, r *http.Request, repo, re
 		tags = append(tags, ref)
 	}
 	for _, t := range r.URL.Query()["tag"] {
-		if !ValidTag(t) {
+		if !oci.ValidTag(t) {
 			return errManifestInvalid("invalid tag %q", t)
 		}
 		if !slices.Contains(tags, t) {
 			tags = append(tags, t)
 		}
 	}
-	if r.ContentLength > MaxManifestSize {
-		return newErr(http.StatusRequestEntityTooLarge, "SIZE_INVALID", "manifest is larger than %d bytes", MaxManifestSize)
+	if r.ContentLength > oci.MaxManifestSize {
+		return newErr(http.StatusRequestEntityTooLarge, "SIZE_INVALID", "manifest is larger than %d bytes", oci.MaxManifestSize)
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, MaxManifestSize+1))
+	body, err := io.ReadAll(io.LimitReader(r.Body, oci.MaxManifestSize+1))
 	if err != nil {
 		return errManifestInvalid("reading manifest: %v", err)
 	}
-	if len(body) > MaxManifestSize {
-		return newErr(http.StatusRequestEntityTooLarge, "SIZE_INVALID", "manifest is larger than %d bytes", MaxManifestSize)
+	if len(body) > oci.MaxManifestSize {
+		return newErr(http.StatusRequestEntityTooLarge, "SIZE_INVALID", "manifest is larger than %d bytes", oci.MaxManifestSize)
 	}
 	alg := digest.SHA256
 	if byDigest {
@@ -338,7 +188,7 @@ func (rg *Registry) putManifest(w http.ResponseWriter, r *http.Request, repo, re
 	if byDigest && d != want {
 		return errDigestInvalid("manifest content hashes to %s, not %s", d, want)
 	}
-	pm, err := ParseManifest(r.Header.Get("Content-Type"), body)
+	pm, err := oci.ParseManifest(r.Header.Get("Content-Type"), body)
 	if err != nil {
 		return err
 	}
@@ -404,14 +254,14 @@ func (rg *Registry) putManifest(w http.ResponseWriter, r *http.Request, repo, re
 
 func (rg *Registry) deleteManifest(w http.ResponseWriter, r *http.Request, repo, ref string) error {
 	var err error
-	if strings.Contains(ref, ":") {
+	if oci.IsDigestRef(ref) {
 		d, perr := parseDigestRef(ref)
 		if perr != nil {
 			return perr
 		}
 		err = rg.db.Update(func(tx *repodb.Tx) error { return tx.DeleteManifest(repo, d) })
 	} else {
-		if !ValidTag(ref) {
+		if !oci.ValidTag(ref) {
 			return errManifestUnknown("invalid tag %q", ref)
 		}
 		err = rg.db.Update(func(tx *repodb.Tx) error { return tx.DeleteTag(repo, ref) })

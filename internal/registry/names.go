@@ -2,65 +2,10 @@ package registry
 
 import (
 	"net/url"
-	"regexp"
 	"strings"
+
+	"github.com/octohelm/crpe/internal/oci"
 )
-
-// Repository names per the distribution spec, plus an optional first
-// component "host:port" so that a pull-through name such as
-// "127.0.0.1:5000/library/alpine" (reached through ?ns=) can be stored under
-// its full name.
-var (
-	componentRE = regexp.MustCompile(`^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*$`)
-	hostPortRE  = regexp.MustCompile(`^[a-z0-9]+((\.|-+)[a-z0-9]+)*(:[0-9]{1,5})?$`)
-	tagRE       = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
-)
-
-// MaxNameLength is the longest repository name accepted.
-const MaxNameLength = 255
-
-// ValidName reports whether name is a valid repository name.
-func ValidName(name string) bool {
-	if name == "" || len(name) > MaxNameLength {
-		return false
-	}
-	parts := strings.Split(name, "/")
-	for i, p := range parts {
-		if componentRE.MatchString(p) {
-			continue
-		}
-		if i == 0 && len(parts) > 1 && hostPortRE.MatchString(p) && strings.Contains(p, ":") {
-			continue
-		}
-		return false
-	}
-	return true
-}
-
-// ValidTag reports whether tag is a valid tag.
-func ValidTag(tag string) bool { return tagRE.MatchString(tag) }
-
-// CanonicalHost is the registry host as crpe names repositories after it:
-// lowercased, with Docker Hub's aliases folded into docker.io.
-func CanonicalHost(h string) string {
-	h = strings.ToLower(h)
-	switch h {
-	case "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com":
-		return "docker.io"
-	}
-	return h
-}
-
-// NormalizeNamespace maps containerd's ?ns= host to the name crpe stores
-// repositories under (CanonicalHost). It returns "" when ns is not a valid
-// host[:port].
-func NormalizeNamespace(ns string) string {
-	ns = CanonicalHost(strings.TrimSpace(ns))
-	if !hostPortRE.MatchString(ns) || len(ns) > 253 {
-		return ""
-	}
-	return ns
-}
 
 // Route kinds of the /v2 API.
 const (
@@ -132,13 +77,13 @@ func parseRepoRoute(seg []string) (Route, bool) {
 // normalized namespace, "" when none was given.
 func Repository(pathName string, q url.Values) (repo, ns string, err error) {
 	if raw, ok := q["ns"]; ok && len(raw) > 0 && raw[0] != "" {
-		ns = NormalizeNamespace(raw[0])
+		ns = oci.NormalizeNamespace(raw[0])
 		if ns == "" {
 			return "", "", errNameInvalid("invalid ns parameter %q", raw[0])
 		}
 		pathName = ns + "/" + pathName
 	}
-	if !ValidName(pathName) {
+	if !oci.ValidName(pathName) {
 		return "", ns, errNameInvalid("invalid repository name %q", pathName)
 	}
 	return pathName, ns, nil

@@ -22,9 +22,6 @@ import (
 	"github.com/octohelm/crpe/internal/repodb"
 )
 
-// MaxManifestSize caps manifest bodies (pushed or read back).
-const MaxManifestSize = 4 << 20
-
 // Options tune a Registry.
 type Options struct {
 	// AllowPush enables the write half of the API. Without it every write

@@ -17,6 +17,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/octohelm/crpe/internal/casfs"
+	"github.com/octohelm/crpe/internal/oci"
 	"github.com/octohelm/crpe/internal/repodb"
 )
 
@@ -180,7 +181,7 @@ func TestManifestValidation(t *testing.T) {
 	e.expectErr(e.do("PUT", "/v2/m/manifests/v1", []byte(`{"schemaVersion":1,"fsLayers":[]}`), "Content-Type", "application/vnd.docker.distribution.manifest.v1+json"), 400, "MANIFEST_INVALID")
 	e.expectErr(e.do("PUT", "/v2/m/manifests/v1", []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}`), "Content-Type", ociManifest), 400, "MANIFEST_INVALID")
 	e.expectErr(e.do("PUT", "/v2/m/manifests/v1", []byte(`{"schemaVersion":2,"config":{"mediaType":"x","digest":"sha256:bad","size":1}}`), "Content-Type", ociManifest), 400, "MANIFEST_INVALID")
-	big := append(append([]byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[],"annotations":{"x":"`), bytes.Repeat([]byte("a"), MaxManifestSize)...), []byte(`"}}`)...)
+	big := append(append([]byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[],"annotations":{"x":"`), bytes.Repeat([]byte("a"), oci.MaxManifestSize)...), []byte(`"}}`)...)
 	e.expectErr(e.do("PUT", "/v2/m/manifests/v1", big, "Content-Type", "application/vnd.oci.image.index.v1+json"), 413, "SIZE_INVALID")
 	e.expectErr(e.do("PUT", "/v2/m/manifests/"+string(digest.FromString("other")), m, "Content-Type", ociManifest), 400, "DIGEST_INVALID")
 	e.expectErr(e.do("GET", "/v2/m/manifests/v1", nil), 404, "MANIFEST_UNKNOWN")
@@ -197,7 +198,7 @@ func TestManifestValidation(t *testing.T) {
 	}
 	// content negotiation: no conversion between schemas, the manifest is
 	// served as stored whatever the client lists
-	resp = e.do("GET", "/v2/m/manifests/v1", nil, "Accept", MediaTypeDockerManifest)
+	resp = e.do("GET", "/v2/m/manifests/v1", nil, "Accept", oci.MediaTypeDockerManifest)
 	if e.expectStatus(resp, 200); resp.Header.Get("Content-Type") != ociManifest {
 		t.Fatalf("content type %s", resp.Header.Get("Content-Type"))
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/octohelm/crpe/internal/cas"
+	"github.com/octohelm/crpe/internal/oci"
 	"github.com/octohelm/crpe/internal/repodb"
 )
 
@@ -51,7 +52,7 @@ func (rg *Registry) startUpload(w http.ResponseWriter, r *http.Request, repo str
 			return err
 		}
 		from := q.Get("from")
-		if from != "" && !ValidName(from) {
+		if from != "" && !oci.ValidName(from) {
 			return errNameInvalid("invalid repository name %q in from", from)
 		}
 		info, err := rg.store.Stat(ctx, d)
@@ -312,7 +313,7 @@ func (e *exactReader) Read(p []byte) (int, error) {
 // uploadErr maps a failed blob write: verification failures keep their spec
 // codes, anything else (a body cut off midway) is BLOB_UPLOAD_INVALID.
 func uploadErr(err error) error {
-	if errors.Is(err, cas.ErrDigestMismatch) || errors.Is(err, cas.ErrSizeMismatch) || errors.Is(err, cas.ErrInvalidDigest) {
+	if errors.Is(err, cas.ErrDigestMismatch) || errors.Is(err, cas.ErrSizeMismatch) || errors.Is(err, oci.ErrInvalidDigest) {
 		return AsError(err)
 	}
 	return errUploadInvalid("upload failed: %v", err)

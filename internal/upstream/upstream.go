@@ -28,11 +28,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/opencontainers/go-digest"
 
-	"github.com/octohelm/crpe/internal/registry"
+	"github.com/octohelm/crpe/internal/oci"
 )
-
-// MaxManifestSize caps manifest bodies read from an upstream.
-const MaxManifestSize = 4 << 20
 
 // ManifestAccept is the Accept header sent for manifests.
 var ManifestAccept = strings.Join([]string{
@@ -73,11 +70,8 @@ func ParseEndpoint(s string) (host, base string, err error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
 		return "", "", fmt.Errorf("registry endpoint %q: want HOST=http(s)://host[:port]", s)
 	}
-	return NormalizeHost(host), u.Scheme + "://" + u.Host, nil
+	return oci.CanonicalHost(host), u.Scheme + "://" + u.Host, nil
 }
-
-// NormalizeHost folds Docker Hub's aliases into docker.io.
-func NormalizeHost(h string) string { return registry.CanonicalHost(h) }
 
 // Client talks to upstream registries.
 type Client struct {
@@ -119,11 +113,8 @@ type Repo struct {
 // SplitRepo splits a full repository name ("docker.io/library/nginx") into
 // host and path. ok is false when the first component is not a host.
 func SplitRepo(full string) (Repo, bool) {
-	host, path, found := strings.Cut(full, "/")
-	if !found || path == "" || !(strings.ContainsAny(host, ".:") || host == "localhost") {
-		return Repo{}, false
-	}
-	return Repo{Host: NormalizeHost(host), Path: path}, true
+	host, path, ok := oci.SplitRepository(full)
+	return Repo{Host: host, Path: path}, ok
 }
 
 func (r Repo) String() string { return r.Host + "/" + r.Path }
@@ -141,7 +132,7 @@ func (c *Client) target(r Repo) (name.Registry, string, error) {
 		host, scheme = u.Host, u.Scheme
 	}
 	for _, h := range c.o.Insecure {
-		if NormalizeHost(h) == r.Host || h == host {
+		if oci.CanonicalHost(h) == r.Host || h == host {
 			scheme = "http"
 		}
 	}
@@ -212,7 +203,7 @@ func (e *Error) Error() string {
 	what := e.Repo.String()
 	if e.Ref != "" {
 		what += ":" + e.Ref
-		if strings.HasPrefix(e.Ref, "sha") {
+		if oci.IsDigestRef(e.Ref) {
 			what = e.Repo.String() + "@" + e.Ref
 		}
 	}
@@ -360,7 +351,7 @@ func mediaType(ct string) string {
 }
 
 // GetManifest fetches a manifest by tag or digest, bounded to
-// MaxManifestSize. When ref is a digest the body must hash to it; when it
+// oci.MaxManifestSize. When ref is a digest the body must hash to it; when it
 // is a tag the body is checked against Docker-Content-Digest if sent.
 func (c *Client) GetManifest(ctx context.Context, r Repo, ref string) (*Manifest, error) {
 	resp, err := c.do(ctx, r, "fetch manifest", ref, func(scheme, host string) (*http.Request, error) {
@@ -377,15 +368,15 @@ func (c *Client) GetManifest(ctx context.Context, r Repo, ref string) (*Manifest
 	if resp.StatusCode != http.StatusOK {
 		return nil, statusErr(resp, "fetch manifest", r, ref)
 	}
-	if resp.ContentLength > MaxManifestSize {
-		return nil, &Error{Op: "fetch manifest", Repo: r, Ref: ref, Err: fmt.Errorf("manifest of %d bytes exceeds %d", resp.ContentLength, MaxManifestSize)}
+	if resp.ContentLength > oci.MaxManifestSize {
+		return nil, &Error{Op: "fetch manifest", Repo: r, Ref: ref, Err: fmt.Errorf("manifest of %d bytes exceeds %d", resp.ContentLength, oci.MaxManifestSize)}
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxManifestSize+1))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, oci.MaxManifestSize+1))
 	if err != nil {
 		return nil, &Error{Op: "fetch manifest", Repo: r, Ref: ref, Err: err, Temporary: true}
 	}
-	if len(body) > MaxManifestSize {
-		return nil, &Error{Op: "fetch manifest", Repo: r, Ref: ref, Err: fmt.Errorf("manifest exceeds %d bytes", MaxManifestSize)}
+	if len(body) > oci.MaxManifestSize {
+		return nil, &Error{Op: "fetch manifest", Repo: r, Ref: ref, Err: fmt.Errorf("manifest exceeds %d bytes", oci.MaxManifestSize)}
 	}
 	m := &Manifest{Body: body, MediaType: mediaType(resp.Header.Get("Content-Type"))}
 	want := digest.Digest("")

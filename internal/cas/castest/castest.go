@@ -15,6 +15,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/octohelm/crpe/internal/cas"
+	"github.com/octohelm/crpe/internal/oci"
 )
 
 func randBytes(t *testing.T, n int) []byte {
@@ -139,10 +140,10 @@ func Run(t *testing.T, newStore func(t *testing.T) cas.IngestStore) {
 	t.Run("InvalidDigest", func(t *testing.T) {
 		s := newStore(t)
 		for _, d := range []digest.Digest{"sha256:abc", "md5:d41d8cd98f00b204e9800998ecf8427e", "sha256:../../../etc/passwd", digest.Digest("SHA256:" + digest.FromString("x").Encoded())} {
-			if _, err := s.Put(ctx, cas.Info{Digest: d, Size: -1}, bytes.NewReader(nil)); !errors.Is(err, cas.ErrInvalidDigest) {
+			if _, err := s.Put(ctx, cas.Info{Digest: d, Size: -1}, bytes.NewReader(nil)); !errors.Is(err, oci.ErrInvalidDigest) {
 				t.Errorf("put %q: want invalid digest, got %v", d, err)
 			}
-			if _, err := s.Stat(ctx, d); !errors.Is(err, cas.ErrInvalidDigest) {
+			if _, err := s.Stat(ctx, d); !errors.Is(err, oci.ErrInvalidDigest) {
 				t.Errorf("stat %q: want invalid digest, got %v", d, err)
 			}
 		}

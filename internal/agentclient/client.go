@@ -415,8 +415,8 @@ func (l *layerLister) Package(b []byte) error {
 
 func (l *layerLister) Index(ocispec.Index) error { return nil }
 
-func (l *layerLister) Blob(ctx context.Context, desc ocispec.Descriptor, kind archive.BlobKind, r io.Reader) error {
-	if kind != archive.KindManifest {
+func (l *layerLister) Blob(ctx context.Context, desc ocispec.Descriptor, kind oci.Kind, r io.Reader) error {
+	if kind != oci.KindManifest {
 		return nil // the reader verifies what is left unread
 	}
 	b, err := io.ReadAll(io.LimitReader(r, oci.MaxManifestSize+1))

@@ -91,49 +91,22 @@ const maxTrailing = 1 << 20
 // copyBufferSize is the buffer used to stream blobs.
 const copyBufferSize = 1 << 20
 
-// BlobKind tells what a blob is to the package it belongs to, and decides its
-// place in the archive.
-type BlobKind int
-
-const (
-	// KindManifest is an image manifest or an index (Docker manifest lists
-	// included).
-	KindManifest BlobKind = iota
-	// KindConfig is an image config (or an artifact's config).
-	KindConfig
-	// KindLayer is a layer.
-	KindLayer
-)
-
-// String names the kind.
-func (k BlobKind) String() string {
-	switch k {
-	case KindManifest:
-		return "manifest"
-	case KindConfig:
-		return "config"
-	case KindLayer:
-		return "layer"
-	}
-	return fmt.Sprintf("BlobKind(%d)", int(k))
-}
-
 // kindSet is a set of BlobKinds: how a blob is referenced.
 type kindSet uint8
 
-func (s kindSet) has(k BlobKind) bool { return s&(1<<k) != 0 }
+func (s kindSet) has(k oci.Kind) bool { return s&(1<<k) != 0 }
 
 // primary is the kind a blob referenced in all the ways of s is treated as: a
 // manifest if anything references it as one (it is parsed and its children
 // followed), else a config, else a layer.
-func (s kindSet) primary() BlobKind {
+func (s kindSet) primary() oci.Kind {
 	switch {
-	case s.has(KindManifest):
-		return KindManifest
-	case s.has(KindConfig):
-		return KindConfig
+	case s.has(oci.KindManifest):
+		return oci.KindManifest
+	case s.has(oci.KindConfig):
+		return oci.KindConfig
 	}
-	return KindLayer
+	return oci.KindLayer
 }
 
 // BlobEntry is the name of the tar entry holding the blob d: blobs/<alg>/<hex>.

@@ -8,6 +8,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/octohelm/crpe/internal/oci"
 )
 
 // benchContent is one image of ~256 MiB of random layers (8 × 32 MiB).
@@ -41,7 +43,7 @@ type discardHandler struct{}
 
 func (discardHandler) Package([]byte) error      { return nil }
 func (discardHandler) Index(ocispec.Index) error { return nil }
-func (discardHandler) Blob(_ context.Context, _ ocispec.Descriptor, _ BlobKind, r io.Reader) error {
+func (discardHandler) Blob(_ context.Context, _ ocispec.Descriptor, _ oci.Kind, r io.Reader) error {
 	_, err := io.Copy(io.Discard, r)
 	return err
 }

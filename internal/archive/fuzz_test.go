@@ -49,7 +49,7 @@ func (c *checker) Index(idx ocispec.Index) error {
 	return nil
 }
 
-func (c *checker) Blob(_ context.Context, desc ocispec.Descriptor, kind BlobKind, r io.Reader) error {
+func (c *checker) Blob(_ context.Context, desc ocispec.Descriptor, kind oci.Kind, r io.Reader) error {
 	if len(c.calls) < 2 {
 		c.fail("Blob after %v", c.calls)
 	}

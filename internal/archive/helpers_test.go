@@ -32,7 +32,7 @@ func newContent(seed uint64) *content {
 }
 
 // add stores data as a blob of kind and returns its descriptor.
-func (c *content) add(alg digest.Algorithm, mediaType string, data []byte, kind BlobKind) ocispec.Descriptor {
+func (c *content) add(alg digest.Algorithm, mediaType string, data []byte, kind oci.Kind) ocispec.Descriptor {
 	d := alg.FromBytes(data)
 	desc := ocispec.Descriptor{MediaType: mediaType, Digest: d, Size: int64(len(data))}
 	if _, ok := c.data[d]; !ok {
@@ -58,22 +58,22 @@ func (c *content) random(n int) []byte {
 }
 
 func (c *content) layer(alg digest.Algorithm, mediaType string, n int) ocispec.Descriptor {
-	return c.add(alg, mediaType, c.random(n), KindLayer)
+	return c.add(alg, mediaType, c.random(n), oci.KindLayer)
 }
 
 func (c *content) config(alg digest.Algorithm, mediaType, arch string) ocispec.Descriptor {
 	cfg := fmt.Sprintf(`{"architecture":%q,"os":"linux","rootfs":{"type":"layers","diff_ids":[]},"salt":%d}`, arch, c.rng.Uint64())
-	return c.add(alg, mediaType, []byte(cfg), KindConfig)
+	return c.add(alg, mediaType, []byte(cfg), oci.KindConfig)
 }
 
 func (c *content) manifest(alg digest.Algorithm, mediaType string, config ocispec.Descriptor, layers ...ocispec.Descriptor) ocispec.Descriptor {
 	m := map[string]any{"schemaVersion": 2, "mediaType": mediaType, "config": config, "layers": layers}
-	return c.add(alg, mediaType, mustJSON(m), KindManifest)
+	return c.add(alg, mediaType, mustJSON(m), oci.KindManifest)
 }
 
 func (c *content) index(alg digest.Algorithm, mediaType string, children ...ocispec.Descriptor) ocispec.Descriptor {
 	m := map[string]any{"schemaVersion": 2, "mediaType": mediaType, "manifests": children}
-	return c.add(alg, mediaType, mustJSON(m), KindManifest)
+	return c.add(alg, mediaType, mustJSON(m), oci.KindManifest)
 }
 
 func (c *content) image(ref string, desc ocispec.Descriptor) {
@@ -154,7 +154,7 @@ type collector struct {
 	pkg    []byte
 	index  *ocispec.Index
 	blobs  map[digest.Digest][]byte
-	kinds  map[digest.Digest]BlobKind
+	kinds  map[digest.Digest]oci.Kind
 	descs  []ocispec.Descriptor
 	calls  []string
 	readN  int // read at most this many bytes of layers, then return nil (0: all)
@@ -173,10 +173,10 @@ func (c *collector) Index(idx ocispec.Index) error {
 	return nil
 }
 
-func (c *collector) Blob(_ context.Context, desc ocispec.Descriptor, kind BlobKind, r io.Reader) error {
+func (c *collector) Blob(_ context.Context, desc ocispec.Descriptor, kind oci.Kind, r io.Reader) error {
 	c.calls = append(c.calls, "blob "+string(desc.Digest))
 	if c.blobs == nil {
-		c.blobs, c.kinds = map[digest.Digest][]byte{}, map[digest.Digest]BlobKind{}
+		c.blobs, c.kinds = map[digest.Digest][]byte{}, map[digest.Digest]oci.Kind{}
 	}
 	if _, ok := c.blobs[desc.Digest]; ok {
 		return fmt.Errorf("blob %s delivered twice", desc.Digest)
@@ -186,7 +186,7 @@ func (c *collector) Blob(_ context.Context, desc ocispec.Descriptor, kind BlobKi
 	}
 	var data []byte
 	var err error
-	if c.readN > 0 && kind == KindLayer {
+	if c.readN > 0 && kind == oci.KindLayer {
 		data = make([]byte, min(int64(c.readN), desc.Size))
 		_, err = io.ReadFull(r, data)
 	} else {

@@ -75,7 +75,7 @@ type Handler interface {
 	// unread, Read reads and verifies after it returns. kind tells what the
 	// blob is. A manifest may be delivered after its children when it arrived
 	// before its parent (manifests are sorted by digest).
-	Blob(ctx context.Context, desc ocispec.Descriptor, kind BlobKind, r io.Reader) error
+	Blob(ctx context.Context, desc ocispec.Descriptor, kind oci.Kind, r io.Reader) error
 }
 
 // Summary is what Read took from a valid archive.
@@ -458,7 +458,7 @@ func (rd *reader) readIndex(entry string, size int64) error {
 		if m.Annotations[AnnotationImageName] == "" && m.Annotations[AnnotationRefName] == "" {
 			return entryErr(entry, nil, "manifests[%d]: the annotation %s or %s is required", i, AnnotationImageName, AnnotationRefName)
 		}
-		if err := rd.announce(entry, m, KindManifest); err != nil {
+		if err := rd.announce(entry, m, oci.KindManifest); err != nil {
 			return err
 		}
 	}
@@ -471,7 +471,7 @@ func (rd *reader) readIndex(entry string, size int64) error {
 }
 
 // announce records that from references desc as a kind blob.
-func (rd *reader) announce(from string, desc ocispec.Descriptor, kind BlobKind) error {
+func (rd *reader) announce(from string, desc ocispec.Descriptor, kind oci.Kind) error {
 	if k, ok := rd.known[desc.Digest]; ok {
 		if k.desc.Size != desc.Size {
 			return entryErr(from, nil, "references %s with size %d, but %s references it with size %d", desc.Digest, desc.Size, k.from, k.desc.Size)
@@ -506,7 +506,7 @@ func (rd *reader) readBlob(entry string, d digest.Digest, size int64) error {
 	if size != k.desc.Size {
 		return entryErr(entry, nil, "the tar header says %d bytes, %s says %d", size, k.from, k.desc.Size)
 	}
-	if k.kinds.has(KindManifest) {
+	if k.kinds.has(oci.KindManifest) {
 		if size > rd.lim.MaxManifest {
 			return entryErr(entry, nil, "manifest of %d bytes, more than the limit of %d", size, rd.lim.MaxManifest)
 		}
@@ -601,25 +601,25 @@ func (rd *reader) deliverManifest(entry string, k *knownBlob, body []byte, pm *o
 			return fmt.Errorf("kubepkg.tgz: %s: %w", p.entry, err)
 		}
 		rd.took(p.k.desc)
-		if kind != KindManifest {
+		if kind != oci.KindManifest {
 			continue // a held manifest referenced as a config or a layer
 		}
 		var children []ocispec.Descriptor
-		var kinds []BlobKind
-		add := func(k BlobKind, ds ...ocispec.Descriptor) {
+		var kinds []oci.Kind
+		add := func(k oci.Kind, ds ...ocispec.Descriptor) {
 			for _, d := range ds {
 				children = append(children, d)
 				kinds = append(kinds, k)
 			}
 		}
-		add(KindManifest, p.pm.Manifests...)
+		add(oci.KindManifest, p.pm.Manifests...)
 		if p.pm.Subject != nil {
-			add(KindManifest, *p.pm.Subject)
+			add(oci.KindManifest, *p.pm.Subject)
 		}
 		if p.pm.Config != nil {
-			add(KindConfig, *p.pm.Config)
+			add(oci.KindConfig, *p.pm.Config)
 		}
-		add(KindLayer, p.pm.Layers...)
+		add(oci.KindLayer, p.pm.Layers...)
 		for i, c := range children {
 			if err := rd.announce(p.entry, c, kinds[i]); err != nil {
 				return err

@@ -16,6 +16,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/octohelm/crpe/internal/cas"
+	"github.com/octohelm/crpe/internal/oci"
 )
 
 func clone(es []entry) []entry { return append([]entry(nil), es...) }
@@ -68,7 +69,7 @@ func TestReadSmallFixture(t *testing.T) {
 	if len(sum.Blobs) != 4 || len(h.blobs) != 4 {
 		t.Fatalf("%d blobs", len(sum.Blobs))
 	}
-	if h.kinds[s.manifest.Digest] != KindManifest || h.kinds[s.config.Digest] != KindConfig || h.kinds[s.layers[0].Digest] != KindLayer {
+	if h.kinds[s.manifest.Digest] != oci.KindManifest || h.kinds[s.config.Digest] != oci.KindConfig || h.kinds[s.layers[0].Digest] != oci.KindLayer {
 		t.Fatalf("kinds %v", h.kinds)
 	}
 }
@@ -263,7 +264,7 @@ func TestReadChildBeforeParent(t *testing.T) {
 	}
 	want := []digest.Digest{top.Digest, idx.Digest, m.Digest, cfg.Digest, layer.Digest}
 	for i, d := range sum.Blobs {
-		if d.Digest != want[i] || h.kinds[d.Digest] != [...]BlobKind{0, 0, 0, 1, 2}[i] {
+		if d.Digest != want[i] || h.kinds[d.Digest] != [...]oci.Kind{0, 0, 0, 1, 2}[i] {
 			t.Fatalf("blob %d: %s (%s), want %s", i, d.Digest, h.kinds[d.Digest], want[i])
 		}
 	}
@@ -364,8 +365,8 @@ type failingHandler struct {
 	cancel context.CancelFunc
 }
 
-func (f *failingHandler) Blob(ctx context.Context, desc ocispec.Descriptor, kind BlobKind, r io.Reader) error {
-	if kind != KindLayer {
+func (f *failingHandler) Blob(ctx context.Context, desc ocispec.Descriptor, kind oci.Kind, r io.Reader) error {
+	if kind != oci.KindLayer {
 		return f.collector.Blob(ctx, desc, kind, r)
 	}
 	if f.cancel != nil {
@@ -438,7 +439,7 @@ type funcHandler struct{ blob func(io.Reader) error }
 
 func (f *funcHandler) Package([]byte) error      { return nil }
 func (f *funcHandler) Index(ocispec.Index) error { return nil }
-func (f *funcHandler) Blob(_ context.Context, _ ocispec.Descriptor, _ BlobKind, r io.Reader) error {
+func (f *funcHandler) Blob(_ context.Context, _ ocispec.Descriptor, _ oci.Kind, r io.Reader) error {
 	return f.blob(r)
 }
 

@@ -25,7 +25,7 @@ import (
 // what matter) and its kind, which decides its place.
 type Blob struct {
 	Desc ocispec.Descriptor
-	Kind BlobKind
+	Kind oci.Kind
 }
 
 // Image is an image listed in index.json: its full reference (for example
@@ -122,7 +122,7 @@ func Write(ctx context.Context, w io.Writer, pkgJSON []byte, images []Image, blo
 	if err := small(IndexEntry, indexJSON); err != nil {
 		return err
 	}
-	for _, b := range p.byKind[KindManifest] {
+	for _, b := range p.byKind[oci.KindManifest] {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -134,12 +134,12 @@ func Write(ctx context.Context, w io.Writer, pkgJSON []byte, images []Image, blo
 			o.Progress(b.Desc.Digest, int64(len(body)))
 		}
 	}
-	for _, b := range p.byKind[KindConfig] {
+	for _, b := range p.byKind[oci.KindConfig] {
 		if err := writeBlob(ctx, tarSink{tw}, b.Desc, mt, open, buf, o); err != nil {
 			return err
 		}
 	}
-	if len(p.byKind[KindLayer]) == 0 {
+	if len(p.byKind[oci.KindLayer]) == 0 {
 		if err := tw.Close(); err != nil {
 			return fmt.Errorf("archive: closing the tar stream: %w", err)
 		}
@@ -153,7 +153,7 @@ func Write(ctx context.Context, w io.Writer, pkgJSON []byte, images []Image, blo
 		if err := mw.stored(); err != nil {
 			return err
 		}
-		for _, b := range p.byKind[KindLayer] {
+		for _, b := range p.byKind[oci.KindLayer] {
 			if err := writeBlob(ctx, storedSink{mw.st}, b.Desc, mt, open, buf, o); err != nil {
 				return err
 			}
@@ -359,7 +359,7 @@ func plan(images []Image, blobs []Blob) (*writePlan, error) {
 		if b.Desc.Size < 0 {
 			return nil, fmt.Errorf("archive: blob %s: negative size %d", d, b.Desc.Size)
 		}
-		if b.Kind < KindManifest || b.Kind > KindLayer {
+		if b.Kind < oci.KindManifest || b.Kind > oci.KindLayer {
 			return nil, fmt.Errorf("archive: blob %s: unknown kind %d", d, int(b.Kind))
 		}
 		prev, ok := p.blobs[d]
@@ -390,7 +390,7 @@ func plan(images []Image, blobs []Blob) (*writePlan, error) {
 		if !ok {
 			return nil, fmt.Errorf("archive: image %s: its manifest %s is not among the blobs", img.Ref, img.Desc.Digest)
 		}
-		if b.Kind != KindManifest {
+		if b.Kind != oci.KindManifest {
 			return nil, fmt.Errorf("archive: image %s: %s is given as a %s, not a manifest", img.Ref, img.Desc.Digest, b.Kind)
 		}
 		if b.Desc.Size != img.Desc.Size {
@@ -413,7 +413,7 @@ func plan(images []Image, blobs []Blob) (*writePlan, error) {
 
 // loadManifests reads, verifies and parses every manifest and index.
 func (p *writePlan) loadManifests(ctx context.Context, open OpenFunc, buf []byte) error {
-	for _, b := range p.byKind[KindManifest] {
+	for _, b := range p.byKind[oci.KindManifest] {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -470,20 +470,20 @@ func (p *writePlan) check(absent map[digest.Digest]bool) error {
 	refs := map[digest.Digest]kindSet{}
 	queued := map[digest.Digest]bool{}
 	var queue []digest.Digest
-	visit := func(from string, desc ocispec.Descriptor, k BlobKind) error {
+	visit := func(from string, desc ocispec.Descriptor, k oci.Kind) error {
 		d := desc.Digest
 		if b, ok := p.blobs[d]; ok && b.Desc.Size != desc.Size {
 			return fmt.Errorf("archive: %s references %s with size %d, the blob has %d bytes", from, d, desc.Size, b.Desc.Size)
 		}
 		refs[d] |= 1 << k
-		if _, ok := p.manifests[d]; ok && k == KindManifest && !queued[d] {
+		if _, ok := p.manifests[d]; ok && k == oci.KindManifest && !queued[d] {
 			queued[d] = true
 			queue = append(queue, d)
 		}
 		return nil
 	}
 	for _, img := range p.images {
-		if err := visit("image "+img.Ref, img.Desc, KindManifest); err != nil {
+		if err := visit("image "+img.Ref, img.Desc, oci.KindManifest); err != nil {
 			return err
 		}
 	}
@@ -493,22 +493,22 @@ func (p *writePlan) check(absent map[digest.Digest]bool) error {
 		pm := p.manifests[d].pm
 		from := "manifest " + string(d)
 		for _, c := range pm.Manifests {
-			if err := visit(from, c, KindManifest); err != nil {
+			if err := visit(from, c, oci.KindManifest); err != nil {
 				return err
 			}
 		}
 		if pm.Subject != nil {
-			if err := visit(from, *pm.Subject, KindManifest); err != nil {
+			if err := visit(from, *pm.Subject, oci.KindManifest); err != nil {
 				return err
 			}
 		}
 		if pm.Config != nil {
-			if err := visit(from, *pm.Config, KindConfig); err != nil {
+			if err := visit(from, *pm.Config, oci.KindConfig); err != nil {
 				return err
 			}
 		}
 		for _, l := range pm.Layers {
-			if err := visit(from, l, KindLayer); err != nil {
+			if err := visit(from, l, oci.KindLayer); err != nil {
 				return err
 			}
 		}

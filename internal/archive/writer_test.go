@@ -20,6 +20,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/octohelm/crpe/internal/cas"
+	"github.com/octohelm/crpe/internal/oci"
 )
 
 // expectedNames is the entry order Write must produce for c.
@@ -231,7 +232,7 @@ func TestTwoGzipMembers(t *testing.T) {
 	// size of the second member is its size plus a few bytes per 64 KiB
 	var layerBytes int64
 	for _, b := range c.blobs {
-		if b.Kind == KindLayer {
+		if b.Kind == oci.KindLayer {
 			layerBytes += b.Desc.Size
 		}
 	}
@@ -254,7 +255,7 @@ func TestTwoGzipMembers(t *testing.T) {
 func countLayers(c *content) int {
 	seen := map[digest.Digest]bool{}
 	for _, b := range c.blobs {
-		if b.Kind == KindLayer {
+		if b.Kind == oci.KindLayer {
 			seen[b.Desc.Digest] = true
 		}
 	}
@@ -350,10 +351,10 @@ func TestWriteRefuses(t *testing.T) {
 		}, "boom"},
 		{"image not among blobs", []Image{{Ref: "x/y:1", Desc: s.layers[1]}}, c.blobs[:1], c.open, "not among the blobs"},
 		{"image is a layer", []Image{{Ref: "x/y:1", Desc: layer}}, c.blobs, c.open, "not a manifest"},
-		{"unreferenced blob", c.images, append(append([]Blob(nil), c.blobs...), Blob{Desc: strayDesc, Kind: KindLayer}), c.open, "not referenced"},
+		{"unreferenced blob", c.images, append(append([]Blob(nil), c.blobs...), Blob{Desc: strayDesc, Kind: oci.KindLayer}), c.open, "not referenced"},
 		{"missing layer", c.images, withoutBlob(c.blobs, layer.Digest), c.open, "not among the blobs"},
-		{"wrong kind", c.images, withKind(c.blobs, s.config.Digest, KindLayer), c.open, "referenced as a config"},
-		{"size conflict", c.images, append(append([]Blob(nil), c.blobs...), Blob{Desc: ocispec.Descriptor{Digest: layer.Digest, Size: 1}, Kind: KindLayer}), c.open, "sizes"},
+		{"wrong kind", c.images, withKind(c.blobs, s.config.Digest, oci.KindLayer), c.open, "referenced as a config"},
+		{"size conflict", c.images, append(append([]Blob(nil), c.blobs...), Blob{Desc: ocispec.Descriptor{Digest: layer.Digest, Size: 1}, Kind: oci.KindLayer}), c.open, "sizes"},
 		{"bad digest", c.images, append(append([]Blob(nil), c.blobs...), Blob{Desc: ocispec.Descriptor{Digest: "sha256:ABC", Size: 1}}), c.open, "invalid digest"},
 		{"no ref", []Image{{Desc: s.manifest}}, c.blobs, c.open, "no reference"},
 	}
@@ -386,7 +387,7 @@ func withoutBlob(bs []Blob, d digest.Digest) []Blob {
 	return out
 }
 
-func withKind(bs []Blob, d digest.Digest, k BlobKind) []Blob {
+func withKind(bs []Blob, d digest.Digest, k oci.Kind) []Blob {
 	out := append([]Blob(nil), bs...)
 	for i := range out {
 		if out[i].Desc.Digest == d {

@@ -180,14 +180,14 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 	}
 	fetch := newFetcher(ctx, cache, o.Parallel, func(b archive.Blob) bool {
 		// left out on purpose (only layers are), or non-distributable
-		return (o.Exclude[b.Desc.Digest] && b.Kind == archive.KindLayer) || len(b.Desc.URLs) > 0
+		return (o.Exclude[b.Desc.Digest] && b.Kind == oci.KindLayer) || len(b.Desc.URLs) > 0
 	}, progressFetched)
 	defer fetch.cancel()
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(o.Parallel)
 	for _, im := range images {
 		g.Go(func() error {
-			wk, err := Walk(gctx, im.ref, im.top.Digest, im.platforms, cache.Manifest, CacheConfigPlatform(cache))
+			wk, err := Walk(gctx, im.ref, im.top.Digest, im.platforms, CacheManifests(cache), CacheConfigPlatform(cache))
 			if err != nil {
 				return err
 			}
@@ -243,7 +243,7 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 		wt := uniq[d]
 		// only layers are left out: manifests and configs are small and let
 		// the agent check every image
-		if o.Exclude[d] && wt.blob.Kind == archive.KindLayer {
+		if o.Exclude[d] && wt.blob.Kind == oci.KindLayer {
 			res.Excluded++
 			continue
 		}

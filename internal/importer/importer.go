@@ -293,14 +293,14 @@ func (h *handler) Index(idx ocispec.Index) error {
 	return nil
 }
 
-func (h *handler) Blob(ctx context.Context, desc ocispec.Descriptor, kind archive.BlobKind, r io.Reader) error {
-	if kind != archive.KindManifest && !h.checked {
+func (h *handler) Blob(ctx context.Context, desc ocispec.Descriptor, kind oci.Kind, r io.Reader) error {
+	if kind != oci.KindManifest && !h.checked {
 		h.checked = true
 		if err := h.im.checkSpace(ctx, h.needed); err != nil {
 			return err
 		}
 	}
-	if kind == archive.KindManifest {
+	if kind == oci.KindManifest {
 		defer h.announce(ctx, desc)
 	}
 	if _, err := h.im.store.Stat(ctx, desc.Digest); err == nil {

@@ -65,8 +65,8 @@ func (c *collector) Package(data []byte) error {
 
 func (c *collector) Index(ocispec.Index) error { return nil }
 
-func (c *collector) Blob(ctx context.Context, desc ocispec.Descriptor, kind archive.BlobKind, r io.Reader) error {
-	if kind == archive.KindManifest {
+func (c *collector) Blob(ctx context.Context, desc ocispec.Descriptor, kind oci.Kind, r io.Reader) error {
+	if kind == oci.KindManifest {
 		b, err := io.ReadAll(r)
 		if err != nil {
 			return err

@@ -1,6 +1,7 @@
 package oci
 
 import (
+	"encoding/json"
 	"fmt"
 	"sort"
 	"strings"
@@ -83,4 +84,16 @@ func MatchAnyPlatform(wants []ocispec.Platform, have ocispec.Platform) bool {
 		}
 	}
 	return false
+}
+
+// ConfigPlatform reads os, architecture and variant of an image config; an
+// unreadable config (an artifact's) gives the zero platform (unknown).
+func ConfigPlatform(body []byte) ocispec.Platform {
+	var c struct {
+		OS           string `json:"os"`
+		Architecture string `json:"architecture"`
+		Variant      string `json:"variant"`
+	}
+	_ = json.Unmarshal(body, &c)
+	return ocispec.Platform{OS: c.OS, Architecture: c.Architecture, Variant: c.Variant}
 }

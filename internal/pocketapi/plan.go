@@ -5,17 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strings"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/octohelm/crpe/internal/archive"
 	"github.com/octohelm/crpe/internal/cas"
 	"github.com/octohelm/crpe/internal/export"
 	"github.com/octohelm/crpe/internal/kubepkg"
 	"github.com/octohelm/crpe/internal/oci"
-	"github.com/octohelm/crpe/internal/pullthrough"
 	"github.com/octohelm/crpe/internal/repodb"
 )
 
@@ -132,26 +129,26 @@ func (p *plan) firstErr() error {
 var errNotCached = errors.New("not in the cache")
 
 // localManifest reads a manifest from the cache alone.
-func (a *API) localManifest(ctx context.Context, repo, ref string) (*pullthrough.Manifest, error) {
+func (a *API) localManifest(ctx context.Context, repo, ref string) (ocispec.Descriptor, []byte, error) {
 	d := digest.Digest(ref)
-	if !strings.Contains(ref, ":") {
+	if !oci.IsDigestRef(ref) {
 		err := a.st.DB.View(func(tx *repodb.Tx) error {
 			var err error
 			d, err = tx.Tag(repo, ref)
 			return err
 		})
 		if err != nil {
-			return nil, fmt.Errorf("%w: tag %s of %s", errNotCached, ref, repo)
+			return ocispec.Descriptor{}, nil, fmt.Errorf("%w: tag %s of %s", errNotCached, ref, repo)
 		}
 	}
 	body, err := cas.ReadAll(ctx, a.st.Store, d, oci.MaxManifestSize)
 	if err != nil {
 		if errors.Is(err, cas.ErrNotFound) {
-			return nil, fmt.Errorf("%w: manifest %s", errNotCached, d)
+			return ocispec.Descriptor{}, nil, fmt.Errorf("%w: manifest %s", errNotCached, d)
 		}
-		return nil, err
+		return ocispec.Descriptor{}, nil, err
 	}
-	return &pullthrough.Manifest{Digest: d, Body: body}, nil
+	return ocispec.Descriptor{Digest: d, Size: int64(len(body))}, body, nil
 }
 
 // planPackage walks every image of pkg (with the images of its pod
@@ -168,7 +165,7 @@ func (a *API) planPackage(ctx context.Context, rec *repodb.PocketPackage, pkg *k
 	if mode != resolveLocal {
 		cache := a.ups.Cache()
 		fetchConfig := export.CacheConfigPlatform(cache)
-		src = cache.Manifest
+		src = export.CacheManifests(cache)
 		config = func(ctx context.Context, repo string, desc ocispec.Descriptor) (ocispec.Platform, error) {
 			p, err := fetchConfig(ctx, repo, desc)
 			if err != nil {
@@ -223,7 +220,7 @@ func (a *API) walkImage(ctx context.Context, src export.ManifestSource, config e
 		}
 		seen[d] = true
 		_, serr := a.st.Store.Stat(ctx, d)
-		im.Blobs = append(im.Blobs, planBlob{Digest: d, Size: b.Desc.Size, Present: serr == nil, Layer: b.Kind == archive.KindLayer})
+		im.Blobs = append(im.Blobs, planBlob{Digest: d, Size: b.Desc.Size, Present: serr == nil, Layer: b.Kind == oci.KindLayer})
 	}
 	return nil
 }
@@ -238,7 +235,7 @@ func (a *API) localConfigPlatform(ctx context.Context, _ string, desc ocispec.De
 	if err != nil {
 		return ocispec.Platform{}, nil // not cached (yet): unknown
 	}
-	return export.ParseConfigPlatform(body), nil
+	return oci.ConfigPlatform(body), nil
 }
 
 // pin sets every image of pkg to the digest pl resolved it to, so that an

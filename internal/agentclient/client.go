@@ -368,9 +368,7 @@ func manifestLayers(ctx context.Context, open func() (io.ReadCloser, error)) (ma
 		if err != nil {
 			return errEnough // the first config: no manifest follows
 		}
-		for _, l := range pm.Layers {
-			layers[l.Digest] = l.Size
-		}
+		addLayers(layers, pm)
 		return nil
 	})
 	if err != nil && !errors.Is(err, errEnough) {
@@ -416,19 +414,17 @@ func (l *layerLister) Package(b []byte) error {
 func (l *layerLister) Index(ocispec.Index) error { return nil }
 
 func (l *layerLister) Blob(ctx context.Context, desc ocispec.Descriptor, kind oci.Kind, r io.Reader) error {
-	if kind != oci.KindManifest {
-		return nil // the reader verifies what is left unread
+	if mb, ok := r.(*archive.ManifestBlob); ok && kind == oci.KindManifest {
+		addLayers(l.layers, mb.Manifest)
 	}
-	b, err := io.ReadAll(io.LimitReader(r, oci.MaxManifestSize+1))
-	if err != nil {
-		return err
+	return nil // the reader verifies what is left unread
+}
+
+// addLayers adds the layers m refers to (oci.Manifest.Children).
+func addLayers(layers map[digest.Digest]int64, m *oci.Manifest) {
+	for _, c := range m.Children() {
+		if c.Kind == oci.KindLayer {
+			layers[c.Digest] = c.Size
+		}
 	}
-	pm, err := oci.ParseManifest(desc.MediaType, b)
-	if err != nil {
-		return err
-	}
-	for _, ly := range pm.Layers {
-		l.layers[ly.Digest] = ly.Size
-	}
-	return nil
 }

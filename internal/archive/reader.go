@@ -74,8 +74,19 @@ type Handler interface {
 	// example with cas.Store.Put) or returns an error; whatever it leaves
 	// unread, Read reads and verifies after it returns. kind tells what the
 	// blob is. A manifest may be delivered after its children when it arrived
-	// before its parent (manifests are sorted by digest).
+	// before its parent (manifests are sorted by digest); its reader is a
+	// *ManifestBlob, with the bytes and what Read parsed of them.
 	Blob(ctx context.Context, desc ocispec.Descriptor, kind oci.Kind, r io.Reader) error
+}
+
+// ManifestBlob is the reader Handler.Blob gets for a manifest or an index
+// (and for a held manifest referenced as another kind): its verified bytes,
+// and what they parse to, so that a handler need not read them back or
+// parse them again.
+type ManifestBlob struct {
+	*bytes.Reader
+	Body     []byte
+	Manifest *oci.Manifest
 }
 
 // Summary is what Read took from a valid archive.
@@ -521,20 +532,25 @@ func (rd *reader) readBlob(entry string, d digest.Digest, size int64) error {
 		return rd.deliverManifest(entry, k, body, pm)
 	}
 
-	br := &blobReader{rd: rd, entry: entry, left: size}
-	br.v, _ = cas.NewVerifier(cas.Info{Digest: d, Size: size}, "")
-	herr := rd.h.Blob(rd.ctx, k.desc, k.kinds.primary(), br)
-	if br.err != nil && br.err != io.EOF {
+	// the handler gets a cas.VerifyingReader (a store takes its clean end as
+	// proof of the digest) over exactly the entry's bytes
+	vr, err := cas.NewVerifyingReader(&blobReader{rd: rd, entry: entry, left: size}, cas.Info{Digest: d, Size: size})
+	if err != nil {
+		return entryErr(entry, err, "cannot verify the blob")
+	}
+	herr := rd.h.Blob(rd.ctx, k.desc, k.kinds.primary(), vr)
+	if err := vr.Err(); err != nil && err != io.EOF {
 		// the stream or the content is wrong (or ctx is done): that is the
 		// error, whatever the handler made of it
-		return br.err
+		return rd.blobErr(entry, err)
 	}
 	if herr != nil {
 		return fmt.Errorf("kubepkg.tgz: %s: %w", entry, herr)
 	}
-	// read and verify what the handler left unread
-	if _, err := io.CopyBuffer(io.Discard, br, rd.buf); err != nil {
-		return err
+	// read and verify what the handler left unread (a plain writer, so that
+	// the copy uses rd.buf rather than io.Discard's small buffers)
+	if _, err := io.CopyBuffer(struct{ io.Writer }{io.Discard}, vr, rd.buf); err != nil {
+		return rd.blobErr(entry, err)
 	}
 	rd.took(k.desc)
 	return nil
@@ -597,31 +613,15 @@ func (rd *reader) deliverManifest(entry string, k *knownBlob, body []byte, pm *o
 		p := queue[0]
 		queue = queue[1:]
 		kind := p.k.kinds.primary()
-		if err := rd.h.Blob(rd.ctx, p.k.desc, kind, bytes.NewReader(p.body)); err != nil {
+		if err := rd.h.Blob(rd.ctx, p.k.desc, kind, &ManifestBlob{Reader: bytes.NewReader(p.body), Body: p.body, Manifest: p.pm}); err != nil {
 			return fmt.Errorf("kubepkg.tgz: %s: %w", p.entry, err)
 		}
 		rd.took(p.k.desc)
 		if kind != oci.KindManifest {
 			continue // a held manifest referenced as a config or a layer
 		}
-		var children []ocispec.Descriptor
-		var kinds []oci.Kind
-		add := func(k oci.Kind, ds ...ocispec.Descriptor) {
-			for _, d := range ds {
-				children = append(children, d)
-				kinds = append(kinds, k)
-			}
-		}
-		add(oci.KindManifest, p.pm.Manifests...)
-		if p.pm.Subject != nil {
-			add(oci.KindManifest, *p.pm.Subject)
-		}
-		if p.pm.Config != nil {
-			add(oci.KindConfig, *p.pm.Config)
-		}
-		add(oci.KindLayer, p.pm.Layers...)
-		for i, c := range children {
-			if err := rd.announce(p.entry, c, kinds[i]); err != nil {
+		for _, c := range p.pm.Children() {
+			if err := rd.announce(p.entry, c.Descriptor, c.Kind); err != nil {
 				return err
 			}
 		}
@@ -630,7 +630,7 @@ func (rd *reader) deliverManifest(entry string, k *knownBlob, body []byte, pm *o
 				rd.required[r.Digest] = p.entry
 			}
 		}
-		for _, c := range children {
+		for _, c := range p.pm.Children() {
 			hm, ok := rd.held[c.Digest]
 			if !ok {
 				continue
@@ -647,84 +647,53 @@ func (rd *reader) deliverManifest(entry string, k *knownBlob, body []byte, pm *o
 	return nil
 }
 
-// blobReader is the reader Handler.Blob gets: exactly the entry's bytes,
-// hashed as they are read, with an error instead of EOF if they do not match
-// the digest.
+// blobErr is the error of a blob entry whose bytes could not be had or do
+// not match its name.
+func (rd *reader) blobErr(entry string, err error) error {
+	var ee *EntryError
+	switch {
+	case errors.As(err, &ee):
+		return err
+	case rd.ctx.Err() != nil:
+		return rd.ctx.Err()
+	case errors.Is(err, cas.ErrDigestMismatch), errors.Is(err, cas.ErrSizeMismatch):
+		return entryErr(entry, err, "content does not match its name")
+	}
+	return rd.streamErr(entry, "reading the blob", err)
+}
+
+// blobReader reads exactly the entry's bytes from the tar stream (the
+// cas.VerifyingReader around it hashes them), turning stream errors into
+// errors naming the entry.
 type blobReader struct {
 	rd    *reader
 	entry string
-	v     *cas.Verifier
 	left  int64
-	err   error // sticky: io.EOF once verified
 }
 
 // Read reads the blob.
 func (b *blobReader) Read(p []byte) (int, error) {
-	if b.err != nil {
-		return 0, b.err
-	}
 	if b.left == 0 {
-		return 0, b.finish()
+		return 0, io.EOF
 	}
 	if err := b.rd.ctx.Err(); err != nil {
-		b.err = err
 		return 0, err
 	}
 	if int64(len(p)) > b.left {
 		p = p[:b.left]
 	}
 	n, err := b.rd.tr.Read(p)
-	_, _ = b.v.Write(p[:n])
 	b.left -= int64(n)
 	if err != nil && (err != io.EOF || b.left > 0) {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
-		b.err = b.rd.streamErr(b.entry, "reading the blob", err)
-		return n, b.err
+		return n, b.rd.streamErr(b.entry, "reading the blob", err)
 	}
 	if b.left == 0 {
-		return n, b.finish()
+		return n, io.EOF
 	}
 	return n, nil
-}
-
-// Expected tells what the bytes must be: the reader fails instead of ending
-// cleanly otherwise (cas.SelfVerifying), so a store need not hash them again.
-func (b *blobReader) Expected() cas.Info { return b.v.Expected() }
-
-// WriteTo copies the blob to w with a large buffer.
-func (b *blobReader) WriteTo(w io.Writer) (int64, error) {
-	var total int64
-	for {
-		n, err := b.Read(b.rd.buf)
-		if n > 0 {
-			m, werr := w.Write(b.rd.buf[:n])
-			total += int64(m)
-			if werr != nil {
-				return total, werr
-			}
-			if m < n {
-				return total, io.ErrShortWrite
-			}
-		}
-		if err == io.EOF {
-			return total, nil
-		}
-		if err != nil {
-			return total, err
-		}
-	}
-}
-
-// finish checks the digest once every byte is read.
-func (b *blobReader) finish() error {
-	if _, err := b.v.Verify(); err != nil {
-		b.err = entryErr(b.entry, err, "content does not match its name")
-		return b.err
-	}
-	b.err = io.EOF
-	return io.EOF
 }
 
 // memberReader reads the decompressed gzip stream member by member, so that

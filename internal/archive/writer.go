@@ -492,23 +492,8 @@ func (p *writePlan) check(absent map[digest.Digest]bool) error {
 		queue = queue[1:]
 		pm := p.manifests[d].pm
 		from := "manifest " + string(d)
-		for _, c := range pm.Manifests {
-			if err := visit(from, c, oci.KindManifest); err != nil {
-				return err
-			}
-		}
-		if pm.Subject != nil {
-			if err := visit(from, *pm.Subject, oci.KindManifest); err != nil {
-				return err
-			}
-		}
-		if pm.Config != nil {
-			if err := visit(from, *pm.Config, oci.KindConfig); err != nil {
-				return err
-			}
-		}
-		for _, l := range pm.Layers {
-			if err := visit(from, l, oci.KindLayer); err != nil {
+		for _, c := range pm.Children() {
+			if err := visit(from, c.Descriptor, c.Kind); err != nil {
 				return err
 			}
 		}

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -23,6 +24,9 @@ import (
 type Info struct {
 	Digest digest.Digest
 	Size   int64
+	// Modified is when the blob was stored, as Stat and Walk report it
+	// (zero elsewhere, and when the store cannot tell).
+	Modified time.Time
 }
 
 // Store is the blob store every part of crpe shares.
@@ -155,15 +159,62 @@ type ReaderAtCloser interface {
 	io.Closer
 }
 
-// SelfVerifying is implemented by readers that check their own bytes: Read
-// returns io.EOF only after exactly Expected().Size bytes hashing to
-// Expected().Digest were read, and an error otherwise (the archive reader's
-// blob readers). Put trusts such a reader instead of hashing the bytes a
-// second time; the blob is still published only after a clean EOF.
-type SelfVerifying interface {
-	io.Reader
-	Expected() Info
+// VerifyingReader reads a blob through a Verifier: Read returns io.EOF only
+// after exactly Expected().Size bytes hashing to Expected().Digest were
+// read, and an error wrapping ErrSizeMismatch or ErrDigestMismatch
+// otherwise. Only this package makes one (NewVerifyingReader), and its
+// fields are its own: a store may take its clean EOF as proof and not hash
+// the bytes a second time (casfs does), which it must never do on the word
+// of any other reader.
+type VerifyingReader struct {
+	r   io.Reader
+	v   *Verifier
+	err error // sticky; io.EOF once verified
 }
+
+// NewVerifyingReader reads r, checking it against expected, whose digest and
+// size are both required.
+func NewVerifyingReader(r io.Reader, expected Info) (*VerifyingReader, error) {
+	if expected.Digest == "" || expected.Size < 0 {
+		return nil, fmt.Errorf("verifying reader: the digest and size are required, got %q and %d", expected.Digest, expected.Size)
+	}
+	v, err := NewVerifier(expected, "")
+	if err != nil {
+		return nil, err
+	}
+	return &VerifyingReader{r: r, v: v}, nil
+}
+
+// Read reads and hashes; see VerifyingReader.
+func (vr *VerifyingReader) Read(p []byte) (int, error) {
+	if vr.err != nil {
+		return 0, vr.err
+	}
+	n, err := vr.r.Read(p)
+	if n > 0 {
+		if _, werr := vr.v.Write(p[:n]); werr != nil {
+			vr.err = werr
+			return 0, werr
+		}
+	}
+	switch {
+	case err == io.EOF:
+		if _, verr := vr.v.Verify(); verr != nil {
+			err = verr
+		}
+		vr.err = err
+	case err != nil:
+		vr.err = err
+	}
+	return n, err
+}
+
+// Expected is what the bytes must be.
+func (vr *VerifyingReader) Expected() Info { return vr.v.Expected() }
+
+// Err is the reader's error so far: nil while reading, io.EOF once every
+// byte was read and verified.
+func (vr *VerifyingReader) Err() error { return vr.err }
 
 // ErrTooLarge is returned by ReadAll for a blob over its cap.
 var ErrTooLarge = errors.New("blob too large")

@@ -71,7 +71,7 @@ func (s *Store) Stat(_ context.Context, d digest.Digest) (cas.Info, error) {
 		}
 		return cas.Info{}, err
 	}
-	return cas.Info{Digest: d, Size: fi.Size()}, nil
+	return cas.Info{Digest: d, Size: fi.Size(), Modified: fi.ModTime()}, nil
 }
 
 func (s *Store) Open(_ context.Context, d digest.Digest) (io.ReadSeekCloser, cas.Info, error) {
@@ -139,8 +139,8 @@ func (st *Staged) Abort() {
 }
 
 // Stage does what Put does short of publishing: the bytes are verified
-// (or, from a cas.SelfVerifying reader, trusted to fail rather than end
-// cleanly) and written to a temp file.
+// (or, from a *cas.VerifyingReader, whose clean end is the proof, not
+// hashed again) and written to a temp file.
 func (s *Store) Stage(ctx context.Context, expected cas.Info, r io.Reader) (*Staged, error) {
 	if expected.Digest != "" {
 		if _, err := oci.ParseDigest(string(expected.Digest)); err != nil {
@@ -157,9 +157,9 @@ func (s *Store) Stage(ctx context.Context, expected cas.Info, r io.Reader) (*Sta
 	}
 	var v *cas.Verifier
 	trusted := false
-	if sv, ok := r.(cas.SelfVerifying); ok && expected.Digest != "" && sv.Expected().Digest == expected.Digest &&
-		(expected.Size < 0 || sv.Expected().Size == expected.Size) {
-		trusted, expected = true, sv.Expected()
+	if vr, ok := r.(*cas.VerifyingReader); ok && expected.Digest != "" && vr.Expected().Digest == expected.Digest &&
+		(expected.Size < 0 || vr.Expected().Size == expected.Size) {
+		trusted, expected = true, vr.Expected()
 	} else {
 		var err error
 		if v, err = cas.NewVerifier(expected, digest.SHA256); err != nil {
@@ -270,7 +270,7 @@ func (s *Store) Walk(ctx context.Context, fn func(cas.Info) error) error {
 			if err != nil {
 				continue // removed meanwhile
 			}
-			if err := fn(cas.Info{Digest: d, Size: fi.Size()}); err != nil {
+			if err := fn(cas.Info{Digest: d, Size: fi.Size(), Modified: fi.ModTime()}); err != nil {
 				return err
 			}
 		}

@@ -2,10 +2,12 @@ package importer
 
 import (
 	"context"
-	"os"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/octohelm/crpe/internal/cas"
 	"github.com/octohelm/crpe/internal/oci"
@@ -76,7 +78,9 @@ func (im *Importer) GC(ctx context.Context, grace time.Duration) (GCResult, erro
 	if err != nil {
 		return res, err
 	}
-	// what the candidates need and the roots do not
+	// what the candidates need and the roots do not; a live root that
+	// cannot be read stops the collection before anything is deleted: a keep
+	// set missing it could unlink (and sweep) the layers it shares
 	type drop struct {
 		manifests map[digest.Digest]bool
 		blobs     map[digest.Digest]bool
@@ -85,14 +89,18 @@ func (im *Importer) GC(ctx context.Context, grace time.Duration) (GCResult, erro
 	for repo, cands := range expired {
 		keepM, keepB := map[digest.Digest]bool{}, map[digest.Digest]bool{}
 		for d := range live[repo] {
-			im.closure(ctx, d, keepM, keepB)
+			if err := im.closure(ctx, d, keepM, keepB); err != nil {
+				return res, fmt.Errorf("garbage collection stopped, nothing deleted: live image %s@%s: %w (crpe fsck tells more)", repo, d, err)
+			}
 		}
 		dm, db := map[digest.Digest]bool{}, map[digest.Digest]bool{}
 		for d := range cands {
 			if live[repo][d] {
 				continue
 			}
-			im.closure(ctx, d, dm, db)
+			// an expired image that cannot be read is left as it is: only
+			// what is read is dropped
+			_ = im.closure(ctx, d, dm, db)
 		}
 		for d := range dm {
 			if keepM[d] {
@@ -151,12 +159,9 @@ func (im *Importer) GC(ctx context.Context, grace time.Duration) (GCResult, erro
 		return nil
 	})
 	for _, v := range victims {
-		if grace > 0 {
-			if p, ok := im.store.(interface{ Path(digest.Digest) string }); ok {
-				if fi, err := os.Stat(p.Path(v.Digest)); err == nil && time.Since(fi.ModTime()) < grace {
-					continue
-				}
-			}
+		// a blob whose age the store cannot tell is taken as young
+		if grace > 0 && (v.Modified.IsZero() || time.Since(v.Modified) < grace) {
+			continue
 		}
 		if err := im.store.Delete(ctx, v.Digest); err == nil {
 			res.BlobsRemoved++
@@ -167,28 +172,30 @@ func (im *Importer) GC(ctx context.Context, grace time.Duration) (GCResult, erro
 	return res, nil
 }
 
-// closure adds d and everything it references (manifests and blobs) that is
-// in the store.
-func (im *Importer) closure(ctx context.Context, d digest.Digest, manifests, blobs map[digest.Digest]bool) {
-	if manifests[d] {
-		return
+// closure adds root and everything under it (oci.Walk: manifests, their
+// children, configs, layers and subjects) to manifests and blobs. A child
+// manifest absent from the store (an index's other platforms, a subject) is
+// skipped; any other failure to read or parse a manifest is an error.
+func (im *Importer) closure(ctx context.Context, root digest.Digest, manifests, blobs map[digest.Digest]bool) error {
+	if manifests[root] {
+		return nil
 	}
-	body, err := readSmall(ctx, im.store, d)
-	if err != nil {
-		return
+	fetch := func(ctx context.Context, d ocispec.Descriptor) ([]byte, error) {
+		return cas.ReadAll(ctx, im.store, d.Digest, oci.MaxManifestSize)
 	}
-	pm, err := oci.ParseManifest("", body)
-	if err != nil {
-		return
-	}
-	manifests[d] = true
-	for _, c := range pm.Manifests {
-		im.closure(ctx, c.Digest, manifests, blobs)
-	}
-	if pm.Config != nil {
-		blobs[pm.Config.Digest] = true
-	}
-	for _, l := range pm.Layers {
-		blobs[l.Digest] = true
-	}
+	return oci.Walk(ctx, ocispec.Descriptor{Digest: root}, fetch, func(_ context.Context, n *oci.Node) error {
+		switch {
+		case n.Kind != oci.KindManifest:
+			blobs[n.Desc.Digest] = true
+		case n.Err != nil && n.Depth > 0 && errors.Is(n.Err, cas.ErrNotFound):
+			return oci.ErrSkip
+		case n.Err != nil:
+			return n.Err
+		case manifests[n.Desc.Digest] && n.Depth > 0:
+			return oci.ErrSkip // walked from another root already
+		default:
+			manifests[n.Desc.Digest] = true
+		}
+		return nil
+	}, oci.WalkOptions{})
 }

@@ -209,17 +209,18 @@ type handler struct {
 	refs    map[string]bool
 	images  []*image
 	res     *Result
-	// manifests are the manifests read back from the store during this
-	// import (space check, closure, publish read each once)
+	// manifests are the manifests of this import: as the archive reader
+	// parsed them, or read once from the store
 	manifests map[digest.Digest][]byte
 }
 
-// manifest reads manifest d from the store once per import.
+// manifest returns manifest d: as the archive carried it, or read once from
+// the store (a partial archive leaves out what the store holds).
 func (h *handler) manifest(ctx context.Context, d digest.Digest) ([]byte, error) {
 	if b, ok := h.manifests[d]; ok {
 		return b, nil
 	}
-	b, err := readSmall(ctx, h.im.store, d)
+	b, err := cas.ReadAll(ctx, h.im.store, d, oci.MaxManifestSize)
 	if err != nil {
 		return nil, err
 	}
@@ -294,14 +295,14 @@ func (h *handler) Index(idx ocispec.Index) error {
 }
 
 func (h *handler) Blob(ctx context.Context, desc ocispec.Descriptor, kind oci.Kind, r io.Reader) error {
+	if mb, ok := r.(*archive.ManifestBlob); ok && kind == oci.KindManifest {
+		h.keepManifest(desc.Digest, mb)
+	}
 	if kind != oci.KindManifest && !h.checked {
 		h.checked = true
 		if err := h.im.checkSpace(ctx, h.needed); err != nil {
 			return err
 		}
-	}
-	if kind == oci.KindManifest {
-		defer h.announce(ctx, desc)
 	}
 	if _, err := h.im.store.Stat(ctx, desc.Digest); err == nil {
 		h.res.BlobsPresent++
@@ -324,21 +325,22 @@ func (h *handler) Blob(ctx context.Context, desc ocispec.Descriptor, kind oci.Ki
 	return nil
 }
 
-// announce records what a stored manifest needs.
-func (h *handler) announce(ctx context.Context, desc ocispec.Descriptor) {
-	b, err := h.manifest(ctx, desc.Digest)
-	if err != nil {
-		return
+// keepManifest keeps a manifest of the archive as the archive reader
+// verified and parsed it (the closure check and the publish walk read it
+// from here, never back from the store while it is being committed), and
+// counts what it refers to for the space check.
+func (h *handler) keepManifest(d digest.Digest, mb *archive.ManifestBlob) {
+	if h.manifests == nil {
+		h.manifests = map[digest.Digest][]byte{}
 	}
-	pm, err := oci.ParseManifest(desc.MediaType, b)
-	if err != nil {
-		return
-	}
+	h.manifests[d] = mb.Body
 	if h.needed == nil {
 		h.needed = map[digest.Digest]int64{}
 	}
-	for _, d := range append(append(pm.Manifests, pm.Layers...), pm.Required()...) {
-		h.needed[d.Digest] = d.Size
+	for _, c := range mb.Manifest.Children() {
+		if len(c.URLs) == 0 {
+			h.needed[c.Digest] = c.Size
+		}
 	}
 }
 
@@ -460,19 +462,18 @@ func (im *Importer) importLocked(ctx context.Context, r io.Reader, o ImportOptio
 		return err == nil
 	}
 	for _, img := range h.images {
-		img.platforms = plats[img.ref]
-		ps := img.platforms
-		if len(ps) == 0 {
-			ps = allPlatforms(img.desc, getManifest)
-		}
-		cl := inspect.Closure(img.desc, ps, getManifest, has)
+		ps := plats[img.ref]
+		cl := inspect.Closure(ctxBG, img.desc, ps, getManifest, has)
 		if len(cl.Missing) > 0 {
-			return nil, false, badRequest("", "image %s is incomplete for %s: %s is neither in the archive nor in the store", img.ref, oci.JoinPlatforms(ps), strings.Join(cl.Missing, ", "))
+			what := oci.JoinPlatforms(ps)
+			if ps == nil {
+				what = "every platform"
+			}
+			return nil, false, badRequest("", "image %s is incomplete for %s: %s is neither in the archive nor in the store", img.ref, what, strings.Join(cl.Missing, ", "))
 		}
 		if len(cl.Problems) > 0 {
 			return nil, false, badRequest("", "image %s: %s", img.ref, strings.Join(cl.Problems, "; "))
 		}
-		img.platforms = ps
 		h.res.Images[img.ref] = string(img.desc.Digest)
 	}
 	expired, err := im.publish(ctxBG, h, o)
@@ -480,28 +481,6 @@ func (im *Importer) importLocked(ctx context.Context, r io.Reader, o ImportOptio
 		return nil, false, err
 	}
 	return h.res, len(expired) > 0, nil
-}
-
-func allPlatforms(top ocispec.Descriptor, manifest func(digest.Digest) ([]byte, bool)) []ocispec.Platform {
-	body, ok := manifest(top.Digest)
-	if !ok {
-		return nil
-	}
-	pm, err := oci.ParseManifest(top.MediaType, body)
-	if err != nil {
-		return nil
-	}
-	var out []ocispec.Platform
-	for _, c := range pm.Manifests {
-		if c.Platform != nil {
-			out = append(out, *c.Platform)
-		}
-	}
-	return out
-}
-
-func readSmall(ctx context.Context, store cas.Store, d digest.Digest) ([]byte, error) {
-	return cas.ReadAll(ctx, store, d, oci.MaxManifestSize)
 }
 
 // publish records every image and package in one transaction.
@@ -512,50 +491,37 @@ func (im *Importer) publish(ctx context.Context, h *handler, o ImportOptions) ([
 		m    repodb.Manifest
 	}
 	var recs []rec
-	var links []struct {
+	type link struct {
 		repo string
 		info cas.Info
 	}
+	var links []link
 	for _, img := range h.images {
-		var walk func(desc ocispec.Descriptor, depth int) error
-		walk = func(desc ocispec.Descriptor, depth int) error {
-			body, err := h.manifest(ctx, desc.Digest)
-			if err != nil {
-				return nil // an index child left out (another platform)
-			}
-			pm, err := oci.ParseManifest(desc.MediaType, body)
-			if err != nil {
-				return badRequest(archive.BlobEntry(desc.Digest), "%v", err)
-			}
-			m := repodb.Manifest{MediaType: pm.MediaType, Size: int64(len(body)), ArtifactType: pm.ArtifactType, Annotations: pm.Annotations}
-			if pm.Subject != nil {
-				m.Subject = pm.Subject.Digest
-			}
-			recs = append(recs, rec{img.repo, desc.Digest, m})
-			if pm.IsIndex() {
-				if depth > 4 {
-					return nil
+		// every manifest at hand under the image is recorded (an index's
+		// children of other platforms are left out of the archive, a subject
+		// may be absent), and the blobs of each are linked to the repository
+		fetch := func(ctx context.Context, d ocispec.Descriptor) ([]byte, error) { return h.manifest(ctx, d.Digest) }
+		err := oci.Walk(ctx, img.desc, fetch, func(ctx context.Context, n *oci.Node) error {
+			switch {
+			case n.Kind != oci.KindManifest:
+				if len(n.Desc.URLs) > 0 {
+					return nil // non-distributable: not required
 				}
-				for _, c := range pm.Manifests {
-					if err := walk(c, depth+1); err != nil {
-						return err
-					}
-				}
-				return nil
-			}
-			for _, b := range pm.Required() {
-				info, err := im.store.Stat(ctx, b.Digest)
+				info, err := im.store.Stat(ctx, n.Desc.Digest)
 				if err != nil {
-					return badRequest("", "image %s: blob %s is missing", img.ref, b.Digest)
+					return badRequest("", "image %s: blob %s is missing", img.ref, n.Desc.Digest)
 				}
-				links = append(links, struct {
-					repo string
-					info cas.Info
-				}{img.repo, info})
+				links = append(links, link{img.repo, info})
+			case n.Err != nil && n.Depth > 0 && errors.Is(n.Err, cas.ErrNotFound):
+				return oci.ErrSkip // a child left out (another platform), or an absent subject
+			case n.Err != nil:
+				return badRequest(archive.BlobEntry(n.Desc.Digest), "%v", n.Err)
+			default:
+				recs = append(recs, rec{img.repo, n.Desc.Digest, repodb.ManifestRecord(n.Manifest, n.Body)})
 			}
 			return nil
-		}
-		if err := walk(img.desc, 0); err != nil {
+		}, oci.WalkOptions{})
+		if err != nil {
 			return nil, err
 		}
 	}

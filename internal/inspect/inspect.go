@@ -7,6 +7,7 @@ package inspect
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -127,7 +128,7 @@ func Read(ctx context.Context, r io.Reader, verify bool) (*Report, error) {
 			}
 		}
 		im := Image{Ref: ref, Digest: string(m.Digest), MediaType: m.MediaType}
-		cl := Closure(m, plats, func(d digest.Digest) ([]byte, bool) { b, ok := c.manifests[d]; return b, ok },
+		cl := Closure(ctx, m, plats, func(d digest.Digest) ([]byte, bool) { b, ok := c.manifests[d]; return b, ok },
 			func(d digest.Digest) bool { return c.present[d] })
 		im.Platforms = cl.Platforms
 		rep.Images = append(rep.Images, im)
@@ -177,61 +178,46 @@ type ClosureResult struct {
 	Problems []string
 }
 
-// Closure checks that top (an index or a manifest) is complete for plats:
-// every matching child manifest, its config and its layers (except
-// non-distributable ones) are at hand. manifest returns a manifest's bytes
-// when at hand; has tells whether any blob is.
-func Closure(top ocispec.Descriptor, plats []ocispec.Platform, manifest func(digest.Digest) ([]byte, bool), has func(digest.Digest) bool) ClosureResult {
+// errAbsent is what Closure's fetch says of a manifest not at hand.
+var errAbsent = errors.New("not at hand")
+
+// Closure checks that top (an index or a manifest) is complete for plats
+// (nil: every platform), walking it with oci.Walk: every matching child
+// manifest, its config and its layers (except non-distributable ones) are at
+// hand; a subject may be absent. manifest returns a manifest's bytes when at
+// hand; has tells whether any blob is.
+func Closure(ctx context.Context, top ocispec.Descriptor, plats []ocispec.Platform, manifest func(digest.Digest) ([]byte, bool), has func(digest.Digest) bool) ClosureResult {
 	var res ClosureResult
 	missing := map[string]bool{}
 	platSeen := map[string]bool{}
-	var visit func(d ocispec.Descriptor, depth int)
-	visit = func(d ocispec.Descriptor, depth int) {
-		body, ok := manifest(d.Digest)
-		if !ok {
-			missing[string(d.Digest)] = true
-			return
+	fetch := func(_ context.Context, d ocispec.Descriptor) ([]byte, error) {
+		if b, ok := manifest(d.Digest); ok {
+			return b, nil
 		}
-		pm, err := oci.ParseManifest(d.MediaType, body)
-		if err != nil {
-			res.Problems = append(res.Problems, fmt.Sprintf("manifest %s: %v", d.Digest, err))
-			return
-		}
-		if pm.IsIndex() {
-			if depth > 4 {
-				res.Problems = append(res.Problems, "indexes nested too deep")
-				return
-			}
-			matched := 0
-			for _, c := range pm.Manifests {
-				isIndex := c.MediaType == ocispec.MediaTypeImageIndex || c.MediaType == oci.MediaTypeDockerManifestList
-				if c.Platform != nil && !oci.MatchAnyPlatform(plats, *c.Platform) {
-					continue
-				}
-				if c.Platform == nil && !isIndex {
-					continue
-				}
-				matched++
-				if c.Platform != nil {
-					platSeen[oci.FormatPlatform(*c.Platform)] = true
-				}
-				visit(c, depth+1)
-			}
-			if matched == 0 && depth == 0 {
-				res.Problems = append(res.Problems, fmt.Sprintf("no manifest for %s", oci.JoinPlatforms(plats)))
-			}
-			return
-		}
-		for _, b := range pm.Required() {
-			if !has(b.Digest) {
-				missing[string(b.Digest)] = true
-			}
-		}
-		if depth == 0 {
-			platSeen["single-platform"] = true
-		}
+		return nil, errAbsent
 	}
-	visit(top, 0)
+	err := oci.Walk(ctx, top, fetch, func(_ context.Context, n *oci.Node) error {
+		switch {
+		case n.Kind != oci.KindManifest:
+			if len(n.Desc.URLs) == 0 && !has(n.Desc.Digest) {
+				missing[string(n.Desc.Digest)] = true
+			}
+		case errors.Is(n.Err, errAbsent):
+			if !n.Subject {
+				missing[string(n.Desc.Digest)] = true
+			}
+		case n.Err != nil:
+			res.Problems = append(res.Problems, n.Err.Error())
+		case n.Depth == 0 && !n.Manifest.IsIndex():
+			platSeen["single-platform"] = true
+		case n.Desc.Platform != nil:
+			platSeen[oci.FormatPlatform(*n.Desc.Platform)] = true
+		}
+		return nil
+	}, oci.WalkOptions{Platforms: plats})
+	if err != nil {
+		res.Problems = append(res.Problems, err.Error())
+	}
 	for p := range platSeen {
 		res.Platforms = append(res.Platforms, p)
 	}

@@ -240,10 +240,8 @@ func (c *Cache) record(full string, d digest.Digest, mediaType string, body []by
 	if err != nil {
 		return err
 	}
-	rec := repodb.Manifest{MediaType: pm.MediaType, Size: int64(len(body)), ArtifactType: pm.ArtifactType, Annotations: pm.Annotations, Partial: true}
-	if pm.Subject != nil {
-		rec.Subject = pm.Subject.Digest
-	}
+	rec := repodb.ManifestRecord(pm, body)
+	rec.Partial = true
 	return c.db.Update(func(tx *repodb.Tx) error {
 		if old, err := tx.Manifest(full, d); err != nil || old.MediaType != rec.MediaType {
 			if err := tx.PutManifest(full, d, rec); err != nil {

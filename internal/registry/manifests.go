@@ -84,6 +84,8 @@ func (rg *Registry) getManifest(w http.ResponseWriter, r *http.Request, repo, re
 	return nil
 }
 
+var linuxAMD64 = ocispec.Platform{OS: "linux", Architecture: "amd64"}
+
 // defaultChild picks the linux/amd64 image of an index, when it is stored
 // in repo.
 func (rg *Registry) defaultChild(r *http.Request, repo string, index []byte) (digest.Digest, repodb.Manifest, []byte, bool) {
@@ -92,7 +94,7 @@ func (rg *Registry) defaultChild(r *http.Request, repo string, index []byte) (di
 		return "", repodb.Manifest{}, nil, false
 	}
 	for _, c := range pm.Manifests {
-		if c.Platform == nil || c.Platform.OS != "linux" || c.Platform.Architecture != "amd64" {
+		if c.Platform == nil || !oci.MatchPlatform(linuxAMD64, *c.Platform) {
 			continue
 		}
 		var m repodb.Manifest
@@ -215,10 +217,8 @@ func (rg *Registry) putManifest(w http.ResponseWriter, r *http.Request, repo, re
 	if _, err := rg.store.Put(ctx, cas.Info{Digest: d, Size: int64(len(body))}, bytes.NewReader(body)); err != nil {
 		return err
 	}
-	rec := repodb.Manifest{MediaType: pm.MediaType, Size: int64(len(body)), ArtifactType: pm.ArtifactType, Annotations: pm.Annotations, Partial: partial}
-	if pm.Subject != nil {
-		rec.Subject = pm.Subject.Digest
-	}
+	rec := repodb.ManifestRecord(pm, body)
+	rec.Partial = partial
 	err = rg.db.Update(func(tx *repodb.Tx) error {
 		for _, l := range links {
 			if err := tx.LinkBlob(repo, l.Digest, l.Size); err != nil {

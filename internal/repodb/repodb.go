@@ -24,6 +24,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/octohelm/crpe/internal/oci"
 )
 
 var (
@@ -55,6 +57,17 @@ type Manifest struct {
 	// present: cached by a pull-through cache before its blobs were
 	// fetched, or pushed sparse on purpose.
 	Partial bool `json:"partial,omitempty"`
+}
+
+// ManifestRecord is the record of manifest m whose bytes are body: the one
+// builder of a Manifest (the registry's push, the pull-through cache and the
+// importer all record manifests with it).
+func ManifestRecord(m *oci.Manifest, body []byte) Manifest {
+	rec := Manifest{MediaType: m.MediaType, Size: int64(len(body)), ArtifactType: m.ArtifactType, Annotations: m.Annotations}
+	if m.Subject != nil {
+		rec.Subject = m.Subject.Digest
+	}
+	return rec
 }
 
 // Descriptor is a referrer as the referrers API lists it.

@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -64,19 +63,14 @@ func IsWrite(r *http.Request) bool {
 	return true
 }
 
-type apiError struct {
-	Code    string            `json:"code"`
-	Message string            `json:"message"`
-	Detail  map[string]string `json:"detail,omitempty"`
-}
-
 // writeAPIError answers with the JSON error body crpe's APIs share with
 // the registry: {"errors":[{"code","message","detail"}]}.
 func writeAPIError(w http.ResponseWriter, r *http.Request, status int, code, msg string, detail map[string]string) {
-	httpx.SetError(r, errors.New(code+": "+msg))
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]any{"errors": []apiError{{Code: code, Message: msg, Detail: detail}}})
+	e := httpx.ErrorEntry{Code: code, Message: msg}
+	if detail != nil {
+		e.Detail = detail
+	}
+	httpx.WriteErrors(w, r, status, e)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

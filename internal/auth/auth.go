@@ -19,6 +19,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/octohelm/crpe/internal/atomicfile"
 )
 
 // Tokens is a set of accepted tokens read from a file, re-read at most
@@ -101,11 +103,7 @@ func EnsureTokenFile(path, dataDir string) (string, bool, error) {
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", false, err
 	}
-	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, []byte(hex.EncodeToString(b[:])+"\n"), 0o600); err != nil {
-		return "", false, err
-	}
-	if err := os.Rename(tmp, p); err != nil {
+	if err := atomicfile.WriteFile(p, []byte(hex.EncodeToString(b[:])+"\n"), 0o600); err != nil {
 		return "", false, err
 	}
 	return p, true, nil

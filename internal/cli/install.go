@@ -3,10 +3,10 @@ package cli
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/spf13/cobra"
 
+	"github.com/octohelm/crpe/internal/atomicfile"
 	"github.com/octohelm/crpe/internal/operator"
 	"github.com/octohelm/crpe/internal/selfimage"
 	"github.com/octohelm/crpe/internal/version"
@@ -45,19 +45,15 @@ airgap images folder.`,
 				if err != nil {
 					return err
 				}
-				tmp, err := os.CreateTemp(filepath.Dir(imageArchive), ".crpe-image-*")
+				f, err := atomicfile.Create(imageArchive, 0o644)
 				if err != nil {
 					return err
 				}
-				defer os.Remove(tmp.Name())
-				if err := selfimage.Write(tmp, exe, o.Image); err != nil {
-					tmp.Close()
+				defer f.Abort()
+				if err := selfimage.Write(f, exe, o.Image); err != nil {
 					return err
 				}
-				if err := tmp.Close(); err != nil {
-					return err
-				}
-				if err := os.Rename(tmp.Name(), imageArchive); err != nil {
+				if err := f.Commit(false); err != nil {
 					return err
 				}
 				fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s (image %s)\n", imageArchive, o.Image)

@@ -2,11 +2,11 @@ package cli
 
 import (
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/octohelm/crpe/internal/atomicfile"
 	"github.com/octohelm/crpe/internal/auth"
 	"github.com/octohelm/crpe/internal/mirrorconfig"
 )
@@ -61,11 +61,7 @@ or -o FILE).`,
 					_, err = fmt.Fprint(cmd.OutOrStdout(), s)
 					return err
 				}
-				tmp := out + ".tmp"
-				if err := os.WriteFile(tmp, []byte(s), 0o600); err != nil {
-					return err
-				}
-				return os.Rename(tmp, out)
+				return atomicfile.WriteFile(out, []byte(s), 0o600)
 			}
 			return fmt.Errorf("--format %q: want containerd or k3s", format)
 		},

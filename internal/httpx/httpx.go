@@ -79,7 +79,7 @@ func Middleware(log *slog.Logger, m *Metrics, next http.Handler) http.Handler {
 				}
 				log.Error("panic serving request", "path", r.URL.Path, "panic", p)
 				if !rw.wrote {
-					http.Error(rw, `{"errors":[{"code":"UNKNOWN","message":"internal error"}]}`, http.StatusInternalServerError)
+					WriteErrors(rw, r, http.StatusInternalServerError, ErrorEntry{Code: "UNKNOWN", Message: "internal error"})
 				}
 			}
 			d := time.Since(start)

@@ -26,7 +26,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/Masterminds/semver/v3"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -395,22 +394,11 @@ func (im *Importer) gate(p *kubepkg.KubePkg, force bool) error {
 }
 
 func checkGate(cur *repodb.Package, p *kubepkg.KubePkg, force bool) error {
-	if cur == nil || force {
+	if cur == nil || force || !kubepkg.IsDowngrade(cur.Version, p.Spec.Version) {
 		return nil
 	}
-	nv, err := kubepkg.ParseVersion(p.Spec.Version)
-	if err != nil {
-		return badRequest(archive.PackageEntry, "spec.version: %v", err)
-	}
-	ov, err := kubepkg.ParseVersion(cur.Version)
-	if err != nil {
-		return nil
-	}
-	if nv.LessThan(ov) {
-		return &Error{Status: http.StatusConflict, Code: "VERSION_CONFLICT",
-			Reason: fmt.Sprintf("package %s/%s: version %s is lower than the imported %s (force to downgrade)", cur.Namespace, cur.Name, p.Spec.Version, cur.Version)}
-	}
-	return nil
+	return &Error{Status: http.StatusConflict, Code: "VERSION_CONFLICT",
+		Reason: fmt.Sprintf("package %s/%s: version %s is lower than the imported %s (force to downgrade)", cur.Namespace, cur.Name, p.Spec.Version, cur.Version)}
 }
 
 // Import reads an archive from r and publishes it.
@@ -483,23 +471,27 @@ func (im *Importer) importLocked(ctx context.Context, r io.Reader, o ImportOptio
 	return h.res, len(expired) > 0, nil
 }
 
-// publish records every image and package in one transaction.
-func (im *Importer) publish(ctx context.Context, h *handler, o ImportOptions) ([]string, error) {
-	type rec struct {
-		repo string
-		d    digest.Digest
-		m    repodb.Manifest
-	}
-	var recs []rec
-	type link struct {
-		repo string
-		info cas.Info
-	}
-	var links []link
+// manifestRec is a manifest to record in a repository.
+type manifestRec struct {
+	repo string
+	d    digest.Digest
+	m    repodb.Manifest
+}
+
+// blobLink is a blob to link to a repository.
+type blobLink struct {
+	repo string
+	info cas.Info
+}
+
+// records walks every image of the import (oci.Walk) and lists the
+// manifests to record and the blobs to link: every manifest at hand under
+// an image (an index's children of other platforms are left out of the
+// archive, a subject may be absent) and the blobs each needs.
+func (im *Importer) records(ctx context.Context, h *handler) ([]manifestRec, []blobLink, error) {
+	var recs []manifestRec
+	var links []blobLink
 	for _, img := range h.images {
-		// every manifest at hand under the image is recorded (an index's
-		// children of other platforms are left out of the archive, a subject
-		// may be absent), and the blobs of each are linked to the repository
 		fetch := func(ctx context.Context, d ocispec.Descriptor) ([]byte, error) { return h.manifest(ctx, d.Digest) }
 		err := oci.Walk(ctx, img.desc, fetch, func(ctx context.Context, n *oci.Node) error {
 			switch {
@@ -511,23 +503,32 @@ func (im *Importer) publish(ctx context.Context, h *handler, o ImportOptions) ([
 				if err != nil {
 					return badRequest("", "image %s: blob %s is missing", img.ref, n.Desc.Digest)
 				}
-				links = append(links, link{img.repo, info})
+				links = append(links, blobLink{img.repo, info})
 			case n.Err != nil && n.Depth > 0 && errors.Is(n.Err, cas.ErrNotFound):
 				return oci.ErrSkip // a child left out (another platform), or an absent subject
 			case n.Err != nil:
 				return badRequest(archive.BlobEntry(n.Desc.Digest), "%v", n.Err)
 			default:
-				recs = append(recs, rec{img.repo, n.Desc.Digest, repodb.ManifestRecord(n.Manifest, n.Body)})
+				recs = append(recs, manifestRec{img.repo, n.Desc.Digest, repodb.ManifestRecord(n.Manifest, n.Body)})
 			}
 			return nil
 		}, oci.WalkOptions{})
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
+	}
+	return recs, links, nil
+}
+
+// publish records every image and package in one transaction.
+func (im *Importer) publish(ctx context.Context, h *handler, o ImportOptions) ([]string, error) {
+	recs, links, err := im.records(ctx, h)
+	if err != nil {
+		return nil, err
 	}
 	now := time.Now().UTC()
 	var expired []string
-	err := im.db.Update(func(tx *repodb.Tx) error {
+	err = im.db.Update(func(tx *repodb.Tx) error {
 		for _, l := range links {
 			if err := tx.LinkBlob(l.repo, l.info.Digest, l.info.Size); err != nil {
 				return err
@@ -546,57 +547,11 @@ func (im *Importer) publish(ctx context.Context, h *handler, o ImportOptions) ([
 			}
 		}
 		for _, p := range h.pkgs {
-			ns := p.Namespace(im.o.Namespace)
-			cur, _, err := tx.Package(ns, p.Metadata.Name)
+			pr, exp, err := im.recordPackage(tx, p, o.Force, now)
 			if err != nil {
 				return err
 			}
-			if err := checkGate(cur, p, o.Force); err != nil {
-				return err // a concurrent import got there first
-			}
-			obj, _ := json.Marshal(p)
-			pr := PackageResult{Namespace: ns, Name: p.Metadata.Name, Version: p.Spec.Version, Object: obj}
-			np := &repodb.Package{Namespace: ns, Name: p.Metadata.Name, Version: p.Spec.Version, Images: p.Spec.Images,
-				Platforms: p.Metadata.Annotations[kubepkg.AnnotationPlatform], ImportedAt: now, Object: obj}
-			if cur != nil {
-				pr.Previous = cur.Version
-				np.History = cur.History
-				if cur.Version == p.Spec.Version && sameImages(cur.Images, p.Spec.Images) {
-					pr.Unchanged = true
-					np.ImportedAt = cur.ImportedAt
-				}
-			}
-			if !pr.Unchanged {
-				nv, _ := kubepkg.ParseVersion(p.Spec.Version)
-				var ov *semver.Version
-				if cur != nil {
-					ov, _ = kubepkg.ParseVersion(cur.Version)
-				}
-				pr.Forced = o.Force && ov != nil && nv != nil && nv.LessThan(ov)
-				// the same version imported again with other content replaces it
-				kept := np.History[:0:0]
-				for _, v := range np.History {
-					if v.Version != p.Spec.Version {
-						kept = append(kept, v)
-					}
-				}
-				np.History = append(kept, repodb.PackageVersion{Version: p.Spec.Version, Images: p.Spec.Images, Platforms: np.Platforms, ImportedAt: now, Forced: pr.Forced})
-				// keep the newest versions (by import order)
-				live := 0
-				for i := len(np.History) - 1; i >= 0; i-- {
-					if np.History[i].Expired {
-						continue
-					}
-					live++
-					if live > im.o.KeepVersions {
-						np.History[i].Expired = true
-						expired = append(expired, ns+"/"+p.Metadata.Name+"@"+np.History[i].Version)
-					}
-				}
-			}
-			if err := tx.PutPackage(np); err != nil {
-				return err
-			}
+			expired = append(expired, exp...)
 			h.res.Packages = append(h.res.Packages, pr)
 		}
 		return nil
@@ -607,6 +562,60 @@ func (im *Importer) publish(ctx context.Context, h *handler, o ImportOptions) ([
 	sort.Strings(expired)
 	h.res.Expired = expired
 	return expired, nil
+}
+
+// recordPackage records p as imported now, in its history, and expires the
+// versions beyond the newest KeepVersions; it returns what it did and the
+// versions it expired.
+func (im *Importer) recordPackage(tx *repodb.Tx, p *kubepkg.KubePkg, force bool, now time.Time) (PackageResult, []string, error) {
+	var expired []string
+	ns := p.Namespace(im.o.Namespace)
+	cur, _, err := tx.Package(ns, p.Metadata.Name)
+	if err != nil {
+		return PackageResult{}, nil, err
+	}
+	if err := checkGate(cur, p, force); err != nil {
+		return PackageResult{}, nil, err // a concurrent import got there first
+	}
+	obj, _ := json.Marshal(p)
+	pr := PackageResult{Namespace: ns, Name: p.Metadata.Name, Version: p.Spec.Version, Object: obj}
+	np := &repodb.Package{Namespace: ns, Name: p.Metadata.Name, Version: p.Spec.Version, Images: p.Spec.Images,
+		Platforms: p.Metadata.Annotations[kubepkg.AnnotationPlatform], ImportedAt: now, Object: obj}
+	if cur != nil {
+		pr.Previous = cur.Version
+		np.History = cur.History
+		if cur.Version == p.Spec.Version && sameImages(cur.Images, p.Spec.Images) {
+			pr.Unchanged = true
+			np.ImportedAt = cur.ImportedAt
+		}
+	}
+	if !pr.Unchanged {
+		pr.Forced = force && cur != nil && kubepkg.IsDowngrade(cur.Version, p.Spec.Version)
+		// the same version imported again with other content replaces it
+		kept := np.History[:0:0]
+		for _, v := range np.History {
+			if v.Version != p.Spec.Version {
+				kept = append(kept, v)
+			}
+		}
+		np.History = append(kept, repodb.PackageVersion{Version: p.Spec.Version, Images: p.Spec.Images, Platforms: np.Platforms, ImportedAt: now, Forced: pr.Forced})
+		// keep the newest versions (by import order)
+		live := 0
+		for i := len(np.History) - 1; i >= 0; i-- {
+			if np.History[i].Expired {
+				continue
+			}
+			live++
+			if live > im.o.KeepVersions {
+				np.History[i].Expired = true
+				expired = append(expired, ns+"/"+p.Metadata.Name+"@"+np.History[i].Version)
+			}
+		}
+	}
+	if err := tx.PutPackage(np); err != nil {
+		return PackageResult{}, nil, err
+	}
+	return pr, expired, nil
 }
 
 func sameImages(a, b map[string]string) bool {

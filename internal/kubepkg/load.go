@@ -14,6 +14,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/octohelm/crpe/internal/atomicfile"
 )
 
 // LoadOptions configure Load.
@@ -213,31 +215,11 @@ func readCache(path string) (*cacheEntry, error) {
 	return &cacheEntry{etag: etag, body: body}, nil
 }
 
-// writeCache publishes a cache entry atomically: temp file, fsync, rename.
+// writeCache publishes a cache entry atomically and durably.
 func writeCache(path, etag string, body []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, ".kubepkg-*.tmp")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
 	var buf bytes.Buffer
 	buf.WriteString(etag)
 	buf.WriteByte('\n')
 	buf.Write(body)
-	if _, err := f.Write(buf.Bytes()); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
+	return atomicfile.WriteFile(path, buf.Bytes(), 0o644)
 }

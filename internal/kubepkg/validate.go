@@ -133,6 +133,16 @@ func ParseVersion(s string) (*semver.Version, error) {
 	return v, nil
 }
 
+// IsDowngrade reports whether version next is lower than current: the one
+// semver gate of crpe (the importer, `crpe apply` and the operator refuse a
+// downgrade unless forced). A version that does not parse is never a
+// downgrade, of or to anything: validation refuses it where it matters.
+func IsDowngrade(current, next string) bool {
+	cv, err1 := ParseVersion(current)
+	nv, err2 := ParseVersion(next)
+	return err1 == nil && err2 == nil && nv.LessThan(cv)
+}
+
 // IsDNS1123Subdomain reports whether s is a DNS-1123 subdomain, the form of
 // most Kubernetes object names.
 func IsDNS1123Subdomain(s string) bool {

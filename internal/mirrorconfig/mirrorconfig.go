@@ -7,12 +7,13 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net/url"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/octohelm/crpe/internal/atomicfile"
 )
 
 // Options say what to render.
@@ -119,14 +120,7 @@ func WriteContainerd(o Options, dir string) ([]string, error) {
 		}
 		// containerd names a host:port folder with the port as is
 		p := filepath.Join(dir, sub, "hosts.toml")
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return nil, err
-		}
-		tmp := p + ".tmp"
-		if err := os.WriteFile(tmp, []byte(body), 0o644); err != nil {
-			return nil, err
-		}
-		if err := os.Rename(tmp, p); err != nil {
+		if err := atomicfile.WriteFile(p, []byte(body), 0o644); err != nil {
 			return nil, err
 		}
 		files = append(files, p)

@@ -14,7 +14,6 @@ package pocketapi
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -222,26 +221,17 @@ func crossOrigin(r *http.Request) bool {
 	return !strings.EqualFold(u.Host, r.Host)
 }
 
-type apiError struct {
-	Code    string            `json:"code"`
-	Message string            `json:"message"`
-	Detail  map[string]string `json:"detail,omitempty"`
-}
+// apiError is an entry of the error body (httpx.WriteErrors).
+type apiError = httpx.ErrorEntry
 
 // writeError answers with the JSON error body crpe's APIs share with the
 // registry: {"errors":[{"code","message","detail"}]}.
 func writeError(w http.ResponseWriter, r *http.Request, status int, code, msg string, detail map[string]string) {
-	writeErrors(w, r, status, []apiError{{Code: code, Message: msg, Detail: detail}})
-}
-
-func writeErrors(w http.ResponseWriter, r *http.Request, status int, errs []apiError) {
-	if len(errs) > 0 {
-		httpx.SetError(r, errors.New(errs[0].Code+": "+errs[0].Message))
+	e := httpx.ErrorEntry{Code: code, Message: msg}
+	if detail != nil {
+		e.Detail = detail
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]any{"errors": errs})
+	httpx.WriteErrors(w, r, status, e)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -69,15 +69,16 @@ func TestFieldErrorsNameTheField(t *testing.T) {
 	errs := fieldErrors(pkgs[0].Validate(), "Bad")
 	fields := map[string]bool{}
 	for _, e := range errs {
-		fields[e.Detail["field"]] = true
-		if e.Detail["package"] != "Bad" || !strings.HasPrefix(e.Message, "package Bad: ") {
+		detail, _ := e.Detail.(map[string]string)
+		fields[detail["field"]] = true
+		if detail["package"] != "Bad" || !strings.HasPrefix(e.Message, "package Bad: ") {
 			t.Errorf("error without its package: %+v", e)
 		}
 	}
 	if !fields["metadata.name"] || !fields["spec.version"] {
 		t.Fatalf("fields: %v", fields)
 	}
-	if e := fieldErrors(errors.New("plain"), ""); len(e) != 1 || e[0].Detail["field"] != "" {
+	if e := fieldErrors(errors.New("plain"), ""); len(e) != 1 || e[0].Detail.(map[string]string)["field"] != "" {
 		t.Fatalf("plain error: %+v", e)
 	}
 }

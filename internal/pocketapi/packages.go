@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/octohelm/crpe/internal/export"
+	"github.com/octohelm/crpe/internal/httpx"
 	"github.com/octohelm/crpe/internal/kubepkg"
 	"github.com/octohelm/crpe/internal/repodb"
 )
@@ -248,12 +249,12 @@ func (a *API) addPackages(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	} else if pkgs, err = kubepkg.Parse(body); err != nil {
-		writeErrors(w, r, http.StatusBadRequest, fieldErrors(err, ""))
+		httpx.WriteErrors(w, r, http.StatusBadRequest, fieldErrors(err, "")...)
 		return
 	}
 	views, errs := a.store(r.Context(), pkgs, src)
 	if len(errs) > 0 {
-		writeErrors(w, r, http.StatusBadRequest, errs)
+		httpx.WriteErrors(w, r, http.StatusBadRequest, errs...)
 		return
 	}
 	writeJSON(w, http.StatusCreated, map[string]any{"items": views})
@@ -306,9 +307,9 @@ func writeFetchError(w http.ResponseWriter, r *http.Request, src string, err err
 	if errors.As(err, &fe) {
 		errs := fieldErrors(err, "")
 		for i := range errs {
-			errs[i].Detail["source"] = src
+			errs[i].Detail.(map[string]string)["source"] = src
 		}
-		writeErrors(w, r, http.StatusBadRequest, errs)
+		httpx.WriteErrors(w, r, http.StatusBadRequest, errs...)
 		return
 	}
 	writeError(w, r, http.StatusBadGateway, "SOURCE_UNAVAILABLE", err.Error(), map[string]string{"source": src})
@@ -326,13 +327,14 @@ func fieldErrors(err error, pkg string) []apiError {
 			}
 			return
 		}
-		ae := apiError{Code: "INVALID", Message: e.Error(), Detail: map[string]string{}}
+		detail := map[string]string{}
+		ae := apiError{Code: "INVALID", Message: e.Error(), Detail: detail}
 		var fe *kubepkg.FieldError
 		if errors.As(e, &fe) {
-			ae.Detail["field"] = fe.Path
+			detail["field"] = fe.Path
 		}
 		if pkg != "" {
-			ae.Detail["package"] = pkg
+			detail["package"] = pkg
 			ae.Message = "package " + pkg + ": " + ae.Message
 		}
 		out = append(out, ae)
@@ -434,7 +436,7 @@ func (a *API) refreshPackage(w http.ResponseWriter, r *http.Request) {
 	}
 	views, errs := a.store(r.Context(), pkgs, src)
 	if len(errs) > 0 {
-		writeErrors(w, r, http.StatusBadRequest, errs)
+		httpx.WriteErrors(w, r, http.StatusBadRequest, errs...)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"items": views})

@@ -1,7 +1,6 @@
 package registry
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -104,32 +103,13 @@ func AsError(err error) *Error {
 	return newErr(http.StatusInternalServerError, "UNKNOWN", "internal error: %v", err)
 }
 
-type errorBody struct {
-	Errors []errorEntry `json:"errors"`
-}
-
-type errorEntry struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-	Detail  any    `json:"detail,omitempty"`
-}
-
 // WriteError writes err as the spec's JSON error body.
 func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 	e := AsError(err)
 	if e.Status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Basic realm="crpe"`)
 	}
-	body, _ := json.Marshal(errorBody{Errors: []errorEntry{{Code: e.Code, Message: e.Message, Detail: e.Detail}}})
-	h := w.Header()
-	h.Del("Content-Length")
-	h.Del("Docker-Content-Digest")
-	h.Set("Content-Type", "application/json")
-	h.Set("Content-Length", fmt.Sprint(len(body)))
-	w.WriteHeader(e.Status)
-	if r == nil || r.Method != http.MethodHead {
-		_, _ = w.Write(body)
-	}
+	httpx.WriteErrors(w, r, e.Status, httpx.ErrorEntry{Code: e.Code, Message: e.Message, Detail: e.Detail})
 }
 
 // DenyUnauthorized answers a request the auth guard refused.

@@ -94,11 +94,7 @@ func Run(ctx context.Context, cfg Config) error {
 func registerCacheMetrics(reg *prometheus.Registry, u *pocketapi.Upstreams) {
 	counter := func(name, help string, f func(*pullthrough.Cache) int64) {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 {
-			var n int64
-			for _, c := range u.Caches() {
-				n += f(c)
-			}
-			return float64(n)
+			return float64(f(u.Cache()))
 		}))
 	}
 	counter("crpe_upstream_blob_fetches_total", "Blob fetches started upstream.", func(c *pullthrough.Cache) int64 { return c.Stats.BlobFetches.Load() })

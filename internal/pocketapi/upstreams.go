@@ -2,7 +2,6 @@ package pocketapi
 
 import (
 	"context"
-	"errors"
 	"io"
 	"net/http"
 	"net/url"
@@ -21,78 +20,79 @@ import (
 	"github.com/octohelm/crpe/internal/upstream"
 )
 
-// Upstreams owns the pocket's pull-through cache and rebuilds it when the
-// registries' settings change: the command line's endpoints and insecure
-// hosts, overlaid with the registries stored through the API (endpoint,
-// plain HTTP, credentials). A rebuilt cache serves new requests; fetches
-// already running finish on the old one.
+// Upstreams owns the pocket's pull-through cache, one for the pocket's
+// life, and keeps its upstream resolution in step with the registries'
+// settings: the command line's endpoints and insecure hosts, overlaid with
+// the registries stored through the API (endpoint, plain HTTP,
+// credentials). A change of settings gives the cache a new upstream client
+// (pullthrough.Cache.SetUpstream): requests that start afterwards use it,
+// transfers already running finish with the one they started with, and a
+// miss of a blob being fetched joins that fetch.
 type Upstreams struct {
 	st      *storage.Storage
 	base    upstream.Options
 	offline bool
 	meter   *Meter
+	// transport is every client's base transport (metered), so that a change
+	// of settings leaves no connection pool behind
+	transport http.RoundTripper
+	cache     *pullthrough.Cache
 
-	mu  sync.Mutex
-	all []*pullthrough.Cache
-	cur atomic.Pointer[pullthrough.Cache]
+	mu sync.Mutex // one Reload at a time: the last settings stored win
 }
 
-// NewUpstreams builds the first cache from base and the stored registries.
+// NewUpstreams builds the cache from base and the stored registries.
 func NewUpstreams(st *storage.Storage, base upstream.Options, offline bool) (*Upstreams, error) {
 	u := &Upstreams{st: st, base: base, offline: offline, meter: &Meter{active: map[digest.Digest]*atomic.Int64{}}}
-	return u, u.Reload()
+	t := base.Transport
+	if t == nil {
+		t = upstream.DefaultTransport()
+	}
+	u.transport = u.meter.wrap(t)
+	up, err := u.client()
+	if err != nil {
+		return nil, err
+	}
+	u.cache = pullthrough.New(st.Store, st.DB, up, pullthrough.Options{Offline: offline})
+	return u, nil
 }
 
-// Cache is the current cache.
-func (u *Upstreams) Cache() *pullthrough.Cache { return u.cur.Load() }
+// Cache is the pocket's cache.
+func (u *Upstreams) Cache() *pullthrough.Cache { return u.cache }
 
 // Offline tells whether the pocket never asks an upstream.
 func (u *Upstreams) Offline() bool { return u.offline }
 
-// Caches are every cache built so far (for counters that must not go down).
-func (u *Upstreams) Caches() []*pullthrough.Cache {
+// Close is for a pocket that stops: the cache lets the fetches whose bytes
+// are all in and verified commit (a client may already hold them) and
+// cancels the others, waiting until ctx is done.
+func (u *Upstreams) Close(ctx context.Context) error { return u.cache.Close(ctx) }
+
+// Handler serves /v2 through the cache in front of rg.
+func (u *Upstreams) Handler(rg http.Handler) http.Handler { return u.cache.Handler(rg) }
+
+// Reload brings the cache's upstream resolution in step with the stored
+// registries.
+func (u *Upstreams) Reload() error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	return append([]*pullthrough.Cache(nil), u.all...)
-}
-
-// Close is for a pocket that stops: every cache lets the fetches whose
-// bytes are all in and verified commit (a client may already hold them) and
-// cancels the others, waiting until ctx is done.
-func (u *Upstreams) Close(ctx context.Context) error {
-	var errs []error
-	for _, c := range u.Caches() {
-		errs = append(errs, c.Close(ctx))
+	up, err := u.client()
+	if err != nil {
+		return err
 	}
-	return errors.Join(errs...)
+	u.cache.SetUpstream(up)
+	return nil
 }
 
-// Handler serves /v2 through the current cache in front of rg.
-func (u *Upstreams) Handler(rg http.Handler) http.Handler {
-	var mu sync.Mutex
-	handlers := map[*pullthrough.Cache]http.Handler{}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c := u.Cache()
-		mu.Lock()
-		h := handlers[c]
-		if h == nil {
-			h = c.Handler(rg)
-			handlers = map[*pullthrough.Cache]http.Handler{c: h} // only the current one is kept
-		}
-		mu.Unlock()
-		h.ServeHTTP(w, r)
-	})
-}
-
-// Reload rebuilds the cache from the stored registries.
-func (u *Upstreams) Reload() error {
+// client builds an upstream client from base and the stored registries.
+func (u *Upstreams) client() (*upstream.Client, error) {
 	var regs []*repodb.PocketRegistry
 	if err := u.st.DB.View(func(tx *repodb.Tx) error {
 		var err error
 		regs, err = tx.PocketRegistries()
 		return err
 	}); err != nil {
-		return err
+		return nil, err
 	}
 	o := u.base
 	o.Endpoints = map[string]string{}
@@ -122,17 +122,8 @@ func (u *Upstreams) Reload() error {
 		}
 	}
 	o.Keychain = kc
-	base := o.Transport
-	if base == nil {
-		base = upstream.DefaultTransport()
-	}
-	o.Transport = u.meter.wrap(base)
-	c := pullthrough.New(u.st.Store, u.st.DB, upstream.New(o), pullthrough.Options{Offline: u.offline})
-	u.mu.Lock()
-	u.all = append(u.all, c)
-	u.cur.Store(c)
-	u.mu.Unlock()
-	return nil
+	o.Transport = u.transport
+	return upstream.New(o), nil
 }
 
 // keychain answers the stored credentials of a registry, else asks next

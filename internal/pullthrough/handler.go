@@ -107,7 +107,7 @@ func (c *Cache) serveTags(w http.ResponseWriter, r *http.Request, full string) b
 		return false
 	}
 	repo, _ := upstream.SplitRepo(full)
-	tags, err := c.up.Tags(r.Context(), repo)
+	tags, err := c.client().Tags(r.Context(), repo)
 	if err != nil {
 		if upstream.IsTemporary(err) {
 			c.Stats.Fallbacks.Add(1)

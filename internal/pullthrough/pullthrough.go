@@ -8,7 +8,11 @@
 // transfer fail, never a clean end.
 //
 // The same Cache serves HTTP clients (Handler, in front of the registry)
-// and Go callers such as export (Manifest, Blob).
+// and Go callers such as export (Manifest, Blob). It lives as long as its
+// server: a change of registry settings swaps its upstream client
+// (SetUpstream) rather than building another cache, so a blob or manifest
+// is never fetched twice at once, whatever the settings were when each
+// client asked.
 package pullthrough
 
 import (
@@ -57,7 +61,7 @@ type Stats struct {
 type Cache struct {
 	store cas.IngestStore
 	db    *repodb.DB
-	up    *upstream.Client
+	up    atomic.Pointer[upstream.Client]
 	o     Options
 	Stats Stats
 
@@ -74,8 +78,21 @@ func New(store cas.IngestStore, db *repodb.DB, up *upstream.Client, o Options) *
 	if o.ResumeAttempts <= 0 {
 		o.ResumeAttempts = 5
 	}
-	return &Cache{store: store, db: db, up: up, o: o, inflight: map[digest.Digest]*fetch{}}
+	c := &Cache{store: store, db: db, o: o, inflight: map[digest.Digest]*fetch{}}
+	c.up.Store(up)
+	return c
 }
+
+// SetUpstream replaces the client through which upstream registries are
+// reached (where each registry's traffic goes, over what, with which
+// credentials), for the requests that start from now on. Transfers in
+// flight finish with the client they started with, and a miss of a blob or
+// manifest being fetched joins that fetch: in-flight de-duplication spans
+// the change.
+func (c *Cache) SetUpstream(up *upstream.Client) { c.up.Store(up) }
+
+// client is the client a request that starts now goes through.
+func (c *Cache) client() *upstream.Client { return c.up.Load() }
 
 // ErrNotCached is returned offline for content the cache lacks.
 var ErrNotCached = errors.New("not in the cache and offline")
@@ -193,6 +210,7 @@ func (c *Cache) resolve(ctx context.Context, full, ref string) (digest.Digest, e
 }
 
 func (c *Cache) fetchManifest(ctx context.Context, full string, repo upstream.Repo, ref string, isDigest bool) (digest.Digest, error) {
+	up := c.client()
 	tag := ""
 	known := false
 	if !isDigest {
@@ -209,7 +227,7 @@ func (c *Cache) fetchManifest(ctx context.Context, full string, repo upstream.Re
 		// a HEAD (free of Docker Hub's pull limits) is enough when we
 		// already hold what the tag points at; for a tag never cached it
 		// would only cost a round trip before the GET
-		if desc, err := c.up.HeadManifest(ctx, repo, ref); err == nil && desc.Digest != "" {
+		if desc, err := up.HeadManifest(ctx, repo, ref); err == nil && desc.Digest != "" {
 			if _, err := c.store.Stat(ctx, desc.Digest); err == nil {
 				if body, err := c.readAll(ctx, desc.Digest); err == nil {
 					return desc.Digest, c.record(full, desc.Digest, desc.MediaType, body, tag)
@@ -220,7 +238,7 @@ func (c *Cache) fetchManifest(ctx context.Context, full string, repo upstream.Re
 		}
 	}
 	c.Stats.ManifestFetches.Add(1)
-	m, err := c.up.GetManifest(ctx, repo, ref)
+	m, err := up.GetManifest(ctx, repo, ref)
 	if err != nil {
 		return "", err
 	}
@@ -355,7 +373,9 @@ func (c *Cache) startFetch(full string, d digest.Digest, expectedSize int64) (*f
 	f.cond = sync.NewCond(&f.mu)
 	c.inflight[d] = f
 	c.Stats.BlobFetches.Add(1)
-	go c.run(ctx, f, repo, expectedSize)
+	// the client of the settings in force now serves the whole transfer,
+	// resumptions included
+	go c.run(ctx, f, c.client(), repo, expectedSize)
 	return f, nil
 }
 
@@ -388,11 +408,11 @@ func (c *Cache) Close(ctx context.Context) error {
 	return nil
 }
 
-func (c *Cache) run(ctx context.Context, f *fetch, repo upstream.Repo, expectedSize int64) {
+func (c *Cache) run(ctx context.Context, f *fetch, up *upstream.Client, repo upstream.Repo, expectedSize int64) {
 	defer f.cancel()
 	var readyOnce sync.Once
 	markReady := func() { readyOnce.Do(func() { close(f.ready) }) }
-	err := c.transfer(ctx, f, repo, expectedSize, markReady)
+	err := c.transfer(ctx, f, up, repo, expectedSize, markReady)
 	if vi, ok := f.ing.(cas.VerifyingIngest); ok && err == nil {
 		// release the bytes to the readers now; the fsync comes next
 		if _, err = vi.Verify(ctx, cas.Info{Digest: f.d, Size: f.sizeOr(-1)}); err == nil {
@@ -450,11 +470,11 @@ func (f *fetch) sizeOr(def int64) int64 {
 
 // transfer copies the blob into the ingest, resuming with Range requests
 // when the upstream transfer breaks.
-func (c *Cache) transfer(ctx context.Context, f *fetch, repo upstream.Repo, expectedSize int64, markReady func()) error {
+func (c *Cache) transfer(ctx context.Context, f *fetch, up *upstream.Client, repo upstream.Repo, expectedSize int64, markReady func()) error {
 	buf := make([]byte, 256<<10)
 	resumes := 0
 	for {
-		body, size, err := c.up.OpenBlob(ctx, repo, f.d, f.written)
+		body, size, err := up.OpenBlob(ctx, repo, f.d, f.written)
 		if err != nil {
 			if f.written > 0 && upstream.IsTemporary(err) && resumes < c.o.ResumeAttempts {
 				resumes++
@@ -588,7 +608,7 @@ func (c *Cache) ServeBlob(w http.ResponseWriter, r *http.Request, full string, d
 		return false, nil
 	}
 	if r.Method == http.MethodHead {
-		size, err := c.up.HeadBlob(ctx, repo, d)
+		size, err := c.client().HeadBlob(ctx, repo, d)
 		if err != nil {
 			return true, err
 		}

@@ -239,6 +239,9 @@ func (c *Cache) fetchManifest(ctx context.Context, full string, repo upstream.Re
 	}
 	c.Stats.ManifestFetches.Add(1)
 	m, err := up.GetManifest(ctx, repo, ref)
+	if errors.Is(err, cas.ErrDigestMismatch) {
+		return "", fmt.Errorf("%w: %w", ErrUpstreamInvalid, err)
+	}
 	if err != nil {
 		return "", err
 	}

@@ -28,6 +28,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/octohelm/crpe/internal/cas"
 	"github.com/octohelm/crpe/internal/oci"
 )
 
@@ -389,7 +390,7 @@ func (c *Client) GetManifest(ctx context.Context, r Repo, ref string) (*Manifest
 	}
 	if want != "" {
 		if got := want.Algorithm().FromBytes(body); got != want {
-			return nil, &Error{Op: "fetch manifest", Repo: r, Ref: ref, Err: fmt.Errorf("body hashes to %s, expected %s", got, want)}
+			return nil, &Error{Op: "fetch manifest", Repo: r, Ref: ref, Err: fmt.Errorf("%w: body hashes to %s, expected %s", cas.ErrDigestMismatch, got, want)}
 		}
 		m.Digest = want
 	} else {

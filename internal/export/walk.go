@@ -66,6 +66,9 @@ func Walk(ctx context.Context, ref string, pinned digest.Digest, plats []ocispec
 	w := &Walked{Ref: ref, Repo: r.Repository, Platforms: map[string]bool{}}
 	target := r.Identifier()
 	if pinned != "" {
+		if r.Digest != "" && r.Digest != pinned {
+			return nil, fmt.Errorf("image %s: spec.images pins it to %s, the reference names %s", ref, pinned, r.Digest)
+		}
 		target = string(pinned)
 	}
 	top, body, err := src(ctx, w.Repo, target)

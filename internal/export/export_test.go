@@ -68,12 +68,6 @@ func packages(t *testing.T, platforms string, images map[string]string) []*kubep
 	return pkgs
 }
 
-func context60s(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // imageBlobs are an image's manifest, config and layers.
 func imageBlobs(t *testing.T, img v1.Image) map[digest.Digest][]byte {
 	t.Helper()
@@ -97,7 +91,7 @@ func TestExportFiltersPlatforms(t *testing.T) {
 		{"linux/amd64,linux/s390x", []int{0, 2}},
 	} {
 		t.Run(c.want, func(t *testing.T) {
-			ctx := context60s(t)
+			ctx := pt.Context(t, 60*time.Second)
 			up, ctr := pt.NewUpstream(t), pt.NewCounter()
 			idx, imgs := pt.Index(t, 2, 64<<10, plats...)
 			top := up.PushIndex(ctx, t, "demo/app:1.0", idx)
@@ -177,7 +171,7 @@ func TestExportFiltersPlatforms(t *testing.T) {
 // with another package's pin of the same image) is refused before anything
 // is written.
 func TestExportHonoursPins(t *testing.T) {
-	ctx := context60s(t)
+	ctx := pt.Context(t, 60*time.Second)
 	up, ctr := pt.NewUpstream(t), pt.NewCounter()
 	oldIdx, _ := pt.Index(t, 1, 16<<10, "linux/amd64", "linux/arm64")
 	oldTop := up.PushIndex(ctx, t, "demo/app:1.0", oldIdx)
@@ -238,7 +232,7 @@ func TestExportHonoursPins(t *testing.T) {
 // TestExportFailsOnLyingUpstream: a layer the upstream serves with other
 // bytes fails the export, and the cache keeps nothing of it.
 func TestExportFailsOnLyingUpstream(t *testing.T) {
-	ctx := context60s(t)
+	ctx := pt.Context(t, 60*time.Second)
 	up, ctr := pt.NewUpstream(t), pt.NewCounter()
 	img := pt.Image(t, "linux/amd64", 1, 32<<10)
 	up.PushImage(ctx, t, "demo/app:1.0", img)

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -17,12 +16,12 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/octohelm/crpe/internal/archive"
-	"github.com/octohelm/crpe/internal/casfs"
 	"github.com/octohelm/crpe/internal/importer"
 	"github.com/octohelm/crpe/internal/kubepkg"
 	"github.com/octohelm/crpe/internal/oci"
 	pt "github.com/octohelm/crpe/internal/pullthrough/pullthroughtest"
 	"github.com/octohelm/crpe/internal/repodb"
+	"github.com/octohelm/crpe/internal/storage"
 )
 
 const (
@@ -119,25 +118,18 @@ func (c *content) archive(ctx context.Context, t *testing.T, version string) []b
 }
 
 type store struct {
-	dir   string
-	store *casfs.Store
-	db    *repodb.DB
-	im    *importer.Importer
+	*storage.Storage
+	im *importer.Importer
 }
 
 func newStore(t *testing.T) *store {
 	t.Helper()
-	s := &store{dir: t.TempDir()}
-	var err error
-	if s.store, err = casfs.Open(s.dir); err != nil {
+	st, err := storage.Open(context.Background(), t.TempDir(), nil, nil)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if s.db, err = repodb.Open(filepath.Join(s.dir, "index.db"), false, time.Second); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.db.Close() })
-	s.im = importer.New(s.store, s.db, importer.Options{Dir: s.dir})
-	return s
+	t.Cleanup(func() { st.Close() })
+	return &store{Storage: st, im: importer.New(st.Store, st.DB, importer.Options{Dir: st.Dir})}
 }
 
 // dump is everything the index holds, as text.
@@ -145,7 +137,7 @@ func (s *store) dump(t *testing.T) string {
 	t.Helper()
 	var lines []string
 	add := func(format string, a ...any) { lines = append(lines, fmt.Sprintf(format, a...)) }
-	if err := s.db.View(func(tx *repodb.Tx) error {
+	if err := s.DB.View(func(tx *repodb.Tx) error {
 		if err := tx.ForEachRepo(func(repo string) error {
 			if err := tx.ForEachTag(repo, func(tag string, d digest.Digest) error { add("tag %s:%s %s", repo, tag, d); return nil }); err != nil {
 				return err
@@ -178,18 +170,12 @@ func (s *store) dump(t *testing.T) string {
 	return strings.Join(lines, "\n")
 }
 
-func context60s(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // TestImportPublishes: an archive of the writer, imported into an empty
 // store, publishes its tags, manifests, blob links and package, with every
 // blob in the store; imported again, it changes nothing and receives
 // nothing.
 func TestImportPublishes(t *testing.T) {
-	ctx := context60s(t)
+	ctx := pt.Context(t, 60*time.Second)
 	c := newContent(t)
 	s := newStore(t)
 	res, err := s.im.Import(ctx, bytes.NewReader(c.archive(ctx, t, "1.0.0")), importer.ImportOptions{})
@@ -208,7 +194,7 @@ func TestImportPublishes(t *testing.T) {
 			t.Errorf("blob %s (%s) not in the store: %v", b.Desc.Digest, b.Kind, err)
 		}
 	}
-	if err := s.db.View(func(tx *repodb.Tx) error {
+	if err := s.DB.View(func(tx *repodb.Tx) error {
 		for _, im := range c.images {
 			repo, tag, _ := strings.Cut(im.Ref, ":")
 			if d, err := tx.Tag(repo, tag); err != nil || d != im.Desc.Digest {
@@ -259,7 +245,7 @@ func TestImportPublishes(t *testing.T) {
 
 func mustOpen(ctx context.Context, t *testing.T, s *store, d digest.Digest) io.Reader {
 	t.Helper()
-	rc, _, err := s.store.Open(ctx, d)
+	rc, _, err := s.Store.Open(ctx, d)
 	if err != nil {
 		t.Fatalf("blob %s: %v", d, err)
 	}
@@ -271,7 +257,7 @@ func mustOpen(ctx context.Context, t *testing.T, s *store, d digest.Digest) io.R
 // truncated or corrupt archive of 1.1.0 fails and leaves the index exactly
 // as it was.
 func TestBrokenArchivePublishesNothing(t *testing.T) {
-	ctx := context60s(t)
+	ctx := pt.Context(t, 60*time.Second)
 	s := newStore(t)
 	if _, err := s.im.Import(ctx, bytes.NewReader(newContent(t).archive(ctx, t, "1.0.0")), importer.ImportOptions{}); err != nil {
 		t.Fatal(err)

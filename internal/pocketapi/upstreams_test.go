@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"sync"
 	"testing"
 	"time"
 
@@ -74,17 +73,6 @@ func TestRegistrySettingsReconfigureTheCache(t *testing.T) {
 			t.Fatalf("PUT registry %s: HTTP %d %s", host, resp.StatusCode, msg)
 		}
 	}
-	pull := func(url string) (int, []byte, error) {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return 0, nil, err
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		return resp.StatusCode, b, err
-	}
-
 	putRegistry(map[string]any{"endpoint": a.URL()})
 	cache := api.Upstreams().Cache()
 	d := layers[0]
@@ -97,25 +85,23 @@ func TestRegistrySettingsReconfigureTheCache(t *testing.T) {
 		err    error
 	}
 	answers := make([]answer, 2)
-	var wg sync.WaitGroup
-	start := func(i int) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			answers[i].status, answers[i].body, answers[i].err = pull(blobURL)
-		}()
+	start := func(i int) (wait func()) {
+		return pt.Concurrently(1, func(int) {
+			answers[i].status, answers[i].body, answers[i].err = pt.Get(ctx, blobURL)
+		})
 	}
-	start(0)
+	wait0 := start(0)
 	<-arrived // the first client's fetch is in flight at the old endpoint
 
 	putRegistry(map[string]any{"endpoint": b.URL(), "username": "dave", "password": "hunter2"})
 	if api.Upstreams().Cache() != cache {
 		t.Fatal("a change of registry settings built another cache")
 	}
-	start(1)
+	wait1 := start(1)
 	pt.WaitParked(ctx, t, "pullthrough.(*Cache).ServeBlob", 2)
 	release()
-	wg.Wait()
+	wait0()
+	wait1()
 	for i, an := range answers {
 		if an.err != nil || an.status != http.StatusOK || !bytes.Equal(an.body, data[d]) {
 			t.Fatalf("client %d: HTTP %d, %d bytes, err %v", i, an.status, len(an.body), an.err)
@@ -127,7 +113,7 @@ func TestRegistrySettingsReconfigureTheCache(t *testing.T) {
 
 	// a miss after the change: the new endpoint, which wants the new
 	// credentials
-	status, got, err := pull(srv.URL + "/v2/" + host + "/demo/app/blobs/" + string(config))
+	status, got, err := pt.Get(ctx, srv.URL+"/v2/"+host+"/demo/app/blobs/"+string(config))
 	if err != nil || status != http.StatusOK || !bytes.Equal(got, data[config]) {
 		t.Fatalf("miss after the change: HTTP %d %s, err %v", status, got, err)
 	}

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
@@ -61,21 +60,6 @@ func (f *fixture) server(t *testing.T) *httptest.Server {
 	return s
 }
 
-func get(ctx context.Context, url string) (int, []byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return 0, nil, err
-	}
-	req.Header.Set("Accept", upstream.ManifestAccept)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, b, err
-}
-
 // assertNotCached checks that blob d is neither stored, nor linked in
 // repo, nor left half-written in the store's ingest folder.
 func (f *fixture) assertNotCached(ctx context.Context, t *testing.T, d digest.Digest) {
@@ -124,15 +108,9 @@ func TestConcurrentBlobMissesFetchOnce(t *testing.T) {
 	const n = 8
 	readers := make([]io.ReadCloser, n)
 	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			readers[i], errs[i] = f.c.Open(ctx, f.repo, d, int64(len(f.data[d])))
-		}()
-	}
-	wg.Wait() // every reader is open while the upstream holds the transfer
+	pt.Concurrently(n, func(i int) {
+		readers[i], errs[i] = f.c.Open(ctx, f.repo, d, int64(len(f.data[d])))
+	})() // every reader is open while the upstream holds the transfer
 	select {
 	case <-arrived:
 	case <-ctx.Done():
@@ -188,19 +166,14 @@ func TestConcurrentHTTPBlobMissesFetchOnce(t *testing.T) {
 		err    error
 	}
 	answers := make([]answer, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			a := &answers[i]
-			a.status, a.body, a.err = get(ctx, s.URL+"/v2/"+f.repo+"/blobs/"+string(d))
-		}()
-	}
+	wait := pt.Concurrently(n, func(i int) {
+		a := &answers[i]
+		a.status, a.body, a.err = pt.Get(ctx, s.URL+"/v2/"+f.repo+"/blobs/"+string(d))
+	})
 	<-arrived
 	pt.WaitParked(ctx, t, "pullthrough.(*Cache).ServeBlob", n)
 	release()
-	wg.Wait()
+	wait()
 	for i, a := range answers {
 		if a.err != nil || a.status != http.StatusOK || !bytes.Equal(a.body, f.data[d]) {
 			t.Fatalf("client %d: HTTP %d, %d bytes, err %v", i, a.status, len(a.body), a.err)
@@ -228,20 +201,15 @@ func TestConcurrentManifestMissesFetchOnce(t *testing.T) {
 	const n = 8
 	got := make([]*pullthrough.Manifest, n)
 	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			got[i], errs[i] = f.c.Manifest(ctx, f.repo, "1.0")
-		}()
-	}
+	wait := pt.Concurrently(n, func(i int) {
+		got[i], errs[i] = f.c.Manifest(ctx, f.repo, "1.0")
+	})
 	<-arrived
 	// every caller waits: on the fetch in flight, or on a request of its own
 	// (which the counter has then seen)
 	pt.WaitParked(ctx, t, "pullthrough.(*Cache).Manifest", n)
 	release()
-	wg.Wait()
+	wait()
 	for i := range n {
 		if errs[i] != nil {
 			t.Fatalf("caller %d: %v", i, errs[i])
@@ -301,7 +269,7 @@ func TestLyingBlobIsRefused(t *testing.T) {
 	}
 	f.assertNotCached(ctx, t, d)
 
-	status, body, err := get(ctx, s.URL+"/v2/"+f.repo+"/blobs/"+string(d))
+	status, body, err := pt.Get(ctx, s.URL+"/v2/"+f.repo+"/blobs/"+string(d))
 	if err == nil && status == http.StatusOK {
 		t.Fatalf("an HTTP client got a clean %d-byte answer from a lying upstream", len(body))
 	}
@@ -339,7 +307,7 @@ func TestLyingManifestIsRefused(t *testing.T) {
 			if _, err := f.c.Manifest(ctx, f.repo, ref); !errors.Is(err, pullthrough.ErrUpstreamInvalid) {
 				t.Errorf("Manifest of a lying upstream: %v, want ErrUpstreamInvalid", err)
 			}
-			status, body, err := get(ctx, f.server(t).URL+"/v2/"+f.repo+"/manifests/"+ref)
+			status, body, err := pt.Get(ctx, f.server(t).URL+"/v2/"+f.repo+"/manifests/"+ref)
 			if err != nil || status != http.StatusBadGateway {
 				t.Errorf("through /v2: HTTP %d %s (err %v), want 502", status, body, err)
 			}
@@ -372,7 +340,7 @@ func TestDroppedBlobTransfer(t *testing.T) {
 	f.up.Drop(string(d), 3) // the first GET and both resumptions
 
 	// the client's transfer fails only once the fetch has failed
-	status, body, err := get(ctx, url)
+	status, body, err := pt.Get(ctx, url)
 	if err == nil && status == http.StatusOK {
 		t.Fatalf("the client got a clean %d-byte answer of a transfer that dropped", len(body))
 	}
@@ -390,7 +358,7 @@ func TestDroppedBlobTransfer(t *testing.T) {
 		t.Errorf("Stats.BlobFailures = %d, want 1", got)
 	}
 
-	status, body, err = get(ctx, url)
+	status, body, err = pt.Get(ctx, url)
 	if err != nil || status != http.StatusOK || !bytes.Equal(body, f.data[d]) {
 		t.Fatalf("retry: HTTP %d, %d bytes, err %v", status, len(body), err)
 	}
@@ -453,11 +421,11 @@ func TestUnreachableUpstreamFallsBackToCachedTag(t *testing.T) {
 	if got := f.c.Stats.Fallbacks.Load(); got != 1 {
 		t.Errorf("Stats.Fallbacks = %d, want 1", got)
 	}
-	status, body, err := get(ctx, s.URL+"/v2/"+f.repo+"/manifests/1.0")
+	status, body, err := pt.Get(ctx, s.URL+"/v2/"+f.repo+"/manifests/1.0")
 	if err != nil || status != http.StatusOK || !bytes.Equal(body, f.data[f.manifest]) {
 		t.Fatalf("through /v2: HTTP %d %s (err %v)", status, body, err)
 	}
-	status, body, err = get(ctx, s.URL+"/v2/"+f.repo+"/blobs/"+string(f.config))
+	status, body, err = pt.Get(ctx, s.URL+"/v2/"+f.repo+"/blobs/"+string(f.config))
 	if err != nil || status != http.StatusOK || !bytes.Equal(body, f.data[f.config]) {
 		t.Fatalf("cached blob through /v2: HTTP %d (err %v)", status, err)
 	}

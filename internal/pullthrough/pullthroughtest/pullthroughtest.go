@@ -14,7 +14,6 @@ import (
 	"log"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -31,9 +30,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
 
-	"github.com/octohelm/crpe/internal/casfs"
 	"github.com/octohelm/crpe/internal/pullthrough"
-	"github.com/octohelm/crpe/internal/repodb"
+	"github.com/octohelm/crpe/internal/storage"
 	"github.com/octohelm/crpe/internal/upstream"
 )
 
@@ -413,6 +411,36 @@ func Blobs(t testing.TB, img v1.Image) (config digest.Digest, layers []digest.Di
 	return config, layers, data
 }
 
+// Get sends a GET of url and reads the answer whole.
+func Get(ctx context.Context, url string) (status int, body []byte, err error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Accept", upstream.ManifestAccept)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	body, err = io.ReadAll(resp.Body)
+	return resp.StatusCode, body, err
+}
+
+// Concurrently runs fn(0), ..., fn(n-1), each in a goroutine of its own;
+// wait waits for them all.
+func Concurrently(n int, fn func(i int)) (wait func()) {
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fn(i)
+		}()
+	}
+	return wg.Wait
+}
+
 // Context is a context for one test, done after d or when the test ends.
 func Context(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
@@ -420,37 +448,30 @@ func Context(t testing.TB, d time.Duration) context.Context {
 	return ctx
 }
 
-// Cache is a pull-through cache over a fresh store and index in a temp
-// folder.
+// Cache is a pull-through cache over a fresh data folder (store and
+// index) in a temp folder.
 type Cache struct {
 	*pullthrough.Cache
-	Store *casfs.Store
-	DB    *repodb.DB
-	Dir   string
+	*storage.Storage
 }
 
-// NewCache opens a store and index in a temp folder and a cache over them
-// whose upstream requests go through transport (a Counter), retried with
-// short waits.
+// NewCache opens a data folder in a temp folder and a cache over it whose
+// upstream requests go through transport (a Counter), retried with short
+// waits.
 func NewCache(t testing.TB, transport http.RoundTripper, o pullthrough.Options) *Cache {
 	t.Helper()
-	dir := t.TempDir()
-	store, err := casfs.Open(dir)
+	st, err := storage.Open(context.Background(), t.TempDir(), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err := repodb.Open(filepath.Join(dir, "index.db"), false, time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := pullthrough.New(store, db, Client(transport, nil, nil), o)
+	c := pullthrough.New(st.Store, st.DB, Client(transport, nil, nil), o)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		_ = c.Close(ctx)
-		_ = db.Close()
+		_ = st.Close()
 	})
-	return &Cache{Cache: c, Store: store, DB: db, Dir: dir}
+	return &Cache{Cache: c, Storage: st}
 }
 
 // Client is an upstream client over transport with short retry waits,

@@ -65,7 +65,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	registerCacheMetrics(reg, api.Upstreams())
 	rg := registry.New(st.Store, st.DB, registry.Options{})
-	v2 := api.Upstreams().Handler(rg)
+	// /v2: the registry over the local cache, the pull-through cache in
+	// front of it (the JSON API only keeps the cache's settings)
+	v2 := api.Upstreams().Cache().Handler(rg)
 	mux := httpx.NewMux(reg)
 	mux.Handle("/v2/", v2)
 	mux.Handle("/v2", v2)

@@ -68,9 +68,6 @@ func (u *Upstreams) Offline() bool { return u.offline }
 // cancels the others, waiting until ctx is done.
 func (u *Upstreams) Close(ctx context.Context) error { return u.cache.Close(ctx) }
 
-// Handler serves /v2 through the cache in front of rg.
-func (u *Upstreams) Handler(rg http.Handler) http.Handler { return u.cache.Handler(rg) }
-
 // Reload brings the cache's upstream resolution in step with the stored
 // registries.
 func (u *Upstreams) Reload() error {

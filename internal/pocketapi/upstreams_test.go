@@ -47,7 +47,7 @@ func TestRegistrySettingsReconfigureTheCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	v2 := api.Upstreams().Handler(registry.New(st.Store, st.DB, registry.Options{}))
+	v2 := api.Upstreams().Cache().Handler(registry.New(st.Store, st.DB, registry.Options{}))
 	mux.Handle("/v2/", v2)
 	api.Routes(mux)
 	srv := httptest.NewServer(mux)

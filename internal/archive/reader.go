@@ -290,7 +290,8 @@ func (rd *reader) run(r io.Reader) error {
 	return nil
 }
 
-// streamErr turns an error of the gzip or tar stream into an *EntryError.
+// streamErr turns an error of the gzip or tar stream, or of a blob's
+// verification, into an *EntryError.
 func (rd *reader) streamErr(entry, doing string, err error) error {
 	var ee *EntryError
 	switch {
@@ -298,6 +299,8 @@ func (rd *reader) streamErr(entry, doing string, err error) error {
 		return err
 	case rd.ctx.Err() != nil:
 		return rd.ctx.Err()
+	case errors.Is(err, cas.ErrDigestMismatch), errors.Is(err, cas.ErrSizeMismatch):
+		return entryErr(entry, err, "content does not match its name")
 	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
 		return entryErr(entry, err, "truncated archive (%s)", doing)
 	case errors.Is(err, gzip.ErrChecksum):
@@ -542,7 +545,7 @@ func (rd *reader) readBlob(entry string, d digest.Digest, size int64) error {
 	if err := vr.Err(); err != nil && err != io.EOF {
 		// the stream or the content is wrong (or ctx is done): that is the
 		// error, whatever the handler made of it
-		return rd.blobErr(entry, err)
+		return rd.streamErr(entry, "reading the blob", err)
 	}
 	if herr != nil {
 		return fmt.Errorf("kubepkg.tgz: %s: %w", entry, herr)
@@ -550,7 +553,7 @@ func (rd *reader) readBlob(entry string, d digest.Digest, size int64) error {
 	// read and verify what the handler left unread (a plain writer, so that
 	// the copy uses rd.buf rather than io.Discard's small buffers)
 	if _, err := io.CopyBuffer(struct{ io.Writer }{io.Discard}, vr, rd.buf); err != nil {
-		return rd.blobErr(entry, err)
+		return rd.streamErr(entry, "reading the blob", err)
 	}
 	rd.took(k.desc)
 	return nil
@@ -645,21 +648,6 @@ func (rd *reader) deliverManifest(entry string, k *knownBlob, body []byte, pm *o
 		}
 	}
 	return nil
-}
-
-// blobErr is the error of a blob entry whose bytes could not be had or do
-// not match its name.
-func (rd *reader) blobErr(entry string, err error) error {
-	var ee *EntryError
-	switch {
-	case errors.As(err, &ee):
-		return err
-	case rd.ctx.Err() != nil:
-		return rd.ctx.Err()
-	case errors.Is(err, cas.ErrDigestMismatch), errors.Is(err, cas.ErrSizeMismatch):
-		return entryErr(entry, err, "content does not match its name")
-	}
-	return rd.streamErr(entry, "reading the blob", err)
 }
 
 // blobReader reads exactly the entry's bytes from the tar stream (the

@@ -114,9 +114,72 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 	if len(pkgs) == 0 {
 		return nil, errors.New("no package to export")
 	}
-	var images []*image
-	byRef := map[string]*image{}
-	res := &Result{}
+	images, err := gather(pkgs, o)
+	if err != nil {
+		return nil, err
+	}
+	// blobs start to be fetched as soon as their image is walked
+	var progressFetched func(string, int64)
+	if o.Progress != nil {
+		progressFetched = o.Progress.Fetched
+	}
+	fetch := newFetcher(ctx, cache, o.Parallel, func(b archive.Blob) bool {
+		// left out on purpose (only layers are), or non-distributable
+		return (o.Exclude[b.Desc.Digest] && b.Kind == oci.KindLayer) || len(b.Desc.URLs) > 0
+	}, progressFetched)
+	defer fetch.cancel()
+	if err := resolve(ctx, cache, images, fetch, o.Parallel); err != nil {
+		return nil, err
+	}
+	for _, p := range pkgs {
+		for ref, val := range p.Spec.Images {
+			if im := images.byRef[ref]; im != nil && val == "" {
+				p.Spec.Images[ref] = string(im.top.Digest)
+			}
+		}
+	}
+	res, blobs, sources := plan(ctx, store, images.list, o)
+	if res.Excluded > 0 {
+		for _, p := range pkgs {
+			p.Metadata.Annotations[kubepkg.AnnotationPartial] = "true"
+		}
+	}
+	if o.Progress != nil {
+		o.Progress.Plan(res.Images)
+	}
+	for _, p := range pkgs {
+		res.Packages = append(res.Packages, PackageResult{Namespace: p.Metadata.Namespace, Name: p.Metadata.Name, Version: p.Spec.Version, Platforms: p.Metadata.Annotations[kubepkg.AnnotationPlatform]})
+	}
+	pkgJSON, err := kubepkg.Marshal(pkgs)
+	if err != nil {
+		return nil, err
+	}
+	werr := write(ctx, w, cache, store, pkgJSON, images.list, blobs, sources, o)
+	if werr != nil {
+		fetch.cancel()
+	}
+	// wait for the fetches to be committed: the cache is complete when
+	// Export returns
+	if err := fetch.wait(); err != nil {
+		return nil, err // the fetch error says more than the writer's
+	}
+	if werr != nil {
+		return nil, werr
+	}
+	return res, nil
+}
+
+// imageSet are the images of an export, in order and by reference.
+type imageSet struct {
+	list  []*image
+	byRef map[string]*image
+}
+
+// gather lists the images of pkgs (with the images of their pod
+// templates), each with the platforms its packages want and its pinned
+// digest, normalizing spec.images and setting each package's platforms.
+func gather(pkgs []*kubepkg.KubePkg, o Options) (*imageSet, error) {
+	set := &imageSet{byRef: map[string]*image{}}
 	for _, p := range pkgs {
 		added := p.AddManifestImages()
 		for _, a := range added {
@@ -147,11 +210,11 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 			if pinned[ref] == "" {
 				pinned[ref] = val
 			}
-			im := byRef[ref]
+			im := set.byRef[ref]
 			if im == nil {
 				im = &image{ref: ref}
-				byRef[ref] = im
-				images = append(images, im)
+				set.byRef[ref] = im
+				set.list = append(set.list, im)
 			}
 			im.platforms = appendPlatforms(im.platforms, plats)
 		}
@@ -159,10 +222,10 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 		for ref, val := range pinned {
 			newImages[ref] = val
 			if val != "" {
-				if cur := byRef[ref].top.Digest; cur != "" && string(cur) != val {
+				if cur := set.byRef[ref].top.Digest; cur != "" && string(cur) != val {
 					return nil, fmt.Errorf("package %s: spec.images pins %s to %s, another package pins it to %s", p.Metadata.Name, ref, val, cur)
 				}
-				byRef[ref].top.Digest = digest.Digest(val)
+				set.byRef[ref].top.Digest = digest.Digest(val)
 			}
 		}
 		p.Spec.Images = newImages
@@ -172,20 +235,15 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 		p.Metadata.Annotations[kubepkg.AnnotationPlatform] = oci.JoinPlatforms(plats)
 	}
 
-	// resolve every image and walk it for the chosen platforms; its blobs
-	// start to be fetched as soon as they are known
-	var progressFetched func(string, int64)
-	if o.Progress != nil {
-		progressFetched = o.Progress.Fetched
-	}
-	fetch := newFetcher(ctx, cache, o.Parallel, func(b archive.Blob) bool {
-		// left out on purpose (only layers are), or non-distributable
-		return (o.Exclude[b.Desc.Digest] && b.Kind == oci.KindLayer) || len(b.Desc.URLs) > 0
-	}, progressFetched)
-	defer fetch.cancel()
+	return set, nil
+}
+
+// resolve resolves and walks every image for its platforms (export.Walk),
+// handing each image's blobs to fetch as soon as they are known.
+func resolve(ctx context.Context, cache *pullthrough.Cache, images *imageSet, fetch *fetcher, parallel int) error {
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(o.Parallel)
-	for _, im := range images {
+	g.SetLimit(parallel)
+	for _, im := range images.list {
 		g.Go(func() error {
 			wk, err := Walk(gctx, im.ref, im.top.Digest, im.platforms, CacheManifests(cache), CacheConfigPlatform(cache))
 			if err != nil {
@@ -197,29 +255,30 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return nil, err
+		return err
 	}
-	sort.Slice(images, func(i, j int) bool { return images[i].ref < images[j].ref })
-	for _, p := range pkgs {
-		for ref, val := range p.Spec.Images {
-			if im := byRef[ref]; im != nil && val == "" {
-				p.Spec.Images[ref] = string(im.top.Digest)
-			}
-		}
-	}
+	sort.Slice(images.list, func(i, j int) bool { return images.list[i].ref < images.list[j].ref })
+	return nil
+}
 
-	// fetch each blob once, in parallel
-	type want struct {
-		blob  archive.Blob
-		repo  string
-		image string
-	}
-	uniq := map[digest.Digest]*want{}
+// source is where the archive writer reads a blob: the repository it is
+// fetched from through the cache.
+type source struct {
+	blob archive.Blob
+	repo string
+}
+
+// plan lists the blobs the archive holds (each once; layers of
+// o.Exclude and non-distributable layers not at hand left out) and what
+// each image holds.
+func plan(ctx context.Context, store cas.Store, images []*image, o Options) (*Result, []archive.Blob, map[digest.Digest]*source) {
+	res := &Result{}
+	sources := map[digest.Digest]*source{}
 	var order []digest.Digest
 	for _, im := range images {
 		for _, b := range im.blobs {
-			if _, ok := uniq[b.Desc.Digest]; !ok {
-				uniq[b.Desc.Digest] = &want{blob: b, repo: im.repo, image: im.ref}
+			if _, ok := sources[b.Desc.Digest]; !ok {
+				sources[b.Desc.Digest] = &source{blob: b, repo: im.repo}
 				order = append(order, b.Desc.Digest)
 			}
 		}
@@ -235,53 +294,41 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 		sort.Strings(ir.Platforms)
 		res.Images = append(res.Images, ir)
 	}
-	if o.Progress != nil {
-		o.Progress.Plan(res.Images)
-	}
 	var blobs []archive.Blob
 	for _, d := range order {
-		wt := uniq[d]
+		src := sources[d]
 		// only layers are left out: manifests and configs are small and let
 		// the agent check every image
-		if o.Exclude[d] && wt.blob.Kind == oci.KindLayer {
+		if o.Exclude[d] && src.blob.Kind == oci.KindLayer {
 			res.Excluded++
 			continue
 		}
-		if len(wt.blob.Desc.URLs) > 0 {
+		if len(src.blob.Desc.URLs) > 0 {
 			if _, err := store.Stat(ctx, d); err != nil {
 				continue // non-distributable and not at hand: left out, as allowed
 			}
 		}
-		blobs = append(blobs, wt.blob)
+		blobs = append(blobs, src.blob)
 		res.Blobs++
-		res.Bytes += wt.blob.Desc.Size
+		res.Bytes += src.blob.Desc.Size
 	}
-	if len(o.Exclude) > 0 && res.Excluded > 0 {
-		for _, p := range pkgs {
-			p.Metadata.Annotations[kubepkg.AnnotationPartial] = "true"
-		}
-	}
+	return res, blobs, sources
+}
+
+// write writes the archive while the blobs are fetched: the writer follows
+// each fetch as its bytes arrive instead of waiting for it to be committed.
+func write(ctx context.Context, w io.Writer, cache *pullthrough.Cache, store cas.Store, pkgJSON []byte, images []*image, blobs []archive.Blob, sources map[digest.Digest]*source, o Options) error {
 	var archImages []archive.Image
 	for _, im := range images {
 		archImages = append(archImages, archive.Image{Ref: im.ref, Desc: im.top})
 	}
-	pkgJSON, err := kubepkg.Marshal(pkgs)
-	if err != nil {
-		return nil, err
-	}
-	for _, p := range pkgs {
-		res.Packages = append(res.Packages, PackageResult{Namespace: p.Metadata.Namespace, Name: p.Metadata.Name, Version: p.Spec.Version, Platforms: p.Metadata.Annotations[kubepkg.AnnotationPlatform]})
-	}
-	// The archive is written while the blobs are fetched: the writer
-	// follows each fetch as its bytes arrive instead of waiting for it to
-	// be committed.
 	open := func(ctx context.Context, d digest.Digest) (io.ReadCloser, error) {
-		wt := uniq[d]
-		if wt == nil { // a non-distributable blob at hand
+		src := sources[d]
+		if src == nil { // a non-distributable blob at hand
 			rc, _, err := store.Open(ctx, d)
 			return rc, err
 		}
-		return cache.Open(ctx, wt.repo, d, wt.blob.Desc.Size)
+		return cache.Open(ctx, src.repo, d, src.blob.Desc.Size)
 	}
 	var mu sync.Mutex
 	last := map[digest.Digest]int64{}
@@ -303,19 +350,7 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 			o.Progress.Written(delta)
 		}
 	}
-	werr := archive.Write(ctx, w, pkgJSON, archImages, blobs, open, aopts)
-	if werr != nil {
-		fetch.cancel()
-	}
-	// wait for the fetches to be committed: the cache is complete when
-	// Export returns
-	if err := fetch.wait(); err != nil {
-		return nil, err // the fetch error says more than the writer's
-	}
-	if werr != nil {
-		return nil, werr
-	}
-	return res, nil
+	return archive.Write(ctx, w, pkgJSON, archImages, blobs, open, aopts)
 }
 
 func appendPlatforms(list, add []ocispec.Platform) []ocispec.Platform {

@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
 
+	"github.com/octohelm/crpe/internal/atomicfile"
 	"github.com/octohelm/crpe/internal/export"
 	"github.com/octohelm/crpe/internal/kubepkg"
 	"github.com/octohelm/crpe/internal/oci"
@@ -55,13 +55,11 @@ power cut fails loudly. Pass --fsync before unplugging removable media.`,
 			if src == "" {
 				return fmt.Errorf("-f is required: a KubePkg file, - for stdin, or a URL")
 			}
-			var plats []ocispec.Platform
-			if platforms != "" {
-				var err error
-				if plats, err = oci.ParsePlatforms(platforms); err != nil {
-					return err
-				}
+			opts, err := exportOptions(platforms, since, parallel)
+			if err != nil {
+				return err
 			}
+			opts.Warn = func(msg string) { g.log.Warn(msg) }
 			uo, err := up.options()
 			if err != nil {
 				return err
@@ -69,14 +67,6 @@ power cut fails loudly. Pass --fsync before unplugging removable media.`,
 			pkgs, err := kubepkg.Load(ctx, src, kubepkg.LoadOptions{Token: sourceToken, Stdin: cmd.InOrStdin(), CacheDir: filepath.Join(data, "sources")})
 			if err != nil {
 				return err
-			}
-			modTime := time.Unix(0, 0).UTC()
-			if s := os.Getenv("SOURCE_DATE_EPOCH"); s != "" {
-				n, err := strconv.ParseInt(s, 10, 64)
-				if err != nil {
-					return fmt.Errorf("SOURCE_DATE_EPOCH=%q: not a number of seconds", s)
-				}
-				modTime = time.Unix(n, 0).UTC()
 			}
 			if out == "" {
 				out = fmt.Sprintf("%s-%s.kubepkg.tgz", pkgs[0].Metadata.Name, pkgs[0].Spec.Version)
@@ -88,40 +78,15 @@ power cut fails loudly. Pass --fsync before unplugging removable media.`,
 			defer st.Close()
 			cache := pullthrough.New(st.Store, st.DB, upstream.New(uo), pullthrough.Options{Offline: up.offline})
 
-			var w io.Writer
-			var tmp *os.File
-			if out == "-" {
-				w = cmd.OutOrStdout()
-			} else {
-				tmp, err = os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".tmp-*")
-				if err != nil {
+			// the archive goes to a temp file renamed at the end, or to stdout
+			var w io.Writer = cmd.OutOrStdout()
+			var file *atomicfile.File
+			if out != "-" {
+				if file, err = atomicfile.Create(out, 0o644); err != nil {
 					return err
 				}
-				defer func() {
-					if tmp != nil {
-						tmp.Close()
-						os.Remove(tmp.Name())
-					}
-				}()
-				w = tmp
-			}
-			opts := export.Options{Platforms: plats, Parallel: parallel, ModTime: modTime,
-				Warn: func(msg string) { g.log.Warn(msg) }}
-			if since != "" {
-				b, err := os.ReadFile(since)
-				if err != nil {
-					return err
-				}
-				var inv struct {
-					Digests []digest.Digest `json:"digests"`
-				}
-				if err := json.Unmarshal(b, &inv); err != nil {
-					return fmt.Errorf("--since %s: not an agent inventory: %w", since, err)
-				}
-				opts.Exclude = map[digest.Digest]bool{}
-				for _, d := range inv.Digests {
-					opts.Exclude[d] = true
-				}
+				defer file.Abort()
+				w = file
 			}
 			var bars *barProgress
 			if isTerminal(cmd.ErrOrStderr()) && !asJSON {
@@ -135,46 +100,12 @@ power cut fails loudly. Pass --fsync before unplugging removable media.`,
 			if err != nil {
 				return err
 			}
-			if tmp != nil {
-				if err := tmp.Chmod(0o644); err != nil {
+			if file != nil {
+				if err := file.Commit(fsync); err != nil {
 					return err
 				}
-				if fsync {
-					if err := tmp.Sync(); err != nil {
-						return err
-					}
-				}
-				if err := tmp.Close(); err != nil {
-					return err
-				}
-				if err := os.Rename(tmp.Name(), out); err != nil {
-					return err
-				}
-				tmp = nil
 			}
-			sum := struct {
-				Output string `json:"output"`
-				*export.Result
-			}{out, res}
-			if asJSON {
-				// with the archive on stdout, the summary goes to stderr
-				w := cmd.OutOrStdout()
-				if out == "-" {
-					w = cmd.ErrOrStderr()
-				}
-				enc := json.NewEncoder(w)
-				enc.SetIndent("", "  ")
-				return enc.Encode(sum)
-			}
-			if out == "-" {
-				return nil
-			}
-			var names []string
-			for _, p := range res.Packages {
-				names = append(names, p.Name+"@"+p.Version)
-			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s: %s, %d images, %d blobs, %s\n", out, strings.Join(names, ", "), len(res.Images), res.Blobs, humanBytes(res.Bytes))
-			return nil
+			return printExport(cmd, out, res, asJSON)
 		},
 	}
 	f := cmd.Flags()
@@ -189,6 +120,67 @@ power cut fails loudly. Pass --fsync before unplugging removable media.`,
 	f.BoolVar(&asJSON, "json", false, "print a machine-readable summary")
 	up.register(cmd)
 	return cmd
+}
+
+// exportOptions reads the export flags that shape the archive.
+func exportOptions(platforms, since string, parallel int) (export.Options, error) {
+	opts := export.Options{Parallel: parallel, ModTime: time.Unix(0, 0).UTC()}
+	if platforms != "" {
+		var err error
+		if opts.Platforms, err = oci.ParsePlatforms(platforms); err != nil {
+			return opts, err
+		}
+	}
+	if s := os.Getenv("SOURCE_DATE_EPOCH"); s != "" {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return opts, fmt.Errorf("SOURCE_DATE_EPOCH=%q: not a number of seconds", s)
+		}
+		opts.ModTime = time.Unix(n, 0).UTC()
+	}
+	if since != "" {
+		b, err := os.ReadFile(since)
+		if err != nil {
+			return opts, err
+		}
+		var inv struct {
+			Digests []digest.Digest `json:"digests"`
+		}
+		if err := json.Unmarshal(b, &inv); err != nil {
+			return opts, fmt.Errorf("--since %s: not an agent inventory: %w", since, err)
+		}
+		opts.Exclude = map[digest.Digest]bool{}
+		for _, d := range inv.Digests {
+			opts.Exclude[d] = true
+		}
+	}
+	return opts, nil
+}
+
+// printExport prints an export's summary: JSON (on stderr when the archive
+// is on stdout), or one line on stderr.
+func printExport(cmd *cobra.Command, out string, res *export.Result, asJSON bool) error {
+	if asJSON {
+		w := cmd.OutOrStdout()
+		if out == "-" {
+			w = cmd.ErrOrStderr()
+		}
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(struct {
+			Output string `json:"output"`
+			*export.Result
+		}{out, res})
+	}
+	if out == "-" {
+		return nil
+	}
+	var names []string
+	for _, p := range res.Packages {
+		names = append(names, p.Name+"@"+p.Version)
+	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s: %s, %d images, %d blobs, %s\n", out, strings.Join(names, ", "), len(res.Images), res.Blobs, humanBytes(res.Bytes))
+	return nil
 }
 
 func humanBytes(n int64) string {

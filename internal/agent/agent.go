@@ -107,7 +107,7 @@ func denyAPI(w http.ResponseWriter, r *http.Request, err error) {
 		// not for the web UI: a browser would pop up its own login box
 		w.Header().Set("WWW-Authenticate", `Basic realm="crpe"`)
 	}
-	writeAPIError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", err.Error(), nil)
+	httpx.WriteError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", err.Error(), nil)
 }
 
 // ownNamespace is the agent's namespace in a cluster, else "default".

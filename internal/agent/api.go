@@ -63,16 +63,6 @@ func IsWrite(r *http.Request) bool {
 	return true
 }
 
-// writeAPIError answers with the JSON error body crpe's APIs share with
-// the registry: {"errors":[{"code","message","detail"}]}.
-func writeAPIError(w http.ResponseWriter, r *http.Request, status int, code, msg string, detail map[string]string) {
-	e := httpx.ErrorEntry{Code: code, Message: msg}
-	if detail != nil {
-		e.Detail = detail
-	}
-	httpx.WriteErrors(w, r, status, e)
-}
-
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
@@ -86,7 +76,7 @@ func (a *api) putKubePkgs(w http.ResponseWriter, r *http.Request) {
 	if r.ContentLength > 0 {
 		if free := diskfree.Available(a.st.Dir); free >= 0 && r.ContentLength > free {
 			a.imports.WithLabelValues("no_space").Inc()
-			writeAPIError(w, r, http.StatusInsufficientStorage, "INSUFFICIENT_STORAGE",
+			httpx.WriteError(w, r, http.StatusInsufficientStorage, "INSUFFICIENT_STORAGE",
 				fmt.Sprintf("the upload has %d bytes, the agent's data folder has %d free", r.ContentLength, free), nil)
 			return
 		}
@@ -100,7 +90,7 @@ func (a *api) putKubePkgs(w http.ResponseWriter, r *http.Request) {
 		if e.Entry != "" {
 			detail = map[string]string{"entry": e.Entry}
 		}
-		writeAPIError(w, r, e.Status, e.Code, e.Error(), detail)
+		httpx.WriteError(w, r, e.Status, e.Code, e.Error(), detail)
 		return
 	}
 	a.imports.WithLabelValues("ok").Inc()
@@ -125,7 +115,7 @@ func (a *api) listKubePkgs(w http.ResponseWriter, r *http.Request) {
 		return err
 	})
 	if err != nil {
-		writeAPIError(w, r, http.StatusInternalServerError, "UNKNOWN", err.Error(), nil)
+		httpx.WriteError(w, r, http.StatusInternalServerError, "UNKNOWN", err.Error(), nil)
 		return
 	}
 	type item struct {
@@ -154,11 +144,11 @@ func (a *api) getKubePkg(w http.ResponseWriter, r *http.Request) {
 		return err
 	})
 	if err != nil {
-		writeAPIError(w, r, http.StatusInternalServerError, "UNKNOWN", err.Error(), nil)
+		httpx.WriteError(w, r, http.StatusInternalServerError, "UNKNOWN", err.Error(), nil)
 		return
 	}
 	if !ok {
-		writeAPIError(w, r, http.StatusNotFound, "NOT_FOUND", fmt.Sprintf("package %s/%s is not imported", ns, name), nil)
+		httpx.WriteError(w, r, http.StatusNotFound, "NOT_FOUND", fmt.Sprintf("package %s/%s is not imported", ns, name), nil)
 		return
 	}
 	writeJSON(w, http.StatusOK, p)
@@ -172,18 +162,18 @@ func (a *api) missingBlobs(w http.ResponseWriter, r *http.Request) {
 	}
 	dec := json.NewDecoder(io.LimitReader(r.Body, 200*MaxMissingQuery))
 	if err := dec.Decode(&q); err != nil {
-		writeAPIError(w, r, http.StatusBadRequest, "INVALID", "want {\"digests\": [...]}: "+err.Error(), nil)
+		httpx.WriteError(w, r, http.StatusBadRequest, "INVALID", "want {\"digests\": [...]}: "+err.Error(), nil)
 		return
 	}
 	if len(q.Digests) > MaxMissingQuery {
-		writeAPIError(w, r, http.StatusBadRequest, "INVALID", fmt.Sprintf("at most %d digests per query", MaxMissingQuery), nil)
+		httpx.WriteError(w, r, http.StatusBadRequest, "INVALID", fmt.Sprintf("at most %d digests per query", MaxMissingQuery), nil)
 		return
 	}
 	missing := []string{}
 	for _, s := range q.Digests {
 		d, err := oci.ParseDigest(s)
 		if err != nil {
-			writeAPIError(w, r, http.StatusBadRequest, "DIGEST_INVALID", err.Error(), map[string]string{"digest": s})
+			httpx.WriteError(w, r, http.StatusBadRequest, "DIGEST_INVALID", err.Error(), map[string]string{"digest": s})
 			return
 		}
 		if _, err := a.st.Store.Stat(r.Context(), d); err != nil {
@@ -230,7 +220,7 @@ func (a *api) inventory(w http.ResponseWriter, r *http.Request) {
 	httpx.SetRoute(r, "inventory")
 	inv, err := ReadInventory(r.Context(), a.st)
 	if err != nil {
-		writeAPIError(w, r, http.StatusInternalServerError, "UNKNOWN", err.Error(), nil)
+		httpx.WriteError(w, r, http.StatusInternalServerError, "UNKNOWN", err.Error(), nil)
 		return
 	}
 	writeJSON(w, http.StatusOK, inv)

@@ -80,7 +80,7 @@ func (u *uiAPI) mirrorConfig(w http.ResponseWriter, r *http.Request) {
 			}
 			s, err := mirrorconfig.HostsTOML(o, h)
 			if err != nil {
-				writeAPIError(w, r, http.StatusBadRequest, "INVALID", err.Error(), nil)
+				httpx.WriteError(w, r, http.StatusBadRequest, "INVALID", err.Error(), nil)
 				return
 			}
 			dir := h
@@ -92,12 +92,12 @@ func (u *uiAPI) mirrorConfig(w http.ResponseWriter, r *http.Request) {
 	case "k3s":
 		s, err := mirrorconfig.RegistriesYAML(o)
 		if err != nil {
-			writeAPIError(w, r, http.StatusBadRequest, "INVALID", err.Error(), nil)
+			httpx.WriteError(w, r, http.StatusBadRequest, "INVALID", err.Error(), nil)
 			return
 		}
 		out.WriteString("# /etc/rancher/k3s/registries.yaml\n" + s)
 	default:
-		writeAPIError(w, r, http.StatusBadRequest, "INVALID", "format: containerd or k3s", map[string]string{"field": "format"})
+		httpx.WriteError(w, r, http.StatusBadRequest, "INVALID", "format: containerd or k3s", map[string]string{"field": "format"})
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -124,7 +124,7 @@ type Condition struct {
 func (u *uiAPI) clusterPackages(w http.ResponseWriter, r *http.Request) {
 	httpx.SetRoute(r, "cluster_kubepkgs")
 	if u.cluster == nil {
-		writeAPIError(w, r, http.StatusNotFound, "NO_CLUSTER", "this agent has no Kubernetes access (no --kubeconfig, not in a pod)", nil)
+		httpx.WriteError(w, r, http.StatusNotFound, "NO_CLUSTER", "this agent has no Kubernetes access (no --kubeconfig, not in a pod)", nil)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
@@ -133,7 +133,7 @@ func (u *uiAPI) clusterPackages(w http.ResponseWriter, r *http.Request) {
 	gvk := operator.GVK
 	list.SetGroupVersionKind(schema.GroupVersionKind{Group: gvk.Group, Version: gvk.Version, Kind: gvk.Kind + "List"})
 	if err := u.cluster.c.List(ctx, list); err != nil {
-		writeAPIError(w, r, http.StatusBadGateway, "CLUSTER_UNAVAILABLE", err.Error(), nil)
+		httpx.WriteError(w, r, http.StatusBadGateway, "CLUSTER_UNAVAILABLE", err.Error(), nil)
 		return
 	}
 	items := []ClusterPackage{}

@@ -37,3 +37,13 @@ func WriteErrors(w http.ResponseWriter, r *http.Request, status int, errs ...Err
 		_, _ = w.Write(body)
 	}
 }
+
+// WriteError answers with one error: its code, message and detail (none when
+// detail is nil).
+func WriteError(w http.ResponseWriter, r *http.Request, status int, code, msg string, detail map[string]string) {
+	e := ErrorEntry{Code: code, Message: msg}
+	if detail != nil {
+		e.Detail = detail
+	}
+	WriteErrors(w, r, status, e)
+}

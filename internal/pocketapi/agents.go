@@ -18,6 +18,7 @@ import (
 
 	"github.com/octohelm/crpe/internal/agentclient"
 	"github.com/octohelm/crpe/internal/export"
+	"github.com/octohelm/crpe/internal/httpx"
 	"github.com/octohelm/crpe/internal/kubepkg"
 	"github.com/octohelm/crpe/internal/repodb"
 )
@@ -101,7 +102,7 @@ func (a *API) addAgent(w http.ResponseWriter, r *http.Request) {
 	}
 	u, err := url.Parse(strings.TrimSpace(req.URL))
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
-		writeError(w, r, http.StatusBadRequest, "INVALID", fmt.Sprintf("url %q: want the agent's base URL, http(s)://host[:port]", req.URL), map[string]string{"field": "url"})
+		httpx.WriteError(w, r, http.StatusBadRequest, "INVALID", fmt.Sprintf("url %q: want the agent's base URL, http(s)://host[:port]", req.URL), map[string]string{"field": "url"})
 		return
 	}
 	base := u.Scheme + "://" + u.Host
@@ -109,7 +110,7 @@ func (a *API) addAgent(w http.ResponseWriter, r *http.Request) {
 		req.Name = strings.ToLower(strings.NewReplacer(":", "-", "[", "", "]", "").Replace(u.Host))
 	}
 	if !agentName.MatchString(req.Name) {
-		writeError(w, r, http.StatusBadRequest, "INVALID", fmt.Sprintf("name %q: lowercase letters, digits, '-' and '.', at most 63", req.Name), map[string]string{"field": "name"})
+		httpx.WriteError(w, r, http.StatusBadRequest, "INVALID", fmt.Sprintf("name %q: lowercase letters, digits, '-' and '.', at most 63", req.Name), map[string]string{"field": "name"})
 		return
 	}
 	var ag *repodb.PocketAgent
@@ -143,7 +144,7 @@ func (a *API) agentFor(w http.ResponseWriter, r *http.Request, name string) (*re
 		return nil, false
 	}
 	if !ok {
-		writeError(w, r, http.StatusNotFound, "NOT_FOUND", fmt.Sprintf("no agent %q is registered", name), map[string]string{"agent": name})
+		httpx.WriteError(w, r, http.StatusNotFound, "NOT_FOUND", fmt.Sprintf("no agent %q is registered", name), map[string]string{"agent": name})
 		return nil, false
 	}
 	return ag, true
@@ -171,7 +172,7 @@ func (a *API) deleteAgent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !found {
-		writeError(w, r, http.StatusNotFound, "NOT_FOUND", fmt.Sprintf("no agent %q is registered", name), map[string]string{"agent": name})
+		httpx.WriteError(w, r, http.StatusNotFound, "NOT_FOUND", fmt.Sprintf("no agent %q is registered", name), map[string]string{"agent": name})
 		return
 	}
 	a.changed("agents")
@@ -313,7 +314,7 @@ func (a *API) sendPackage(w http.ResponseWriter, r *http.Request) {
 	}
 	name := r.URL.Query().Get("agent")
 	if name == "" {
-		writeError(w, r, http.StatusBadRequest, "INVALID", "agent: name a registered agent (?agent=NAME)", map[string]string{"field": "agent"})
+		httpx.WriteError(w, r, http.StatusBadRequest, "INVALID", "agent: name a registered agent (?agent=NAME)", map[string]string{"field": "agent"})
 		return
 	}
 	ag, ok := a.agentFor(w, r, name)

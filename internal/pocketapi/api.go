@@ -132,7 +132,7 @@ func (a *API) Routes(mux *http.ServeMux) {
 	h("POST /api/v1/cache/clean", "cache_clean", true, a.cleanCache)
 
 	mux.Handle("/api/", a.guard("api_unknown", false, func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, r, http.StatusNotFound, "NOT_FOUND", fmt.Sprintf("no API route %s %s", r.Method, r.URL.Path), nil)
+		httpx.WriteError(w, r, http.StatusNotFound, "NOT_FOUND", fmt.Sprintf("no API route %s %s", r.Method, r.URL.Path), nil)
 	}))
 }
 
@@ -141,11 +141,11 @@ func (a *API) guard(route string, write bool, next http.HandlerFunc) http.Handle
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		httpx.SetRoute(r, route)
 		if write && crossOrigin(r) {
-			writeError(w, r, http.StatusForbidden, "DENIED", "a page of another origin may not change the pocket", nil)
+			httpx.WriteError(w, r, http.StatusForbidden, "DENIED", "a page of another origin may not change the pocket", nil)
 			return
 		}
 		if err := a.check(r, write); err != nil {
-			writeError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", err.Error(), nil)
+			httpx.WriteError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", err.Error(), nil)
 			return
 		}
 		next(w, r)
@@ -224,16 +224,6 @@ func crossOrigin(r *http.Request) bool {
 // apiError is an entry of the error body (httpx.WriteErrors).
 type apiError = httpx.ErrorEntry
 
-// writeError answers with the JSON error body crpe's APIs share with the
-// registry: {"errors":[{"code","message","detail"}]}.
-func writeError(w http.ResponseWriter, r *http.Request, status int, code, msg string, detail map[string]string) {
-	e := httpx.ErrorEntry{Code: code, Message: msg}
-	if detail != nil {
-		e.Detail = detail
-	}
-	httpx.WriteErrors(w, r, status, e)
-}
-
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
@@ -245,7 +235,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 // internal answers an unexpected error.
 func internal(w http.ResponseWriter, r *http.Request, err error) {
-	writeError(w, r, http.StatusInternalServerError, "UNKNOWN", err.Error(), nil)
+	httpx.WriteError(w, r, http.StatusInternalServerError, "UNKNOWN", err.Error(), nil)
 }
 
 // decodeBody reads a small JSON body into v.
@@ -253,7 +243,7 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		writeError(w, r, http.StatusBadRequest, "INVALID", "invalid JSON body: "+err.Error(), nil)
+		httpx.WriteError(w, r, http.StatusBadRequest, "INVALID", "invalid JSON body: "+err.Error(), nil)
 		return false
 	}
 	return true
@@ -266,7 +256,7 @@ func (a *API) listJobs(w http.ResponseWriter, r *http.Request) {
 func (a *API) getJob(w http.ResponseWriter, r *http.Request) {
 	j := a.jobs.Get(r.PathValue("id"))
 	if j == nil {
-		writeError(w, r, http.StatusNotFound, "NOT_FOUND", "no job "+r.PathValue("id"), nil)
+		httpx.WriteError(w, r, http.StatusNotFound, "NOT_FOUND", "no job "+r.PathValue("id"), nil)
 		return
 	}
 	writeJSON(w, http.StatusOK, j.view())
@@ -275,7 +265,7 @@ func (a *API) getJob(w http.ResponseWriter, r *http.Request) {
 func (a *API) cancelJob(w http.ResponseWriter, r *http.Request) {
 	j := a.jobs.Get(r.PathValue("id"))
 	if j == nil {
-		writeError(w, r, http.StatusNotFound, "NOT_FOUND", "no job "+r.PathValue("id"), nil)
+		httpx.WriteError(w, r, http.StatusNotFound, "NOT_FOUND", "no job "+r.PathValue("id"), nil)
 		return
 	}
 	if j.cancel != nil {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/octohelm/crpe/internal/cas"
 	"github.com/octohelm/crpe/internal/diskfree"
+	"github.com/octohelm/crpe/internal/httpx"
 	"github.com/octohelm/crpe/internal/repodb"
 )
 
@@ -99,18 +100,18 @@ func (a *API) cleanCache(w http.ResponseWriter, r *http.Request) {
 	if s := r.URL.Query().Get("grace"); s != "" {
 		d, err := time.ParseDuration(s)
 		if err != nil || d < 0 {
-			writeError(w, r, http.StatusBadRequest, "INVALID", "grace: want a duration such as 1m or 0s", map[string]string{"field": "grace"})
+			httpx.WriteError(w, r, http.StatusBadRequest, "INVALID", "grace: want a duration such as 1m or 0s", map[string]string{"field": "grace"})
 			return
 		}
 		grace = d
 	}
 	if !a.cleanMu.TryLock() {
-		writeError(w, r, http.StatusConflict, "BUSY", "a clean-up is already running", nil)
+		httpx.WriteError(w, r, http.StatusConflict, "BUSY", "a clean-up is already running", nil)
 		return
 	}
 	defer a.cleanMu.Unlock()
 	if a.jobs.AnyRunning() {
-		writeError(w, r, http.StatusConflict, "BUSY", "a sync, download or send is running: clean up once it is over", nil)
+		httpx.WriteError(w, r, http.StatusConflict, "BUSY", "a sync, download or send is running: clean up once it is over", nil)
 		return
 	}
 	res, err := a.clean(r.Context(), grace)

@@ -109,7 +109,7 @@ func (a *API) packageFor(w http.ResponseWriter, r *http.Request) (*repodb.Pocket
 	name := r.PathValue("name")
 	rec, pkg, err := a.loadPackage(name)
 	if errors.Is(err, errNoPackage) {
-		writeError(w, r, http.StatusNotFound, "NOT_FOUND", fmt.Sprintf("package %q is not in the pocket", name), map[string]string{"package": name})
+		httpx.WriteError(w, r, http.StatusNotFound, "NOT_FOUND", fmt.Sprintf("package %q is not in the pocket", name), map[string]string{"package": name})
 		return nil, nil, false
 	}
 	if err != nil {
@@ -212,7 +212,7 @@ func (a *API) deletePackage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !found {
-		writeError(w, r, http.StatusNotFound, "NOT_FOUND", fmt.Sprintf("package %q is not in the pocket", name), map[string]string{"package": name})
+		httpx.WriteError(w, r, http.StatusNotFound, "NOT_FOUND", fmt.Sprintf("package %q is not in the pocket", name), map[string]string{"package": name})
 		return
 	}
 	a.log.Info("package removed from the pocket", "kubepkg", name)
@@ -231,11 +231,11 @@ type sourceRequest struct {
 func (a *API) addPackages(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, kubepkg.MaxDocumentSize+1))
 	if err != nil {
-		writeError(w, r, http.StatusRequestEntityTooLarge, "TOO_LARGE", fmt.Sprintf("the package document is over %d bytes", kubepkg.MaxDocumentSize), nil)
+		httpx.WriteError(w, r, http.StatusRequestEntityTooLarge, "TOO_LARGE", fmt.Sprintf("the package document is over %d bytes", kubepkg.MaxDocumentSize), nil)
 		return
 	}
 	if len(bytes.TrimSpace(body)) == 0 {
-		writeError(w, r, http.StatusBadRequest, "INVALID", "empty body: send a KubePkg or KubePkgList (JSON or YAML), or {\"url\": ...}", nil)
+		httpx.WriteError(w, r, http.StatusBadRequest, "INVALID", "empty body: send a KubePkg or KubePkgList (JSON or YAML), or {\"url\": ...}", nil)
 		return
 	}
 	var src sourceRequest
@@ -300,7 +300,7 @@ type badSource struct{ error }
 func writeFetchError(w http.ResponseWriter, r *http.Request, src string, err error) {
 	var bs *badSource
 	if errors.As(err, &bs) {
-		writeError(w, r, http.StatusBadRequest, "INVALID", err.Error(), map[string]string{"field": "url"})
+		httpx.WriteError(w, r, http.StatusBadRequest, "INVALID", err.Error(), map[string]string{"field": "url"})
 		return
 	}
 	var fe *kubepkg.FieldError
@@ -312,7 +312,7 @@ func writeFetchError(w http.ResponseWriter, r *http.Request, src string, err err
 		httpx.WriteErrors(w, r, http.StatusBadRequest, errs...)
 		return
 	}
-	writeError(w, r, http.StatusBadGateway, "SOURCE_UNAVAILABLE", err.Error(), map[string]string{"source": src})
+	httpx.WriteError(w, r, http.StatusBadGateway, "SOURCE_UNAVAILABLE", err.Error(), map[string]string{"source": src})
 }
 
 // fieldErrors lists err (joined errors, field errors among them) as API
@@ -425,7 +425,7 @@ func (a *API) refreshPackage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if rec.Source == "" {
-		writeError(w, r, http.StatusConflict, "NO_SOURCE", fmt.Sprintf("package %s was pasted, not fetched from a URL: add it again to change it", rec.Name), nil)
+		httpx.WriteError(w, r, http.StatusConflict, "NO_SOURCE", fmt.Sprintf("package %s was pasted, not fetched from a URL: add it again to change it", rec.Name), nil)
 		return
 	}
 	src := sourceRequest{URL: rec.Source, Token: rec.SourceToken}

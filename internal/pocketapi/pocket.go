@@ -12,6 +12,7 @@ import (
 	"rsc.io/qr"
 
 	"github.com/octohelm/crpe/internal/diskfree"
+	"github.com/octohelm/crpe/internal/httpx"
 )
 
 // PocketInfo is what the pocket tells about itself.
@@ -106,7 +107,7 @@ func (a *API) pocketQR(w http.ResponseWriter, r *http.Request) {
 	raw := r.URL.Query().Get("url")
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || len(raw) > 512 {
-		writeError(w, r, http.StatusBadRequest, "INVALID", "url: want an http(s) URL of at most 512 characters", map[string]string{"field": "url"})
+		httpx.WriteError(w, r, http.StatusBadRequest, "INVALID", "url: want an http(s) URL of at most 512 characters", map[string]string{"field": "url"})
 		return
 	}
 	u.Fragment = ""

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/octohelm/crpe/internal/httpx"
 	"github.com/octohelm/crpe/internal/oci"
 	"github.com/octohelm/crpe/internal/repodb"
 	"github.com/octohelm/crpe/internal/upstream"
@@ -70,7 +71,7 @@ func (a *API) listRegistries(w http.ResponseWriter, r *http.Request) {
 func (a *API) putRegistry(w http.ResponseWriter, r *http.Request) {
 	host := oci.CanonicalHost(strings.TrimSpace(r.PathValue("host")))
 	if !hostPattern.MatchString(host) {
-		writeError(w, r, http.StatusBadRequest, "INVALID", fmt.Sprintf("host %q: want a registry host[:port] such as ghcr.io", host), map[string]string{"field": "host"})
+		httpx.WriteError(w, r, http.StatusBadRequest, "INVALID", fmt.Sprintf("host %q: want a registry host[:port] such as ghcr.io", host), map[string]string{"field": "host"})
 		return
 	}
 	var req struct {
@@ -86,7 +87,7 @@ func (a *API) putRegistry(w http.ResponseWriter, r *http.Request) {
 	if req.Endpoint != "" {
 		_, base, err := upstream.ParseEndpoint(host + "=" + strings.TrimSpace(req.Endpoint))
 		if err != nil {
-			writeError(w, r, http.StatusBadRequest, "INVALID", err.Error(), map[string]string{"field": "endpoint"})
+			httpx.WriteError(w, r, http.StatusBadRequest, "INVALID", err.Error(), map[string]string{"field": "endpoint"})
 			return
 		}
 		rg.Endpoint = base
@@ -134,7 +135,7 @@ func (a *API) deleteRegistry(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !found {
-		writeError(w, r, http.StatusNotFound, "NOT_FOUND", fmt.Sprintf("no stored settings for registry %q", host), map[string]string{"host": host})
+		httpx.WriteError(w, r, http.StatusNotFound, "NOT_FOUND", fmt.Sprintf("no stored settings for registry %q", host), map[string]string{"host": host})
 		return
 	}
 	if err := a.ups.Reload(); err != nil {

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/octohelm/crpe/internal/export"
+	"github.com/octohelm/crpe/internal/httpx"
 	"github.com/octohelm/crpe/internal/kubepkg"
 	"github.com/octohelm/crpe/internal/oci"
 	"github.com/octohelm/crpe/internal/pullthrough"
@@ -243,7 +244,7 @@ func (a *API) downloadPackage(w http.ResponseWriter, r *http.Request) {
 	if s := r.URL.Query().Get("platform"); s != "" {
 		var err error
 		if plats, err = oci.ParsePlatforms(s); err != nil {
-			writeError(w, r, http.StatusBadRequest, "INVALID", "platform: "+err.Error(), map[string]string{"field": "platform"})
+			httpx.WriteError(w, r, http.StatusBadRequest, "INVALID", "platform: "+err.Error(), map[string]string{"field": "platform"})
 			return
 		}
 	}
@@ -255,7 +256,7 @@ func (a *API) downloadPackage(w http.ResponseWriter, r *http.Request) {
 	pl, status, code, err := a.prepare(ctx, j, rec, pkg, plats)
 	if err != nil {
 		jobErr = err
-		writeError(w, r, status, code, err.Error(), map[string]string{"package": rec.Name})
+		httpx.WriteError(w, r, status, code, err.Error(), map[string]string{"package": rec.Name})
 		return
 	}
 	_, _, total, _, _ := pl.totals()
@@ -281,7 +282,7 @@ func (a *API) downloadPackage(w http.ResponseWriter, r *http.Request) {
 		jobErr = err
 		if !lw.wrote {
 			st, code := notCachedStatus(err)
-			writeError(w, r, st, code, err.Error(), map[string]string{"package": rec.Name})
+			httpx.WriteError(w, r, st, code, err.Error(), map[string]string{"package": rec.Name})
 			return
 		}
 		a.log.Warn("download cut off", "kubepkg", rec.Name, "error", err)

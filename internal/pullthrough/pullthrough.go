@@ -615,13 +615,7 @@ func (c *Cache) ServeBlob(w http.ResponseWriter, r *http.Request, full string, d
 		if err != nil {
 			return true, err
 		}
-		h := w.Header()
-		h.Set("Content-Type", "application/octet-stream")
-		h.Set("Docker-Content-Digest", string(d))
-		if size >= 0 {
-			h.Set("Content-Length", fmt.Sprint(size))
-		}
-		w.WriteHeader(http.StatusOK)
+		blobHeaders(w, d, size)
 		return true, nil
 	}
 	f, err := c.startFetch(full, d, -1)
@@ -665,13 +659,7 @@ func (c *Cache) ServeBlob(w http.ResponseWriter, r *http.Request, full string, d
 	if early && ferr != nil {
 		return true, ferr
 	}
-	h := w.Header()
-	h.Set("Content-Type", "application/octet-stream")
-	h.Set("Docker-Content-Digest", string(d))
-	if size >= 0 {
-		h.Set("Content-Length", fmt.Sprint(size))
-	}
-	w.WriteHeader(http.StatusOK)
+	blobHeaders(w, d, size)
 	if err := f.stream(ctx, w, rd); err != nil {
 		// never let a client see a clean end of bytes that failed
 		panic(http.ErrAbortHandler)
@@ -707,4 +695,15 @@ func (f *fetch) stream(ctx context.Context, w io.Writer, rd cas.ReaderAtCloser) 
 			return werr
 		}
 	}
+}
+
+// blobHeaders answers 200 for blob d of size bytes (-1: unknown).
+func blobHeaders(w http.ResponseWriter, d digest.Digest, size int64) {
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Docker-Content-Digest", string(d))
+	if size >= 0 {
+		h.Set("Content-Length", fmt.Sprint(size))
+	}
+	w.WriteHeader(http.StatusOK)
 }

@@ -26,7 +26,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -361,26 +360,16 @@ func (im *Importer) checkSpace(ctx context.Context, needed map[digest.Digest]int
 	return nil
 }
 
-// parseRef splits a full reference into repository and tag.
+// parseRef splits a full reference into repository and tag (oci.ParseReference).
 func parseRef(ref string) (*image, error) {
-	r, err := name.ParseReference(ref, name.WeakValidation)
+	r, err := oci.ParseReference(ref)
 	if err != nil {
 		return nil, err
 	}
-	im := &image{ref: ref, repo: oci.RepositoryName(r.Context())}
-	if !oci.ValidName(im.repo) {
-		return nil, fmt.Errorf("repository %q is not a valid name", im.repo)
+	if !oci.ValidName(r.Repository) {
+		return nil, fmt.Errorf("repository %q is not a valid name", r.Repository)
 	}
-	if t, ok := r.(name.Tag); ok {
-		im.tag = t.TagStr()
-	}
-	// name.ParseReference keeps only the digest of "repo:tag@digest"
-	if at := strings.LastIndex(ref, "@"); at > 0 {
-		if colon := strings.LastIndex(ref[:at], ":"); colon > strings.LastIndex(ref[:at], "/") {
-			im.tag = ref[colon+1 : at]
-		}
-	}
-	return im, nil
+	return &image{ref: ref, repo: r.Repository, tag: r.Tag}, nil
 }
 
 // gate refuses a version lower than the recorded one unless forced.

@@ -8,8 +8,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/octohelm/crpe/internal/importer"
+	"github.com/octohelm/crpe/internal/kubeclient"
 	"github.com/octohelm/crpe/internal/kubepkg"
-	"github.com/octohelm/crpe/internal/operator"
 )
 
 // clusterSync turns imports into KubePkg objects.
@@ -19,11 +19,11 @@ type clusterSync struct {
 }
 
 func newClusterSync(kubeconfig string, log *slog.Logger) (*clusterSync, error) {
-	cfg, err := operator.RESTConfig(kubeconfig)
+	cfg, err := kubeclient.RESTConfig(kubeconfig)
 	if err != nil {
 		return nil, err
 	}
-	c, err := operator.NewClient(cfg)
+	c, err := kubeclient.NewClient(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -44,7 +44,7 @@ func (s *clusterSync) onImport(ctx context.Context, res *importer.Result) map[st
 			out[key] = "error: the imported package cannot be read back"
 			continue
 		}
-		what, err := operator.Upsert(ctx, s.c, pkgs[0], p.Namespace, p.Forced)
+		what, err := kubeclient.Upsert(ctx, s.c, pkgs[0], p.Namespace, p.Forced)
 		if err != nil {
 			s.log.Error("KubePkg object not written", "kubepkg", key, "error", err)
 			out[key] = "error: " + err.Error()

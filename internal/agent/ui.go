@@ -12,8 +12,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/octohelm/crpe/internal/httpx"
+	"github.com/octohelm/crpe/internal/kubeclient"
 	"github.com/octohelm/crpe/internal/mirrorconfig"
-	"github.com/octohelm/crpe/internal/operator"
 	"github.com/octohelm/crpe/internal/version"
 )
 
@@ -130,7 +130,7 @@ func (u *uiAPI) clusterPackages(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
 	list := &unstructured.UnstructuredList{}
-	gvk := operator.GVK
+	gvk := kubeclient.GVK
 	list.SetGroupVersionKind(schema.GroupVersionKind{Group: gvk.Group, Version: gvk.Version, Kind: gvk.Kind + "List"})
 	if err := u.cluster.c.List(ctx, list); err != nil {
 		httpx.WriteError(w, r, http.StatusBadGateway, "CLUSTER_UNAVAILABLE", err.Error(), nil)

@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/octohelm/crpe/internal/kubeclient"
 	"github.com/octohelm/crpe/internal/kubepkg"
 	"github.com/octohelm/crpe/internal/operator"
 )
@@ -40,11 +41,11 @@ server and changes nothing.`,
 			if err != nil {
 				return err
 			}
-			cfg, err := operator.RESTConfig(kubeconfig)
+			cfg, err := kubeclient.RESTConfig(kubeconfig)
 			if err != nil {
 				return err
 			}
-			c, err := operator.NewClient(cfg)
+			c, err := kubeclient.NewClient(cfg)
 			if err != nil {
 				return err
 			}

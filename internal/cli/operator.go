@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/octohelm/crpe/internal/kubeclient"
 	"github.com/octohelm/crpe/internal/operator"
 )
 
@@ -37,13 +38,13 @@ conditions Applied and Ready, events, and a re-apply at every resync (drift).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			cfg, err := operator.RESTConfig(kubeconfig)
+			cfg, err := kubeclient.RESTConfig(kubeconfig)
 			if err != nil {
 				return err
 			}
 			ctrl.SetLogger(logr.FromSlogHandler(g.log.Handler()))
 			if !skipCRD {
-				c, err := operator.NewClient(cfg)
+				c, err := kubeclient.NewClient(cfg)
 				if err != nil {
 					return err
 				}

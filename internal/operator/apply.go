@@ -34,16 +34,12 @@ import (
 
 // Names crpe puts on what it applies.
 const (
-	FieldManager             = "crpe"
-	LabelManagedBy           = "app.kubernetes.io/managed-by"
-	LabelKubePkg             = "octohelm.tech/kubepkg"
-	AnnotationForceDowngrade = "octohelm.tech/force-downgrade"
-	AnnotationKeepResources  = "octohelm.tech/keep-resources"
-	Finalizer                = "octohelm.tech/finalizer"
+	FieldManager            = "crpe"
+	LabelManagedBy          = "app.kubernetes.io/managed-by"
+	LabelKubePkg            = "octohelm.tech/kubepkg"
+	AnnotationKeepResources = "octohelm.tech/keep-resources"
+	Finalizer               = "octohelm.tech/finalizer"
 )
-
-// GVK of KubePkg objects.
-var GVK = schema.GroupVersionKind{Group: "octohelm.tech", Version: "v1alpha1", Kind: "KubePkg"}
 
 // InventoryEntry names one applied object.
 type InventoryEntry struct {

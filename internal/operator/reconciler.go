@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
+	"github.com/octohelm/crpe/internal/kubeclient"
 	"github.com/octohelm/crpe/internal/kubepkg"
 )
 
@@ -54,12 +55,6 @@ type Reconciler struct {
 	ReadyPoll time.Duration
 }
 
-func newKubePkg() *unstructured.Unstructured {
-	u := &unstructured.Unstructured{}
-	u.SetGroupVersionKind(GVK)
-	return u
-}
-
 // SetupWithManager registers the reconciler.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Resync <= 0 {
@@ -72,14 +67,14 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	// generation (spec) or changed annotations (force-downgrade,
 	// keep-resources) do, besides the resync
 	return ctrl.NewControllerManagedBy(mgr).
-		For(newKubePkg(), builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
+		For(kubeclient.NewKubePkg(), builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Named("kubepkg").Complete(r)
 }
 
 // Reconcile brings one KubePkg to its desired state.
 func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	logger := log.FromContext(ctx)
-	obj := newKubePkg()
+	obj := kubeclient.NewKubePkg()
 	if err := r.Client.Get(ctx, req.NamespacedName, obj); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -121,11 +116,11 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		r.event(obj, "Warning", ReasonInvalid, perr.Error())
 		return ctrl.Result{RequeueAfter: r.Resync}, r.writeStatus(ctx, obj, st)
 	}
-	if st.AppliedVersion != "" && obj.GetAnnotations()[AnnotationForceDowngrade] != "true" {
+	if st.AppliedVersion != "" && obj.GetAnnotations()[kubeclient.AnnotationForceDowngrade] != "true" {
 		nv, err1 := kubepkg.ParseVersion(pkg.Spec.Version)
 		ov, err2 := kubepkg.ParseVersion(st.AppliedVersion)
 		if err1 == nil && err2 == nil && nv.LessThan(ov) {
-			msg := fmt.Sprintf("version %s is lower than the applied %s; annotate %s: \"true\" to downgrade", pkg.Spec.Version, st.AppliedVersion, AnnotationForceDowngrade)
+			msg := fmt.Sprintf("version %s is lower than the applied %s; annotate %s: \"true\" to downgrade", pkg.Spec.Version, st.AppliedVersion, kubeclient.AnnotationForceDowngrade)
 			setCondition(&st, obj, "Applied", metav1.ConditionFalse, ReasonDowngradeRefused, msg)
 			r.event(obj, "Warning", ReasonDowngradeRefused, msg)
 			return ctrl.Result{RequeueAfter: r.Resync}, r.writeStatus(ctx, obj, st)

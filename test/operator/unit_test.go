@@ -6,7 +6,6 @@ package operator
 
 import (
 	"context"
-	"strings"
 	"testing"
 
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -16,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
+	"github.com/octohelm/crpe/internal/kubeclient"
 	"github.com/octohelm/crpe/internal/kubepkg"
 	"github.com/octohelm/crpe/internal/operator"
 )
@@ -23,7 +23,7 @@ import (
 func fakeClient(t *testing.T, objs ...client.Object) client.Client {
 	t.Helper()
 	m := meta.NewDefaultRESTMapper(nil)
-	m.Add(operator.GVK, meta.RESTScopeNamespace)
+	m.Add(kubeclient.GVK, meta.RESTScopeNamespace)
 	m.Add(schema.GroupVersionKind{Version: "v1", Kind: "ConfigMap"}, meta.RESTScopeNamespace)
 	m.Add(schema.GroupVersionKind{Version: "v1", Kind: "Namespace"}, meta.RESTScopeRoot)
 	m.Add(schema.GroupVersionKind{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "ClusterRole"}, meta.RESTScopeRoot)
@@ -44,86 +44,11 @@ func testPkg(version string, manifests ...kubepkg.Manifest) *kubepkg.KubePkg {
 func getKubePkg(t *testing.T, c client.Client, ns, name string) *unstructured.Unstructured {
 	t.Helper()
 	u := &unstructured.Unstructured{}
-	u.SetGroupVersionKind(operator.GVK)
+	u.SetGroupVersionKind(kubeclient.GVK)
 	if err := c.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, u); err != nil {
 		t.Fatal(err)
 	}
 	return u
-}
-
-// TestUpsertFake: created, updated, a lower version refused unless forced,
-// the force annotation set by a forced write and dropped by the next
-// ordinary one; annotations someone else put on the object survive.
-func TestUpsertFake(t *testing.T) {
-	ctx := context.Background()
-	c := fakeClient(t)
-	cm := kubepkg.Manifest{"apiVersion": "v1", "kind": "ConfigMap", "metadata": map[string]any{"name": "cfg"}}
-
-	what, err := operator.Upsert(ctx, c, testPkg("1.0.0", cm), "team", false)
-	if err != nil || what != "created" {
-		t.Fatalf("first Upsert: %q %v", what, err)
-	}
-	u := getKubePkg(t, c, "team", "demo")
-	if v, _, _ := unstructured.NestedString(u.Object, "spec", "version"); v != "1.0.0" {
-		t.Errorf("spec.version %q", v)
-	}
-	if u.GetAnnotations()[operator.AnnotationForceDowngrade] != "" {
-		t.Error("an ordinary create set the force annotation")
-	}
-	// a human keeps the resources on delete
-	ann := map[string]string{operator.AnnotationKeepResources: "true"}
-	u.SetAnnotations(ann)
-	if err := c.Update(ctx, u); err != nil {
-		t.Fatal(err)
-	}
-
-	if what, err := operator.Upsert(ctx, c, testPkg("1.1.0", cm), "team", false); err != nil || what != "updated" {
-		t.Fatalf("upgrade: %q %v", what, err)
-	}
-	if _, err := operator.Upsert(ctx, c, testPkg("1.0.5", cm), "team", false); err == nil ||
-		!strings.Contains(err.Error(), "1.1.0") || !strings.Contains(err.Error(), "1.0.5") {
-		t.Errorf("downgrade without force: %v, want an error naming both versions", err)
-	}
-	u = getKubePkg(t, c, "team", "demo")
-	if v, _, _ := unstructured.NestedString(u.Object, "spec", "version"); v != "1.1.0" {
-		t.Errorf("a refused downgrade wrote %q", v)
-	}
-	if what, err := operator.Upsert(ctx, c, testPkg("1.0.5", cm), "team", true); err != nil || what != "updated" {
-		t.Fatalf("forced downgrade: %q %v", what, err)
-	}
-	u = getKubePkg(t, c, "team", "demo")
-	if v, _, _ := unstructured.NestedString(u.Object, "spec", "version"); v != "1.0.5" {
-		t.Errorf("forced downgrade wrote %q", v)
-	}
-	if u.GetAnnotations()[operator.AnnotationForceDowngrade] != "true" {
-		t.Errorf("forced downgrade: annotations %v", u.GetAnnotations())
-	}
-	if _, err := operator.Upsert(ctx, c, testPkg("1.2.0", cm), "team", false); err != nil {
-		t.Fatal(err)
-	}
-	u = getKubePkg(t, c, "team", "demo")
-	if _, ok := u.GetAnnotations()[operator.AnnotationForceDowngrade]; ok {
-		t.Errorf("the ordinary upgrade after a forced one kept the annotation: %v", u.GetAnnotations())
-	}
-	if u.GetAnnotations()[operator.AnnotationKeepResources] != "true" {
-		t.Errorf("Upsert dropped an annotation it does not own: %v", u.GetAnnotations())
-	}
-
-	// a forced import of a package the cluster does not have yet
-	p := testPkg("0.1.0", cm)
-	p.Metadata.Name = "fresh"
-	if what, err := operator.Upsert(ctx, c, p, "team", true); err != nil || what != "created" {
-		t.Fatalf("forced create: %q %v", what, err)
-	}
-	if getKubePkg(t, c, "team", "fresh").GetAnnotations()[operator.AnnotationForceDowngrade] != "true" {
-		t.Error("forced create without the annotation")
-	}
-
-	// a version that is not semver on either side is no reason to refuse
-	// (the operator reports it as Invalid)
-	if _, err := operator.Upsert(ctx, c, testPkg("latest", cm), "team", false); err != nil {
-		t.Errorf("Upsert of a non-semver version: %v", err)
-	}
 }
 
 // TestObjectsFake: manifests become objects labelled as crpe's, namespaced

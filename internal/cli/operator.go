@@ -31,7 +31,9 @@ app.kubernetes.io/managed-by=crpe and octohelm.tech/kubepkg=<ns>.<name>, an
 inventory in status, pruning of what a new version dropped, a semver gate
 (octohelm.tech/force-downgrade: "true" lets a lower version through), a
 finalizer that deletes what was applied (unless octohelm.tech/keep-resources),
-conditions Applied and Ready, events, and a re-apply at every resync (drift).`,
+conditions Applied, Ready and Stalled (an invalid package or a refused
+downgrade waits for the object to change), events, and a check at every resync
+that puts drifted objects back (nothing is written when nothing drifted).`,
 		Example: `  crpe operator --kubeconfig ~/.kube/config
   crpe operator --namespace team-a --resync 5m     # watch one namespace
   crpe operator --skip-crd-install                 # the CRD is managed elsewhere`,
@@ -71,7 +73,7 @@ conditions Applied and Ready, events, and a re-apply at every resync (drift).`,
 				_ = mgr.AddHealthzCheck("healthz", healthz.Ping)
 				_ = mgr.AddReadyzCheck("readyz", healthz.Ping)
 			}
-			r := &operator.Reconciler{Client: mgr.GetClient(), Applier: operator.NewApplier(mgr.GetClient()),
+			r := &operator.Reconciler{Client: mgr.GetClient(), Reader: mgr.GetCache(), Applier: operator.NewApplier(mgr.GetClient()),
 				Recorder: mgr.GetEventRecorderFor("crpe"), Resync: resync}
 			if err := r.SetupWithManager(mgr); err != nil {
 				return err

@@ -1,11 +1,21 @@
 // Package operator owns the cluster side of crpe: the KubePkg CRD, the
-// apply engine (server-side apply with field manager crpe, forcing
-// conflicts, staged: CRDs and Namespaces first, then everything else; an
-// inventory of what was applied; pruning with background propagation) shared
-// by `crpe apply` and the controller, the controller-runtime reconciler
-// behind `crpe operator` (finalizer, semver gate, status with conditions
-// Applied and Ready, events, drift correction at each resync), and the
-// agent's creation of KubePkg objects after an import.
+// apply engine shared by `crpe apply` and the controller, and the
+// controller-runtime reconciler behind `crpe operator` (finalizer, semver
+// gate, status with conditions Applied, Ready and Stalled, events, drift
+// correction at each resync).
+//
+// The engine is server-side apply with field manager crpe, forcing
+// conflicts, staged as fluxcd/pkg/ssa stages (cluster definitions — CRDs,
+// Namespaces, ClusterRoles — then class definitions, each waited for with
+// ssa's kstatus poller, then everything else), an inventory of what was
+// applied, and pruning through ssa's DeleteAll with background
+// propagation. It costs what `kubectl apply --server-side` costs: the
+// package's objects already in the cluster are read with one LIST per kind
+// and namespace (by crpe's octohelm.tech/kubepkg label), an object is
+// compared with its live copy locally (drift.go), and only an object that
+// is new or changed is applied (one request); a dry run is made only where
+// the local comparison cannot decide. Reaching the cluster is
+// internal/kubeclient's.
 package operator
 
 import (
@@ -13,20 +23,22 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
+	"github.com/fluxcd/cli-utils/pkg/kstatus/polling"
+	"github.com/fluxcd/cli-utils/pkg/kstatus/polling/clusterreader"
+	"github.com/fluxcd/cli-utils/pkg/kstatus/polling/engine"
+	"github.com/fluxcd/cli-utils/pkg/object"
 	"github.com/fluxcd/pkg/ssa"
+	ssaerrors "github.com/fluxcd/pkg/ssa/errors"
 	"github.com/fluxcd/pkg/ssa/utils"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/octohelm/crpe/internal/kubepkg"
@@ -39,6 +51,24 @@ const (
 	LabelKubePkg            = "octohelm.tech/kubepkg"
 	AnnotationKeepResources = "octohelm.tech/keep-resources"
 	Finalizer               = "octohelm.tech/finalizer"
+)
+
+// Actions of a Change.
+const (
+	ActionCreated    = string(ssa.CreatedAction)
+	ActionConfigured = string(ssa.ConfiguredAction)
+	ActionUnchanged  = string(ssa.UnchangedAction)
+	ActionPruned     = "pruned"
+)
+
+// How long definitions (CRDs, Namespaces) are waited for, and how often
+// they are polled meanwhile.
+const (
+	defsTimeout  = 60 * time.Second
+	defsInterval = 200 * time.Millisecond
+	// kinds a package's CRDs define may take a moment longer than
+	// Established to be served by discovery
+	kindsTimeout = 10 * time.Second
 )
 
 // InventoryEntry names one applied object.
@@ -60,6 +90,22 @@ func (e InventoryEntry) String() string {
 		return e.Kind + "/" + e.Namespace + "/" + e.Name
 	}
 	return e.Kind + "/" + e.Name
+}
+
+func (e InventoryEntry) objMeta() object.ObjMetadata {
+	return object.ObjMetadata{GroupKind: schema.GroupKind{Group: e.Group, Kind: e.Kind}, Namespace: e.Namespace, Name: e.Name}
+}
+
+func (e InventoryEntry) gvk() schema.GroupVersionKind {
+	return schema.GroupVersionKind{Group: e.Group, Version: e.Version, Kind: e.Kind}
+}
+
+func (e InventoryEntry) stub() *unstructured.Unstructured {
+	u := &unstructured.Unstructured{}
+	u.SetGroupVersionKind(e.gvk())
+	u.SetNamespace(e.Namespace)
+	u.SetName(e.Name)
+	return u
 }
 
 func entryOf(u *unstructured.Unstructured) InventoryEntry {
@@ -84,6 +130,16 @@ type Result struct {
 	Changes   []Change         `json:"changes"`
 	Failed    []ObjectError    `json:"failed,omitempty"`
 	Inventory []InventoryEntry `json:"inventory"`
+
+	// the state of each object of the inventory as last seen: the apply's
+	// response, or the live copy when nothing was applied
+	objects map[object.ObjMetadata]*unstructured.Unstructured
+	failed  map[object.ObjMetadata]bool
+}
+
+func newResult() *Result {
+	return &Result{Changes: []Change{}, Inventory: []InventoryEntry{},
+		objects: map[object.ObjMetadata]*unstructured.Unstructured{}, failed: map[object.ObjMetadata]bool{}}
 }
 
 // Count tells how many changes have action.
@@ -97,6 +153,31 @@ func (r *Result) Count(action string) int {
 	return n
 }
 
+// Object returns the last seen state of an inventory entry's object (nil
+// when unknown).
+func (r *Result) Object(e InventoryEntry) *unstructured.Unstructured {
+	return r.objects[e.objMeta()]
+}
+
+func (r *Result) fail(u *unstructured.Unstructured, msg string) {
+	r.Failed = append(r.Failed, ObjectError{Object: utils.FmtUnstructured(u), Error: msg})
+	r.failed[object.UnstructuredToObjMetadata(u)] = true
+}
+
+func (r *Result) done(u *unstructured.Unstructured, action string, state *unstructured.Unstructured) {
+	r.Changes = append(r.Changes, Change{Object: utils.FmtUnstructured(u), Action: action})
+	r.Inventory = append(r.Inventory, entryOf(u))
+	if state != nil {
+		r.objects[object.UnstructuredToObjMetadata(u)] = state
+	}
+}
+
+func (r *Result) sort() {
+	sort.Slice(r.Changes, func(i, j int) bool { return r.Changes[i].Object < r.Changes[j].Object })
+	sort.Slice(r.Failed, func(i, j int) bool { return r.Failed[i].Object < r.Failed[j].Object })
+	sort.Slice(r.Inventory, func(i, j int) bool { return r.Inventory[i].ID() < r.Inventory[j].ID() })
+}
+
 // Options tune an apply.
 type Options struct {
 	// DryRun asks the API server what would change, changing nothing.
@@ -106,7 +187,7 @@ type Options struct {
 	Previous []InventoryEntry
 	// Force recreates objects whose immutable fields changed.
 	Force bool
-	// Concurrency bounds parallel applies (default 8).
+	// Concurrency bounds parallel requests (default 8).
 	Concurrency int
 	// Owner is the value of the octohelm.tech/kubepkg label of what the
 	// package owns (<namespace>.<name>); prune and delete touch nothing else.
@@ -121,14 +202,19 @@ type Applier struct {
 
 // NewApplier returns an applier using c.
 func NewApplier(c client.Client) *Applier {
-	rm := ssa.NewResourceManager(c, nil, ssa.Owner{Field: FieldManager, Group: "octohelm.tech"})
+	// definitions are waited for by reading them, not by listing their kind
+	// across the cluster at every poll
+	poller := polling.NewStatusPoller(c, c.RESTMapper(), polling.Options{
+		ClusterReaderFactory: engine.ClusterReaderFactoryFunc(clusterreader.NewDirectClusterReader)})
+	rm := ssa.NewResourceManager(c, poller, ssa.Owner{Field: FieldManager, Group: "octohelm.tech"})
 	return &Applier{c: c, rm: rm}
 }
 
 // Objects turns a package's manifests into objects: labelled as crpe's,
 // namespaced kinds without a namespace placed in the package's namespace,
-// cluster-scoped kinds without one. Objects whose kind the API server does
-// not know (yet) are returned apart.
+// cluster-scoped kinds without one (the scope of a kind the cluster does
+// not know yet comes from the package's own CRD of it). Objects whose kind
+// neither the API server nor the package defines are returned apart.
 func (a *Applier) Objects(pkg *kubepkg.KubePkg, ns string) (objs []*unstructured.Unstructured, unknown []*unstructured.Unstructured, err error) {
 	keys := make([]string, 0, len(pkg.Spec.Manifests))
 	for k := range pkg.Spec.Manifests {
@@ -136,6 +222,8 @@ func (a *Applier) Objects(pkg *kubepkg.KubePkg, ns string) (objs []*unstructured
 	}
 	sort.Strings(keys)
 	owner := ns + "." + pkg.Metadata.Name
+	all := make([]*unstructured.Unstructured, 0, len(keys))
+	var crds []*unstructured.Unstructured
 	for _, k := range keys {
 		b, err := json.Marshal(pkg.Spec.Manifests[k])
 		if err != nil {
@@ -152,19 +240,27 @@ func (a *Applier) Objects(pkg *kubepkg.KubePkg, ns string) (objs []*unstructured
 		labels[LabelManagedBy] = "crpe"
 		labels[LabelKubePkg] = owner
 		u.SetLabels(labels)
-		mapping, err := a.c.RESTMapper().RESTMapping(u.GroupVersionKind().GroupKind(), u.GroupVersionKind().Version)
-		if err != nil {
-			if meta.IsNoMatchError(err) {
-				// most custom kinds are namespaced: named so until known
-				if u.GetNamespace() == "" {
-					u.SetNamespace(ns)
-				}
-				unknown = append(unknown, u)
-				continue
-			}
-			return nil, nil, err
+		if utils.IsCRD(u) {
+			utils.RemoveCABundleFromCRD(u)
+			crds = append(crds, u)
 		}
-		if mapping.Scope.Name() == meta.RESTScopeNameNamespace {
+		all = append(all, u)
+	}
+	for _, u := range all {
+		scope, err := object.LookupResourceScope(u, crds, a.c.RESTMapper())
+		if err != nil {
+			var unknownType *object.UnknownTypeError
+			if !errors.As(err, &unknownType) && !meta.IsNoMatchError(err) {
+				return nil, nil, err
+			}
+			// most custom kinds are namespaced: named so until known
+			if u.GetNamespace() == "" {
+				u.SetNamespace(ns)
+			}
+			unknown = append(unknown, u)
+			continue
+		}
+		if scope.Name() == meta.RESTScopeNameNamespace {
 			if u.GetNamespace() == "" {
 				u.SetNamespace(ns)
 			}
@@ -178,127 +274,331 @@ func (a *Applier) Objects(pkg *kubepkg.KubePkg, ns string) (objs []*unstructured
 
 // Apply applies pkg (whose objects default to namespace ns).
 func (a *Applier) Apply(ctx context.Context, pkg *kubepkg.KubePkg, ns string, o Options) (*Result, error) {
-	if o.Concurrency <= 0 {
-		o.Concurrency = 8
-	}
 	o.Owner = ns + "." + pkg.Metadata.Name
-	res := &Result{Changes: []Change{}, Inventory: []InventoryEntry{}}
 	objs, unknown, err := a.Objects(pkg, ns)
 	if err != nil {
 		return nil, err
 	}
-	// stage 1: CRDs and Namespaces, waited for
-	var defs, rest []*unstructured.Unstructured
-	for _, u := range objs {
-		if utils.IsCRD(u) || utils.IsNamespace(u) {
-			defs = append(defs, u)
-		} else {
-			rest = append(rest, u)
-		}
-	}
-	applied := a.applyAll(ctx, defs, o, res)
-	if len(applied) > 0 && !o.DryRun {
-		if err := a.waitEstablished(ctx, applied); err != nil {
-			return nil, err
-		}
-		// kinds the new CRDs define become known; discovery may lag a
-		// moment behind Established, so wait (bounded) for those
-		deadline := time.Now().Add(10 * time.Second)
-		for len(unknown) > 0 {
-			if r, ok := a.c.RESTMapper().(interface{ Reset() }); ok {
-				r.Reset()
-			}
-			again := &kubepkg.KubePkg{Metadata: pkg.Metadata, Spec: kubepkg.Spec{Manifests: map[string]kubepkg.Manifest{}}}
-			for i, u := range unknown {
-				again.Spec.Manifests[fmt.Sprint(i)] = kubepkg.Manifest(u.Object)
-			}
-			more, still, err := a.Objects(again, ns)
-			if err != nil {
-				return nil, err
-			}
-			rest = append(rest, more...)
-			unknown = still
-			if !slices.ContainsFunc(still, func(u *unstructured.Unstructured) bool { return definedBy(u, defs) }) || time.Now().After(deadline) {
-				break
-			}
-			select {
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			case <-time.After(250 * time.Millisecond):
-			}
-		}
+	live := a.observe(ctx, objs, o)
+	res, err := a.applyObjects(ctx, objs, live, o)
+	if err != nil {
+		return nil, err
 	}
 	for _, u := range unknown {
-		if o.DryRun && definedBy(u, defs) {
-			res.Changes = append(res.Changes, Change{Object: utils.FmtUnstructured(u), Action: "created"})
-			continue
-		}
-		res.Failed = append(res.Failed, ObjectError{Object: utils.FmtUnstructured(u),
-			Error: fmt.Sprintf("the API server does not know kind %s", u.GroupVersionKind())})
+		res.fail(u, fmt.Sprintf("the API server does not know kind %s", u.GroupVersionKind()))
 	}
-	// stage 2: everything else
-	a.applyAll(ctx, rest, o, res)
 	if o.Prune {
-		if err := a.prune(ctx, res, o); err != nil {
+		if err := a.prune(ctx, res, live, o); err != nil {
 			return res, err
 		}
 	}
-	sort.Slice(res.Changes, func(i, j int) bool { return res.Changes[i].Object < res.Changes[j].Object })
-	sort.Slice(res.Failed, func(i, j int) bool { return res.Failed[i].Object < res.Failed[j].Object })
-	sort.Slice(res.Inventory, func(i, j int) bool { return res.Inventory[i].ID() < res.Inventory[j].ID() })
+	res.sort()
 	return res, nil
 }
 
-func definedBy(u *unstructured.Unstructured, defs []*unstructured.Unstructured) bool {
-	gk := u.GroupVersionKind().GroupKind()
-	for _, d := range defs {
-		if !utils.IsCRD(d) {
+// applyObjects applies objs in ssa's stages (live holds what the cluster
+// has of them); each refused object is recorded and the rest go on. An
+// error is returned only when a stage's definitions do not become ready.
+func (a *Applier) applyObjects(ctx context.Context, objs []*unstructured.Unstructured, live liveSet, o Options) (*Result, error) {
+	if o.Concurrency <= 0 {
+		o.Concurrency = 8
+	}
+	res := newResult()
+	var defs, classes, rest []*unstructured.Unstructured
+	for _, u := range objs {
+		switch {
+		case utils.IsClusterDefinition(u):
+			defs = append(defs, u)
+		case utils.IsClassDefinition(u):
+			classes = append(classes, u)
+		default:
+			rest = append(rest, u)
+		}
+	}
+	for _, stage := range [][]*unstructured.Unstructured{defs, classes} {
+		changed := a.applySet(ctx, stage, live, o, res)
+		if len(changed) == 0 || o.DryRun {
 			continue
 		}
-		g, _, _ := unstructured.NestedString(d.Object, "spec", "group")
-		k, _, _ := unstructured.NestedString(d.Object, "spec", "names", "kind")
-		if g == gk.Group && k == gk.Kind {
+		set := object.UnstructuredSetToObjMetadataSet(changed)
+		if err := a.rm.WaitForSetWithContext(ctx, set, ssa.WaitOptions{Interval: defsInterval, Timeout: defsTimeout}); err != nil {
+			return nil, err
+		}
+		// their ready state, for the package's readiness
+		for _, u := range changed {
+			cur := &unstructured.Unstructured{}
+			cur.SetGroupVersionKind(u.GroupVersionKind())
+			if err := a.c.Get(ctx, client.ObjectKeyFromObject(u), cur); err == nil {
+				res.objects[object.UnstructuredToObjMetadata(u)] = cur
+			}
+		}
+	}
+	rest = a.awaitKinds(ctx, rest, o, res)
+	a.applySet(ctx, rest, live, o, res)
+	return res, nil
+}
+
+// awaitKinds returns objs without those whose kind the API server does not
+// serve yet: kinds defined by CRDs of the same apply, waited for (bounded)
+// after their CRD was established; in a dry run, reported as created.
+func (a *Applier) awaitKinds(ctx context.Context, objs []*unstructured.Unstructured, o Options, res *Result) []*unstructured.Unstructured {
+	pending := func(objs []*unstructured.Unstructured) (known, waiting []*unstructured.Unstructured) {
+		for _, u := range objs {
+			gvk := u.GroupVersionKind()
+			if _, err := a.c.RESTMapper().RESTMapping(gvk.GroupKind(), gvk.Version); err != nil {
+				waiting = append(waiting, u)
+			} else {
+				known = append(known, u)
+			}
+		}
+		return known, waiting
+	}
+	known, waiting := pending(objs)
+	if len(waiting) == 0 {
+		return known
+	}
+	if o.DryRun {
+		for _, u := range waiting {
+			res.done(u, ActionCreated, nil)
+		}
+		return known
+	}
+	deadline := time.Now().Add(kindsTimeout)
+	for len(waiting) > 0 && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			deadline = time.Now()
+			continue
+		case <-time.After(250 * time.Millisecond):
+		}
+		var more []*unstructured.Unstructured
+		more, waiting = pending(waiting)
+		known = append(known, more...)
+	}
+	for _, u := range waiting {
+		res.fail(u, fmt.Sprintf("the API server does not know kind %s", u.GroupVersionKind()))
+	}
+	return known
+}
+
+// listKey names one LIST: a kind in a namespace ("" for cluster-scoped).
+type listKey struct {
+	gvk schema.GroupVersionKind
+	ns  string
+}
+
+// liveSet holds the package's objects found in the cluster.
+type liveSet struct {
+	objs   map[object.ObjMetadata]*unstructured.Unstructured
+	listed map[listKey]bool
+}
+
+// lookup returns u's live copy; known is false when no LIST covered it.
+func (l liveSet) lookup(u *unstructured.Unstructured) (cur *unstructured.Unstructured, known bool) {
+	if !l.listed[listKey{u.GroupVersionKind(), u.GetNamespace()}] {
+		return nil, false
+	}
+	return l.objs[object.UnstructuredToObjMetadata(u)], true
+}
+
+// observe lists, by the owner's label, the kinds and namespaces of objs and
+// of the previous inventory (when pruning): one request per kind and namespace, instead of
+// one per object. A LIST that fails (not allowed, say) leaves its objects
+// unknown: they are read one by one.
+func (a *Applier) observe(ctx context.Context, objs []*unstructured.Unstructured, o Options) liveSet {
+	live := liveSet{objs: map[object.ObjMetadata]*unstructured.Unstructured{}, listed: map[listKey]bool{}}
+	if o.Owner == "" {
+		return live
+	}
+	keys := map[listKey]bool{}
+	for _, u := range objs {
+		keys[listKey{u.GroupVersionKind(), u.GetNamespace()}] = true
+	}
+	if o.Prune {
+		for _, e := range o.Previous {
+			keys[listKey{e.gvk(), e.Namespace}] = true
+		}
+	}
+	for k := range keys {
+		list := &unstructured.UnstructuredList{}
+		list.SetGroupVersionKind(k.gvk.GroupVersion().WithKind(k.gvk.Kind + "List"))
+		opts := []client.ListOption{client.MatchingLabels{LabelKubePkg: o.Owner}}
+		if k.ns != "" {
+			opts = append(opts, client.InNamespace(k.ns))
+		}
+		if err := a.c.List(ctx, list, opts...); err != nil {
+			continue
+		}
+		live.listed[k] = true
+		for i := range list.Items {
+			u := &list.Items[i]
+			u.SetGroupVersionKind(k.gvk)
+			if k.ns == "" && u.GetNamespace() != "" {
+				continue // a namespaced kind listed as cluster-scoped
+			}
+			live.objs[object.UnstructuredToObjMetadata(u)] = u
+		}
+	}
+	return live
+}
+
+// outcome is what applying one object did.
+type outcome struct {
+	action string
+	state  *unstructured.Unstructured
+	err    error
+}
+
+// applySet applies objs concurrently (bounded) and records the outcomes in
+// res; it returns the objects created or configured.
+func (a *Applier) applySet(ctx context.Context, objs []*unstructured.Unstructured, live liveSet, o Options, res *Result) []*unstructured.Unstructured {
+	if len(objs) == 0 {
+		return nil
+	}
+	sort.Sort(ssa.SortableUnstructureds(objs))
+	outs := make([]outcome, len(objs))
+	sem := make(chan struct{}, o.Concurrency)
+	var wg sync.WaitGroup
+	for i, u := range objs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			outs[i] = a.applyOne(ctx, u, live, o)
+		}()
+	}
+	wg.Wait()
+	var changed []*unstructured.Unstructured
+	for i, u := range objs {
+		out := outs[i]
+		if out.err != nil {
+			res.fail(u, apiMessage(out.err))
+			continue
+		}
+		res.done(u, out.action, out.state)
+		if out.action == ActionCreated || out.action == ActionConfigured {
+			changed = append(changed, u)
+		}
+	}
+	return changed
+}
+
+// applyOne brings one object to its desired state with as few requests as
+// it can: none when its live copy shows it in sync, one apply when it is
+// new or changed, a dry run first only when the live copy cannot tell.
+func (a *Applier) applyOne(ctx context.Context, u *unstructured.Unstructured, live liveSet, o Options) outcome {
+	cur, known := live.lookup(u)
+	if !known {
+		cur = &unstructured.Unstructured{}
+		cur.SetGroupVersionKind(u.GroupVersionKind())
+		if err := a.c.Get(ctx, client.ObjectKeyFromObject(u), cur); err != nil {
+			if !apierrors.IsNotFound(err) {
+				return outcome{err: err}
+			}
+			cur = nil
+		}
+	}
+	if cur == nil {
+		return a.create(ctx, u, o)
+	}
+	switch compare(u, cur) {
+	case inSync:
+		return outcome{action: ActionUnchanged, state: cur}
+	case drifted:
+		if !o.DryRun {
+			return a.update(ctx, u, cur, o)
+		}
+	}
+	dry := u.DeepCopy()
+	if err := a.patch(ctx, dry, true); err != nil {
+		return a.refused(ctx, u, cur, err, o)
+	}
+	if !hasDrifted(cur, dry) {
+		return outcome{action: ActionUnchanged, state: cur}
+	}
+	if o.DryRun {
+		return outcome{action: ActionConfigured, state: dry}
+	}
+	return a.update(ctx, u, cur, o)
+}
+
+// create applies an object the package's LIST did not find: absent, or
+// there without crpe's label.
+func (a *Applier) create(ctx context.Context, u *unstructured.Unstructured, o Options) outcome {
+	out := u.DeepCopy()
+	if err := a.patch(ctx, out, o.DryRun); err != nil {
+		return a.refused(ctx, u, nil, err, o)
+	}
+	action := ActionCreated
+	if o.DryRun && out.GetResourceVersion() != "" || !o.DryRun && adopted(out) {
+		action = ActionConfigured
+	}
+	return outcome{action: action, state: out}
+}
+
+// adopted tells, from an apply's response, whether the object existed
+// before: another field manager has fields in it, or crpe's apply is later
+// than the object's creation.
+func adopted(u *unstructured.Unstructured) bool {
+	created := u.GetCreationTimestamp()
+	for _, e := range u.GetManagedFields() {
+		if e.Manager != FieldManager || e.Operation != metav1.ManagedFieldsOperationApply {
+			return true
+		}
+		if e.Time != nil && !created.IsZero() && e.Time.Sub(created.Time) > 2*time.Second {
 			return true
 		}
 	}
 	return false
 }
 
-// applyAll applies objs concurrently; each failure is recorded, the rest go
-// on. It returns the objects applied.
-func (a *Applier) applyAll(ctx context.Context, objs []*unstructured.Unstructured, o Options, res *Result) []*unstructured.Unstructured {
-	var mu sync.Mutex
-	var done []*unstructured.Unstructured
-	sem := make(chan struct{}, o.Concurrency)
-	var wg sync.WaitGroup
-	for _, u := range objs {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			var entry *ssa.ChangeSetEntry
-			var err error
-			if o.DryRun {
-				entry, _, _, err = a.rm.Diff(ctx, u, ssa.DiffOptions{})
-			} else {
-				opts := ssa.DefaultApplyOptions()
-				opts.Force = o.Force
-				entry, err = a.rm.Apply(ctx, u, opts)
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				res.Failed = append(res.Failed, ObjectError{Object: utils.FmtUnstructured(u), Error: apiMessage(err)})
-				return
-			}
-			res.Changes = append(res.Changes, Change{Object: entry.Subject, Action: string(entry.Action)})
-			res.Inventory = append(res.Inventory, entryOf(u))
-			done = append(done, u)
-		}()
+// update applies an object whose live copy is cur.
+func (a *Applier) update(ctx context.Context, u, cur *unstructured.Unstructured, o Options) outcome {
+	out := u.DeepCopy()
+	if err := a.patch(ctx, out, false); err != nil {
+		return a.refused(ctx, u, cur, err, o)
 	}
-	wg.Wait()
-	return done
+	if out.GetResourceVersion() == cur.GetResourceVersion() {
+		return outcome{action: ActionUnchanged, state: out}
+	}
+	return outcome{action: ActionConfigured, state: out}
+}
+
+// refused handles an apply the API server refused: with Force, an object
+// whose immutable fields changed is recreated by ssa (deleted, waited for,
+// applied); anything else is the object's failure.
+func (a *Applier) refused(ctx context.Context, u, cur *unstructured.Unstructured, err error, o Options) outcome {
+	if !o.Force || o.DryRun || cur == nil || !ssaerrors.IsImmutableError(err) {
+		return outcome{err: err}
+	}
+	opts := ssa.DefaultApplyOptions()
+	opts.Force = true
+	opts.WaitInterval = defsInterval
+	cs, err := a.rm.ApplyAll(ctx, []*unstructured.Unstructured{u.DeepCopy()}, opts)
+	if err != nil {
+		return outcome{err: err}
+	}
+	action := ActionCreated
+	if len(cs.Entries) == 1 {
+		action = string(cs.Entries[0].Action)
+	}
+	state := &unstructured.Unstructured{}
+	state.SetGroupVersionKind(u.GroupVersionKind())
+	if err := a.c.Get(ctx, client.ObjectKeyFromObject(u), state); err != nil {
+		state = nil
+	}
+	return outcome{action: action, state: state}
+}
+
+// patch server-side applies u as crpe, forcing conflicts; u becomes the
+// response.
+func (a *Applier) patch(ctx context.Context, u *unstructured.Unstructured, dryRun bool) error {
+	opts := []client.PatchOption{client.ForceOwnership, client.FieldOwner(FieldManager)}
+	if dryRun {
+		opts = append(opts, client.DryRunAll)
+	}
+	return a.c.Patch(ctx, u, client.Apply, opts...)
 }
 
 func apiMessage(err error) string {
@@ -309,101 +609,78 @@ func apiMessage(err error) string {
 	return err.Error()
 }
 
-func (a *Applier) waitEstablished(ctx context.Context, objs []*unstructured.Unstructured) error {
-	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	for _, u := range objs {
-		if !utils.IsCRD(u) {
-			continue
-		}
-		err := wait.PollUntilContextCancel(wctx, 200*time.Millisecond, true, func(ctx context.Context) (bool, error) {
-			cur := &unstructured.Unstructured{}
-			cur.SetGroupVersionKind(u.GroupVersionKind())
-			if err := a.c.Get(ctx, client.ObjectKeyFromObject(u), cur); err != nil {
-				return false, nil
-			}
-			conds, _, _ := unstructured.NestedSlice(cur.Object, "status", "conditions")
-			for _, c := range conds {
-				m, _ := c.(map[string]any)
-				if m["type"] == "Established" && m["status"] == "True" {
-					return true, nil
-				}
-			}
-			return false, nil
-		})
-		if err != nil {
-			return fmt.Errorf("CRD %s was not established in time", u.GetName())
-		}
-	}
-	return nil
-}
-
-// prune deletes what the previous inventory holds and the new one does not
-// (only objects still labelled as this package's), in the background.
-func (a *Applier) prune(ctx context.Context, res *Result, o Options) error {
-	keep := map[string]bool{}
+// prune deletes what the previous inventory holds and this apply does not
+// (a refused object's previous entry is kept), through ssa's DeleteAll:
+// only objects still labelled as this package's, namespaced ones before
+// Namespaces and CRDs, with background propagation. Entries whose objects
+// the apply's LIST showed gone are skipped.
+func (a *Applier) prune(ctx context.Context, res *Result, live liveSet, o Options) error {
+	current := map[object.ObjMetadata]bool{}
 	for _, e := range res.Inventory {
-		keep[e.ID()] = true
-	}
-	for _, f := range res.Failed {
-		// a refused object of the new version is still wanted: keep its
-		// previous entry rather than delete it
-		for _, e := range o.Previous {
-			if e.String() == f.Object || strings.HasSuffix(f.Object, e.Kind+"/"+e.Namespace+"/"+e.Name) || strings.HasSuffix(f.Object, e.Kind+"/"+e.Name) {
-				keep[e.ID()] = true
-				res.Inventory = append(res.Inventory, e)
-			}
-		}
+		current[e.objMeta()] = true
 	}
 	var gone []*unstructured.Unstructured
 	for _, e := range o.Previous {
-		if keep[e.ID()] {
+		id := e.objMeta()
+		if current[id] {
 			continue
 		}
-		u := &unstructured.Unstructured{}
-		u.SetGroupVersionKind(schema.GroupVersionKind{Group: e.Group, Version: e.Version, Kind: e.Kind})
-		u.SetNamespace(e.Namespace)
-		u.SetName(e.Name)
-		gone = append(gone, u)
+		if res.failed[id] {
+			// a refused object of the new version is still wanted
+			current[id] = true
+			res.Inventory = append(res.Inventory, e)
+			if cur, known := live.lookup(e.stub()); known && cur != nil {
+				res.objects[id] = cur
+			}
+			continue
+		}
+		stub := e.stub()
+		if cur, known := live.lookup(stub); known && cur == nil {
+			continue
+		}
+		gone = append(gone, stub)
 	}
 	if len(gone) == 0 {
 		return nil
 	}
 	if o.DryRun {
 		for _, u := range gone {
-			res.Changes = append(res.Changes, Change{Object: utils.FmtUnstructured(u), Action: "pruned"})
+			res.Changes = append(res.Changes, Change{Object: utils.FmtUnstructured(u), Action: ActionPruned})
 		}
 		return nil
 	}
-	// delete namespaced objects before namespaces and CRDs
-	sort.SliceStable(gone, func(i, j int) bool { return !isDef(gone[i]) && isDef(gone[j]) })
-	for _, u := range gone {
-		cur := &unstructured.Unstructured{}
-		cur.SetGroupVersionKind(u.GroupVersionKind())
-		if err := a.c.Get(ctx, client.ObjectKeyFromObject(u), cur); err != nil {
-			if apierrors.IsNotFound(err) || meta.IsNoMatchError(err) {
-				continue
+	return a.deleteAll(ctx, gone, o.Owner, res)
+}
+
+func (a *Applier) deleteAll(ctx context.Context, objs []*unstructured.Unstructured, owner string, res *Result) error {
+	cs, err := a.rm.DeleteAll(ctx, objs, ssa.DeleteOptions{
+		PropagationPolicy: metav1.DeletePropagationBackground,
+		Inclusions:        map[string]string{LabelKubePkg: owner},
+	})
+	if cs != nil {
+		for _, e := range cs.Entries {
+			if e.Action == ssa.DeletedAction {
+				res.Changes = append(res.Changes, Change{Object: e.Subject, Action: ActionPruned})
 			}
-			return fmt.Errorf("prune %s: %w", utils.FmtUnstructured(u), err)
 		}
-		if o.Owner != "" && cur.GetLabels()[LabelKubePkg] != o.Owner {
-			continue // not (or no longer) this package's
-		}
-		err := a.c.Delete(ctx, cur, client.PropagationPolicy(metav1.DeletePropagationBackground))
-		if err != nil && !apierrors.IsNotFound(err) {
-			return fmt.Errorf("prune %s: %w", utils.FmtUnstructured(u), err)
-		}
-		res.Changes = append(res.Changes, Change{Object: utils.FmtUnstructured(u), Action: "pruned"})
+	}
+	if err != nil {
+		return fmt.Errorf("prune: %w", err)
 	}
 	return nil
 }
 
-func isDef(u *unstructured.Unstructured) bool { return utils.IsCRD(u) || utils.IsNamespace(u) }
-
 // Delete removes everything an inventory names that still carries owner's
 // label (background propagation).
 func (a *Applier) Delete(ctx context.Context, owner string, inv []InventoryEntry) error {
-	return a.prune(ctx, &Result{}, Options{Prune: true, Previous: inv, Owner: owner})
+	objs := make([]*unstructured.Unstructured, 0, len(inv))
+	for _, e := range inv {
+		objs = append(objs, e.stub())
+	}
+	if len(objs) == 0 {
+		return nil
+	}
+	return a.deleteAll(ctx, objs, owner, newResult())
 }
 
 // prunableKinds are the kinds Owned searches for objects of a package.

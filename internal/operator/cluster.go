@@ -4,7 +4,6 @@ import (
 	"context"
 	_ "embed"
 	"fmt"
-	"time"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -29,13 +28,12 @@ func CRDYAML() []byte { return crdYAML }
 // InstallCRD applies the KubePkg CRD and waits until it is established.
 func InstallCRD(ctx context.Context, c client.Client) error {
 	a := NewApplier(c)
-	crd := CRD()
-	res := &Result{}
-	applied := a.applyAll(ctx, []*unstructured.Unstructured{crd}, Options{Concurrency: 1}, res)
+	res, err := a.applyObjects(ctx, []*unstructured.Unstructured{CRD()}, liveSet{}, Options{Concurrency: 1})
+	if err != nil {
+		return fmt.Errorf("installing the KubePkg CRD: %w", err)
+	}
 	if len(res.Failed) > 0 {
 		return fmt.Errorf("installing the KubePkg CRD: %s", res.Failed[0].Error)
 	}
-	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	return a.waitEstablished(wctx, applied)
+	return nil
 }

@@ -1,8 +1,10 @@
 package operator
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -12,7 +14,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/tools/record"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -23,6 +24,16 @@ import (
 
 	"github.com/octohelm/crpe/internal/kubeclient"
 	"github.com/octohelm/crpe/internal/kubepkg"
+)
+
+// Condition types.
+const (
+	ConditionApplied = "Applied"
+	ConditionReady   = "Ready"
+	// ConditionStalled is True while the package cannot be applied as it is
+	// (invalid, or a refused downgrade): nothing is retried until the
+	// object changes.
+	ConditionStalled = "Stalled"
 )
 
 // Condition reasons.
@@ -46,7 +57,10 @@ type Status struct {
 
 // Reconciler applies KubePkg objects.
 type Reconciler struct {
-	Client   client.Client
+	Client client.Client
+	// Reader reads KubePkg objects: the manager's cache, which the
+	// controller's watch fills anyway (Client when nil).
+	Reader   client.Reader
 	Applier  *Applier
 	Recorder record.EventRecorder
 	// Resync re-applies every package this often (drift correction).
@@ -57,12 +71,7 @@ type Reconciler struct {
 
 // SetupWithManager registers the reconciler.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
-	if r.Resync <= 0 {
-		r.Resync = 10 * time.Minute
-	}
-	if r.ReadyPoll <= 0 {
-		r.ReadyPoll = 5 * time.Second
-	}
+	r.defaults()
 	// status and finalizer patches do not call for another apply: only a new
 	// generation (spec) or changed annotations (force-downgrade,
 	// keep-resources) do, besides the resync
@@ -71,116 +80,167 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Named("kubepkg").Complete(r)
 }
 
-// Reconcile brings one KubePkg to its desired state.
-func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
-	logger := log.FromContext(ctx)
+func (r *Reconciler) defaults() {
+	if r.Resync <= 0 {
+		r.Resync = 10 * time.Minute
+	}
+	if r.ReadyPoll <= 0 {
+		r.ReadyPoll = 5 * time.Second
+	}
+	if r.Reader == nil {
+		r.Reader = r.Client
+	}
+}
+
+// Reconcile brings one KubePkg to its desired state. Its status is
+// patched once, on the way out, whatever the way out (and not at all when
+// nothing in it changed).
+func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
+	r.defaults()
 	obj := kubeclient.NewKubePkg()
-	if err := r.Client.Get(ctx, req.NamespacedName, obj); err != nil {
+	if err := r.Reader.Get(ctx, req.NamespacedName, obj); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	st := readStatus(obj)
 	owner := obj.GetNamespace() + "." + obj.GetName()
-
 	if !obj.GetDeletionTimestamp().IsZero() {
-		if controllerutil.ContainsFinalizer(obj, Finalizer) {
-			if obj.GetAnnotations()[AnnotationKeepResources] != "true" {
-				if err := r.Applier.Delete(ctx, owner, st.Inventory); err != nil {
-					r.event(obj, "Warning", "DeleteFailed", err.Error())
-					return ctrl.Result{}, err
-				}
-				r.event(obj, "Normal", "Deleted", fmt.Sprintf("deleted %d objects", len(st.Inventory)))
-			}
-			patch := client.MergeFrom(obj.DeepCopy())
-			controllerutil.RemoveFinalizer(obj, Finalizer)
-			if err := r.Client.Patch(ctx, obj, patch); err != nil {
-				return ctrl.Result{}, client.IgnoreNotFound(err)
-			}
-		}
-		return ctrl.Result{}, nil
+		return ctrl.Result{}, r.finalize(ctx, obj, owner)
 	}
 	if !controllerutil.ContainsFinalizer(obj, Finalizer) {
 		patch := client.MergeFrom(obj.DeepCopy())
 		controllerutil.AddFinalizer(obj, Finalizer)
 		if err := r.Client.Patch(ctx, obj, patch); err != nil {
-			return ctrl.Result{}, err
+			return ctrl.Result{}, client.IgnoreNotFound(err)
 		}
 	}
 
-	pkg, perr := toKubePkg(obj)
-	if perr == nil {
-		perr = pkg.Validate()
+	st := readStatus(obj)
+	before := st.encode()
+	defer func() {
+		if err := r.patchStatus(ctx, obj, before, &st); err != nil {
+			retErr = errors.Join(retErr, err)
+		}
+	}()
+
+	pkg, err := toKubePkg(obj)
+	if err == nil {
+		err = pkg.Validate()
 	}
-	if perr != nil {
-		setCondition(&st, obj, "Applied", metav1.ConditionFalse, ReasonInvalid, perr.Error())
-		setCondition(&st, obj, "Ready", metav1.ConditionFalse, ReasonNotApplied, "the package is invalid")
-		r.event(obj, "Warning", ReasonInvalid, perr.Error())
-		return ctrl.Result{RequeueAfter: r.Resync}, r.writeStatus(ctx, obj, st)
+	if err != nil {
+		// invalid as it is: retried when the object changes, not before
+		r.stall(&st, obj, ReasonInvalid, err.Error(), "the package is invalid")
+		return ctrl.Result{}, nil
 	}
 	if st.AppliedVersion != "" && obj.GetAnnotations()[kubeclient.AnnotationForceDowngrade] != "true" {
 		nv, err1 := kubepkg.ParseVersion(pkg.Spec.Version)
 		ov, err2 := kubepkg.ParseVersion(st.AppliedVersion)
 		if err1 == nil && err2 == nil && nv.LessThan(ov) {
 			msg := fmt.Sprintf("version %s is lower than the applied %s; annotate %s: \"true\" to downgrade", pkg.Spec.Version, st.AppliedVersion, kubeclient.AnnotationForceDowngrade)
-			setCondition(&st, obj, "Applied", metav1.ConditionFalse, ReasonDowngradeRefused, msg)
-			r.event(obj, "Warning", ReasonDowngradeRefused, msg)
-			return ctrl.Result{RequeueAfter: r.Resync}, r.writeStatus(ctx, obj, st)
+			r.stall(&st, obj, ReasonDowngradeRefused, msg, "")
+			return ctrl.Result{}, nil
 		}
 	}
+	removeCondition(&st, ConditionStalled)
 
 	res, err := r.Applier.Apply(ctx, pkg, obj.GetNamespace(), Options{Prune: true, Previous: st.Inventory})
 	if err != nil {
-		setCondition(&st, obj, "Applied", metav1.ConditionFalse, ReasonApplyFailed, err.Error())
+		setCondition(&st, obj, ConditionApplied, metav1.ConditionFalse, ReasonApplyFailed, err.Error())
 		r.event(obj, "Warning", ReasonApplyFailed, err.Error())
-		_ = r.writeStatus(ctx, obj, st)
 		return ctrl.Result{}, err
 	}
 	st.Inventory = res.Inventory
-	st.AppliedVersion = pkg.Spec.Version
+	changes := res.Count(ActionCreated) + res.Count(ActionConfigured) + res.Count(ActionPruned)
 	summary := fmt.Sprintf("version %s: %d created, %d configured, %d unchanged, %d pruned", pkg.Spec.Version,
-		res.Count("created"), res.Count("configured"), res.Count("unchanged"), res.Count("pruned"))
+		res.Count(ActionCreated), res.Count(ActionConfigured), res.Count(ActionUnchanged), res.Count(ActionPruned))
 	if len(res.Failed) > 0 {
 		var msgs []string
 		for _, f := range res.Failed {
 			msgs = append(msgs, f.Object+": "+f.Error)
 		}
 		msg := summary + "; refused by the API server: " + strings.Join(msgs, "; ")
-		setCondition(&st, obj, "Applied", metav1.ConditionFalse, ReasonApplyFailed, msg)
+		setCondition(&st, obj, ConditionApplied, metav1.ConditionFalse, ReasonApplyFailed, msg)
 		r.event(obj, "Warning", ReasonApplyFailed, msg)
 	} else {
-		setCondition(&st, obj, "Applied", metav1.ConditionTrue, ReasonApplied, summary)
-		if res.Count("created")+res.Count("configured")+res.Count("pruned") > 0 {
+		st.AppliedVersion = pkg.Spec.Version
+		// a resync that changed nothing keeps the condition that tells
+		// what the last change was
+		if changes > 0 || !appliedAlready(st, obj, pkg.Spec.Version) {
+			setCondition(&st, obj, ConditionApplied, metav1.ConditionTrue, ReasonApplied, summary)
+		}
+		if changes > 0 {
 			r.event(obj, "Normal", ReasonApplied, summary)
 		}
 	}
-	ready, msg := r.readiness(ctx, st.Inventory)
+	ready, msg := readiness(res, st.Inventory)
 	requeue := r.Resync
 	if ready {
-		setCondition(&st, obj, "Ready", metav1.ConditionTrue, ReasonReady, msg)
+		setCondition(&st, obj, ConditionReady, metav1.ConditionTrue, ReasonReady, msg)
 	} else {
-		setCondition(&st, obj, "Ready", metav1.ConditionFalse, ReasonProgressing, msg)
+		setCondition(&st, obj, ConditionReady, metav1.ConditionFalse, ReasonProgressing, msg)
 		requeue = r.ReadyPoll
 	}
-	logger.V(1).Info("reconciled", "kubepkg", owner, "version", pkg.Spec.Version, "ready", ready)
-	return ctrl.Result{RequeueAfter: requeue}, r.writeStatus(ctx, obj, st)
+	log.FromContext(ctx).V(1).Info("reconciled", "kubepkg", owner, "version", pkg.Spec.Version, "changes", changes,
+		"failed", len(res.Failed), "ready", ready)
+	return ctrl.Result{RequeueAfter: requeue}, nil
 }
 
-// readiness computes kstatus for every inventory object.
-func (r *Reconciler) readiness(ctx context.Context, inv []InventoryEntry) (bool, string) {
+// finalize deletes what a deleted KubePkg applied (unless it says to keep
+// it), then lets the object go.
+func (r *Reconciler) finalize(ctx context.Context, obj *unstructured.Unstructured, owner string) error {
+	if !controllerutil.ContainsFinalizer(obj, Finalizer) {
+		return nil
+	}
+	if obj.GetAnnotations()[AnnotationKeepResources] != "true" {
+		st := readStatus(obj)
+		if err := r.Applier.Delete(ctx, owner, st.Inventory); err != nil {
+			r.event(obj, "Warning", "DeleteFailed", err.Error())
+			return err
+		}
+		r.event(obj, "Normal", "Deleted", fmt.Sprintf("deleted %d objects", len(st.Inventory)))
+	}
+	patch := client.MergeFrom(obj.DeepCopy())
+	controllerutil.RemoveFinalizer(obj, Finalizer)
+	return client.IgnoreNotFound(r.Client.Patch(ctx, obj, patch))
+}
+
+// stall records a package that cannot be applied as it is.
+func (r *Reconciler) stall(st *Status, obj *unstructured.Unstructured, reason, msg, readyMsg string) {
+	setCondition(st, obj, ConditionApplied, metav1.ConditionFalse, reason, msg)
+	setCondition(st, obj, ConditionStalled, metav1.ConditionTrue, reason, msg)
+	if readyMsg != "" {
+		setCondition(st, obj, ConditionReady, metav1.ConditionFalse, ReasonNotApplied, readyMsg)
+	}
+	r.event(obj, "Warning", reason, msg)
+}
+
+// appliedAlready tells whether Applied is True for this generation and
+// version.
+func appliedAlready(st Status, obj *unstructured.Unstructured, version string) bool {
+	for _, c := range st.Conditions {
+		if c.Type == ConditionApplied {
+			return c.Status == metav1.ConditionTrue && c.ObservedGeneration == obj.GetGeneration() &&
+				strings.HasPrefix(c.Message, "version "+version+":")
+		}
+	}
+	return false
+}
+
+// readiness computes kstatus for every inventory object, from the states
+// the apply saw (its responses, or the live copies it listed).
+func readiness(res *Result, inv []InventoryEntry) (bool, string) {
 	var waiting []string
 	for _, e := range inv {
-		u := &unstructured.Unstructured{}
-		u.SetGroupVersionKind(schema.GroupVersionKind{Group: e.Group, Version: e.Version, Kind: e.Kind})
-		if err := r.Client.Get(ctx, client.ObjectKey{Namespace: e.Namespace, Name: e.Name}, u); err != nil {
+		u := res.Object(e)
+		if u == nil {
 			waiting = append(waiting, e.String()+" (not found)")
 			continue
 		}
-		res, err := status.Compute(u)
-		if err != nil || res.Status != status.CurrentStatus {
+		s, err := status.Compute(u)
+		if err != nil || s.Status != status.CurrentStatus {
 			reason := "unknown"
-			if res != nil {
-				reason = string(res.Status)
-				if res.Message != "" {
-					reason += ": " + res.Message
+			if s != nil {
+				reason = string(s.Status)
+				if s.Message != "" {
+					reason += ": " + s.Message
 				}
 			}
 			waiting = append(waiting, e.String()+" ("+reason+")")
@@ -208,14 +268,22 @@ func readStatus(obj *unstructured.Unstructured) Status {
 	return st
 }
 
-func (r *Reconciler) writeStatus(ctx context.Context, obj *unstructured.Unstructured, st Status) error {
+func (st *Status) encode() []byte {
+	b, _ := json.Marshal(st)
+	return b
+}
+
+// patchStatus writes st unless it is what the object had (before).
+func (r *Reconciler) patchStatus(ctx context.Context, obj *unstructured.Unstructured, before []byte, st *Status) error {
 	st.ObservedGeneration = obj.GetGeneration()
-	b, err := json.Marshal(st)
-	if err != nil {
-		return err
+	b := st.encode()
+	if bytes.Equal(b, before) {
+		return nil
 	}
 	var m map[string]any
-	_ = json.Unmarshal(b, &m)
+	if err := json.Unmarshal(b, &m); err != nil {
+		return err
+	}
 	patch := client.MergeFrom(obj.DeepCopy())
 	obj.Object["status"] = m
 	if err := r.Client.Status().Patch(ctx, obj, patch); err != nil && !apierrors.IsNotFound(err) {
@@ -239,6 +307,16 @@ func setCondition(st *Status, obj *unstructured.Unstructured, typ string, s meta
 		}
 	}
 	st.Conditions = append(st.Conditions, c)
+}
+
+func removeCondition(st *Status, typ string) {
+	out := st.Conditions[:0]
+	for _, c := range st.Conditions {
+		if c.Type != typ {
+			out = append(out, c)
+		}
+	}
+	st.Conditions = out
 }
 
 // toKubePkg reads a KubePkg object.

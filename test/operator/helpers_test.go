@@ -14,14 +14,21 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -200,11 +207,17 @@ func versionIs(v string) func(map[string]any) bool {
 	return func(obj map[string]any) bool { return str(obj, "status", "appliedVersion") == v }
 }
 
-// operatorProc runs `crpe operator` for ns until the test ends and waits
+// startOperator runs `crpe operator` for ns until the test ends and waits
 // until it has installed the CRD and started its controller.
 func startOperator(ctx context.Context, t *testing.T, k *testenv.Kube, ns string, extra ...string) *testenv.Proc {
 	t.Helper()
-	args := []string{"operator", "--kubeconfig", k.Kubeconfig, "--health-addr", "0", "--resync", "5s",
+	return startOperatorWith(ctx, t, k.Kubeconfig, ns, extra...)
+}
+
+// startOperatorWith is startOperator with a kubeconfig of the test's.
+func startOperatorWith(ctx context.Context, t *testing.T, kubeconfig, ns string, extra ...string) *testenv.Proc {
+	t.Helper()
+	args := []string{"operator", "--kubeconfig", kubeconfig, "--health-addr", "0", "--resync", "5s",
 		"--log-format", "text", "--log-level", "debug"}
 	if ns != "" {
 		args = append(args, "--namespace", ns)
@@ -344,15 +357,117 @@ func timed(t *testing.T) {
 	t.Cleanup(func() { t.Logf("took %s", time.Since(start).Round(time.Millisecond)) })
 }
 
-// knownBugs collects discrepancies of behaviours that were once bugs (each
-// named): the test goes on checking everything else, then fails naming them.
-type knownBugs []string
+// apiCounter records the requests that go through a counting proxy.
+type apiCounter struct {
+	mu   sync.Mutex
+	reqs []apiRequest
+}
 
-func (b *knownBugs) add(format string, args ...any) { *b = append(*b, fmt.Sprintf(format, args...)) }
+type apiRequest struct {
+	method, path string
+	dryRun       bool
+	watch        bool
+}
 
-func (b knownBugs) skip(t *testing.T) {
-	t.Helper()
-	if len(b) > 0 {
-		t.Fatalf("regression of earlier bug(s):\n- %s", strings.Join(b, "\n- "))
+// take returns the requests recorded so far and forgets them.
+func (c *apiCounter) take() apiRequests {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := c.reqs
+	c.reqs = nil
+	return out
+}
+
+type apiRequests []apiRequest
+
+// requestCounts sums requests by what they do.
+type requestCounts struct {
+	applies, dryRuns, gets, lists, other int
+}
+
+func (c requestCounts) total() int { return c.applies + c.dryRuns + c.gets + c.lists + c.other }
+
+func (c requestCounts) String() string {
+	return fmt.Sprintf("%d applies, %d dry runs, %d GETs, %d LISTs, %d other", c.applies, c.dryRuns, c.gets, c.lists, c.other)
+}
+
+// on counts the requests on objects in namespace ns (KubePkgs, events and
+// watches left out).
+func (rs apiRequests) on(ns string) requestCounts {
+	var c requestCounts
+	prefix := "/namespaces/" + ns + "/"
+	for _, r := range rs {
+		i := strings.Index(r.path, prefix)
+		if i < 0 || r.watch || strings.Contains(r.path, "/kubepkgs") || strings.Contains(r.path, "/events") {
+			continue
+		}
+		named := strings.Count(r.path[i+len(prefix):], "/") > 0 // <resource>/<name>
+		switch {
+		case r.method == http.MethodPatch && r.dryRun:
+			c.dryRuns++
+		case r.method == http.MethodPatch:
+			c.applies++
+		case r.method == http.MethodGet && named:
+			c.gets++
+		case r.method == http.MethodGet:
+			c.lists++
+		default:
+			c.other++
+		}
 	}
+	return c
+}
+
+// writes returns the requests that may change something (dry runs left
+// out).
+func (rs apiRequests) writes() []string {
+	var out []string
+	for _, r := range rs {
+		if r.method != http.MethodGet && r.method != http.MethodHead && !r.dryRun {
+			out = append(out, r.method+" "+r.path)
+		}
+	}
+	return out
+}
+
+// countingKubeconfig starts an HTTPS reverse proxy to k's API server on
+// loopback (a certificate of its own; the admin's token passes through)
+// that records every request, and returns a kubeconfig for it.
+func countingKubeconfig(t *testing.T, k *testenv.Kube) (string, *apiCounter) {
+	t.Helper()
+	target, err := url.Parse(k.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.Transport = k.HTTPClient().Transport
+	rp.FlushInterval = -1 // watches stream
+	c := &apiCounter{}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		c.mu.Lock()
+		c.reqs = append(c.reqs, apiRequest{method: r.Method, path: r.URL.Path, dryRun: q.Get("dryRun") != "", watch: q.Get("watch") == "true"})
+		c.mu.Unlock()
+		rp.ServeHTTP(w, r)
+	}))
+	srv.StartTLS()
+	t.Cleanup(func() {
+		srv.CloseClientConnections()
+		srv.Close()
+	})
+	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	kc := writeFile(t, "kubeconfig", fmt.Sprintf(`apiVersion: "v1"
+kind: "Config"
+clusters:
+  - name: "counted"
+    cluster: {server: %q, certificate-authority-data: %q}
+users:
+  - name: "admin"
+    user: {token: %q}
+contexts:
+  - name: "counted"
+    context: {cluster: "counted", user: "admin", namespace: "default"}
+current-context: "counted"
+`, srv.URL, base64.StdEncoding.EncodeToString(ca), k.Token))
+	return kc, c
 }

@@ -194,10 +194,11 @@ func TestClusterScoped(t *testing.T) {
 
 // TestBadInput: objects the API server refuses (a ConfigMap with an invalid
 // name, a Service with a port out of range) are named with the API error in
-// Applied=False/ApplyFailed while the valid ones are applied; a kind the API
-// server does not know is named too; a version that is not semver and a
-// manifest key that disagrees with its object give Invalid with nothing
-// applied; the operator keeps reconciling the good package next to them.
+// Applied=False/ApplyFailed while the valid ones are applied, and no
+// appliedVersion is recorded; a kind the API server does not know is named
+// too; a version that is not semver and a manifest key that disagrees with
+// its object give Invalid and Stalled with nothing applied; the operator
+// keeps reconciling the good package next to them.
 func TestBadInput(t *testing.T) {
 	t.Parallel()
 	timed(t)
@@ -247,6 +248,9 @@ spec:
 	if got, want := inventory(obj), []string{"ConfigMap/" + ns + "/good", "Secret/" + ns + "/good-secret"}; !slices.Equal(got, want) {
 		t.Errorf("inventory %v, want %v (only what was applied)", got, want)
 	}
+	if v := str(obj, "status", "appliedVersion"); v != "" {
+		t.Errorf("appliedVersion %q although objects were refused", v)
+	}
 	waitEvent(ctx, t, k, ns, "mixed", "Warning", "ApplyFailed", "Bad_Name")
 
 	obj = waitPkg(ctx, t, k, ns, "unknown", 30*time.Second, "ApplyFailed", condIs("Applied", "False", "ApplyFailed"))
@@ -260,7 +264,8 @@ spec:
 		t.Errorf("unknown kind: inventory %v, want %v", got, want)
 	}
 
-	obj = waitPkg(ctx, t, k, ns, "notsemver", 30*time.Second, "Invalid", condIs("Applied", "False", "Invalid"))
+	obj = waitPkg(ctx, t, k, ns, "notsemver", 30*time.Second, "Invalid and Stalled",
+		and(condIs("Applied", "False", "Invalid"), condIs("Stalled", "True", "Invalid")))
 	if msg := fmt.Sprint(cond(obj, "Applied")["message"]); !strings.Contains(msg, "spec.version") || !strings.Contains(msg, "latest") {
 		t.Errorf("not semver: message %q should name spec.version and the value", msg)
 	}
@@ -285,13 +290,14 @@ spec:
 		and(condIs("Applied", "True", "Applied"), condIs("Ready", "True", "")))
 
 	// an upgrade whose new version of an object is refused keeps the old
-	// object (not pruned) and the rest of the upgrade goes through
+	// object (not pruned) and the rest of the upgrade goes through; the
+	// applied version stays the last one applied without a failure
 	kubectlApply(ctx, t, k, pkgDoc(t, ns, "fine", "1.1.0", nil,
 		map[string]any{"apiVersion": "v1", "kind": "ConfigMap", "metadata": map[string]any{"name": "fine",
 			"labels": map[string]any{"bad": "not a valid label value!"}}},
 		configMap("fine-new", nil)))
 	obj = waitPkg(ctx, t, k, ns, "fine", 30*time.Second, "1.1.0 ApplyFailed",
-		and(condIs("Applied", "False", "ApplyFailed"), versionIs("1.1.0")))
+		and(condIs("Applied", "False", "ApplyFailed"), versionIs("1.0.0")))
 	if msg := fmt.Sprint(cond(obj, "Applied")["message"]); !strings.Contains(msg, "ConfigMap/"+ns+"/fine:") {
 		t.Errorf("message %q should name ConfigMap fine", msg)
 	}
@@ -349,4 +355,51 @@ func TestDrift(t *testing.T) {
 		return getObj(ctx, t, k, "-n", ns, "secret", "drift") != nil, "absent"
 	})
 	t.Logf("deleted Secret recreated after %s", time.Since(begin).Round(time.Millisecond))
+}
+
+// TestResyncWritesNothing: the operator's resync of a package nobody
+// changed writes nothing (no apply, no status patch, no event) and reads
+// its objects with at most one request per object; the requests are
+// counted by a proxy between the operator and the API server. The resyncs
+// are told by the operator's log.
+func TestResyncWritesNothing(t *testing.T) {
+	t.Parallel()
+	timed(t)
+	ctx := ctxFor(t, 90*time.Second)
+	k := kube(t)
+	ns := newNS(ctx, t, k)
+	kc, api := countingKubeconfig(t, k)
+	op := startOperatorWith(ctx, t, kc, ns)
+
+	objs := []map[string]any{configMap("quiet-a", map[string]string{"k": "v"}), configMap("quiet-b", nil),
+		secret("quiet", map[string]string{"password": "p"}), service("quiet", 80)}
+	kubectlApply(ctx, t, k, pkgDoc(t, ns, "quiet", "1.0.0", nil, objs...))
+	waitPkg(ctx, t, k, ns, "quiet", 30*time.Second, "Applied and Ready",
+		and(condIs("Applied", "True", "Applied"), condIs("Ready", "True", "")))
+	reconciles := func() int {
+		n := 0
+		for _, l := range strings.Split(op.Logs(), "\n") {
+			if strings.Contains(l, "reconciled") && strings.Contains(l, "kubepkg="+ns+".quiet") {
+				n++
+			}
+		}
+		return n
+	}
+	// the first reconcile may be followed by one that records its status:
+	// start counting after the next one
+	n0 := reconciles()
+	testenv.Eventually(t, 30*time.Second, "a resync", func() (bool, string) { return reconciles() > n0, "" })
+	n0 = reconciles()
+	api.take()
+	testenv.Eventually(t, 30*time.Second, "two more resyncs", func() (bool, string) { return reconciles() >= n0+2, "" })
+	reqs := api.take()
+	done := reconciles() - n0
+	if w := reqs.writes(); len(w) != 0 {
+		t.Errorf("%d resyncs of an unchanged package wrote: %v", done, w)
+	}
+	if c := reqs.on(ns); c.total() > (done+1)*len(objs) || c.applies+c.other != 0 {
+		t.Errorf("%d resyncs of %d unchanged objects: %s; want at most one request per object each, no apply", done, len(objs), c)
+	} else {
+		t.Logf("%d resyncs of %d unchanged objects: %s", done, len(objs), c)
+	}
 }

@@ -6,7 +6,7 @@
 //
 //	operatorfix pkg -ns NS -name NAME [-cm 200 -secret 200 -svc 100] -pkg FILE [-yaml FILE]
 //	operatorfix many -ns NS -n 200 [-cm 2] -o FILE
-//	operatorfix wait -server URL -ca FILE -token T -ns NS [-name NAME] [-want N | -gone] [-timeout 120s] [-interval 50ms]
+//	operatorfix wait -server URL -ca FILE -token T -ns NS [-name NAME] [-want N | -gone] [-timeout 120s]
 //	operatorfix purge -server URL -ca FILE -token T -ns NS
 //
 // pkg writes one KubePkg (JSON) whose spec.manifests hold -cm ConfigMaps,
@@ -18,11 +18,14 @@
 // many writes -n KubePkg objects (a YAML stream of JSON documents, for
 // `kubectl apply`), pkg-000 … in namespace NS, each with -cm ConfigMaps.
 //
-// wait polls the KubePkg NAME (or every KubePkg of NS) until -want of them
-// have the condition Applied=True for their current generation, then prints
-// one JSON line: seconds waited, how many are applied, and the Applied
-// messages of the first few that are not. With -gone it waits instead until
-// the namespace has no KubePkg left. It exits 1 on timeout.
+// wait watches the KubePkg NAME (or every KubePkg of NS) until -want of
+// them have the condition Applied=True for their current generation, then
+// prints one JSON line: seconds waited, how many are applied, and the
+// Applied messages of the first few that are not. With -gone it waits
+// instead until the namespace has no KubePkg left. It exits 1 on timeout.
+// It lists once and then follows a watch (no polling: each poll would make
+// the API server encode every KubePkg, half a megabyte for 500 manifests,
+// again).
 //
 // purge deletes every KubePkg of NS and strips their finalizers, without
 // the operator (which must be stopped): what they applied stays. It prints
@@ -31,6 +34,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
@@ -335,87 +339,155 @@ func cmdWait(args []string) error {
 	want := fs.Int("want", 1, "how many must be applied")
 	gone := fs.Bool("gone", false, "wait until the namespace has no KubePkg left")
 	timeout := fs.Duration("timeout", 120*time.Second, "give up after")
-	interval := fs.Duration("interval", 50*time.Millisecond, "poll interval")
 	_ = fs.Parse(args)
 	c, url, err := af.client("wait")
 	if err != nil {
 		return err
 	}
 	if *name != "" {
-		url += "/" + *name
+		url += "?fieldSelector=metadata.name%3D" + *name
 	}
 	start := time.Now()
-	deadline := start.Add(*timeout)
-	var last []string
-	var ok int
-	for {
-		var total int
-		ok, total, last, err = poll(c, url, *af.token, *name != "")
-		if err == nil && !*gone && ok >= *want {
-			break
-		}
-		if err == nil && *gone && total == 0 {
-			break
-		}
-		if *gone {
-			last = []string{fmt.Sprintf("%d left", total)}
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	w := &waiter{want: *want, gone: *gone}
+	for !w.done() && ctx.Err() == nil {
+		// list, then follow the changes from there until the server ends
+		// the watch (or the time is up), then list again
+		rv, err := w.list(ctx, c, url, *af.token)
 		if err != nil {
-			last = []string{err.Error()}
+			w.last = []string{err.Error()}
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
 		}
-		if time.Now().After(deadline) {
-			b, _ := json.Marshal(map[string]any{"seconds": time.Since(start).Seconds(), "applied": ok, "want": *want, "pending": last})
-			fmt.Println(string(b))
-			return fmt.Errorf("wait: %d of %d applied after %s", ok, *want, *timeout)
+		if w.done() {
+			break
 		}
-		time.Sleep(*interval)
+		if err := w.watch(ctx, url, rv, *af.token, c.Transport); err != nil && ctx.Err() == nil {
+			w.last = []string{err.Error()}
+		}
+	}
+	ok, pending := w.state()
+	if !w.done() {
+		if *gone {
+			pending = []string{fmt.Sprintf("%d left", len(w.items))}
+		}
+		if len(w.last) > 0 {
+			pending = append(pending, w.last...)
+		}
+		b, _ := json.Marshal(map[string]any{"seconds": time.Since(start).Seconds(), "applied": ok, "want": *want, "pending": pending})
+		fmt.Println(string(b))
+		return fmt.Errorf("wait: %d of %d applied after %s", ok, *want, *timeout)
 	}
 	b, _ := json.Marshal(map[string]any{"seconds": time.Since(start).Seconds(), "applied": ok, "want": *want})
 	fmt.Println(string(b))
 	return nil
 }
 
-// poll returns how many are applied, how many there are, and why the first
-// few are not applied.
-func poll(c *http.Client, url, token string, one bool) (int, int, []string, error) {
-	code, body, err := do(c, http.MethodGet, url, token, "", nil)
-	if err != nil {
-		return 0, 0, nil, err
-	}
-	if code == http.StatusNotFound {
-		return 0, 0, []string{"not found"}, nil
-	}
-	if code != http.StatusOK {
-		return 0, 0, nil, fmt.Errorf("GET %s: HTTP %d: %.300s", url, code, body)
-	}
-	var items []kubePkgStatus
-	if one {
-		var k kubePkgStatus
-		if err := json.Unmarshal(body, &k); err != nil {
-			return 0, 0, nil, err
-		}
-		items = []kubePkgStatus{k}
-	} else {
-		var l struct {
-			Items []kubePkgStatus `json:"items"`
-		}
-		if err := json.Unmarshal(body, &l); err != nil {
-			return 0, 0, nil, err
-		}
-		items = l.Items
-	}
+// waiter follows the KubePkgs of a namespace (or one of them) by a LIST and
+// a watch from its resourceVersion: the API server sends each change once,
+// where polling GETs would have it encode every (large) KubePkg again at
+// every poll, competing for the CPUs with what is measured.
+type waiter struct {
+	want  int
+	gone  bool
+	items map[string]*kubePkgStatus
+	last  []string
+}
+
+func (w *waiter) state() (int, []string) {
 	ok := 0
 	var pending []string
-	for i := range items {
-		if done, why := items[i].applied(); done {
+	for _, it := range w.items {
+		if done, why := it.applied(); done {
 			ok++
 		} else {
-			pending = append(pending, items[i].Metadata.Name+": "+why)
+			pending = append(pending, it.Metadata.Name+": "+why)
 		}
 	}
 	sort.Strings(pending)
 	if len(pending) > 5 {
 		pending = append(pending[:5], fmt.Sprintf("… and %d more", len(pending)-5))
 	}
-	return ok, len(items), pending, nil
+	return ok, pending
+}
+
+func (w *waiter) done() bool {
+	if w.items == nil {
+		return false
+	}
+	if w.gone {
+		return len(w.items) == 0
+	}
+	ok, _ := w.state()
+	return ok >= w.want
+}
+
+func (w *waiter) list(ctx context.Context, c *http.Client, url, token string) (string, error) {
+	code, body, err := do(c, http.MethodGet, url, token, "", nil)
+	if err != nil {
+		return "", err
+	}
+	if code != http.StatusOK {
+		return "", fmt.Errorf("GET %s: HTTP %d: %.300s", url, code, body)
+	}
+	var l struct {
+		Metadata struct {
+			ResourceVersion string `json:"resourceVersion"`
+		} `json:"metadata"`
+		Items []*kubePkgStatus `json:"items"`
+	}
+	if err := json.Unmarshal(body, &l); err != nil {
+		return "", err
+	}
+	w.items = map[string]*kubePkgStatus{}
+	for _, it := range l.Items {
+		w.items[it.Metadata.Name] = it
+	}
+	return l.Metadata.ResourceVersion, ctx.Err()
+}
+
+func (w *waiter) watch(ctx context.Context, url, rv, token string, rt http.RoundTripper) error {
+	sep := "?"
+	if strings.Contains(url, "?") {
+		sep = "&"
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url+sep+"watch=1&resourceVersion="+rv, nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Accept", "application/json")
+	resp, err := (&http.Client{Transport: rt}).Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("watch %s: HTTP %d: %.300s", url, resp.StatusCode, b)
+	}
+	dec := json.NewDecoder(resp.Body)
+	for !w.done() {
+		var ev struct {
+			Type   string          `json:"type"`
+			Object json.RawMessage `json:"object"`
+		}
+		if err := dec.Decode(&ev); err != nil {
+			return err
+		}
+		var it kubePkgStatus
+		if err := json.Unmarshal(ev.Object, &it); err != nil {
+			return err
+		}
+		switch ev.Type {
+		case "ADDED", "MODIFIED":
+			w.items[it.Metadata.Name] = &it
+		case "DELETED":
+			delete(w.items, it.Metadata.Name)
+		case "ERROR": // too old a resourceVersion, say: list again
+			return fmt.Errorf("watch: %.300s", ev.Object)
+		}
+	}
+	return nil
 }

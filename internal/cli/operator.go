@@ -62,8 +62,12 @@ that puts drifted objects back (nothing is written when nothing drifted).`,
 				LeaderElectionID:        "crpe-operator.octohelm.tech",
 				LeaderElectionNamespace: namespace,
 			}
+			// the cache holds KubePkgs, which can be large: without their
+			// managedFields (kubectl's server-side apply of one lists every
+			// field of every manifest)
+			opts.Cache = cache.Options{DefaultTransform: cache.TransformStripManagedFields()}
 			if namespace != "" {
-				opts.Cache = cache.Options{DefaultNamespaces: map[string]cache.Config{namespace: {}}}
+				opts.Cache.DefaultNamespaces = map[string]cache.Config{namespace: {}}
 			}
 			mgr, err := ctrl.NewManager(cfg, opts)
 			if err != nil {

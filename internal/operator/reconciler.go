@@ -14,6 +14,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/record"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -106,9 +107,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 		return ctrl.Result{}, r.finalize(ctx, obj, owner)
 	}
 	if !controllerutil.ContainsFinalizer(obj, Finalizer) {
-		patch := client.MergeFrom(obj.DeepCopy())
-		controllerutil.AddFinalizer(obj, Finalizer)
-		if err := r.Client.Patch(ctx, obj, patch); err != nil {
+		if err := r.setFinalizers(ctx, obj, append(obj.GetFinalizers(), Finalizer)); err != nil {
 			return ctrl.Result{}, client.IgnoreNotFound(err)
 		}
 	}
@@ -197,9 +196,27 @@ func (r *Reconciler) finalize(ctx context.Context, obj *unstructured.Unstructure
 		}
 		r.event(obj, "Normal", "Deleted", fmt.Sprintf("deleted %d objects", len(st.Inventory)))
 	}
-	patch := client.MergeFrom(obj.DeepCopy())
-	controllerutil.RemoveFinalizer(obj, Finalizer)
-	return client.IgnoreNotFound(r.Client.Patch(ctx, obj, patch))
+	var rest []string
+	for _, f := range obj.GetFinalizers() {
+		if f != Finalizer {
+			rest = append(rest, f)
+		}
+	}
+	return client.IgnoreNotFound(r.setFinalizers(ctx, obj, rest))
+}
+
+// setFinalizers writes the object's finalizers with a merge patch of
+// metadata.finalizers alone: a KubePkg can be large, and a patch computed
+// from the whole object costs two encodings of it.
+func (r *Reconciler) setFinalizers(ctx context.Context, obj *unstructured.Unstructured, finalizers []string) error {
+	if finalizers == nil {
+		finalizers = []string{}
+	}
+	b, err := json.Marshal(map[string]any{"metadata": map[string]any{"finalizers": finalizers}})
+	if err != nil {
+		return err
+	}
+	return r.Client.Patch(ctx, obj, client.RawPatch(types.MergePatchType, b))
 }
 
 // stall records a package that cannot be applied as it is.
@@ -273,20 +290,29 @@ func (st *Status) encode() []byte {
 	return b
 }
 
-// patchStatus writes st unless it is what the object had (before).
+// patchStatus writes st unless it is what the object had (before), with a
+// merge patch of the status alone (a field st no longer has is nulled).
 func (r *Reconciler) patchStatus(ctx context.Context, obj *unstructured.Unstructured, before []byte, st *Status) error {
 	st.ObservedGeneration = obj.GetGeneration()
 	b := st.encode()
 	if bytes.Equal(b, before) {
 		return nil
 	}
-	var m map[string]any
-	if err := json.Unmarshal(b, &m); err != nil {
+	var now, was map[string]any
+	if err := json.Unmarshal(b, &now); err != nil {
 		return err
 	}
-	patch := client.MergeFrom(obj.DeepCopy())
-	obj.Object["status"] = m
-	if err := r.Client.Status().Patch(ctx, obj, patch); err != nil && !apierrors.IsNotFound(err) {
+	_ = json.Unmarshal(before, &was)
+	for k := range was {
+		if _, ok := now[k]; !ok {
+			now[k] = nil
+		}
+	}
+	patch, err := json.Marshal(map[string]any{"status": now})
+	if err != nil {
+		return err
+	}
+	if err := r.Client.Status().Patch(ctx, obj, client.RawPatch(types.MergePatchType, patch)); err != nil && !apierrors.IsNotFound(err) {
 		return err
 	}
 	return nil

@@ -274,21 +274,45 @@ func (a *Applier) Objects(pkg *kubepkg.KubePkg, ns string) (objs []*unstructured
 
 // Apply applies pkg (whose objects default to namespace ns).
 func (a *Applier) Apply(ctx context.Context, pkg *kubepkg.KubePkg, ns string, o Options) (*Result, error) {
+	p, err := a.Prepare(ctx, pkg, ns, o)
+	if err != nil {
+		return nil, err
+	}
+	return p.Apply(ctx)
+}
+
+// Plan is a package ready to be applied: its objects, and what the
+// cluster has of them.
+type Plan struct {
+	a             *Applier
+	objs, unknown []*unstructured.Unstructured
+	live          liveSet
+	o             Options
+}
+
+// Prepare turns pkg into objects and reads what the cluster has of them
+// (one LIST per kind and namespace); it writes nothing.
+func (a *Applier) Prepare(ctx context.Context, pkg *kubepkg.KubePkg, ns string, o Options) (*Plan, error) {
 	o.Owner = ns + "." + pkg.Metadata.Name
 	objs, unknown, err := a.Objects(pkg, ns)
 	if err != nil {
 		return nil, err
 	}
 	live := a.observe(ctx, objs, o)
-	res, err := a.applyObjects(ctx, objs, live, o)
+	return &Plan{a: a, objs: objs, unknown: unknown, live: live, o: o}, nil
+}
+
+// Apply applies the plan.
+func (p *Plan) Apply(ctx context.Context) (*Result, error) {
+	res, err := p.a.applyObjects(ctx, p.objs, p.live, p.o)
 	if err != nil {
 		return nil, err
 	}
-	for _, u := range unknown {
+	for _, u := range p.unknown {
 		res.fail(u, fmt.Sprintf("the API server does not know kind %s", u.GroupVersionKind()))
 	}
-	if o.Prune {
-		if err := a.prune(ctx, res, live, o); err != nil {
+	if p.o.Prune {
+		if err := p.a.prune(ctx, res, p.live, p.o); err != nil {
 			return res, err
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/fluxcd/cli-utils/pkg/kstatus/status"
@@ -106,17 +107,21 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 	if !obj.GetDeletionTimestamp().IsZero() {
 		return ctrl.Result{}, r.finalize(ctx, obj, owner)
 	}
-	if !controllerutil.ContainsFinalizer(obj, Finalizer) {
-		if err := r.setFinalizers(ctx, obj, append(obj.GetFinalizers(), Finalizer)); err != nil {
-			return ctrl.Result{}, client.IgnoreNotFound(err)
-		}
-	}
 
 	st := readStatus(obj)
 	before := st.encode()
 	defer func() {
 		if err := r.patchStatus(ctx, obj, before, &st); err != nil {
 			retErr = errors.Join(retErr, err)
+		}
+	}()
+	// the finalizer goes first: nothing is written before it is on the
+	// object (its patch runs while the package is read and the cluster
+	// listed, which write nothing)
+	finalized := r.addFinalizer(ctx, obj)
+	defer func() {
+		if err := finalized(); err != nil {
+			retErr = errors.Join(retErr, client.IgnoreNotFound(err))
 		}
 	}()
 
@@ -140,7 +145,16 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 	}
 	removeCondition(&st, ConditionStalled)
 
-	res, err := r.Applier.Apply(ctx, pkg, obj.GetNamespace(), Options{Prune: true, Previous: st.Inventory})
+	plan, err := r.Applier.Prepare(ctx, pkg, obj.GetNamespace(), Options{Prune: true, Previous: st.Inventory})
+	if err == nil {
+		if err := finalized(); err != nil {
+			return ctrl.Result{}, nil // reported by the deferred call
+		}
+	}
+	var res *Result
+	if err == nil {
+		res, err = plan.Apply(ctx)
+	}
 	if err != nil {
 		setCondition(&st, obj, ConditionApplied, metav1.ConditionFalse, ReasonApplyFailed, err.Error())
 		r.event(obj, "Warning", ReasonApplyFailed, err.Error())
@@ -180,6 +194,32 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 	log.FromContext(ctx).V(1).Info("reconciled", "kubepkg", owner, "version", pkg.Spec.Version, "changes", changes,
 		"failed", len(res.Failed), "ready", ready)
 	return ctrl.Result{RequeueAfter: requeue}, nil
+}
+
+// addFinalizer starts adding crpe's finalizer to obj (when it lacks it)
+// and returns a function that waits for that and tells how it went (the
+// same answer every time). The patch goes through an object of obj's name
+// alone: obj itself is read meanwhile.
+func (r *Reconciler) addFinalizer(ctx context.Context, obj *unstructured.Unstructured) func() error {
+	if controllerutil.ContainsFinalizer(obj, Finalizer) {
+		return func() error { return nil }
+	}
+	stub := kubeclient.NewKubePkg()
+	stub.SetNamespace(obj.GetNamespace())
+	stub.SetName(obj.GetName())
+	finalizers := append(obj.GetFinalizers(), Finalizer)
+	done := make(chan error, 1)
+	go func() { done <- r.setFinalizers(ctx, stub, finalizers) }()
+	var once sync.Once
+	var err error
+	return func() error {
+		once.Do(func() {
+			if err = <-done; err == nil {
+				obj.SetFinalizers(finalizers)
+			}
+		})
+		return err
+	}
 }
 
 // finalize deletes what a deleted KubePkg applied (unless it says to keep

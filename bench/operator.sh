@@ -41,7 +41,9 @@
 #      KubePkg until status.conditions Applied=True, which bench/operatorfix
 #      watches (one LIST, then a watch, with the admin token: polling would
 #      have the API server encode the half-megabyte KubePkg again at every
-#      poll, on the CPUs being measured)
+#      poll, on the CPUs being measured); after each crpe apply and kubectl
+#      run, the same apply again, untimed in the table's first rows: its
+#      requests and writes on the objects (what a resync costs)
 #
 # Everything binds to 127.0.0.1, every step is time-bounded, and an EXIT trap
 # stops the processes and removes the temp dirs. Typical run time: ~2–4 min.
@@ -175,6 +177,11 @@ new_ns() { kubectl create namespace "$1" >/dev/null || die "create namespace $1 
 obj_requests() {
   api "$API_URL/metrics" | awk '/^apiserver_request_total[{]/ && /resource="(configmaps|secrets|services)"/ {s+=$NF} END{printf "%d", s}'
 }
+# of which writes (applies, patches, creates, updates, deletes; dry runs
+# left out)
+obj_writes() {
+  api "$API_URL/metrics" | awk '/^apiserver_request_total[{]/ && /resource="(configmaps|secrets|services)"/ && /verb="(APPLY|PATCH|POST|PUT|DELETE)"/ && !/dry_run="All"/ {s+=$NF} END{printf "%d", s}'
+}
 count_objs() { # ns [label selector] -> number of ConfigMaps + Secrets + Services
   kubectl get configmaps,secrets,services -n "$1" ${2:+-l "$2"} -o name | grep -c . || true
 }
@@ -249,7 +256,7 @@ stop_pid "$OP_PID"; OP_PID=""
 # ------------------------------------------- 2. crpe apply vs kubectl SSA ---
 
 log "phase 2: $N_OBJ manifests ($N_CM ConfigMaps, $N_SECRET Secrets, $N_SVC Services): crpe apply, kubectl apply --server-side and crpe operator, interleaved"
-declare -A WALL RSS PARTIAL REQS
+declare -A WALL RSS PARTIAL REQS RE_REQS RE_WRITES RE_WALL
 # warm-up (untimed): kubectl's discovery cache, the API server's first writes
 new_ns warm-direct
 "$FIX" pkg -ns warm-direct -name scale -cm 1 -secret 1 -svc 1 -pkg "$TMP/warm-direct.json" -yaml "$TMP/warm-direct.yaml"
@@ -297,6 +304,27 @@ run_direct() { # tool run
   w=$(elapsed "$t0" "$t1")
   WALL[$tool]+=" $w"; RSS[$tool]+=" $(rss_of "$TMP/$ns.time")"; REQS[$tool]+=" $(( q1 - q0 ))"
   log "run $r $tool: $N_OBJ objects in $w s ($(awk -v n="$N_OBJ" -v s="$w" 'BEGIN{printf "%.0f", n/s}') objects/s), $(( q1 - q0 )) API requests on them, peak RSS $(rss_of "$TMP/$ns.time") MiB"
+  # the same apply again, nothing changed (what a resync costs)
+  local w0 w1; q0=$(obj_requests); w0=$(obj_writes)
+  settle
+  t0=$(now)
+  case $tool in
+    crpe)
+      timeout "$STEP_SECONDS" "$CRPE_BIN" apply -f "$TMP/$ns.json" --kubeconfig "$KCFG" --json >"$TMP/$ns.out" 2>"$TMP/$ns.err" \
+        || { tail -20 "$TMP/$ns.err" >&2; die "crpe re-apply run $r failed"; }
+      n=$(grep -c '"action": "unchanged"' "$TMP/$ns.out" || true)
+      [ "$n" = "$N_OBJ" ] || die "crpe re-apply run $r: $n of $N_OBJ objects unchanged"
+      ;;
+    kubectl)
+      timeout "$STEP_SECONDS" "$KUBECTL_BIN" --kubeconfig "$KCFG" --cache-dir "$TMP/kube-cache" \
+        apply --server-side -n "$ns" -f "$TMP/$ns.yaml" >"$TMP/$ns.out" 2>"$TMP/$ns.err" \
+        || { tail -20 "$TMP/$ns.err" >&2; die "kubectl re-apply run $r failed"; }
+      ;;
+  esac
+  t1=$(now)
+  q1=$(obj_requests); w1=$(obj_writes)
+  RE_REQS[$tool]+=" $(( q1 - q0 ))"; RE_WRITES[$tool]+=" $(( w1 - w0 ))"; RE_WALL[$tool]+=" $(elapsed "$t0" "$t1")"
+  log "run $r $tool re-apply (nothing changed): $(elapsed "$t0" "$t1") s, $(( q1 - q0 )) API requests on the objects, $(( w1 - w0 )) of them writes"
   rm -f "$TMP/$ns.json" "$TMP/$ns.yaml"
 }
 
@@ -384,6 +412,11 @@ reqs() { # shellcheck disable=SC2086
   if [ -n "${REQS[$1]:-}" ]; then median ${REQS[$1]}; fi
 }
 echo "| API requests on the ${N_OBJ} objects, one apply (apiserver_request_total, dry runs and GETs included): \`crpe apply\` / operator — vs kubectl | $(reqs crpe) / $(reqs operator) | $(reqs kubectl) | $(ratio "$(reqs crpe)" "$(reqs kubectl)") / $(ratio "$(reqs operator)" "$(reqs kubectl)") | (info) | |"
+re() { # shellcheck disable=SC2086
+  local -n a=$1; if [ -n "${a[$2]:-}" ]; then median ${a[$2]}; fi
+}
+echo "| the same apply again, nothing changed (a resync): API requests on the ${N_OBJ} objects, of which writes — \`crpe apply\` vs kubectl | $(re RE_REQS crpe), $(re RE_WRITES crpe) writes | $(re RE_REQS kubectl), $(re RE_WRITES kubectl) writes | $(ratio "$(re RE_REQS crpe)" "$(re RE_REQS kubectl)") | (info) | |"
+echo "| the same apply again, nothing changed: wall time (s) — \`crpe apply\` vs kubectl | $(fmt "$(re RE_WALL crpe)" 2) | $(fmt "$(re RE_WALL kubectl)" 2) | $(ratio "$(re RE_WALL crpe)" "$(re RE_WALL kubectl)") | (info) | |"
 echo
 echo "Wall times (s), every run: crpe apply${WALL[crpe]:- –}; kubectl${WALL[kubectl]:- –}; operator${WALL[operator]:- –}. The operator's RSS after the ${NPKGS} packages: ${MANY_RSS} MiB (RssAnon ${MANY_ANON}, RssFile ${MANY_FILE}); after the ${N_OBJ}-manifest packages: RssAnon ${OP_ANON}, RssFile ${OP_FILE} (RssFile is the mapped binary). The operator's time includes kubectl's start-up, the watch event, the apply and the status write; Applied=True is watched over HTTPS with the admin token (bench/operatorfix: one LIST, then a watch)."
 echo

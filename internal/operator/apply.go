@@ -639,19 +639,20 @@ func apiMessage(err error) string {
 // Namespaces and CRDs, with background propagation. Entries whose objects
 // the apply's LIST showed gone are skipped.
 func (a *Applier) prune(ctx context.Context, res *Result, live liveSet, o Options) error {
-	current := map[object.ObjMetadata]bool{}
+	previous := map[object.ObjMetadata]InventoryEntry{}
+	var before, now object.ObjMetadataSet
+	for _, e := range o.Previous {
+		previous[e.objMeta()] = e
+		before = append(before, e.objMeta())
+	}
 	for _, e := range res.Inventory {
-		current[e.objMeta()] = true
+		now = append(now, e.objMeta())
 	}
 	var gone []*unstructured.Unstructured
-	for _, e := range o.Previous {
-		id := e.objMeta()
-		if current[id] {
-			continue
-		}
+	for _, id := range before.Diff(now) {
+		e := previous[id]
 		if res.failed[id] {
 			// a refused object of the new version is still wanted
-			current[id] = true
 			res.Inventory = append(res.Inventory, e)
 			if cur, known := live.lookup(e.stub()); known && cur != nil {
 				res.objects[id] = cur

@@ -39,6 +39,7 @@ import (
 	"github.com/octohelm/crpe/internal/kubeclient"
 	"github.com/octohelm/crpe/internal/kubepkg"
 	"github.com/octohelm/crpe/internal/operator"
+	"github.com/octohelm/crpe/internal/testenv"
 )
 
 const ns = "team"
@@ -154,27 +155,11 @@ func newEnv(t *testing.T) *env {
 	return &env{c: c, r: r, calls: cs, rec: rec}
 }
 
-func configMap(name string, data map[string]string) map[string]any {
-	d := map[string]any{}
-	for k, v := range data {
-		d[k] = v
-	}
-	return map[string]any{"apiVersion": "v1", "kind": "ConfigMap", "metadata": map[string]any{"name": name}, "data": d}
-}
-
-func secret(name string, data map[string]string) map[string]any {
-	d := map[string]any{}
-	for k, v := range data {
-		d[k] = v
-	}
-	return map[string]any{"apiVersion": "v1", "kind": "Secret", "metadata": map[string]any{"name": name}, "type": "Opaque", "stringData": d}
-}
-
-func service(name string, port int) map[string]any {
-	return map[string]any{"apiVersion": "v1", "kind": "Service", "metadata": map[string]any{"name": name},
-		"spec": map[string]any{"selector": map[string]any{"app": name},
-			"ports": []any{map[string]any{"name": "http", "port": port, "targetPort": port}}}}
-}
+var (
+	configMap = testenv.ConfigMap
+	secret    = testenv.Secret
+	service   = testenv.Service
+)
 
 // kubePkg returns a KubePkg object as kubectl would create it.
 func kubePkg(t *testing.T, name, version string, generation int64, objs ...map[string]any) *unstructured.Unstructured {

@@ -236,36 +236,12 @@ func startOperatorWith(ctx context.Context, t *testing.T, kubeconfig, ns string,
 }
 
 // manifests of test packages
-
-func configMap(name string, data map[string]string) map[string]any {
-	d := map[string]any{}
-	for k, v := range data {
-		d[k] = v
-	}
-	return map[string]any{"apiVersion": "v1", "kind": "ConfigMap", "metadata": map[string]any{"name": name}, "data": d}
-}
-
-func secret(name string, data map[string]string) map[string]any {
-	d := map[string]any{}
-	for k, v := range data {
-		d[k] = v
-	}
-	return map[string]any{"apiVersion": "v1", "kind": "Secret", "metadata": map[string]any{"name": name}, "type": "Opaque", "stringData": d}
-}
-
-func service(name string, port int) map[string]any {
-	return map[string]any{"apiVersion": "v1", "kind": "Service", "metadata": map[string]any{"name": name},
-		"spec": map[string]any{"selector": map[string]any{"app": name},
-			"ports": []any{map[string]any{"name": "http", "port": port, "targetPort": port}}}}
-}
-
-func deployment(name, image string) map[string]any {
-	labels := map[string]any{"app": name}
-	return map[string]any{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": map[string]any{"name": name},
-		"spec": map[string]any{"replicas": 1, "selector": map[string]any{"matchLabels": labels},
-			"template": map[string]any{"metadata": map[string]any{"labels": labels},
-				"spec": map[string]any{"containers": []any{map[string]any{"name": "main", "image": image}}}}}}
-}
+var (
+	configMap  = testenv.ConfigMap
+	secret     = testenv.Secret
+	service    = testenv.Service
+	deployment = testenv.Deployment
+)
 
 // pkgDoc renders a KubePkg as YAML; manifests get their keys
 // (<name>.<namespace>.<lowercase kind>).

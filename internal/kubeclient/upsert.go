@@ -52,10 +52,8 @@ func Upsert(ctx context.Context, c client.Client, pkg *kubepkg.KubePkg, ns strin
 		return "", err
 	}
 	curVersion, _, _ := unstructured.NestedString(cur.Object, "spec", "version")
-	if nv, e1 := kubepkg.ParseVersion(pkg.Spec.Version); e1 == nil {
-		if ov, e2 := kubepkg.ParseVersion(curVersion); e2 == nil && nv.LessThan(ov) && !forced {
-			return "", fmt.Errorf("KubePkg %s/%s is at %s; %s is lower (force to downgrade)", ns, pkg.Metadata.Name, curVersion, pkg.Spec.Version)
-		}
+	if !forced && kubepkg.IsDowngrade(curVersion, pkg.Spec.Version) {
+		return "", fmt.Errorf("KubePkg %s/%s is at %s; %s is lower (force to downgrade)", ns, pkg.Metadata.Name, curVersion, pkg.Spec.Version)
 	}
 	patch := client.MergeFrom(cur.DeepCopy())
 	cur.Object["spec"] = want.Object["spec"]

@@ -135,9 +135,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 		return ctrl.Result{}, nil
 	}
 	if st.AppliedVersion != "" && obj.GetAnnotations()[kubeclient.AnnotationForceDowngrade] != "true" {
-		nv, err1 := kubepkg.ParseVersion(pkg.Spec.Version)
-		ov, err2 := kubepkg.ParseVersion(st.AppliedVersion)
-		if err1 == nil && err2 == nil && nv.LessThan(ov) {
+		if kubepkg.IsDowngrade(st.AppliedVersion, pkg.Spec.Version) {
 			msg := fmt.Sprintf("version %s is lower than the applied %s; annotate %s: \"true\" to downgrade", pkg.Spec.Version, st.AppliedVersion, kubeclient.AnnotationForceDowngrade)
 			r.stall(&st, obj, ReasonDowngradeRefused, msg, "")
 			return ctrl.Result{}, nil

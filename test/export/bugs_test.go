@@ -10,37 +10,47 @@ import (
 	"time"
 )
 
-// Tests of behaviour found broken: each skips, naming the bug, while the bug
-// is there, and passes once it is fixed.
+// Tests of bugs that were found and fixed: each fails if its bug comes back.
 
-// testExportJSONToStdout: with -o -, stdout must carry the archive and
-// nothing else, even with --json (the summary then belongs on stderr, or the
-// combination is refused).
+// testExportJSONToStdout: with -o -, stdout carries the archive and nothing
+// else, even with --json: the summary then goes to stderr (a summary after
+// the archive made `tar tzf` and `gzip -t` of the stream fail with "trailing
+// garbage").
 func testExportJSONToStdout(t *testing.T, f *fixture) {
 	ctx := ctxFor(t, 30*time.Second)
 	src := writeFile(t, "demo.yaml", f.demoYAML(bothPlatforms))
-	want, _ := f.mustExport(ctx, t, src, t.TempDir())
+	want, wantSum := f.mustExport(ctx, t, src, t.TempDir())
 	r := crpe(ctx, t, nil, "export", "-f", src, "-o", "-", "--json", "--data", t.TempDir(), "--registry-endpoint", "docker.io="+f.up.URL)
 	if r.err != nil {
-		if strings.Contains(string(r.stderr), "--json") {
-			return // refused, naming the flag: fine
+		t.Fatalf("export -o - --json: %v\n%s", r.err, r)
+	}
+	if !bytes.Equal(r.stdout, want) {
+		if bytes.HasPrefix(r.stdout, want) {
+			t.Errorf("export -o - --json wrote %d bytes after the archive on stdout: %q...", len(r.stdout)-len(want),
+				r.stdout[len(want):min(len(r.stdout), len(want)+40)])
+		} else {
+			t.Errorf("export -o - --json wrote %d bytes on stdout that are not the archive (%d bytes)", len(r.stdout), len(want))
 		}
-		t.Fatalf("export -o - --json: %v\n%s", r.err, r.stderr)
 	}
-	if bytes.Equal(r.stdout, want) {
-		return
+	// the summary is on stderr, after any log lines
+	i := bytes.Index(r.stderr, []byte(`"output": "-"`))
+	if i < 0 {
+		t.Fatalf("no --json summary with \"output\": \"-\" on stderr:\n%s", r.stderr)
 	}
-	if bytes.HasPrefix(r.stdout, want) {
-		t.Skipf("BUG (reported): `crpe export -o - --json` writes the JSON summary to stdout after the archive "+
-			"(internal/cli/export.go encodes the summary to cmd.OutOrStdout() even when -o is -): %d trailing bytes %q..., "+
-			"so `tar tzf` and `gzip -t` of the stream fail with \"trailing garbage\"", len(r.stdout)-len(want), r.stdout[len(want):min(len(r.stdout), len(want)+20)])
+	var sum exportSummary
+	if err := json.NewDecoder(bytes.NewReader(r.stderr[bytes.LastIndexByte(r.stderr[:i], '{'):])).Decode(&sum); err != nil {
+		t.Fatalf("the --json summary on stderr: %v\n%s", err, r.stderr)
 	}
-	t.Fatalf("export -o - --json wrote %d bytes that are not the archive (%d bytes)", len(r.stdout), len(want))
+	if sum.Output != "-" || len(sum.Packages) != 1 || sum.Packages[0].Name != "demo" || len(sum.Images) != len(wantSum.Images) {
+		t.Errorf("--json summary on stderr: %+v\nwant the packages and images of %+v", sum, wantSum)
+	}
 }
 
 // testExportListConflictingPins: two packages of a list pinning the same
-// reference to different digests must not give an archive in which one
-// package's pinned image is missing.
+// reference to different digests are refused, naming the reference and both
+// digests, and leave no archive (export once wrote an archive whose
+// index.json named only the last package's digest, lacking the other
+// package's image).
 func testExportListConflictingPins(t *testing.T, f *fixture) {
 	ctx := ctxFor(t, 30*time.Second)
 	oldD, newD := string(f.pinnedOld.blob.Desc.Digest), string(f.pinnedNew.blob.Desc.Digest)
@@ -61,36 +71,29 @@ spec:
 	outDir := t.TempDir()
 	out := filepath.Join(outDir, "list.kubepkg.tgz")
 	r := f.export(ctx, t, nil, src, out, t.TempDir())
-	if r.err != nil {
-		if !strings.Contains(string(r.stderr), refPinned) {
-			t.Errorf("the error does not name %s:\n%s", refPinned, r.stderr)
+	if r.err == nil {
+		data, _ := os.ReadFile(out)
+		a := readArchive(t, data)
+		items, _ := a.pkg["items"].([]any)
+		var pins []string
+		for _, it := range items {
+			p := it.(map[string]any)
+			pins = append(pins, p["metadata"].(map[string]any)["name"].(string)+"→"+pkgImages(p)[refPinned])
 		}
-		assertNoOutput(t, outDir)
-		return
+		t.Fatalf("packages one and two of a list pin %s to %s and %s, and export succeeded: kubepkg.json pins %v, "+
+			"index.json names %s", refPinned, oldD, newD, pins, a.indexRefs(t)[refPinned])
 	}
-	data, _ := os.ReadFile(out)
-	a := readArchive(t, data)
-	items, _ := a.pkg["items"].([]any)
-	var missing []string
-	for _, it := range items {
-		p := it.(map[string]any)
-		d := pkgImages(p)[refPinned]
-		if _, ok := a.byName["blobs/sha256/"+strings.TrimPrefix(d, "sha256:")]; !ok {
-			missing = append(missing, p["metadata"].(map[string]any)["name"].(string)+"→"+d)
+	for _, s := range []string{refPinned, oldD, newD} {
+		if !strings.Contains(string(r.stderr), s) {
+			t.Errorf("the error does not name %s:\n%s", s, r.stderr)
 		}
 	}
-	if len(missing) == 0 {
-		return
-	}
-	ins := crpe(ctx, t, nil, "inspect", out, "--verify")
-	t.Skipf("BUG (reported): packages one and two of a list pin %s to %s and %s; export succeeds, index.json names only %s "+
-		"and the archive lacks the image of %v (internal/export/export.go: the conflict check `pinned` is per package, "+
-		"and byRef[ref].top.Digest is overwritten by the last package); inspect --verify exit=%v (it does not compare "+
-		"spec.images digests with index.json)", refPinned, oldD, newD, a.indexRefs(t)[refPinned], missing, ins.err)
+	assertNoOutput(t, outDir)
 }
 
-// testInspectDigestMismatch: inspect --verify must notice a spec.images
-// digest that is not the one index.json gives for that reference.
+// testInspectDigestMismatch: inspect --verify notices a spec.images digest
+// that is not the one index.json gives for that reference, and names both
+// (it once compared only the references).
 func testInspectDigestMismatch(t *testing.T, f *fixture) {
 	ctx := ctxFor(t, 30*time.Second)
 	src := writeFile(t, "demo.yaml", f.demoYAML(bothPlatforms))
@@ -114,13 +117,13 @@ func testInspectDigestMismatch(t *testing.T, f *fixture) {
 		t.Fatal(err)
 	}
 	r := crpe(ctx, t, nil, "inspect", file, "--verify")
-	if r.err != nil {
-		if !strings.Contains(string(r.stdout)+string(r.stderr), refMulti) {
-			t.Errorf("inspect --verify fails without naming %s:\n%s", refMulti, r)
-		}
-		return
+	if r.err == nil {
+		t.Fatalf("kubepkg.json pins %s to %s while index.json (and the archive) has %s, and `crpe inspect --verify` is clean\n%s",
+			refMulti, other, f.multi.blob.Desc.Digest, r)
 	}
-	t.Skipf("BUG (reported): kubepkg.json pins %s to %s while index.json (and the archive) has %s, and `crpe inspect --verify` "+
-		"is clean (internal/inspect/inspect.go collects spec.images refs but never compares their digests with index.json's)",
-		refMulti, other, f.multi.blob.Desc.Digest)
+	for _, s := range []string{refMulti, other, string(f.multi.blob.Desc.Digest)} {
+		if !strings.Contains(string(r.stdout)+string(r.stderr), s) {
+			t.Errorf("inspect --verify fails without naming %s:\n%s", s, r)
+		}
+	}
 }

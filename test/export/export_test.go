@@ -53,7 +53,7 @@ func TestExport(t *testing.T) {
 		{"Interrupted", testExportInterrupted},
 		{"Containerd", testContainerdImport},
 		{"Skopeo", testSkopeo},
-		// known bugs: these skip, naming the bug, until it is fixed
+		// bugs fixed: these fail if one comes back
 		{"JSONToStdout", testExportJSONToStdout},
 		{"ListConflictingPins", testExportListConflictingPins},
 		{"InspectDigestMismatch", testInspectDigestMismatch},

@@ -23,8 +23,10 @@
 //     re-hash of everything acknowledged at the end, fsck --repair.
 //   - TestKillMidBody: kill while a 64 MiB body (POST or PATCH) is stalled
 //     halfway.
-//   - TestKillDuringFirstStart, TestFsckRepairOnLiveAgent: cases crpe fails
-//     today; they skip unless CRPE_CRASH_KNOWN_BUGS=1.
+//   - TestKillDuringFirstStart: kill within the first milliseconds of a
+//     start on a fresh data folder; fsck must find whatever is left clean.
+//   - TestFsckRepairOnLiveAgent: fsck --repair on a running agent's folder
+//     fails and changes nothing (an upload in progress completes).
 //
 // The seed is logged; CRPE_CRASH_SEED=<n> replays a run's choices (the kill
 // moments still depend on timing).

@@ -1,5 +1,5 @@
 // Package testenv owns what tests need of the real world: the crpe binary
-// (built once per test process), free loopback ports, running `crpe agent`
+// ($CRPE_BIN, or built once per test process and removed by Main), free loopback ports, running `crpe agent`
 // until the test ends, and finding real peers (docker-registry, crane,
 // skopeo, containerd, the OCI conformance suite). A missing peer skips the
 // test with a message naming it, except under CI=true, where it fails.
@@ -8,13 +8,17 @@ package testenv
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -43,41 +47,90 @@ func Peer(t testing.TB, name, install string) string {
 	return ""
 }
 
+// EnvCrpeBin names a crpe binary the tests run instead of building one:
+// test/run.sh builds crpe once and hands it to every test process.
+const EnvCrpeBin = "CRPE_BIN"
+
+// The crpe binary built for this test process, when EnvCrpeBin is not set.
 var (
-	buildOnce sync.Once
-	buildPath string
-	buildErr  error
+	inMain bool // Main is running the tests
+	build  struct {
+		once      sync.Once
+		dir, path string
+		err       error
+	}
 )
 
-// Crpe returns the path of a crpe binary built from this checkout, once per
-// test process.
+// binDirPrefix names the temp folders of built binaries; the pid of the
+// test process that owns one follows it.
+const binDirPrefix = "crpe-bin-"
+
+// Main runs a test package's tests and returns their exit code, then removes
+// the crpe binary Crpe built for them, if it built one. Every test package
+// that runs crpe calls it from its TestMain:
+//
+//	func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+func Main(m *testing.M) int {
+	inMain = true
+	defer func() {
+		if build.dir != "" {
+			_ = os.RemoveAll(build.dir)
+		}
+	}()
+	return m.Run()
+}
+
+// Crpe returns the path of the crpe binary the tests run: $CRPE_BIN when set
+// (an absolute path), else a binary built from this checkout once per test
+// process, into a temp folder that Main removes when the tests end.
 func Crpe(t testing.TB) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		// binaries of earlier test processes (each builds its own)
-		if old, _ := filepath.Glob(filepath.Join(os.TempDir(), "crpe-bin-*")); len(old) > 0 {
-			for _, o := range old {
-				if fi, err := os.Stat(o); err == nil && time.Since(fi.ModTime()) > 30*time.Minute {
-					_ = os.RemoveAll(o)
-				}
-			}
+	if !inMain {
+		t.Fatal("testenv.Crpe: the test package's TestMain must run its tests with testenv.Main, which removes the crpe binary built for them")
+	}
+	if p := os.Getenv(EnvCrpeBin); p != "" {
+		if !filepath.IsAbs(p) {
+			t.Fatalf("%s=%q: want an absolute path (the tests run in their package's folder)", EnvCrpeBin, p)
 		}
-		dir, err := os.MkdirTemp("", "crpe-bin-")
+		if fi, err := os.Stat(p); err != nil || fi.IsDir() {
+			t.Fatalf("%s=%q: not a crpe binary: %v", EnvCrpeBin, p, err)
+		}
+		return p
+	}
+	build.once.Do(func() {
+		sweepDeadBuilds()
+		dir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-", binDirPrefix, os.Getpid()))
 		if err != nil {
-			buildErr = err
+			build.err = err
 			return
 		}
-		buildPath = filepath.Join(dir, "crpe")
-		cmd := exec.Command("go", "build", "-o", buildPath, "github.com/octohelm/crpe/cmd/crpe")
+		build.dir, build.path = dir, filepath.Join(dir, "crpe")
+		cmd := exec.Command("go", "build", "-o", build.path, "github.com/octohelm/crpe/cmd/crpe")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build crpe: %v\n%s", err, out)
+			build.err = fmt.Errorf("go build crpe: %v\n%s", err, out)
 		}
 	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	if build.err != nil {
+		t.Fatal(build.err)
 	}
-	return buildPath
+	return build.path
+}
+
+// sweepDeadBuilds removes the binaries of test processes that died before
+// Main could remove theirs (a test timeout panics past TestMain).
+func sweepDeadBuilds() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), binDirPrefix+"*"))
+	for _, d := range dirs {
+		pidStr, _, ok := strings.Cut(strings.TrimPrefix(filepath.Base(d), binDirPrefix), "-")
+		pid, err := strconv.Atoi(pidStr)
+		if !ok || err != nil || pid <= 0 || pid == os.Getpid() {
+			continue
+		}
+		if p, err := os.FindProcess(pid); err == nil && errors.Is(p.Signal(syscall.Signal(0)), os.ErrProcessDone) {
+			_ = os.RemoveAll(d)
+		}
+	}
 }
 
 // FreeAddr returns a free 127.0.0.1:port.

@@ -37,7 +37,7 @@ func TestMain(m *testing.M) {
 	}
 	privateTmp = dir
 	os.Setenv("TMPDIR", dir)
-	code := m.Run()
+	code := testenv.Main(m)
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

@@ -38,7 +38,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	code := m.Run()
+	code := testenv.Main(m)
 	testenv.StopSharedKube()
 	os.Exit(code)
 }

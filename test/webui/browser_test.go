@@ -218,18 +218,25 @@ func (b *Browser) WaitText(sel, want string, d time.Duration) string {
 }
 
 // Shot saves a screenshot of the viewport as name.png under
-// CRPE_SCREENSHOTS (or the test's temp dir) and returns its path.
+// CRPE_SCREENSHOTS (or the test's temp dir, removed when the test ends) and
+// returns its path.
 func (b *Browser) Shot(name string) string {
 	b.t.Helper()
 	return b.shotFile(name)
 }
 
+// shotFile saves a screenshot as name.png under CRPE_SCREENSHOTS or, with
+// it unset, in the test's temp dir; a failure's screenshot (name
+// "failure-...") goes to the system temp dir instead, so that it outlives
+// the failed test that names it.
 func (b *Browser) shotFile(name string) string {
 	dir := os.Getenv("CRPE_SCREENSHOTS")
 	keep := dir != ""
 	if !keep {
-		dir = os.TempDir()
-		name = "crpe-webui-" + name
+		dir = b.t.TempDir()
+		if strings.HasPrefix(name, "failure-") {
+			dir, name = os.TempDir(), "crpe-webui-"+name
+		}
 	}
 	var buf []byte
 	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)

@@ -77,6 +77,9 @@ func NewBrowserWithRules(t *testing.T, timeout time.Duration, rules string) *Bro
 		chromedp.Flag("disable-features", "Translate,MediaRouter,OptimizationHints"),
 		chromedp.WindowSize(360, 740),
 		chromedp.UserDataDir(t.TempDir()),
+		// Chromium makes its singleton socket folder
+		// (org.chromium.Chromium.*) in TMPDIR and leaves it when killed
+		chromedp.Env("TMPDIR=" + t.TempDir()),
 	}
 	if rules != "" {
 		opts = append(opts, chromedp.Flag("host-resolver-rules", rules))

@@ -74,9 +74,13 @@ fuzz FuzzRead ./internal/archive 3000x
 fuzz FuzzParse ./internal/kubepkg 20000x
 
 step "cross-builds (CGO_ENABLED=0)"
-for target in linux/amd64 linux/arm64 linux/arm/7 android/arm64 darwin/arm64 windows/amd64; do
-  IFS=/ read -r os arch arm <<<"$target"
-  GOOS=$os GOARCH=$arch GOARM=${arm:-} CGO_ENABLED=0 go build -o /dev/null ./cmd/crpe
+# every target is type-checked from source (no code generation: seconds, not
+# minutes, per target); linux/amd64 was also built in full above ($CRPE_BIN),
+# and the two that ship to devices (boards, phones) are built in full here
+go run ./test/typecheck linux/amd64 linux/arm/7 darwin/arm64 windows/amd64
+for target in linux/arm64 android/arm64; do
+  IFS=/ read -r os arch <<<"$target"
+  GOOS=$os GOARCH=$arch CGO_ENABLED=0 go build -o /dev/null ./cmd/crpe
   echo "built $target"
 done
 

@@ -118,13 +118,21 @@ func Crpe(t testing.TB) string {
 }
 
 // sweepDeadBuilds removes the binaries of test processes that died before
-// Main could remove theirs (a test timeout panics past TestMain).
+// Main could remove theirs (a test timeout panics past TestMain), and those
+// of an older testenv (crpe-bin-<random>, never removed by their process)
+// after 30 minutes.
 func sweepDeadBuilds() {
 	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), binDirPrefix+"*"))
 	for _, d := range dirs {
 		pidStr, _, ok := strings.Cut(strings.TrimPrefix(filepath.Base(d), binDirPrefix), "-")
+		if !ok {
+			if fi, err := os.Stat(d); err == nil && fi.IsDir() && time.Since(fi.ModTime()) > 30*time.Minute {
+				_ = os.RemoveAll(d)
+			}
+			continue
+		}
 		pid, err := strconv.Atoi(pidStr)
-		if !ok || err != nil || pid <= 0 || pid == os.Getpid() {
+		if err != nil || pid <= 0 || pid == os.Getpid() {
 			continue
 		}
 		if p, err := os.FindProcess(pid); err == nil && errors.Is(p.Signal(syscall.Signal(0)), os.ErrProcessDone) {

@@ -18,7 +18,10 @@
 #                 of the same 4 vs `skopeo copy ... oci-archive:` per image
 #   warm export   crpe export --offline from a filled --data vs `cat` of the
 #                 archive's blob files into one file on the same disk
-#   peak RSS      of every crpe export (/usr/bin/time -v)
+#   memory        peak total RSS and peak RssAnon (heap + stacks) of every
+#                 crpe export, crane pull and skopeo copy (`imagefix watch`:
+#                 /proc status sampled every 5 ms, and the rusage), and of
+#                 each crpe serve (`imagefix sample`)
 #   shared fetch  BENCH_PULLERS concurrent cold pulls of the big blob through
 #                 a fresh crpe serve vs one cold pull through a fresh one, and
 #                 the upstream GETs of that blob (docker-registry access log);
@@ -43,11 +46,11 @@ CRANE="${CRANE:-$(go env GOPATH 2>/dev/null)/bin/crane}"
 PLATFORM=linux/amd64
 IMAGES=(a b c big)
 
-DIST_PID="" SERVE_PID="" PULL_PIDS=""
+DIST_PID="" SERVE_PID="" PULL_PIDS="" SAMPLERS=""
 on_exit() {
   local p
   for p in $PULL_PIDS; do kill "$p" 2>/dev/null || true; done
-  for p in $SERVE_PID $DIST_PID; do stop_pid "$p"; done
+  for p in $SAMPLERS $SERVE_PID $DIST_PID; do stop_pid "$p"; done
   skopeo_cache_clean
 }
 bench_init crpe-bench-export 420
@@ -56,7 +59,6 @@ skopeo_cache_note
 require_x "$DIST_BIN" "apt-get install -y docker-registry"
 require_x "$SKOPEO" "apt-get install -y skopeo"
 require_x "$CRANE" "go install github.com/google/go-containerregistry/cmd/crane@latest"
-require_x /usr/bin/time "apt-get install -y time"
 require_cmd curl go
 note_load
 
@@ -90,20 +92,21 @@ log_lines() { wc -l <"$TMP/access.log"; }
 
 # ---------------------------------------------------------- cold exports ---
 
-declare -A WALL RSS BYTES
+declare -A WALL RSS ANON FILEB BYTES
 run_cold() { # tool run
-  local tool=$1 r=$2 dir="$TMP/cold/$1-$2" t0 t1 w rss bytes gets l0 i
+  local tool=$1 r=$2 dir="$TMP/cold/$1-$2" t0 t1 w rss anon bytes gets l0 i
   mkdir -p "$dir"
   settle
   l0=$(log_lines)
   case $tool in
     crpe)
       t0=$(now)
-      tv "$dir/time" 180 "$CRPE_BIN" export -f "$PKG" -o "$dir/out.tgz" --data "$dir/data" --platform "$PLATFORM" \
+      tw "$dir/mem.json" 180 "$CRPE_BIN" export -f "$PKG" -o "$dir/out.tgz" --data "$dir/data" --platform "$PLATFORM" \
         --registry-endpoint "docker.io=$DIST_URL" --json >"$dir/summary.json" 2>"$dir/err" \
         || { tail -20 "$dir/err" >&2; die "crpe export run $r failed"; }
       t1=$(now)
-      rss=$(rss_of "$dir/time")
+      rss=$(jmib "$dir/mem.json" peak_rss_kib); anon=$(jmib "$dir/mem.json" rss_anon_kib)
+      FILEB[cold]+=" $(jmib "$dir/mem.json" rss_file_kib)"
       bytes=$(stat -c %s "$dir/out.tgz")
       grep -q '"ref": "docker.io/library/big:1"' "$dir/summary.json" || die "crpe export summary lacks library/big: $(head -c 400 "$dir/summary.json")"
       ;;
@@ -111,33 +114,33 @@ run_cold() { # tool run
       local refs=()
       for i in "${IMAGES[@]}"; do refs+=("$UP/library/$i:1"); done
       t0=$(now)
-      tv "$dir/time" 180 "$CRANE" pull --insecure --format=oci --platform "$PLATFORM" "${refs[@]}" "$dir/layout" \
+      tw "$dir/mem.json" 180 "$CRANE" pull --insecure --format=oci --platform "$PLATFORM" "${refs[@]}" "$dir/layout" \
         >"$dir/out" 2>"$dir/err" || { tail -20 "$dir/err" >&2; die "crane pull run $r failed"; }
       t1=$(now)
-      rss=$(rss_of "$dir/time")
+      rss=$(jmib "$dir/mem.json" peak_rss_kib); anon=$(jmib "$dir/mem.json" rss_anon_kib)
       [ -s "$dir/layout/index.json" ] || die "crane wrote no index.json"
       bytes=$(du -sb "$dir/layout" | cut -f1)
       ;;
     skopeo)
-      local rs=() tmpd="$dir/tmp"
+      local rs=() as=() tmpd="$dir/tmp"
       mkdir -p "$tmpd"
       t0=$(now)
       for i in "${IMAGES[@]}"; do
-        TMPDIR="$tmpd" XDG_DATA_HOME="$TMP/xdg" tv "$dir/time-$i" 180 "$SKOPEO" --insecure-policy \
+        TMPDIR="$tmpd" XDG_DATA_HOME="$TMP/xdg" tw "$dir/mem-$i.json" 180 "$SKOPEO" --insecure-policy \
           --override-arch amd64 --override-os linux copy -q --src-tls-verify=false \
           "docker://$UP/library/$i:1" "oci-archive:$dir/$i.tar:docker.io/library/$i:1" \
           >"$dir/out" 2>"$dir/err" || { tail -20 "$dir/err" >&2; die "skopeo copy $i run $r failed"; }
-        rs+=("$(rss_of "$dir/time-$i")")
+        rs+=("$(jmib "$dir/mem-$i.json" peak_rss_kib)"); as+=("$(jmib "$dir/mem-$i.json" rss_anon_kib)")
       done
       t1=$(now)
-      rss=$(maxof "${rs[@]}")
+      rss=$(maxof "${rs[@]}"); anon=$(maxof "${as[@]}")
       bytes=$(cat "$dir"/*.tar | wc -c)
       ;;
   esac
   w=$(elapsed "$t0" "$t1")
   gets=$(big_gets "$l0")
-  WALL[$tool]+=" $w"; RSS[$tool]+=" $rss"; BYTES[$tool]=$bytes
-  log "cold run $r $tool: ${w} s, peak RSS ${rss} MiB, $(mib "$bytes") MiB written, upstream GETs of the big blob: $gets"
+  WALL[$tool]+=" $w"; RSS[$tool]+=" $rss"; ANON[$tool]+=" $anon"; BYTES[$tool]=$bytes
+  log "cold run $r $tool: ${w} s, peak RSS ${rss} MiB (RssAnon ${anon}), $(mib "$bytes") MiB written, upstream GETs of the big blob: $gets"
   [ "$gets" = 1 ] || log "WARNING: $tool fetched the big blob $gets times from upstream"
 }
 
@@ -171,12 +174,12 @@ CAT_BYTES=$(cat "${BLOB_FILES[@]}" | wc -c) # also warms the page cache
 log "warm export: ${#BLOB_FILES[@]} blob files, $(mib "$CAT_BYTES") MiB"
 mkdir -p "$TMP/warm"
 
-declare -A TPUT ANON FILEB
+declare -A TPUT
 warm_crpe() { # record?
   local out="$TMP/warm/out.tgz" t0 t1 w bytes
   rm -f "$out"; settle
   t0=$(now)
-  tv "$TMP/warm/time" 120 "$CRPE_BIN" export -f "$PKG" -o "$out" --data "$WARM_DATA" --platform "$PLATFORM" \
+  tw "$TMP/warm/mem.json" 120 "$CRPE_BIN" export -f "$PKG" -o "$out" --data "$WARM_DATA" --platform "$PLATFORM" \
     --offline --json >"$TMP/warm/summary.json" 2>"$TMP/warm/err" \
     || { tail -20 "$TMP/warm/err" >&2; die "crpe export --offline failed"; }
   t1=$(now)
@@ -184,9 +187,9 @@ warm_crpe() { # record?
   rm -f "$out"
   [ "$1" = 1 ] || return 0
   TPUT[crpe]+=" $(awk -v b="$bytes" -v s="$w" 'BEGIN{printf "%.1f", b/1048576/s}')"
-  RSS[warm]+=" $(rss_of "$TMP/warm/time")"
+  RSS[warm]+=" $(jmib "$TMP/warm/mem.json" peak_rss_kib)"; ANON[warm]+=" $(jmib "$TMP/warm/mem.json" rss_anon_kib)"
   BYTES[warm]=$bytes
-  log "warm crpe export --offline: $w s, $(mib "$bytes") MiB archive, $(awk -v b="$bytes" -v s="$w" 'BEGIN{printf "%.1f", b/1048576/s}') MiB/s, peak RSS $(rss_of "$TMP/warm/time") MiB"
+  log "warm crpe export --offline: $w s, $(mib "$bytes") MiB archive, $(awk -v b="$bytes" -v s="$w" 'BEGIN{printf "%.1f", b/1048576/s}') MiB/s, peak RSS $(jmib "$TMP/warm/mem.json" peak_rss_kib) MiB (RssAnon $(jmib "$TMP/warm/mem.json" rss_anon_kib))"
 }
 warm_cat() { # record? mode: 0 cat, 1 cat + fsync, 2 cat | cat (user-space copies)
   local out="$TMP/warm/cat.out" t0 t1 w key=cat
@@ -214,24 +217,7 @@ for r in $(seq 1 "$RUNS"); do
   else warm_cat 1 2; warm_cat 1 1; warm_cat 1 0; warm_crpe 1; fi
 done
 
-# One extra, untimed run of each under a 5 ms /proc sampler: how much of the
-# peak RSS is heap and stacks (RssAnon) and how much the binary's mapped pages
-# (RssFile).
-json_kib() { sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p" "$1" | awk '{printf "%.1f", $1/1024}'; }
-settle
-rm -rf "$TMP/split"; mkdir -p "$TMP/split"
-timeout 180 "$TMP/imagefix" watch -o "$TMP/split/cold.json" -- "$CRPE_BIN" export -f "$PKG" -o "$TMP/split/out.tgz" \
-  --data "$TMP/split/data" --platform "$PLATFORM" --registry-endpoint "docker.io=$DIST_URL" --json >/dev/null 2>"$TMP/split/err" \
-  || { tail -20 "$TMP/split/err" >&2; die "crpe export (sampled) failed"; }
-rm -rf "$TMP/split/out.tgz" "$TMP/split/data"
-timeout 120 "$TMP/imagefix" watch -o "$TMP/split/warm.json" -- "$CRPE_BIN" export -f "$PKG" -o "$TMP/split/out.tgz" \
-  --data "$WARM_DATA" --platform "$PLATFORM" --offline --json >/dev/null 2>"$TMP/split/err" \
-  || { tail -20 "$TMP/split/err" >&2; die "crpe export --offline (sampled) failed"; }
-for k in cold warm; do
-  ANON[$k]=$(json_kib "$TMP/split/$k.json" rss_anon_kib); FILEB[$k]=$(json_kib "$TMP/split/$k.json" rss_file_kib)
-  log "sampled $k export: peak RssAnon ${ANON[$k]} MiB, peak RssFile ${FILEB[$k]} MiB (binary $(mib "$(stat -c %s "$CRPE_BIN")") MiB)"
-done
-rm -rf "$TMP/split" "$run_cold_crpe_keep"
+rm -rf "$run_cold_crpe_keep"
 
 # ------------------------------------------------- shared cold blob fetch ---
 
@@ -267,10 +253,11 @@ pulls() {
 }
 
 pull_run() { # n run
-  local n=$1 r=$2 dir="$TMP/serve-$1-$2" l0 gets fetches hwm warm=""
+  local n=$1 r=$2 dir="$TMP/serve-$1-$2" l0 gets fetches hwm anon sp warm=""
   mkdir -p "$dir"
   settle
   start_serve "$dir/data"
+  sample_start "$SERVE_PID" "$dir/serve-mem.json"; sp=$SAMPLER_PID; SAMPLERS=$sp
   l0=$(log_lines)
   local url="$SERVE_URL/v2/docker.io/library/big/blobs/$BIG_DIGEST"
   pulls "$url" "$n" "$dir/res"
@@ -283,11 +270,11 @@ pull_run() { # n run
     pulls "$url" "$n" "$dir/res"; warm=$PW
     PULLW+=" $warm"
   fi
-  hwm=$(kib_mib "$(vm_hwm_kib "$SERVE_PID")")
-  local split; split=$(awk '/^Rss(Anon|File):/{printf "%s %.1f MiB ", $1, $2/1024}' "/proc/$SERVE_PID/status")
+  sample_stop "$sp"; SAMPLERS=""
+  hwm=$(jmib "$dir/serve-mem.json" peak_rss_kib); anon=$(jmib "$dir/serve-mem.json" rss_anon_kib)
   stop_pid "$SERVE_PID"; SERVE_PID=""
-  PULL[$n]+=" $cold"; GETS[$n]+=" $gets"; FETCHES[$n]+=" $fetches"; RSS[serve$n]+=" $hwm"
-  log "serve run $r: $n cold pull(s) of ${BIG_MIB} MiB: $cold s, upstream GETs $gets, crpe upstream fetches ${fetches:-?}, serve VmHWM $hwm MiB (now: $split)${warm:+; the same $n again from the cache: $warm s}"
+  PULL[$n]+=" $cold"; GETS[$n]+=" $gets"; FETCHES[$n]+=" $fetches"; RSS[serve$n]+=" $hwm"; ANON[serve$n]+=" $anon"
+  log "serve run $r: $n cold pull(s) of ${BIG_MIB} MiB: $cold s, upstream GETs $gets, crpe upstream fetches ${fetches:-?}, serve peak RSS $hwm MiB (RssAnon $anon)${warm:+; the same $n again from the cache: $warm s}"
   rm -rf "$dir"
 }
 PULLW="" PULLD=""
@@ -310,6 +297,8 @@ done
   P1=$(median ${PULL[1]}); PN=$(median ${PULL[$PULLERS]}); PNW=$(median $PULLW); PND=$(median $PULLD)
   G1=$(maxof ${GETS[1]}); GN=$(maxof ${GETS[$PULLERS]}); GN_MIN=$(printf '%s\n' ${GETS[$PULLERS]} | sort -g | head -n1)
   S1=$(maxof ${RSS[serve1]}); SN=$(maxof ${RSS[serve$PULLERS]})
+  A_CRPE=$(maxof ${ANON[crpe]}); A_CRANE=$(maxof ${ANON[crane]}); A_SKOPEO=$(maxof ${ANON[skopeo]}); A_WARM=$(maxof ${ANON[warm]})
+  AS1=$(maxof ${ANON[serve1]}); ASN=$(maxof ${ANON[serve$PULLERS]}); F_CRPE=$(maxof ${FILEB[cold]})
 }
 GETS_OK="❌"; [ "$GN" = 1 ] && [ "$GN_MIN" = 1 ] && GETS_OK="✅"
 NIMG=${#IMAGES[@]}
@@ -324,16 +313,17 @@ echo "| cold export of ${NIMG} images, wall time (s) — vs \`skopeo copy … oc
 echo "| warm export \`--offline\`, archive MiB/s — vs \`cat\` of its blob files | $(fmt "$T_CRPE" 0) | $(fmt "$T_CAT" 0) | $(ratio "$T_CRPE" "$T_CAT") | ≥ 0.8× | $(verdict 'r>=0.8' "$T_CRPE" "$T_CAT") |"
 echo "| warm export \`--offline\`, archive MiB/s — vs \`cat\` + \`sync FILE\` (what \`crpe export --fsync\` would add) | $(fmt "$T_CRPE" 0) | $(fmt "$T_CATSYNC" 0) | $(ratio "$T_CRPE" "$T_CATSYNC") | (info) | |"
 echo "| warm export \`--offline\`, archive MiB/s — vs \`cat … \\| cat >file\` (read/write through user space, no fsync) | $(fmt "$T_CRPE" 0) | $(fmt "$T_CATPIPE" 0) | $(ratio "$T_CRPE" "$T_CATPIPE") | (info) | |"
-echo "| peak RSS, cold export (MiB) — vs crane | $(fmt "$R_CRPE" 1) | $(fmt "$R_CRANE" 1) | $(ratio "$R_CRPE" "$R_CRANE") | crpe ≤ 64 MiB | $(verdict 'v<=64' "$R_CRPE" 1) |"
-echo "| peak RSS, cold export (MiB) — vs skopeo (largest of its ${NIMG} runs) | $(fmt "$R_CRPE" 1) | $(fmt "$R_SKOPEO" 1) | $(ratio "$R_CRPE" "$R_SKOPEO") | crpe ≤ 64 MiB | $(verdict 'v<=64' "$R_CRPE" 1) |"
-echo "| of which heap + stacks (peak RssAnon, sampled every 5 ms), cold export (MiB) — vs mapped binary pages (peak RssFile; binary $(mib "$(stat -c %s "$CRPE_BIN")") MiB) | ${ANON[cold]} | ${FILEB[cold]} | $(ratio "${ANON[cold]}" "${FILEB[cold]}") | (info) | |"
-echo "| peak RSS, warm export (MiB) — vs cold export | $(fmt "$R_WARM" 1) | $(fmt "$R_CRPE" 1) | $(ratio "$R_WARM" "$R_CRPE") | crpe ≤ 64 MiB | $(verdict 'v<=64' "$R_WARM" 1) |"
+echo "| peak total RSS, cold export (MiB) — vs crane | $(fmt "$R_CRPE" 1) | $(fmt "$R_CRANE" 1) | $(ratio "$R_CRPE" "$R_CRANE") | crpe ≤ 64 MiB | $(verdict 'v<=64' "$R_CRPE" 1) |"
+echo "| peak RssAnon, heap + stacks, cold export (MiB) — vs crane | $(fmt "$A_CRPE" 1) | $(fmt "$A_CRANE" 1) | $(ratio "$A_CRPE" "$A_CRANE") | (info) | |"
+echo "| peak total RSS, cold export (MiB) — vs skopeo (largest of its ${NIMG} runs) | $(fmt "$R_CRPE" 1) | $(fmt "$R_SKOPEO" 1) | $(ratio "$R_CRPE" "$R_SKOPEO") | crpe ≤ 64 MiB | $(verdict 'v<=64' "$R_CRPE" 1) |"
+echo "| peak RssAnon, heap + stacks, cold export (MiB) — vs skopeo | $(fmt "$A_CRPE" 1) | $(fmt "$A_SKOPEO" 1) | $(ratio "$A_CRPE" "$A_SKOPEO") | (info) | |"
+echo "| peak total RSS / RssAnon, warm export (MiB) — vs cold export | $(fmt "$R_WARM" 1) / $(fmt "$A_WARM" 1) | $(fmt "$R_CRPE" 1) / $(fmt "$A_CRPE" 1) | $(ratio "$R_WARM" "$R_CRPE") / $(ratio "$A_WARM" "$A_CRPE") | crpe ≤ 64 MiB | $(verdict 'v<=64' "$R_WARM" 1) |"
 echo "| ${PULLERS} concurrent cold pulls of the ${BIG_MIB} MiB blob through one \`crpe serve\` (s) — vs 1 cold pull | $(fmt "$PN" 2) | $(fmt "$P1" 2) | $(ratio "$PN" "$P1") | ≤ 1.3× | $(verdict 'r<=1.3' "$PN" "$P1") |"
 echo "| the same ${PULLERS} pulls once cached (same \`crpe serve\`, sendfile) (s) — reference: what the machine allows | $(fmt "$PN" 2) | $(fmt "$PNW" 2) | $(ratio "$PN" "$PNW") | (info) | |"
 echo "| the same ${PULLERS} pulls straight from docker-registry, no crpe (s) — reference | $(fmt "$PN" 2) | $(fmt "$PND" 2) | $(ratio "$PN" "$PND") | (info) | |"
 echo "| upstream GETs of that blob for the ${PULLERS} pulls (docker-registry access log, worst run) — vs 1 pull | $GN | $G1 | $(ratio "$GN" "$G1") | exactly 1 | $GETS_OK |"
-echo "| \`crpe serve\` peak RSS, VmHWM (MiB) — ${PULLERS} pulls vs 1 pull | $(fmt "$SN" 1) | $(fmt "$S1" 1) | $(ratio "$SN" "$S1") | (info) | |"
+echo "| \`crpe serve\` peak total RSS / RssAnon (MiB) — ${PULLERS} pulls vs 1 pull | $(fmt "$SN" 1) / $(fmt "$ASN" 1) | $(fmt "$S1" 1) / $(fmt "$AS1" 1) | $(ratio "$SN" "$S1") / $(ratio "$ASN" "$AS1") | (info) | |"
 echo
-echo "Peak RSS is the largest of the runs (\`/usr/bin/time -v\`). \`cat\` (coreutils) copies in the kernel with copy_file_range; crpe reads each blob a megabyte at a time from its verified cache (a cold export follows each fetch as its bytes arrive and is verified by it), frames it in stored deflate blocks with a CRC-32 and writes them with one writev per megabyte; like cat, crane and skopeo it does not fsync the archive (\`--fsync\` does), while the cache it fills is fsynced. Archive / output sizes: crpe $(mib "${BYTES[crpe]}") MiB, crane layout $(mib "${BYTES[crane]}") MiB, skopeo archives $(mib "${BYTES[skopeo]}") MiB."
+echo "Memory is the largest of the runs: peak total RSS (the kernel's high-water mark) and peak RssAnon (heap + stacks, the program's own; the rest is file-backed pages, mostly the mapped binary: crpe's peak RssFile was $(fmt "$F_CRPE" 1) MiB of a $(mib "$(stat -c %s "$CRPE_BIN")") MiB binary), /proc status sampled every 5 ms (\`imagefix watch\`, \`imagefix sample\` for \`crpe serve\`). \`cat\` (coreutils) copies in the kernel with copy_file_range; crpe reads each blob a megabyte at a time from its verified cache (a cold export follows each fetch as its bytes arrive and is verified by it), frames it in stored deflate blocks with a CRC-32 and writes them with one writev per megabyte; like cat, crane and skopeo it does not fsync the archive (\`--fsync\` does), while the cache it fills is fsynced. Archive / output sizes: crpe $(mib "${BYTES[crpe]}") MiB, crane layout $(mib "${BYTES[crane]}") MiB, skopeo archives $(mib "${BYTES[skopeo]}") MiB."
 echo
 echo "Reproduce: \`bash bench/export.sh\` (or \`bash bench/export.sh path/to/crpe\`; BENCH_RUNS, BENCH_BIG_MIB, BENCH_PULLERS tune it)."

@@ -25,15 +25,21 @@
 #   agent      crpe import FILE --to http://127.0.0.1:P --token T --full into
 #              a fresh `crpe agent` (fresh --data; started and stopped
 #              untimed)                                        (MiB/s, s)
-#              and the agent's peak RSS (VmHWM of its /proc status, read
-#              after the import: the kernel's own high-water mark)
+#              and the agent's peak total RSS (VmHWM: the kernel's own
+#              high-water mark, start-up included) and peak RssAnon (heap +
+#              stacks), its /proc status sampled every 5 ms from when it
+#              answers until the import is done (`imagefix sample`)
 #   local      crpe import FILE --data DIR                     (MiB/s)
 #   skopeo     skopeo copy oci-archive:FILE:REF docker://127.0.0.1:P2/REPO
 #              for each of the 3 images into a fresh docker-registry
 #              (total wall time; --insecure-policy, --tmpdir in the run's
-#              temp dir)
+#              temp dir), and docker-registry's peak total RSS and
+#              RssAnon sampled the same way during the copies
 #   reference  openssl dgst -sha256 FILE (SHA-NI where the CPU has it;
 #              coreutils 9.1's sha256sum does not use it)
+#
+# The crpe import clients and skopeo run under `imagefix watch` (their peak
+# total RSS, peak RssAnon sampled every 5 ms, CPU time).
 #
 # Everything binds to 127.0.0.1, every step is time-bounded, and an EXIT trap
 # stops the servers and removes the temp dir. Typical run time: ~1–2 min.
@@ -47,10 +53,10 @@ SKOPEO="${SKOPEO:-/usr/bin/skopeo}"
 PLATFORM=linux/amd64
 IMAGES=(a b c)
 
-DIST_PID="" AGENT_PID=""
+DIST_PID="" AGENT_PID="" SAMPLERS=""
 on_exit() {
   local p
-  for p in $AGENT_PID $DIST_PID; do stop_pid "$p"; done
+  for p in $SAMPLERS $AGENT_PID $DIST_PID; do stop_pid "$p"; done
   skopeo_cache_clean
 }
 bench_init crpe-bench-import 300
@@ -58,7 +64,6 @@ skopeo_cache_note
 
 require_x "$DIST_BIN" "apt-get install -y docker-registry"
 require_x "$SKOPEO" "apt-get install -y skopeo"
-require_x /usr/bin/time "apt-get install -y time"
 require_cmd curl go sha256sum openssl
 note_load
 
@@ -95,7 +100,7 @@ printf '%s\n' "$TOKEN" >"$TMP/token"; chmod 600 "$TMP/token"
 
 # ---------------------------------------------------------------- measure ---
 
-declare -A WALL TPUT RSS CPU
+declare -A WALL TPUT RSS ANON CPU
 record() { # key seconds
   WALL[$1]+=" $2"; TPUT[$1]+=" $(mibps "$ARCHIVE_BYTES" "$2")"
 }
@@ -123,21 +128,23 @@ run_openssl() { # r
 }
 
 run_agent() { # r
-  local r=$1 dir="$TMP/agent-$1" port url t0 t1 w c0 c1 hwm code sent
+  local r=$1 dir="$TMP/agent-$1" port url t0 t1 w c0 c1 hwm anon code sent sp
   mkdir -p "$dir"
   port=$(free_port); url="http://$HOST:$port"
   "$CRPE_BIN" agent --addr "$HOST:$port" --data "$dir/data" --token-file "$TMP/token" \
     --log-format json >"$dir/agent.log" 2>&1 &
   AGENT_PID=$!
   wait_http "$url/healthz" 20 || { tail -20 "$dir/agent.log" >&2; die "crpe agent did not start"; }
+  sample_start "$AGENT_PID" "$dir/agent-mem.json"; sp=$SAMPLER_PID; SAMPLERS=$sp
   settle
   c0=$(cpu_ticks "$AGENT_PID")
   t0=$(now)
-  tv "$dir/time" 120 "$CRPE_BIN" import "$ARCHIVE" --to "$url" --token "$TOKEN" --full --json \
+  tw "$dir/client-mem.json" 120 "$CRPE_BIN" import "$ARCHIVE" --to "$url" --token "$TOKEN" --full --json \
     >"$dir/out.json" 2>"$dir/err" || { tail -20 "$dir/err" "$dir/agent.log" >&2; die "crpe import --to run $r failed"; }
   t1=$(now)
   c1=$(cpu_ticks "$AGENT_PID")
-  hwm=$(kib_mib "$(vm_hwm_kib "$AGENT_PID")")
+  sample_stop "$sp"; SAMPLERS=""
+  hwm=$(jmib "$dir/agent-mem.json" peak_rss_kib); anon=$(jmib "$dir/agent-mem.json" rss_anon_kib)
   # the agent serves what it imported
   code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 \
     -H 'Accept: application/vnd.oci.image.manifest.v1+json' "$url/v2/library/c/manifests/1?ns=docker.io")
@@ -147,10 +154,11 @@ run_agent() { # r
   sent=$(sed -n 's/.*"bytesSent": *\([0-9]*\).*/\1/p' "$dir/out.json")
   stop_pid "$AGENT_PID"; AGENT_PID=""
   w=$(elapsed "$t0" "$t1"); record agent "$w"
-  RSS[agent]+=" $hwm"; RSS[client]+=" $(rss_of "$dir/time")"
+  RSS[agent]+=" $hwm"; ANON[agent]+=" $anon"
+  RSS[client]+=" $(jmib "$dir/client-mem.json" peak_rss_kib)"; ANON[client]+=" $(jmib "$dir/client-mem.json" rss_anon_kib)"
   CPU[agent]+=" $(awk -v a="$c0" -v b="$c1" -v h="$CLK_TCK" 'BEGIN{printf "%.2f", (b-a)/h}')"
-  CPU[client]+=" $(awk -F': *' '/User time|System time/{s+=$2} END{printf "%.2f", s}' "$dir/time")"
-  log "run $r crpe import --to agent: $w s, $(mibps "$ARCHIVE_BYTES" "$w") MiB/s, agent VmHWM $hwm MiB, agent CPU $(awk -v a="$c0" -v b="$c1" -v h="$CLK_TCK" 'BEGIN{printf "%.2f", (b-a)/h}') s, client RSS $(rss_of "$dir/time") MiB, $(mib "${sent:-0}") MiB sent"
+  CPU[client]+=" $(jcpu "$dir/client-mem.json")"
+  log "run $r crpe import --to agent: $w s, $(mibps "$ARCHIVE_BYTES" "$w") MiB/s, agent peak RSS $hwm MiB (RssAnon $anon), agent CPU $(awk -v a="$c0" -v b="$c1" -v h="$CLK_TCK" 'BEGIN{printf "%.2f", (b-a)/h}') s, client peak RSS $(jmib "$dir/client-mem.json" peak_rss_kib) MiB (RssAnon $(jmib "$dir/client-mem.json" rss_anon_kib)), $(mib "${sent:-0}") MiB sent"
   rm -rf "$dir"
 }
 
@@ -159,32 +167,34 @@ run_local() { # r
   mkdir -p "$dir"
   settle
   t0=$(now)
-  tv "$dir/time" 120 "$CRPE_BIN" import "$ARCHIVE" --data "$dir/data" --json >"$dir/out.json" 2>"$dir/err" \
+  tw "$dir/mem.json" 120 "$CRPE_BIN" import "$ARCHIVE" --data "$dir/data" --json >"$dir/out.json" 2>"$dir/err" \
     || { tail -20 "$dir/err" >&2; die "crpe import --data run $r failed"; }
   t1=$(now)
   grep -q '"blobsReceived"' "$dir/out.json" || die "local run $r: no import summary: $(head -c 600 "$dir/out.json")"
   w=$(elapsed "$t0" "$t1"); record local "$w"
-  RSS[local]+=" $(rss_of "$dir/time")"
-  log "run $r crpe import --data: $w s, $(mibps "$ARCHIVE_BYTES" "$w") MiB/s, peak RSS $(rss_of "$dir/time") MiB"
+  RSS[local]+=" $(jmib "$dir/mem.json" peak_rss_kib)"; ANON[local]+=" $(jmib "$dir/mem.json" rss_anon_kib)"
+  log "run $r crpe import --data: $w s, $(mibps "$ARCHIVE_BYTES" "$w") MiB/s, peak RSS $(jmib "$dir/mem.json" peak_rss_kib) MiB (RssAnon $(jmib "$dir/mem.json" rss_anon_kib))"
   rm -rf "$dir"
 }
 
 run_skopeo() { # r
-  local r=$1 dir="$TMP/skopeo-$1" t0 t1 w i rs=() up code hwm
+  local r=$1 dir="$TMP/skopeo-$1" t0 t1 w i rs=() as=() up code hwm anon sp
   mkdir -p "$dir/tmp"
   dist_start "$dir/registry"
+  sample_start "$DIST_PID" "$dir/dist-mem.json"; sp=$SAMPLER_PID; SAMPLERS=$sp
   up=${DIST_URL#http://}
   settle
   t0=$(now)
   for i in "${IMAGES[@]}"; do
-    XDG_DATA_HOME="$dir/xdg" tv "$dir/time-$i" 120 "$SKOPEO" --insecure-policy --tmpdir "$dir/tmp" \
+    XDG_DATA_HOME="$dir/xdg" tw "$dir/mem-$i.json" 120 "$SKOPEO" --insecure-policy --tmpdir "$dir/tmp" \
       copy -q --dest-tls-verify=false \
       "oci-archive:$ARCHIVE:docker.io/library/$i:1" "docker://$up/library/$i:1" \
       >"$dir/out" 2>"$dir/err" || { tail -20 "$dir/err" >&2; die "skopeo copy $i run $r failed"; }
-    rs+=("$(rss_of "$dir/time-$i")")
+    rs+=("$(jmib "$dir/mem-$i.json" peak_rss_kib)"); as+=("$(jmib "$dir/mem-$i.json" rss_anon_kib)")
   done
   t1=$(now)
-  hwm=$(kib_mib "$(vm_hwm_kib "$DIST_PID")")
+  sample_stop "$sp"; SAMPLERS=""
+  hwm=$(jmib "$dir/dist-mem.json" peak_rss_kib); anon=$(jmib "$dir/dist-mem.json" rss_anon_kib)
   for i in "${IMAGES[@]}"; do
     code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 \
       -H 'Accept: application/vnd.oci.image.manifest.v1+json' "$DIST_URL/v2/library/$i/manifests/1")
@@ -192,8 +202,9 @@ run_skopeo() { # r
   done
   stop_pid "$DIST_PID"; DIST_PID=""
   w=$(elapsed "$t0" "$t1"); record skopeo "$w"
-  RSS[skopeo]+=" $(maxof "${rs[@]}")"; RSS[dist]+=" $hwm"
-  log "run $r skopeo copy ×${#IMAGES[@]}: $w s, $(mibps "$ARCHIVE_BYTES" "$w") MiB/s of archive, skopeo peak RSS $(maxof "${rs[@]}") MiB, docker-registry VmHWM $hwm MiB"
+  RSS[skopeo]+=" $(maxof "${rs[@]}")"; ANON[skopeo]+=" $(maxof "${as[@]}")"
+  RSS[dist]+=" $hwm"; ANON[dist]+=" $anon"
+  log "run $r skopeo copy ×${#IMAGES[@]}: $w s, $(mibps "$ARCHIVE_BYTES" "$w") MiB/s of archive, skopeo peak RSS $(maxof "${rs[@]}") MiB (RssAnon $(maxof "${as[@]}")), docker-registry peak RSS $hwm MiB (RssAnon $anon)"
   rm -rf "$dir"
 }
 
@@ -217,6 +228,8 @@ done
 {
   R_AGENT=$(maxof ${RSS[agent]}); R_CLIENT=$(maxof ${RSS[client]}); R_LOCAL=$(maxof ${RSS[local]})
   R_SKOPEO=$(maxof ${RSS[skopeo]}); R_DIST=$(maxof ${RSS[dist]})
+  A_AGENT=$(maxof ${ANON[agent]}); A_CLIENT=$(maxof ${ANON[client]}); A_LOCAL=$(maxof ${ANON[local]})
+  A_SKOPEO=$(maxof ${ANON[skopeo]}); A_DIST=$(maxof ${ANON[dist]})
   C_AGENT=$(median ${CPU[agent]}); C_CLIENT=$(median ${CPU[client]})
 }
 echo
@@ -227,12 +240,14 @@ echo "| metric | crpe | peer | crpe / peer | goal | met |"
 echo "|---|---:|---:|---:|---|:-:|"
 echo "| \`crpe import --to\` a fresh \`crpe agent\` (\`--full\`), MiB/s — vs \`sha256sum\` of the archive (the floor) | $(fmt "${M[agent.tput]}" 0) | $(fmt "${M[sha.tput]}" 0) | $(ratio "${M[agent.tput]}" "${M[sha.tput]}") | ≥ 0.70× | $(verdict 'r>=0.70' "${M[agent.tput]}" "${M[sha.tput]}") |"
 echo "| \`crpe import --to\` agent, wall time (s) — vs \`skopeo copy oci-archive:… docker://…\` ×${#IMAGES[@]} into docker-registry | $(fmt "${M[agent.wall]}" 2) | $(fmt "${M[skopeo.wall]}" 2) | $(ratio "${M[agent.wall]}" "${M[skopeo.wall]}") | ≤ 0.33× (≥ 3× faster) | $(verdict 'r<=1/3' "${M[agent.wall]}" "${M[skopeo.wall]}") |"
-echo "| agent peak RSS during the import, VmHWM (MiB) — vs docker-registry's during the skopeo copies | $(fmt "$R_AGENT" 1) | $(fmt "$R_DIST" 1) | $(ratio "$R_AGENT" "$R_DIST") | crpe ≤ 64 MiB | $(verdict 'v<=64' "$R_AGENT" 1) |"
+echo "| agent peak total RSS, VmHWM (MiB) — vs docker-registry's, the server of the skopeo copies | $(fmt "$R_AGENT" 1) | $(fmt "$R_DIST" 1) | $(ratio "$R_AGENT" "$R_DIST") | crpe ≤ 64 MiB | $(verdict 'v<=64' "$R_AGENT" 1) |"
+echo "| agent peak RssAnon, heap + stacks (MiB) — vs docker-registry's | $(fmt "$A_AGENT" 1) | $(fmt "$A_DIST" 1) | $(ratio "$A_AGENT" "$A_DIST") | (info) | |"
 echo "| \`crpe import --data\` (local, no server), MiB/s — vs \`sha256sum\` | $(fmt "${M[local.tput]}" 0) | $(fmt "${M[sha.tput]}" 0) | $(ratio "${M[local.tput]}" "${M[sha.tput]}") | (info) | |"
 echo "| \`crpe import --to\` agent, MiB/s — vs \`openssl dgst -sha256\` (SHA-NI; reference) | $(fmt "${M[agent.tput]}" 0) | $(fmt "${M[openssl.tput]}" 0) | $(ratio "${M[agent.tput]}" "${M[openssl.tput]}") | (info) | |"
 echo "| CPU time of one import (s): agent — vs the \`crpe import --to\` client | $(fmt "$C_AGENT" 2) | $(fmt "$C_CLIENT" 2) | $(ratio "$C_AGENT" "$C_CLIENT") | (info) | |"
-echo "| peak RSS (MiB): \`crpe import --to\` client / \`crpe import --data\` — vs skopeo (largest of its ${#IMAGES[@]} runs) | $(fmt "$R_CLIENT" 1) / $(fmt "$R_LOCAL" 1) | $(fmt "$R_SKOPEO" 1) | $(ratio "$R_CLIENT" "$R_SKOPEO") / $(ratio "$R_LOCAL" "$R_SKOPEO") | (info) | |"
+echo "| peak total RSS (MiB): \`crpe import --to\` client / \`crpe import --data\` — vs skopeo (largest of its ${#IMAGES[@]} runs) | $(fmt "$R_CLIENT" 1) / $(fmt "$R_LOCAL" 1) | $(fmt "$R_SKOPEO" 1) | $(ratio "$R_CLIENT" "$R_SKOPEO") / $(ratio "$R_LOCAL" "$R_SKOPEO") | (info) | |"
+echo "| peak RssAnon, heap + stacks (MiB): \`crpe import --to\` client / \`crpe import --data\` — vs skopeo | $(fmt "$A_CLIENT" 1) / $(fmt "$A_LOCAL" 1) | $(fmt "$A_SKOPEO" 1) | $(ratio "$A_CLIENT" "$A_SKOPEO") / $(ratio "$A_LOCAL" "$A_SKOPEO") | (info) | |"
 echo
-echo "Wall times (s, median): sha256sum $(fmt "${M[sha.wall]}" 2), openssl $(fmt "${M[openssl.wall]}" 2), crpe import --to $(fmt "${M[agent.wall]}" 2), crpe import --data $(fmt "${M[local.wall]}" 2), skopeo ×${#IMAGES[@]} $(fmt "${M[skopeo.wall]}" 2). The agent's VmHWM is read from /proc after the import (the kernel's high-water mark, start-up included). skopeo unpacks the whole archive into --tmpdir for each image it copies; docker-registry does not fsync, crpe fsyncs every blob and its index."
+echo "Wall times (s, median): sha256sum $(fmt "${M[sha.wall]}" 2), openssl $(fmt "${M[openssl.wall]}" 2), crpe import --to $(fmt "${M[agent.wall]}" 2), crpe import --data $(fmt "${M[local.wall]}" 2), skopeo ×${#IMAGES[@]} $(fmt "${M[skopeo.wall]}" 2). Memory is the largest of the runs: peak total RSS (VmHWM, the kernel's high-water mark; for the servers start-up included) and peak RssAnon (heap + stacks: the program's own, unlike the binary's file-backed pages), each process's /proc status sampled every 5 ms (\`imagefix watch\` / \`imagefix sample\`; the servers from when they answer until the import or the copies are done). skopeo unpacks the whole archive into --tmpdir for each image it copies; docker-registry does not fsync, crpe fsyncs every blob and its index."
 echo
 echo "Reproduce: \`bash bench/import.sh\` (or \`bash bench/import.sh path/to/crpe\`; BENCH_RUNS, BENCH_ARCHIVE_MIB tune it)."

@@ -13,7 +13,7 @@
 # bounded.
 #
 # Variables set here for the scripts: REPO_ROOT HOST DIST_BIN TMP CRPE_BIN
-# DIST_PID DIST_PORT DIST_URL LOAD0 CLK_TCK.
+# DIST_PID DIST_PORT DIST_URL LOAD0 CLK_TCK SAMPLER_PID.
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HOST=127.0.0.1
@@ -236,6 +236,37 @@ tv() {
 }
 # rss_of TIMEFILE -> peak RSS in MiB from /usr/bin/time -v
 rss_of() { awk -F': *' '/Maximum resident set size/{printf "%.1f", $2/1024}' "$1"; }
+
+# Memory is reported as peak total RSS and peak RssAnon (heap + stacks):
+# file-backed pages (RssFile: the mapped binary) move with the page cache.
+# bench/imagefix (build_fix imagefix -> $TMP/imagefix) reads /proc/PID/status
+# every 5 ms and writes the peaks as one JSON line (see its package comment):
+#   tw JSON SECONDS cmd...   run cmd under `imagefix watch` with a timeout;
+#                            JSON: peak_rss_kib, rss_anon_kib, rss_file_kib,
+#                            user_s, sys_s (the command's own)
+#   sample_start PID JSON    sample a running server -> SAMPLER_PID
+#   sample_stop SAMPLER_PID  stop it (it samples once more, writes JSON)
+tw() {
+  local j=$1 t=$2; shift 2
+  timeout "$t" "$TMP/imagefix" watch -o "$j" -- "$@"
+}
+sample_start() {
+  "$TMP/imagefix" sample -p "$1" -o "$2" &
+  SAMPLER_PID=$!
+}
+sample_stop() { # bounded (stop_pid); the JSON must be there afterwards
+  stop_pid "$1"
+}
+# jnum JSON KEY: a number of imagefix's JSON line
+jnum() { sed -n "s/.*\"$2\":\([0-9.eE+-]*\).*/\1/p" "$1"; }
+# jmib JSON KEY: a KiB figure of it in MiB (one decimal); dies when missing
+jmib() {
+  local v; v=$(jnum "$1" "$2")
+  [ -n "$v" ] || die "no $2 in $1: $(head -c 300 "$1" 2>/dev/null)"
+  kib_mib "$v"
+}
+# jcpu JSON: user + system seconds of a watched command
+jcpu() { awk -v u="$(jnum "$1" user_s)" -v s="$(jnum "$1" sys_s)" 'BEGIN{printf "%.2f", u+s}'; }
 
 # status_kib PID FIELD: a field of /proc/PID/status (VmHWM, VmRSS, RssAnon,
 # RssFile...) in KiB

@@ -1,11 +1,13 @@
-// Command imagefix is a standard-library-only fixture generator used by
-// bench/export.sh and bench/import.sh: it pushes random OCI images straight
+// Command imagefix is a standard-library-only fixture generator and memory
+// sampler used by bench/export.sh, bench/import.sh (and, for watch and
+// sample, bench/registry.sh): it pushes random OCI images straight
 // into a registry over the OCI distribution API and writes the KubePkg that
 // lists them.
 //
 //	imagefix export -registry http://127.0.0.1:5000 -pkg pkg.json -tmp DIR [-seed 1] [-big-mib 200]
 //	imagefix import -registry http://127.0.0.1:5000 -pkg pkg.json -tmp DIR [-mib 400] [-seed 1]
 //	imagefix watch -o FILE -- COMMAND [ARGS...]
+//	imagefix sample -p PID -o FILE
 //
 // export (bench/export.sh) pushes library/a:1, library/b:1 and library/c:1
 // as OCI indexes of linux/amd64 + linux/arm64 (a few gzip layers of random
@@ -28,8 +30,19 @@
 // watch runs COMMAND (stdio passed through) and samples its
 // /proc/PID/status every 5 ms, then writes one JSON line to FILE: the
 // kernel's VmHWM and the largest RssAnon (heap, stacks) and RssFile
-// (mapped pages of the binary and other files) seen, in KiB. It exits with
+// (mapped pages of the binary and other files) seen, in KiB, with
+// COMMAND's own rusage: maxrss_kib (ru_maxrss, its VmHWM at exit: what
+// /usr/bin/time -v reports as its maximum resident set size), user_s and
+// sys_s. peak_rss_kib is the peak total RSS to report: the larger of the
+// VmHWM sampled and ru_maxrss, unless ru_maxrss could be watch's own
+// high-water mark (folded in by the kernel at COMMAND's exec). A TERM or INT it receives is passed on to COMMAND. It exits with
 // COMMAND's exit code.
+//
+// sample does the same for a process that is already running (a server the
+// script started): it samples /proc/PID/status every 5 ms until the process
+// exits or sample gets a TERM or INT (then it samples once more), and writes
+// the same JSON line (VmHWM, the largest RssAnon, RssFile and VmRSS seen;
+// "exited" tells whether the process ended first; peak_rss_kib = VmHWM).
 package main
 
 import (
@@ -48,6 +61,8 @@ func main() {
 		os.Exit(cmdImport(os.Args[2:]))
 	case "watch":
 		os.Exit(watch(os.Args[2:]))
+	case "sample":
+		os.Exit(sampleCmd(os.Args[2:]))
 	default:
 		usage()
 	}
@@ -57,5 +72,6 @@ func usage() {
 	fmt.Fprintln(os.Stderr, "usage: imagefix export -registry URL -pkg FILE [-tmp DIR] [-seed N] [-big-mib 200]")
 	fmt.Fprintln(os.Stderr, "       imagefix import -registry URL -pkg FILE [-tmp DIR] [-seed N] [-mib 400 (≥ 8)]")
 	fmt.Fprintln(os.Stderr, "       imagefix watch -o FILE -- COMMAND [ARGS...]")
+	fmt.Fprintln(os.Stderr, "       imagefix sample -p PID -o FILE")
 	os.Exit(2)
 }

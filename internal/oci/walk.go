@@ -146,7 +146,10 @@ func (w *walker) node(ctx context.Context, n *Node) (images int, err error) {
 	}
 	w.seen[n.Desc.Digest] = true
 	if n.Kind != KindManifest {
-		return 0, w.visit(ctx, n)
+		if err := w.visit(ctx, n); err != nil && !errors.Is(err, ErrSkip) {
+			return 0, err
+		}
+		return 0, nil
 	}
 	n.Body, n.Err = w.fetch(ctx, n.Desc)
 	if n.Err == nil {

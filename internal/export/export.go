@@ -147,6 +147,7 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 	if o.Progress != nil {
 		o.Progress.Plan(res.Images)
 	}
+	setStatusDigests(pkgs, images, blobs)
 	for _, p := range pkgs {
 		res.Packages = append(res.Packages, PackageResult{Namespace: p.Metadata.Namespace, Name: p.Metadata.Name, Version: p.Spec.Version, Platforms: p.Metadata.Annotations[kubepkg.AnnotationPlatform]})
 	}
@@ -167,6 +168,63 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 		return nil, werr
 	}
 	return res, nil
+}
+
+// setStatusDigests writes each package's status.digests in the form the
+// seed's tools read (the crpe phone app and octohelm/kubepkg): every blob of
+// the archive that the package's images hold, in walk order — each image's
+// top manifest or index first, typed "manifest" and tagged with the
+// reference's tag, then each chosen child manifest (with its platform)
+// followed by its config and layers, typed "blob" — each named by its
+// repository and sized. An importer that reads kubepkg.json first and types
+// each blob entry by status.digests (kubepkg's KubeTgzRange/ImportDigest)
+// imports a crpe archive this way. Other status fields are kept.
+func setStatusDigests(pkgs []*kubepkg.KubePkg, images *imageSet, blobs []archive.Blob) {
+	inArchive := map[digest.Digest]bool{}
+	for _, b := range blobs {
+		inArchive[b.Desc.Digest] = true
+	}
+	for _, p := range pkgs {
+		var refs []string
+		for ref := range p.Spec.Images {
+			refs = append(refs, ref)
+		}
+		sort.Strings(refs)
+		entries := []any{}
+		listed := map[digest.Digest]bool{}
+		for _, ref := range refs {
+			im := images.byRef[ref]
+			if im == nil {
+				continue
+			}
+			tag := ""
+			if r, err := oci.ParseReference(ref); err == nil {
+				tag = r.Tag
+			}
+			for i, b := range im.blobs {
+				d := b.Desc.Digest
+				if !inArchive[d] || listed[d] {
+					continue
+				}
+				listed[d] = true
+				e := map[string]any{"digest": string(d), "type": "blob", "name": im.repo, "size": b.Desc.Size}
+				if b.Kind == oci.KindManifest {
+					e["type"] = "manifest"
+				}
+				if i == 0 && tag != "" {
+					e["tag"] = tag
+				}
+				if b.Desc.Platform != nil && i > 0 {
+					e["platform"] = oci.FormatPlatform(*b.Desc.Platform)
+				}
+				entries = append(entries, e)
+			}
+		}
+		if p.Status == nil {
+			p.Status = &kubepkg.Status{}
+		}
+		(*p.Status)["digests"] = entries
+	}
 }
 
 // imageSet are the images of an export, in order and by reference.

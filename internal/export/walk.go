@@ -93,7 +93,8 @@ func Walk(ctx context.Context, ref string, pinned digest.Digest, plats []ocispec
 		}
 		desc := ocispec.Descriptor{MediaType: n.Desc.MediaType, Digest: n.Desc.Digest, Size: n.Desc.Size, URLs: n.Desc.URLs}
 		if n.Manifest != nil {
-			desc.MediaType = n.Manifest.MediaType
+			// a child manifest keeps the platform its index gives it
+			desc.MediaType, desc.Platform = n.Manifest.MediaType, n.Desc.Platform
 		}
 		w.Blobs = append(w.Blobs, archive.Blob{Desc: desc, Kind: n.Kind})
 		switch {

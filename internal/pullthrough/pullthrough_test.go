@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -435,6 +436,25 @@ func TestUnreachableUpstreamFallsBackToCachedTag(t *testing.T) {
 
 	if _, err := f.c.Manifest(ctx, f.repo, "2.0"); err == nil || !upstream.IsTemporary(err) {
 		t.Errorf("uncached tag with the upstream unreachable: %v, want a temporary upstream error", err)
+	}
+	// through /v2, what is not cached is unknown (404, as the spec and
+	// containerd's fallback expect), with the reason in the detail
+	for _, c := range []struct{ path, code string }{
+		{"/manifests/2.0", "MANIFEST_UNKNOWN"},
+		{"/manifests/" + string(digest.FromString("never cached")), "MANIFEST_UNKNOWN"},
+		{"/blobs/" + string(digest.FromString("never cached")), "BLOB_UNKNOWN"},
+	} {
+		status, body, err := pt.Get(ctx, s.URL+"/v2/"+f.repo+c.path)
+		var eb struct {
+			Errors []struct {
+				Code   string            `json:"code"`
+				Detail map[string]string `json:"detail"`
+			} `json:"errors"`
+		}
+		_ = json.Unmarshal(body, &eb)
+		if err != nil || status != http.StatusNotFound || len(eb.Errors) != 1 || eb.Errors[0].Code != c.code || eb.Errors[0].Detail["reason"] == "" {
+			t.Errorf("%s with the upstream unreachable: HTTP %d %s (err %v), want 404 %s with a reason", c.path, status, body, err, c.code)
+		}
 	}
 }
 

@@ -43,25 +43,32 @@ func TestPocketPullConformance(t *testing.T) {
 			blobs = append(blobs, string(l.Desc.Digest))
 		}
 	}
-	results := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, suite)
-	cmd.Dir = results
-	cmd.Env = append(os.Environ(),
-		"OCI_REGISTRY="+addr,
-		"OCI_TLS=disabled",
-		"OCI_REPO1=docker.io/conformance/ro",
-		"OCI_REPO2=docker.io/conformance/ro",
-		"OCI_API_PUSH=false",
-		"OCI_API_BLOBS_DELETE=false",
-		"OCI_API_MANIFESTS_DELETE=false",
-		"OCI_API_TAGS_DELETE=false",
-		"OCI_RO_DATA_TAGS=multi single",
-		"OCI_RO_DATA_MANIFESTS="+strings.Join(manifests, " "),
-		"OCI_RO_DATA_BLOBS="+strings.Join(blobs, " "),
-		"OCI_RESULTS_DIR="+results,
-	)
-	out, err := cmd.CombinedOutput()
-	checkResults(t, results, out, err, 20)
+	run := func(t *testing.T) {
+		results := t.TempDir()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, suite)
+		cmd.Dir = results
+		cmd.Env = append(os.Environ(),
+			"OCI_REGISTRY="+addr,
+			"OCI_TLS=disabled",
+			"OCI_REPO1=docker.io/conformance/ro",
+			"OCI_REPO2=docker.io/conformance/ro",
+			"OCI_API_PUSH=false",
+			"OCI_API_BLOBS_DELETE=false",
+			"OCI_API_MANIFESTS_DELETE=false",
+			"OCI_API_TAGS_DELETE=false",
+			"OCI_RO_DATA_TAGS=multi single",
+			"OCI_RO_DATA_MANIFESTS="+strings.Join(manifests, " "),
+			"OCI_RO_DATA_BLOBS="+strings.Join(blobs, " "),
+			"OCI_RESULTS_DIR="+results,
+		)
+		out, err := cmd.CombinedOutput()
+		checkResults(t, results, out, err, 20)
+	}
+	t.Run("through the cache", run)
+	// the same suite with the upstream gone: what was pulled is served from
+	// the cache, and what was never there is unknown (404), not 502
+	up.Stop()
+	t.Run("upstream unreachable", run)
 }

@@ -18,6 +18,8 @@ upstream registries on demand:
 
   /v2/docker.io/library/nginx/manifests/alpine
   /v2/library/nginx/manifests/alpine?ns=docker.io      (containerd's mirror dialect)
+  /v2/library/nginx/manifests/alpine                   (Docker's registry-mirrors:
+                                                        --default-registry, docker.io)
 
 Digests are served from the cache first; tags are resolved upstream first and
 fall back to the cache when the upstream cannot be reached (--offline never
@@ -42,7 +44,10 @@ from the registries set through the API.`,
   crpe serve --registry-endpoint docker.io=http://127.0.0.1:5000 --insecure-registry registry.lan:5000
 
   # pull through it
-  crane pull 127.0.0.1:6060/docker.io/library/alpine:3 alpine.tar`,
+  crane pull 127.0.0.1:6060/docker.io/library/alpine:3 alpine.tar
+
+  # Docker as a client: /etc/docker/daemon.json {"registry-mirrors": ["http://POCKET:6060"]}
+  # (with "insecure-registries": ["POCKET:6060"] for plain HTTP), then: docker pull nginx:alpine`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o, err := up.options()
@@ -57,6 +62,7 @@ from the registries set through the API.`,
 	f := cmd.Flags()
 	listenerFlags(f, &cfg.Listener, ":6060")
 	f.StringVar(&cfg.Data, "data", defaultPocketData(), "data folder (the cache)")
+	f.StringVar(&cfg.DefaultRegistry, "default-registry", "docker.io", "registry of a /v2 request that names none and has no ?ns= (Docker's registry-mirrors send Docker Hub's images so); empty: none")
 	f.StringVar(&cfg.TokenFile, "token-file", "", "file of accepted tokens, one per line, for API changes from other devices (default: <data>/token, created on first start)")
 	up.register(cmd)
 	return cmd

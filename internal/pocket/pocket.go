@@ -33,7 +33,11 @@ type Config struct {
 	TokenFile string
 	Upstream  upstream.Options
 	Offline   bool
-	Log       *slog.Logger
+	// DefaultRegistry is the registry of a /v2 request that names none and
+	// has no ?ns= (Docker's registry-mirrors, for Docker Hub): docker.io by
+	// default, "" for none (such a name is then a repository of its own).
+	DefaultRegistry string
+	Log             *slog.Logger
 }
 
 // Run serves until ctx is done.
@@ -67,7 +71,7 @@ func Run(ctx context.Context, cfg Config) error {
 	rg := registry.New(st.Store, st.DB, registry.Options{})
 	// /v2: the registry over the local cache, the pull-through cache in
 	// front of it (the JSON API only keeps the cache's settings)
-	v2 := api.Upstreams().Cache().Handler(rg)
+	v2 := registry.DefaultNamespace(cfg.DefaultRegistry, api.Upstreams().Cache().Handler(rg))
 	mux := httpx.NewMux(reg)
 	mux.Handle("/v2/", v2)
 	mux.Handle("/v2", v2)

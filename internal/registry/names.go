@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"net/http"
 	"net/url"
 	"strings"
 
@@ -87,4 +88,31 @@ func Repository(pathName string, q url.Values) (repo, ns string, err error) {
 		return "", ns, errNameInvalid("invalid repository name %q", pathName)
 	}
 	return pathName, ns, nil
+}
+
+// DefaultNamespace serves a /v2 request that names no registry host (its
+// first path component is not a host) and has no ?ns= as a request for host:
+// it adds ns=host, so that the registry and the pull-through cache read
+// /v2/library/nginx/... as docker.io/library/nginx. This is what Docker's
+// registry-mirrors sends, for Docker Hub's images only. An empty host turns
+// it off.
+func DefaultNamespace(host string, next http.Handler) http.Handler {
+	host = oci.NormalizeNamespace(host)
+	if host == "" {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rt, ok := ParseRoute(r.URL.Path)
+		q := r.URL.Query()
+		if ok && rt.Name != "" && q.Get("ns") == "" {
+			first, _, _ := strings.Cut(rt.Name, "/")
+			if !oci.IsHost(first) {
+				r2 := r.Clone(r.Context())
+				q.Set("ns", host)
+				r2.URL.RawQuery = q.Encode()
+				r = r2
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
 }

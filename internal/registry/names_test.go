@@ -1,6 +1,8 @@
 package registry
 
 import (
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -103,3 +105,30 @@ func FuzzCheckRange(f *testing.F) {
 		_ = checkRange(h, size) // must not panic
 	})
 }
+
+func TestDefaultNamespace(t *testing.T) {
+	var got string
+	h := DefaultNamespace("docker.io", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = r.URL.Path + "?" + r.URL.RawQuery
+	}))
+	for in, want := range map[string]string{
+		"/v2/library/nginx/manifests/alpine":            "/v2/library/nginx/manifests/alpine?ns=docker.io",
+		"/v2/library/nginx/manifests/alpine?ns=ghcr.io": "/v2/library/nginx/manifests/alpine?ns=ghcr.io",
+		"/v2/docker.io/library/nginx/manifests/alpine":  "/v2/docker.io/library/nginx/manifests/alpine?",
+		"/v2/127.0.0.1:5000/x/blobs/sha256:" + hex64:    "/v2/127.0.0.1:5000/x/blobs/sha256:" + hex64 + "?",
+		"/v2/localhost/x/tags/list":                     "/v2/localhost/x/tags/list?",
+		"/v2/":                                          "/v2/?",
+		"/v2/_catalog":                                  "/v2/_catalog?",
+		"/v2/nginx/blobs/sha256:" + hex64 + "?digest=x": "/v2/nginx/blobs/sha256:" + hex64 + "?digest=x&ns=docker.io",
+	} {
+		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, in, nil))
+		if got != want {
+			t.Errorf("%s → %s, want %s", in, got, want)
+		}
+	}
+	if off := DefaultNamespace("", http.NotFoundHandler()); off == nil {
+		t.Error("an empty default registry gives no handler")
+	}
+}
+
+var hex64 = strings.Repeat("a", 64)

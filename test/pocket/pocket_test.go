@@ -110,6 +110,55 @@ func TestPullThroughIndexAndDialect(t *testing.T) {
 	}
 }
 
+// TestDockerMirrorRequests replays what the Docker daemon sends to a
+// registry mirror (daemon.json "registry-mirrors", which mirrors Docker Hub
+// only): the Docker Hub path with no registry host and no ?ns= —
+// GET /v2/, then GET /v2/library/<name>/manifests/<tag> with Docker's Accept
+// list, then GET /v2/library/<name>/blobs/<digest> for the config and
+// layers (moby's distribution client through the mirror endpoint; no Docker
+// daemon runs on this machine). The pocket serves them as docker.io's
+// (--default-registry), and with --default-registry "" as a repository of
+// that literal name (404 here).
+func TestDockerMirrorRequests(t *testing.T) {
+	up := testenv.StartDistribution(t)
+	a := testenv.NewImage(t, amd64, []testenv.Blob{testenv.RandomLayer(t, 40<<10, false)}, false)
+	b := testenv.NewImage(t, arm64, []testenv.Blob{testenv.RandomLayer(t, 30<<10, false)}, false)
+	idx := testenv.NewIndex([]testenv.Image{a, b}, false)
+	testenv.PushIndex(t, up.URL, "library/web", "alpine", []testenv.Image{a, b}, idx)
+	p := startPocket(t, up.URL)
+
+	dockerAccept := []string{"Accept", "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v1+prettyjws, application/json"}
+	resp, _ := get(t, p.URL+"/v2/")
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET /v2/: %d", resp.StatusCode)
+	}
+	resp, body := get(t, p.URL+"/v2/library/web/manifests/alpine", dockerAccept...)
+	if resp.StatusCode != 200 || !bytes.Equal(body, idx.Data) || resp.Header.Get("Docker-Content-Digest") != string(idx.Desc.Digest) {
+		t.Fatalf("Docker's manifest request: %d %s", resp.StatusCode, body)
+	}
+	resp, body = get(t, p.URL+"/v2/library/web/manifests/"+string(a.Manifest.Desc.Digest), dockerAccept...)
+	if resp.StatusCode != 200 || !bytes.Equal(body, a.Manifest.Data) {
+		t.Fatalf("Docker's child manifest request: %d", resp.StatusCode)
+	}
+	for _, bl := range append([]testenv.Blob{a.Config}, a.Layers...) {
+		resp, body = get(t, p.URL+"/v2/library/web/blobs/"+string(bl.Desc.Digest))
+		if resp.StatusCode != 200 || !bytes.Equal(body, bl.Data) {
+			t.Fatalf("Docker's blob request %s: %d", bl.Desc.Digest, resp.StatusCode)
+		}
+	}
+	// it is the same repository as docker.io/library/web: cached once
+	resp, _ = get(t, p.URL+"/v2/docker.io/library/web/blobs/"+string(a.Layers[0].Desc.Digest))
+	if resp.StatusCode != 200 || up.Requests("GET", "/blobs/"+string(a.Layers[0].Desc.Digest)) != 1 {
+		t.Fatalf("the full name is not the same repository: %d, %d upstream GETs", resp.StatusCode, up.Requests("GET", "/blobs/"+string(a.Layers[0].Desc.Digest)))
+	}
+
+	off := startPocket(t, up.URL, "--default-registry", "")
+	resp, _ = get(t, off.URL+"/v2/library/web/manifests/alpine", dockerAccept...)
+	if resp.StatusCode != 404 {
+		t.Fatalf("--default-registry \"\": a hostless name is a repository of its own, want 404, got %d", resp.StatusCode)
+	}
+}
+
 // TestConcurrentMissesOneFetch: 16 clients ask for the same uncached blob at
 // once; the upstream sees one GET and every client gets every byte.
 func TestConcurrentMissesOneFetch(t *testing.T) {

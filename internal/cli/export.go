@@ -76,7 +76,7 @@ power cut fails loudly. Pass --fsync before unplugging removable media.`,
 				return err
 			}
 			defer st.Close()
-			cache := pullthrough.New(st.Store, st.DB, upstream.New(uo), pullthrough.Options{Offline: up.offline})
+			cache := pullthrough.New(st.Store, st.DB, upstream.New(uo), pullthrough.Options{Offline: up.offline, OnFallback: pullthrough.LogFallback(g.log)})
 
 			// the archive goes to a temp file renamed at the end, or to stdout
 			var w io.Writer = cmd.OutOrStdout()

@@ -66,7 +66,7 @@ func New(ctx context.Context, cfg Config) (*API, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	ups, err := NewUpstreams(cfg.Storage, cfg.Upstream, cfg.Offline)
+	ups, err := NewUpstreams(cfg.Storage, cfg.Upstream, cfg.Offline, cfg.Log)
 	if err != nil {
 		return nil, err
 	}

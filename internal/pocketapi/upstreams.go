@@ -3,6 +3,7 @@ package pocketapi
 import (
 	"context"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -42,7 +43,9 @@ type Upstreams struct {
 }
 
 // NewUpstreams builds the cache from base and the stored registries.
-func NewUpstreams(st *storage.Storage, base upstream.Options, offline bool) (*Upstreams, error) {
+// Fallbacks (tags served from the cache because the upstream could not be
+// reached) are logged to log when it is set.
+func NewUpstreams(st *storage.Storage, base upstream.Options, offline bool, log *slog.Logger) (*Upstreams, error) {
 	u := &Upstreams{st: st, base: base, offline: offline, meter: &Meter{active: map[digest.Digest]*atomic.Int64{}}}
 	t := base.Transport
 	if t == nil {
@@ -53,7 +56,7 @@ func NewUpstreams(st *storage.Storage, base upstream.Options, offline bool) (*Up
 	if err != nil {
 		return nil, err
 	}
-	u.cache = pullthrough.New(st.Store, st.DB, up, pullthrough.Options{Offline: offline})
+	u.cache = pullthrough.New(st.Store, st.DB, up, pullthrough.Options{Offline: offline, OnFallback: pullthrough.LogFallback(log)})
 	return u, nil
 }
 

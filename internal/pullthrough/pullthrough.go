@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net/http"
 	"os"
 	"strings"
@@ -45,6 +46,49 @@ type Options struct {
 	// bounds Range resumptions of a broken transfer (default 5).
 	FetchTimeout   time.Duration
 	ResumeAttempts int
+	// OnFallback, when set, is told each time a tag is served from the
+	// cache because the upstream could not be reached (the library logs
+	// nothing; `crpe serve` and `crpe export` log it).
+	OnFallback func(Fallback)
+}
+
+// Fallback is a tag served from the cache because the upstream could not be
+// reached.
+type Fallback struct {
+	Repo   string        // full repository name
+	Tag    string        // the tag asked for
+	Digest digest.Digest // what the cache holds for it
+	Cached time.Time     // when the cache stored that manifest (zero when unknown)
+	Err    error         // why the upstream was not asked
+}
+
+// LogFallback is an OnFallback that logs each fallback as a warning to log
+// (nil: none).
+func LogFallback(log *slog.Logger) func(Fallback) {
+	if log == nil {
+		return nil
+	}
+	return func(f Fallback) {
+		cached := "unknown"
+		if !f.Cached.IsZero() {
+			cached = f.Cached.UTC().Format(time.RFC3339)
+		}
+		log.Warn("the upstream cannot be reached: using the cached manifest of the tag", "image", f.Repo+":"+f.Tag,
+			"digest", f.Digest, "cached", cached, "error", f.Err)
+	}
+}
+
+// fallback counts a fallback to the cache and tells OnFallback.
+func (c *Cache) fallback(ctx context.Context, full, tag string, d digest.Digest, err error) {
+	c.Stats.Fallbacks.Add(1)
+	if c.o.OnFallback == nil {
+		return
+	}
+	f := Fallback{Repo: full, Tag: tag, Digest: d, Err: err}
+	if info, serr := c.store.Stat(ctx, d); serr == nil {
+		f.Cached = info.Modified
+	}
+	c.o.OnFallback(f)
 }
 
 // Stats counts upstream traffic (for metrics and tests).
@@ -200,7 +244,7 @@ func (c *Cache) resolve(ctx context.Context, full, ref string) (digest.Digest, e
 	if err != nil {
 		if !isDigest && upstream.IsTemporary(err) {
 			if d, lerr := local(); lerr == nil {
-				c.Stats.Fallbacks.Add(1)
+				c.fallback(ctx, full, ref, d, err)
 				return d, nil
 			}
 		}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -402,7 +403,13 @@ func TestDroppedBlobTransferResumes(t *testing.T) {
 // reached; a tag never cached is an error.
 func TestUnreachableUpstreamFallsBackToCachedTag(t *testing.T) {
 	ctx := pt.Context(t, testTimeout)
-	f := newFixture(ctx, t, pullthrough.Options{})
+	var told []pullthrough.Fallback
+	var mu sync.Mutex
+	f := newFixture(ctx, t, pullthrough.Options{OnFallback: func(fb pullthrough.Fallback) {
+		mu.Lock()
+		told = append(told, fb)
+		mu.Unlock()
+	}})
 	s := f.server(t)
 	if _, err := f.c.Manifest(ctx, f.repo, "1.0"); err != nil {
 		t.Fatal(err)
@@ -422,6 +429,13 @@ func TestUnreachableUpstreamFallsBackToCachedTag(t *testing.T) {
 	if got := f.c.Stats.Fallbacks.Load(); got != 1 {
 		t.Errorf("Stats.Fallbacks = %d, want 1", got)
 	}
+	// the caller is told which tag, what it served and since when it was cached
+	mu.Lock()
+	if len(told) != 1 || told[0].Repo != f.repo || told[0].Tag != "1.0" || told[0].Digest != f.manifest ||
+		told[0].Cached.IsZero() || time.Since(told[0].Cached) > time.Hour || told[0].Err == nil {
+		t.Errorf("OnFallback told %+v", told)
+	}
+	mu.Unlock()
 	status, body, err := pt.Get(ctx, s.URL+"/v2/"+f.repo+"/manifests/1.0")
 	if err != nil || status != http.StatusOK || !bytes.Equal(body, f.data[f.manifest]) {
 		t.Fatalf("through /v2: HTTP %d %s (err %v)", status, body, err)

@@ -446,11 +446,23 @@ func TestExportOffline(t *testing.T) {
 	f.up.Stop()
 
 	start := time.Now()
-	gone, _ := f.mustExport(ctx, t, src, data)
+	out := filepath.Join(t.TempDir(), "gone.kubepkg.tgz")
+	r := f.export(ctx, t, nil, src, out, data)
+	if r.err != nil {
+		t.Fatalf("export with the upstream gone: %v\n%s", r.err, r)
+	}
+	gone, _ := os.ReadFile(out)
 	if !bytes.Equal(gone, synced) {
 		t.Error("export with the upstream gone differs from the synced one")
 	}
 	t.Logf("export with the upstream gone took %v", time.Since(start))
+	// it says so: which tag came from the cache, and since when
+	for _, ref := range []string{"docker.io/library/multi:1.0", "docker.io/library/dlist:2.0", "docker.io/library/single:3.0", "docker.io/library/fromtemplate:1.0"} {
+		stderr := string(r.stderr)
+		if !strings.Contains(stderr, "using the cached manifest") || !strings.Contains(stderr, `"image":"`+ref+`"`) || !strings.Contains(stderr, `"cached":"20`) {
+			t.Errorf("export with the upstream gone does not say it used the cached %s:\n%s", ref, r)
+		}
+	}
 	offline, _ := f.mustExport(ctx, t, src, data, "--offline")
 	if !bytes.Equal(offline, synced) {
 		t.Error("export --offline differs from the synced one")
@@ -458,7 +470,7 @@ func TestExportOffline(t *testing.T) {
 
 	// a cold cache cannot: error, and no file
 	outDir := t.TempDir()
-	r := f.export(ctx, t, nil, src, filepath.Join(outDir, "cold.tgz"), t.TempDir(), "--offline")
+	r = f.export(ctx, t, nil, src, filepath.Join(outDir, "cold.tgz"), t.TempDir(), "--offline")
 	if r.err == nil {
 		t.Fatal("export --offline from an empty cache succeeded")
 	}

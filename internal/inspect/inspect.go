@@ -53,6 +53,9 @@ type collector struct {
 	pkgs      []*kubepkg.KubePkg
 	manifests map[digest.Digest][]byte
 	present   map[digest.Digest]bool
+	// platforms are the platforms image configs name (read as they stream,
+	// one at a time, each at most oci.MaxConfigSize; only the platform is kept)
+	platforms map[digest.Digest]ocispec.Platform
 }
 
 func (c *collector) Package(data []byte) error {
@@ -73,6 +76,12 @@ func (c *collector) Blob(ctx context.Context, desc ocispec.Descriptor, kind oci.
 			return err
 		}
 		c.manifests[desc.Digest] = b
+	} else if kind == oci.KindConfig && desc.Size <= oci.MaxConfigSize {
+		b, err := io.ReadAll(r)
+		if err != nil {
+			return err
+		}
+		c.platforms[desc.Digest] = oci.ConfigPlatform(b)
 	} else if _, err := io.Copy(io.Discard, r); err != nil {
 		return err
 	}
@@ -83,7 +92,7 @@ func (c *collector) Blob(ctx context.Context, desc ocispec.Descriptor, kind oci.
 // Read inspects the archive in r (verifying every blob's digest as it
 // streams) and, with verify, checks every image's closure.
 func Read(ctx context.Context, r io.Reader, verify bool) (*Report, error) {
-	c := &collector{manifests: map[digest.Digest][]byte{}, present: map[digest.Digest]bool{}}
+	c := &collector{manifests: map[digest.Digest][]byte{}, present: map[digest.Digest]bool{}, platforms: map[digest.Digest]ocispec.Platform{}}
 	// a partial archive leaves out blobs the receiver holds: the reader lets
 	// them be absent, the closure check below lists them
 	sum, err := archive.Read(ctx, r, c, archive.Limits{Have: func(digest.Digest) bool { return c.partial }})
@@ -131,6 +140,11 @@ func Read(ctx context.Context, r io.Reader, verify bool) (*Report, error) {
 		cl := Closure(ctx, m, plats, func(d digest.Digest) ([]byte, bool) { b, ok := c.manifests[d]; return b, ok },
 			func(d digest.Digest) bool { return c.present[d] })
 		im.Platforms = cl.Platforms
+		if cl.Config != "" {
+			// a single image: its platform is its config's, named as export
+			// names it ("unknown" when the config names none)
+			im.Platforms = []string{oci.FormatPlatform(c.platforms[cl.Config])}
+		}
 		rep.Images = append(rep.Images, im)
 		if verify {
 			if rep.Partial {
@@ -176,6 +190,9 @@ type ClosureResult struct {
 	Missing []string
 	// Problems are other defects (unreadable manifests, no matching child).
 	Problems []string
+	// Config is the config of a single image (top is an image manifest):
+	// its platform is there, not in an index.
+	Config digest.Digest
 }
 
 // errAbsent is what Closure's fetch says of a manifest not at hand.
@@ -209,7 +226,9 @@ func Closure(ctx context.Context, top ocispec.Descriptor, plats []ocispec.Platfo
 		case n.Err != nil:
 			res.Problems = append(res.Problems, n.Err.Error())
 		case n.Depth == 0 && !n.Manifest.IsIndex():
-			platSeen["single-platform"] = true
+			if n.Manifest.Config != nil {
+				res.Config = n.Manifest.Config.Digest
+			}
 		case n.Desc.Platform != nil:
 			platSeen[oci.FormatPlatform(*n.Desc.Platform)] = true
 		}

@@ -371,3 +371,38 @@ func (b *Browser) Load(url string) float64 {
 	fmt.Sscanf(readyAt, "%g", &ms)
 	return ms
 }
+
+// CheckToast waits for the notice want (the #toast status region) and
+// checks it covers no visible control.
+func (b *Browser) CheckToast(where, want string) {
+	b.t.Helper()
+	b.WaitText(`#toast.show`, want, 10*time.Second)
+	var covered []string
+	b.Eval(`(() => {
+	  const t = document.getElementById('toast'), r = t.getBoundingClientRect(), out = [];
+	  document.querySelectorAll('button, a, input, select, textarea, summary').forEach((n) => {
+	    if (t.contains(n) || !n.checkVisibility()) return;
+	    const c = n.getBoundingClientRect();
+	    if (c.width && c.height && c.left < r.right && c.right > r.left && c.top < r.bottom && c.bottom > r.top) out.push(n.outerHTML.slice(0, 80));
+	  });
+	  return out;
+	})()`, &covered)
+	if len(covered) > 0 {
+		b.t.Errorf("%s: the notice %q covers controls: %v", where, want, covered)
+	}
+}
+
+// CheckNoToast checks that no notice shows during d.
+func (b *Browser) CheckNoToast(where string, d time.Duration) {
+	b.t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		var shown string
+		b.Eval(`(() => { const t = document.getElementById('toast'); return t && t.classList.contains('show') ? t.textContent : ''; })()`, &shown)
+		if shown != "" {
+			b.t.Errorf("%s: a notice shows: %q", where, shown)
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

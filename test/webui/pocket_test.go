@@ -66,7 +66,26 @@ func TestPocketUI(t *testing.T) {
 	b.Shot("pocket-syncing")
 	b.WaitText(`#pkg-demo .status`, "Synced", 60*time.Second)
 	f.Proxy.BytesPerSecond.Store(0)
+	b.CheckToast("synced package", "demo synced")
 	b.CheckPhoneLayout("synced package")
+	// a notice while the package's buttons sit at the bottom of the screen
+	// (where the notice shows first) goes where it covers none of them
+	b.Eval(`(() => {
+	  const r = document.querySelector('#pkg-demo button.sync').getBoundingClientRect();
+	  const sp = document.createElement('div');
+	  sp.id = 'probe-spacer';
+	  sp.style.height = Math.max(0, innerHeight - r.bottom - 8) + 'px';
+	  document.querySelector('main').prepend(sp);
+	  crpe.toast('probe notice');
+	  return true;
+	})()`, nil)
+	b.CheckToast("the package's buttons at the bottom of the screen", "probe notice")
+	b.Eval(`(() => { document.getElementById('probe-spacer').remove(); document.getElementById('toast').classList.remove('show'); return true; })()`, nil)
+	// shown once: a page opened after the sync does not announce it again
+	later := NewBrowser(t, time.Minute)
+	later.Load(p.URL + "/")
+	later.WaitText(`#pkg-demo .status`, "Synced", 10*time.Second)
+	later.CheckNoToast("a page opened after the sync", 1500*time.Millisecond)
 
 	// download, with the upstream down: straight from the cache
 	f.Proxy.Fail.Store(true)

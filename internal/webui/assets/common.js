@@ -116,14 +116,37 @@ const crpe = (() => {
     return isNaN(d) ? s : d.toLocaleString();
   }
 
+  // toast shows a notice for 4 s where it covers no control: at the bottom
+  // of the screen, else at the top, else (a screen full of controls) in the
+  // page's flow above the content, pushing it down rather than covering it.
   let toastTimer = 0;
+  const controls = 'button, a, input, select, textarea, summary, [tabindex]';
+  function covers(t) {
+    const r = t.getBoundingClientRect();
+    for (const n of document.querySelectorAll(controls)) {
+      if (t.contains(n) || !n.checkVisibility()) continue;
+      const c = n.getBoundingClientRect();
+      if (c.width && c.height && c.left < r.right && c.right > r.left && c.top < r.bottom && c.bottom > r.top) return true;
+    }
+    return false;
+  }
   function toast(msg) {
     const t = document.getElementById('toast');
     if (!t) return;
     t.textContent = msg;
+    t.classList.remove('top', 'inline');
     t.classList.add('show');
+    if (covers(t)) {
+      t.classList.add('top');
+      if (covers(t)) {
+        t.classList.remove('top');
+        t.classList.add('inline');
+        const main = document.querySelector('main');
+        if (main && t.parentNode !== main) main.prepend(t);
+      }
+    }
     clearTimeout(toastTimer);
-    toastTimer = setTimeout(() => t.classList.remove('show'), 4000);
+    toastTimer = setTimeout(() => t.classList.remove('show', 'top', 'inline'), 4000);
   }
 
   // askToken shows the token dialog; resolves true once a token is saved.

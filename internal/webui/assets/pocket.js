@@ -522,7 +522,9 @@
       const prev = state.jobs.get(j.id);
       state.jobs.set(j.id, j);
       if (j.state !== 'running' && (!prev || prev.state === 'running')) {
-        if (j.kind === 'sync' && j.state === 'done') toast(j.package + ' synced');
+        // once, as it happens: a job that ended before this page opened (the
+        // stream replays the jobs it knows) is not announced again
+        if (j.kind === 'sync' && j.state === 'done' && prev) toast(j.package + ' synced');
         reloadSoon(() => { loadPackages(); if (state.view === 'cache') loadCache(); if (j.kind === 'send' && state.view === 'agents') loadAgents(); });
       }
       renderPackageLive(j.package);

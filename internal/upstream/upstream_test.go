@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -165,6 +166,26 @@ func TestWrongCredentialsAndUnreachable(t *testing.T) {
 	_, err := c.GetManifest(context.Background(), Repo{Host: "gone.example", Path: "a/b"}, "v1")
 	if err == nil || !IsTemporary(err) {
 		t.Fatalf("unreachable upstream: %v (temporary=%v)", err, IsTemporary(err))
+	}
+}
+
+// TestUnknownHostIsNotRetried: a host whose name does not resolve is an
+// unreachable upstream (temporary: the cache falls back on what it holds),
+// asked once, not four times with a backoff.
+func TestUnknownHostIsNotRetried(t *testing.T) {
+	var dials atomic.Int64
+	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dials.Add(1)
+		return nil, &net.OpError{Op: "dial", Net: network, Err: &net.DNSError{Err: "no such host", Name: "registry.example", IsNotFound: true}}
+	}}
+	c := New(Options{Transport: tr, Backoff: time.Millisecond})
+	_, err := c.GetManifest(context.Background(), Repo{Host: "registry.example", Path: "a/b"}, "v1")
+	if err == nil || !IsTemporary(err) {
+		t.Fatalf("unknown host: %v (temporary=%v)", err, IsTemporary(err))
+	}
+	// one ping per scheme tried (https, then http), and no retry
+	if n := dials.Load(); n > 2 {
+		t.Errorf("an unknown host was dialled %d times", n)
 	}
 }
 

@@ -11,9 +11,6 @@ import (
 const (
 	MediaTypeDockerManifest     = "application/vnd.docker.distribution.manifest.v2+json"
 	MediaTypeDockerManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
-	MediaTypeDockerConfig       = "application/vnd.docker.container.image.v1+json"
-	MediaTypeDockerLayer        = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-	MediaTypeDockerForeignLayer = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
 )
 
 // IsIndex reports whether mt is an index (OCI image index or Docker list).
@@ -29,11 +26,6 @@ func IsImageManifest(mt string) bool {
 // IsManifest reports whether mt is a manifest or an index: what a registry
 // stores under /manifests/.
 func IsManifest(mt string) bool { return IsIndex(mt) || IsImageManifest(mt) }
-
-// IsDocker reports whether mt is one of Docker's schema 2 manifest types.
-func IsDocker(mt string) bool {
-	return mt == MediaTypeDockerManifest || mt == MediaTypeDockerManifestList
-}
 
 // BaseMediaType is mt without parameters ("application/json; charset=x" →
 // "application/json"), or "" when mt does not parse.

@@ -82,9 +82,6 @@ type Node struct {
 	Desc  ocispec.Descriptor
 	Kind  Kind
 	Depth int // 0 for the root; the children of a node at depth d are at d+1
-	// Parent is the digest of the manifest that referred to this node ("" for
-	// the root).
-	Parent digest.Digest
 	// Subject marks a manifest reached as its parent's subject.
 	Subject bool
 	// For a manifest (Kind == KindManifest): its bytes and what they parse
@@ -183,7 +180,7 @@ func (w *walker) node(ctx context.Context, n *Node) (images int, err error) {
 		if m.IsIndex() && w.o.Platforms != nil && !w.keep(c.Descriptor) {
 			continue
 		}
-		k, err := w.node(ctx, &Node{Desc: c.Descriptor, Kind: c.Kind, Depth: n.Depth + 1, Parent: n.Desc.Digest, Subject: c.Subject})
+		k, err := w.node(ctx, &Node{Desc: c.Descriptor, Kind: c.Kind, Depth: n.Depth + 1, Subject: c.Subject})
 		if err != nil {
 			return 0, err
 		}

@@ -80,28 +80,24 @@ func mapError(kind string, err error) error {
 	if errors.As(err, &re) || errors.Is(err, oci.ErrInvalidDigest) {
 		return registry.AsError(err)
 	}
-	notFound := errors.Is(err, upstream.ErrNotFound) || errors.Is(err, ErrNotCached) || errors.Is(err, cas.ErrNotFound)
-	if notFound {
-		code := "MANIFEST_UNKNOWN"
-		if kind == registry.RouteBlob {
-			code = "BLOB_UNKNOWN"
-		}
-		return &registry.Error{Status: http.StatusNotFound, Code: code, Message: err.Error()}
+	unknown := "MANIFEST_UNKNOWN"
+	if kind == registry.RouteBlob {
+		unknown = "BLOB_UNKNOWN"
+	}
+	if errors.Is(err, upstream.ErrNotFound) || errors.Is(err, ErrNotCached) || errors.Is(err, cas.ErrNotFound) {
+		return &registry.Error{Status: http.StatusNotFound, Code: unknown, Message: err.Error()}
 	}
 	var ue *upstream.Error
-	if errors.As(err, &ue) && ue.Status == 0 && ue.Temporary && (kind == registry.RouteManifest || kind == registry.RouteBlob) {
-		// not cached and the upstream cannot be reached: unknown here, as
-		// the distribution spec (and the conformance suite) expect, and
-		// what containerd falls back on to the next host; the detail says why
-		code := "MANIFEST_UNKNOWN"
-		if kind == registry.RouteBlob {
-			code = "BLOB_UNKNOWN"
-		}
-		return &registry.Error{Status: http.StatusNotFound, Code: code, Message: "not in the cache, and the upstream cannot be reached",
-			Detail: map[string]string{"reason": err.Error()}}
-	}
 	if errors.As(err, &ue) {
-		if ue.Status == http.StatusUnauthorized || ue.Status == http.StatusForbidden {
+		switch {
+		case ue.Status == 0 && ue.Temporary && (kind == registry.RouteManifest || kind == registry.RouteBlob):
+			// not cached and the upstream cannot be reached: unknown here,
+			// as the distribution spec (and the conformance suite) expect,
+			// and what containerd falls back on to the next host; the
+			// detail says why
+			return &registry.Error{Status: http.StatusNotFound, Code: unknown, Message: "not in the cache, and the upstream cannot be reached",
+				Detail: map[string]string{"reason": err.Error()}}
+		case ue.Status == http.StatusUnauthorized || ue.Status == http.StatusForbidden:
 			return &registry.Error{Status: http.StatusBadGateway, Code: "DENIED", Message: "upstream refused: " + err.Error()}
 		}
 		return &registry.Error{Status: http.StatusBadGateway, Code: "UNAVAILABLE", Message: err.Error()}

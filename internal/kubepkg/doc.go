@@ -9,7 +9,7 @@
 // Parsing is lossless for fields this package does not know: unknown
 // top-level, metadata and spec fields are kept and written back by
 // MarshalJSON, so a package read and written again keeps everything its author
-// put in it. Every read of a package document is capped at MaxDocumentSize, and
+// put in it. Every read of a package document is capped at oci.MaxPackageSize, and
 // duplicate object keys (which encoding/json and most YAML decoders silently
 // resolve) are rejected.
 //

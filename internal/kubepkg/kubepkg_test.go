@@ -286,7 +286,7 @@ func yamlBomb() string {
 }
 
 func TestParseSizeCap(t *testing.T) {
-	big := make([]byte, kubepkg.MaxDocumentSize+1)
+	big := make([]byte, oci.MaxPackageSize+1)
 	for i := range big {
 		big[i] = ' '
 	}
@@ -295,8 +295,8 @@ func TestParseSizeCap(t *testing.T) {
 		t.Fatalf("Parse of %d bytes: err = %v", len(big), err)
 	}
 	// exactly at the cap is fine
-	if _, err := kubepkg.Parse(big[:kubepkg.MaxDocumentSize]); err != nil {
-		t.Fatalf("Parse of %d bytes: %v", kubepkg.MaxDocumentSize, err)
+	if _, err := kubepkg.Parse(big[:oci.MaxPackageSize]); err != nil {
+		t.Fatalf("Parse of %d bytes: %v", oci.MaxPackageSize, err)
 	}
 }
 

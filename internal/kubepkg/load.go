@@ -16,6 +16,7 @@ import (
 	"strings"
 
 	"github.com/octohelm/crpe/internal/atomicfile"
+	"github.com/octohelm/crpe/internal/oci"
 )
 
 // LoadOptions configure Load.
@@ -35,7 +36,7 @@ type LoadOptions struct {
 
 // Load reads packages (see Parse) from src: a file path, "-" for stdin, or an
 // http:// or https:// URL (a deployments center answering JSON or YAML).
-// Reads are capped at MaxDocumentSize; a non-2xx answer is an error naming
+// Reads are capped at oci.MaxPackageSize; a non-2xx answer is an error naming
 // the URL and the status.
 func Load(ctx context.Context, src string, o LoadOptions) ([]*KubePkg, error) {
 	var (
@@ -80,17 +81,17 @@ func hasURLScheme(s string) bool {
 	return strings.HasPrefix(l, "http://") || strings.HasPrefix(l, "https://")
 }
 
-// errTooLarge is returned when a document exceeds MaxDocumentSize.
-var errTooLarge = fmt.Errorf("package document larger than %d bytes", MaxDocumentSize)
+// errTooLarge is returned when a document exceeds oci.MaxPackageSize.
+var errTooLarge = fmt.Errorf("package document larger than %d bytes", oci.MaxPackageSize)
 
-// readBounded reads all of r, failing once more than MaxDocumentSize bytes
+// readBounded reads all of r, failing once more than oci.MaxPackageSize bytes
 // have been read.
 func readBounded(r io.Reader) ([]byte, error) {
-	data, err := io.ReadAll(io.LimitReader(r, MaxDocumentSize+1))
+	data, err := io.ReadAll(io.LimitReader(r, oci.MaxPackageSize+1))
 	if err != nil {
 		return nil, err
 	}
-	if len(data) > MaxDocumentSize {
+	if len(data) > oci.MaxPackageSize {
 		return nil, errTooLarge
 	}
 	return data, nil
@@ -154,7 +155,7 @@ func fetch(ctx context.Context, u *url.URL, shown string, o LoadOptions) ([]byte
 		}
 		return nil, errors.New(msg)
 	}
-	if resp.ContentLength > MaxDocumentSize {
+	if resp.ContentLength > oci.MaxPackageSize {
 		return nil, fmt.Errorf("GET %s: %w", shown, errTooLarge)
 	}
 	data, err := readBounded(resp.Body)
@@ -199,7 +200,7 @@ func readCache(path string) (*cacheEntry, error) {
 		return nil, err
 	}
 	defer f.Close()
-	r := bufio.NewReader(io.LimitReader(f, MaxDocumentSize+4096))
+	r := bufio.NewReader(io.LimitReader(f, oci.MaxPackageSize+4096))
 	etag, err := r.ReadString('\n')
 	if err != nil {
 		return nil, err

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/octohelm/crpe/internal/kubepkg"
+	"github.com/octohelm/crpe/internal/oci"
 )
 
 func TestLoadFile(t *testing.T) {
@@ -63,7 +64,7 @@ func TestLoadFileSizeCap(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.WriteString(demoJSON)
-	if err := f.Truncate(kubepkg.MaxDocumentSize + 1); err != nil {
+	if err := f.Truncate(oci.MaxPackageSize + 1); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()
@@ -84,7 +85,7 @@ func TestLoadStdin(t *testing.T) {
 		t.Errorf("error does not name stdin: %v", err)
 	}
 
-	big := bytes.NewReader(bytes.Repeat([]byte(" "), kubepkg.MaxDocumentSize+10))
+	big := bytes.NewReader(bytes.Repeat([]byte(" "), oci.MaxPackageSize+10))
 	if _, err := kubepkg.Load(context.Background(), "-", kubepkg.LoadOptions{Stdin: big}); err == nil || !strings.Contains(err.Error(), "larger than") {
 		t.Errorf("Load of a big stdin: %v", err)
 	}
@@ -123,9 +124,9 @@ func (c *center) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/yaml")
 		w.Write([]byte(c.body))
 	case "/big":
-		w.Write(bytes.Repeat([]byte(" "), kubepkg.MaxDocumentSize+1))
+		w.Write(bytes.Repeat([]byte(" "), oci.MaxPackageSize+1))
 	case "/big-declared":
-		w.Header().Set("Content-Length", strconv.Itoa(kubepkg.MaxDocumentSize+1))
+		w.Header().Set("Content-Length", strconv.Itoa(oci.MaxPackageSize+1))
 		w.WriteHeader(http.StatusOK)
 	default:
 		http.NotFound(w, r)

@@ -11,6 +11,8 @@ import (
 	"strconv"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/octohelm/crpe/internal/oci"
 )
 
 // maxNesting bounds how deep a document may nest objects and arrays (the
@@ -22,12 +24,12 @@ const maxNesting = 10000
 // (whose items are returned in order), or, in YAML, a stream of either
 // separated by "---" lines. Items of a list that leave out apiVersion and kind
 // get APIVersion and KindKubePkg. Parse does not validate the packages (see
-// Validate) but rejects documents over MaxDocumentSize, duplicate keys in any
+// Validate) but rejects documents over oci.MaxPackageSize, duplicate keys in any
 // object (naming the key), other kinds, and a list whose apiVersion is not
 // APIVersion.
 func Parse(data []byte) ([]*KubePkg, error) {
-	if len(data) > MaxDocumentSize {
-		return nil, fmt.Errorf("package document is %d bytes, more than the %d allowed", len(data), MaxDocumentSize)
+	if len(data) > oci.MaxPackageSize {
+		return nil, fmt.Errorf("package document is %d bytes, more than the %d allowed", len(data), oci.MaxPackageSize)
 	}
 	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf")) // UTF-8 BOM
 	if json.Valid(data) {

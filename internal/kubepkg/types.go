@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-
-	"github.com/octohelm/crpe/internal/oci"
 )
 
 const (
@@ -24,10 +22,6 @@ const (
 	// AnnotationPartial marks a package whose archive does not carry every blob
 	// (the receiving side is expected to have the rest).
 	AnnotationPartial = "octohelm.tech/partial"
-
-	// MaxDocumentSize caps the size of any package document read (from bytes, a
-	// file, stdin or a URL).
-	MaxDocumentSize = oci.MaxPackageSize
 )
 
 // KubePkg is a Kubernetes application: its manifests and the container images

@@ -16,6 +16,7 @@ import (
 	"github.com/octohelm/crpe/internal/export"
 	"github.com/octohelm/crpe/internal/httpx"
 	"github.com/octohelm/crpe/internal/kubepkg"
+	"github.com/octohelm/crpe/internal/oci"
 	"github.com/octohelm/crpe/internal/repodb"
 )
 
@@ -229,9 +230,9 @@ type sourceRequest struct {
 // addPackages takes a KubePkg or KubePkgList (JSON or YAML), or
 // {"url": ...} to fetch one from a deployments center.
 func (a *API) addPackages(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, kubepkg.MaxDocumentSize+1))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, oci.MaxPackageSize+1))
 	if err != nil {
-		httpx.WriteError(w, r, http.StatusRequestEntityTooLarge, "TOO_LARGE", fmt.Sprintf("the package document is over %d bytes", kubepkg.MaxDocumentSize), nil)
+		httpx.WriteError(w, r, http.StatusRequestEntityTooLarge, "TOO_LARGE", fmt.Sprintf("the package document is over %d bytes", oci.MaxPackageSize), nil)
 		return
 	}
 	if len(bytes.TrimSpace(body)) == 0 {

@@ -222,9 +222,6 @@ func (h *handler) manifest(ctx context.Context, d digest.Digest) ([]byte, error)
 	if err != nil {
 		return nil, err
 	}
-	if h.manifests == nil {
-		h.manifests = map[digest.Digest][]byte{}
-	}
 	h.manifests[d] = b
 	return b, nil
 }
@@ -328,13 +325,7 @@ func (h *handler) Blob(ctx context.Context, desc ocispec.Descriptor, kind oci.Ki
 // from here, never back from the store while it is being committed), and
 // counts what it refers to for the space check.
 func (h *handler) keepManifest(d digest.Digest, mb *archive.ManifestBlob) {
-	if h.manifests == nil {
-		h.manifests = map[digest.Digest][]byte{}
-	}
 	h.manifests[d] = mb.Body
-	if h.needed == nil {
-		h.needed = map[digest.Digest]int64{}
-	}
 	for _, c := range mb.Manifest.Children() {
 		if len(c.URLs) == 0 {
 			h.needed[c.Digest] = c.Size
@@ -402,7 +393,8 @@ func (im *Importer) Import(ctx context.Context, r io.Reader, o ImportOptions) (*
 }
 
 func (im *Importer) importLocked(ctx context.Context, r io.Reader, o ImportOptions) (*Result, bool, error) {
-	h := &handler{im: im, o: o, res: &Result{Images: map[string]string{}}}
+	h := &handler{im: im, o: o, res: &Result{Images: map[string]string{}},
+		manifests: map[digest.Digest][]byte{}, needed: map[digest.Digest]int64{}}
 	have := func(d digest.Digest) bool {
 		_, err := im.store.Stat(ctx, d)
 		return err == nil

@@ -70,12 +70,8 @@ func (c *collector) Package(data []byte) error {
 func (c *collector) Index(ocispec.Index) error { return nil }
 
 func (c *collector) Blob(ctx context.Context, desc ocispec.Descriptor, kind oci.Kind, r io.Reader) error {
-	if kind == oci.KindManifest {
-		b, err := io.ReadAll(r)
-		if err != nil {
-			return err
-		}
-		c.manifests[desc.Digest] = b
+	if mb, ok := r.(*archive.ManifestBlob); ok && kind == oci.KindManifest {
+		c.manifests[desc.Digest] = mb.Body // as the reader verified it: no copy
 	} else if kind == oci.KindConfig && desc.Size <= oci.MaxConfigSize {
 		b, err := io.ReadAll(r)
 		if err != nil {

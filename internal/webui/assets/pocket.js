@@ -13,6 +13,7 @@
     agents: [],
     agentStatus: {}, // name → status, or {checking: true}
     jobs: new Map(), // id → job
+    syncing: new Set(), // packages whose sync this page asked for, until it ends
     view: 'packages',
   };
 
@@ -189,20 +190,30 @@
   }
 
   async function sync_(name) {
+    state.syncing.add(name);
     try {
       const j = await write('POST', '/api/v1/kubepkgs/' + encodeURIComponent(name) + '/sync');
-      state.jobs.set(j.id, j);
+      noteStarted(j);
       renderPackages();
     } catch (e) {
+      state.syncing.delete(name);
       toast('Sync: ' + e.message);
     }
+  }
+
+  // noteStarted records a job a POST started. Its answer can arrive after
+  // the event stream's news of the job (even of its end): the stream is
+  // newer then, and the answer's snapshot does not replace it (it did, and
+  // the page stayed at "Sending 0%").
+  function noteStarted(j) {
+    if (!state.jobs.has(j.id)) state.jobs.set(j.id, j);
   }
 
   async function send(name, agent) {
     if (!agent) return;
     try {
       const j = await write('POST', '/api/v1/kubepkgs/' + encodeURIComponent(name) + '/send?agent=' + encodeURIComponent(agent));
-      state.jobs.set(j.id, j);
+      noteStarted(j);
       renderPackages();
     } catch (e) {
       toast('Send: ' + e.message);
@@ -522,9 +533,11 @@
       const prev = state.jobs.get(j.id);
       state.jobs.set(j.id, j);
       if (j.state !== 'running' && (!prev || prev.state === 'running')) {
-        // once, as it happens: a job that ended before this page opened (the
-        // stream replays the jobs it knows) is not announced again
-        if (j.kind === 'sync' && j.state === 'done' && prev) toast(j.package + ' synced');
+        // once, as it happens: a sync this page asked for (its end may come
+        // before the answer to the request) or saw running; not one that
+        // ended before the page opened (the stream replays the jobs it knows)
+        const asked = j.kind === 'sync' && state.syncing.delete(j.package);
+        if (j.kind === 'sync' && j.state === 'done' && (asked || prev)) toast(j.package + ' synced');
         reloadSoon(() => { loadPackages(); if (state.view === 'cache') loadCache(); if (j.kind === 'send' && state.view === 'agents') loadAgents(); });
       }
       renderPackageLive(j.package);

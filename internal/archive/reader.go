@@ -18,6 +18,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/octohelm/crpe/internal/cas"
+	"github.com/octohelm/crpe/internal/kubepkg"
 	"github.com/octohelm/crpe/internal/oci"
 )
 
@@ -147,11 +148,19 @@ func isViolation(err error) bool {
 	return errors.As(err, &e)
 }
 
-// knownBlob is a blob announced by index.json or by a manifest read.
+// knownBlob is a blob announced by index.json, by status.digests or by a
+// manifest read.
 type knownBlob struct {
 	desc  ocispec.Descriptor
-	kinds kindSet
-	from  string // the entry that first announced it
+	kinds kindSet // how index.json and the manifests reference it (none yet when only status.digests lists it)
+	from  string  // the entry that first announced it
+	// status is its first entry in status.digests, if any
+	status *statusRef
+	// repos are the repositories of the images that hold it, and children
+	// what it references once delivered as a manifest (kept only when
+	// status.digests is there to check)
+	repos    []string
+	children []digest.Digest
 }
 
 // heldManifest is a manifest that arrived before anything referenced it.
@@ -173,6 +182,7 @@ type reader struct {
 	buf []byte
 
 	entry     string // the entry being read, for errors
+	gzipped   bool   // the stream is gzip (else a plain tar)
 	dirs      int    // directory entries seen
 	sawFile   bool   // a non-directory entry was read
 	sawLayout bool
@@ -185,21 +195,43 @@ type reader struct {
 	seen      map[digest.Digest]bool
 	required  map[digest.Digest]string // blobs manifests need present, to the first entry needing each
 
+	// pkgs are the packages of kubepkg.json (when they parse), statusList
+	// the entries of their status.digests announced (first per digest), and
+	// seed tells that blobs came before index.json: a seed layout, typed
+	// by status.digests (see seed.go)
+	pkgs       []*kubepkg.KubePkg
+	statusList []*statusRef
+	seed       bool
+
 	sum *Summary
 }
 
 func (rd *reader) run(r io.Reader) error {
 	br := bufio.NewReaderSize(r, copyBufferSize)
-	gz, err := gzip.NewReader(br)
-	if err != nil {
-		if err == io.EOF {
-			return entryErr("", err, "empty stream, not a gzip stream")
-		}
-		return entryErr("", err, "not a gzip stream")
+	// gzip or a plain tar (octohelm/kubepkg after 2023), told by their magic
+	head, err := br.Peek(512)
+	switch {
+	case len(head) == 0 && (err == io.EOF || err == nil):
+		return entryErr("", io.EOF, "empty stream, not a gzip stream or a tar archive")
+	case len(head) >= 2 && head[0] == 0x1f && head[1] == 0x8b:
+		rd.gzipped = true
+	case len(head) == 512 && bytes.HasPrefix(head[257:], []byte("ustar")):
+	case err != nil && err != io.EOF:
+		return rd.streamErr("", "reading the stream", err)
+	default:
+		return entryErr("", nil, "not a gzip stream or a tar archive")
 	}
-	gz.Multistream(false)
-	rd.mem = &memberReader{ctx: rd.ctx, br: br, gz: gz}
-	rd.cnt = &countingReader{r: rd.mem}
+	var src io.Reader = br
+	if rd.gzipped {
+		gz, err := gzip.NewReader(br)
+		if err != nil {
+			return entryErr("", err, "not a gzip stream")
+		}
+		gz.Multistream(false)
+		rd.mem = &memberReader{ctx: rd.ctx, br: br, gz: gz}
+		src = rd.mem
+	}
+	rd.cnt = &countingReader{r: src}
 	rd.tr = tar.NewReader(rd.cnt)
 	rd.buf = make([]byte, copyBufferSize)
 
@@ -241,27 +273,38 @@ func (rd *reader) run(r io.Reader) error {
 	if !rd.sawFile {
 		return entryErr(PackageEntry, nil, "missing: the archive has no entries")
 	}
-	if !rd.sawLayout {
+	if !rd.sawLayout && !rd.sawIndex && len(rd.statusList) > 0 {
+		// a seed layout whose blobs the receiver all holds
+		if err := rd.startSeed(PackageEntry); err != nil {
+			return err
+		}
+	}
+	if !rd.sawLayout && !rd.seed {
 		return entryErr(LayoutEntry, nil, "missing")
 	}
 	if !rd.sawIndex {
 		return entryErr(IndexEntry, nil, "missing")
 	}
 	if len(rd.held) > 0 {
-		var names []string
-		for _, m := range rd.held {
-			names = append(names, m.entry)
+		var first digest.Digest
+		for d, m := range rd.held {
+			if first == "" || m.entry < rd.held[first].entry {
+				first = d
+			}
 		}
-		sort.Strings(names)
-		return entryErr(names[0], nil, "not referenced by any manifest")
+		if s := rd.known[first]; s != nil && s.status != nil {
+			return entryErr(rd.held[first].entry, nil, "%s lists it, but no manifest of the archive references it", s.status.label)
+		}
+		return entryErr(rd.held[first].entry, nil, "not referenced by any manifest")
 	}
 	for _, m := range rd.sum.Index.Manifests {
 		if !rd.seen[m.Digest] && !(rd.lim.Have != nil && rd.lim.Have(m.Digest)) {
-			ref := m.Annotations[AnnotationImageName]
-			if ref == "" {
-				ref = m.Annotations[AnnotationRefName]
+			ref := refName(m)
+			from := IndexEntry
+			if rd.seed {
+				from = SeedPackageFrom
 			}
-			return entryErr(BlobEntry(m.Digest), nil, "missing: %s lists it as %s", IndexEntry, ref)
+			return entryErr(BlobEntry(m.Digest), nil, "missing: %s lists it as %s", from, ref)
 		}
 	}
 	var missing []string
@@ -275,12 +318,20 @@ func (rd *reader) run(r io.Reader) error {
 		d := digest.Digest(missing[0])
 		return entryErr(BlobEntry(d), nil, "missing: %s needs it", rd.required[d])
 	}
+	if err := rd.checkStatus(); err != nil {
+		return err
+	}
 
 	// reach the gzip trailer of the member holding the tar end; what
-	// follows (padding, more members) is ignored
+	// follows (padding, more members) is ignored. A plain tar is read to
+	// its end (the padding of its last record).
 	rd.entry = ""
-	rd.mem.stop = true
-	n, err := io.CopyBuffer(io.Discard, io.LimitReader(rd.mem, maxTrailing+1), rd.buf)
+	var rest io.Reader = br
+	if rd.gzipped {
+		rd.mem.stop = true
+		rest = rd.mem
+	}
+	n, err := io.CopyBuffer(io.Discard, io.LimitReader(rest, maxTrailing+1), rd.buf)
 	if err != nil {
 		return rd.streamErr("", "reading to the end of the gzip stream", err)
 	}
@@ -362,6 +413,10 @@ func (rd *reader) entryHeader(hdr *tar.Header) error {
 	var d digest.Digest
 	switch name {
 	case PackageEntry, LayoutEntry, IndexEntry:
+	case DockerManifestEntry:
+		if !rd.seed {
+			return entryErr(raw, nil, "unexpected entry: %s is only allowed after the blobs of an archive typed by status.digests", DockerManifestEntry)
+		}
 	default:
 		rest, ok := strings.CutPrefix(name, BlobsDir+"/")
 		alg, enc, ok2 := strings.Cut(rest, "/")
@@ -384,6 +439,8 @@ func (rd *reader) entryHeader(hdr *tar.Header) error {
 		return rd.readLayout(raw, hdr.Size)
 	case IndexEntry:
 		return rd.readIndex(raw, hdr.Size)
+	case DockerManifestEntry:
+		return rd.readDockerManifest(raw, hdr.Size)
 	}
 	return rd.readBlob(raw, d, hdr.Size)
 }
@@ -408,6 +465,9 @@ func (rd *reader) readPackage(entry string, size int64) error {
 	if err != nil {
 		return err
 	}
+	if data, err = rd.readStatus(entry, data); err != nil {
+		return err
+	}
 	rd.sum.Package = data
 	if err := rd.h.Package(data); err != nil {
 		return fmt.Errorf("kubepkg.tgz: %s: %w", entry, err)
@@ -416,10 +476,13 @@ func (rd *reader) readPackage(entry string, size int64) error {
 }
 
 func (rd *reader) readLayout(entry string, size int64) error {
-	if rd.sawLayout {
+	// in a seed layout it follows the blobs, once per package
+	// (octohelm/kubepkg): then it is only checked
+	switch {
+	case rd.seed:
+	case rd.sawLayout:
 		return entryErr(entry, nil, "duplicate entry")
-	}
-	if rd.sawBlob {
+	case rd.sawBlob:
 		return entryErr(entry, nil, "must come before any blob")
 	}
 	data, err := rd.readSmall(entry, size, maxLayout)
@@ -438,6 +501,9 @@ func (rd *reader) readLayout(entry string, size int64) error {
 }
 
 func (rd *reader) readIndex(entry string, size int64) error {
+	if rd.seed {
+		return rd.readTrailingIndex(entry, size)
+	}
 	if rd.sawIndex {
 		return entryErr(entry, nil, "duplicate entry")
 	}
@@ -475,6 +541,9 @@ func (rd *reader) readIndex(entry string, size int64) error {
 		if err := rd.announce(entry, m, oci.KindManifest); err != nil {
 			return err
 		}
+		if r, err := oci.ParseReference(refName(m)); err == nil {
+			rd.addRepo(m.Digest, r.Repository)
+		}
 	}
 	rd.sawIndex = true
 	rd.sum.Index = idx
@@ -484,11 +553,29 @@ func (rd *reader) readIndex(entry string, size int64) error {
 	return nil
 }
 
+// refName is the reference index.json gives an image.
+func refName(m ocispec.Descriptor) string {
+	if ref := m.Annotations[AnnotationImageName]; ref != "" {
+		return ref
+	}
+	return m.Annotations[AnnotationRefName]
+}
+
 // announce records that from references desc as a kind blob.
 func (rd *reader) announce(from string, desc ocispec.Descriptor, kind oci.Kind) error {
 	if k, ok := rd.known[desc.Digest]; ok {
 		if k.desc.Size != desc.Size {
-			return entryErr(from, nil, "references %s with size %d, but %s references it with size %d", desc.Digest, desc.Size, k.from, k.desc.Size)
+			verb := "references"
+			if k.status != nil && k.from == k.status.label {
+				verb = "lists"
+			}
+			return entryErr(from, nil, "references %s with size %d, but %s %s it with size %d", desc.Digest, desc.Size, k.from, verb, k.desc.Size)
+		}
+		if k.status != nil && k.status.meta.Type == kubepkg.DigestTypeManifest && kind != oci.KindManifest {
+			return entryErr(from, nil, "references %s as a %s, but %s types it as a manifest", desc.Digest, kind, k.status.label)
+		}
+		if k.desc.MediaType == "" {
+			k.desc.MediaType = desc.MediaType
 		}
 		k.kinds |= 1 << kind
 		return nil
@@ -506,19 +593,36 @@ func (rd *reader) announce(from string, desc ocispec.Descriptor, kind oci.Kind) 
 
 // readBlob reads the blob entry d of size bytes.
 func (rd *reader) readBlob(entry string, d digest.Digest, size int64) error {
-	if !rd.sawLayout || !rd.sawIndex {
-		return entryErr(entry, nil, "blob before %s and %s", LayoutEntry, IndexEntry)
+	if !rd.seed && (!rd.sawLayout || !rd.sawIndex) {
+		// no index.json first: a seed layout, typed by status.digests
+		if err := rd.startSeed(entry); err != nil {
+			return err
+		}
 	}
 	rd.sawBlob = true
-	if _, ok := rd.held[d]; ok || rd.seen[d] {
-		return entryErr(entry, nil, "duplicate entry")
-	}
 	k, ok := rd.known[d]
+	if _, held := rd.held[d]; held || rd.seen[d] {
+		if !rd.seed || k == nil || size != k.desc.Size {
+			return entryErr(entry, nil, "duplicate entry")
+		}
+		// octohelm/kubepkg writes a blob two packages of a list share
+		// once per package: verified again, taken once
+		return rd.skipBlob(entry, d, size)
+	}
 	if !ok {
+		if len(rd.statusList) > 0 {
+			return entryErr(entry, nil, "announced nowhere: %s's status.digests does not list it and no manifest read before references it", PackageEntry)
+		}
 		return rd.holdManifest(entry, d, size)
 	}
 	if size != k.desc.Size {
 		return entryErr(entry, nil, "the tar header says %d bytes, %s says %d", size, k.from, k.desc.Size)
+	}
+	if len(rd.statusList) > 0 && k.status == nil {
+		return entryErr(entry, nil, "not listed in %s's status.digests, which lists the archive's other blobs", PackageEntry)
+	}
+	if k.kinds == 0 {
+		return rd.readUntyped(entry, k, size)
 	}
 	if k.kinds.has(oci.KindManifest) {
 		if size > rd.lim.MaxManifest {
@@ -535,13 +639,19 @@ func (rd *reader) readBlob(entry string, d digest.Digest, size int64) error {
 		return rd.deliverManifest(entry, k, body, pm)
 	}
 
+	return rd.streamBlob(entry, k, k.kinds.primary(), &blobReader{rd: rd, entry: entry, left: size})
+}
+
+// streamBlob gives the handler blob k, a config or a layer, whose bytes r
+// reads from the tar stream.
+func (rd *reader) streamBlob(entry string, k *knownBlob, kind oci.Kind, r io.Reader) error {
 	// the handler gets a cas.VerifyingReader (a store takes its clean end as
 	// proof of the digest) over exactly the entry's bytes
-	vr, err := cas.NewVerifyingReader(&blobReader{rd: rd, entry: entry, left: size}, cas.Info{Digest: d, Size: size})
+	vr, err := cas.NewVerifyingReader(r, cas.Info{Digest: k.desc.Digest, Size: k.desc.Size})
 	if err != nil {
 		return entryErr(entry, err, "cannot verify the blob")
 	}
-	herr := rd.h.Blob(rd.ctx, k.desc, k.kinds.primary(), vr)
+	herr := rd.h.Blob(rd.ctx, k.desc, kind, vr)
 	if err := vr.Err(); err != nil && err != io.EOF {
 		// the stream or the content is wrong (or ctx is done): that is the
 		// error, whatever the handler made of it
@@ -586,8 +696,8 @@ func (rd *reader) holdManifest(entry string, d digest.Digest, size int64) error 
 	if size > rd.lim.MaxManifest {
 		return entryErr(entry, nil, "not referenced by any manifest")
 	}
-	if rd.heldBytes+size+heldOverhead > rd.lim.MaxManifestBytes {
-		return entryErr(entry, nil, "not referenced by any manifest, and more than %d bytes of manifests are already waiting for a reference", rd.lim.MaxManifestBytes)
+	if err := rd.holdRoom(entry, size); err != nil {
+		return err
 	}
 	body, err := rd.readVerified(entry, d, size)
 	if err != nil {
@@ -597,8 +707,91 @@ func (rd *reader) holdManifest(entry string, d digest.Digest, size int64) error 
 	if err != nil {
 		return entryErr(entry, err, "not referenced by any manifest (and not a manifest)")
 	}
+	rd.keepHeld(entry, d, body, pm)
+	return nil
+}
+
+// holdRoom refuses to hold size more bytes past Limits.MaxManifestBytes.
+func (rd *reader) holdRoom(entry string, size int64) error {
+	if rd.heldBytes+size+heldOverhead > rd.lim.MaxManifestBytes {
+		return entryErr(entry, nil, "not referenced by any manifest yet, and more than %d bytes of manifests are already waiting for a reference", rd.lim.MaxManifestBytes)
+	}
+	return nil
+}
+
+// keepHeld holds a verified blob until a manifest references it; pm is what
+// it parses to, nil for a blob that is not a manifest (a config arriving
+// before its manifest).
+func (rd *reader) keepHeld(entry string, d digest.Digest, body []byte, pm *oci.Manifest) {
 	rd.held[d] = &heldManifest{entry: entry, body: body, pm: pm}
-	rd.heldBytes += size + heldOverhead
+	rd.heldBytes += int64(len(body)) + heldOverhead
+}
+
+// readUntyped reads a blob that only status.digests announces so far (the
+// seed's layouts write children before their parents): a manifest is held
+// until its parent arrives, as a manifest of crpe's layout arriving before
+// its parent is; a "blob" that is JSON (a config, or an OCI manifest
+// octohelm/kubepkg v0.1 typed "blob") is held the same way, so that it is
+// delivered as what its manifest says it is; any other blob is a layer,
+// streamed now.
+func (rd *reader) readUntyped(entry string, k *knownBlob, size int64) error {
+	d := k.desc.Digest
+	if k.status.meta.Type == kubepkg.DigestTypeManifest {
+		if size > rd.lim.MaxManifest {
+			return entryErr(entry, nil, "%s types it as a manifest, but it has %d bytes, more than the manifest limit of %d", k.status.label, size, rd.lim.MaxManifest)
+		}
+		if err := rd.holdRoom(entry, size); err != nil {
+			return err
+		}
+		body, err := rd.readVerified(entry, d, size)
+		if err != nil {
+			return err
+		}
+		pm, err := oci.ParseManifest("", body)
+		if err != nil {
+			return entryErr(entry, err, "%s types it as a manifest, but it is not a valid manifest or index", k.status.label)
+		}
+		rd.keepHeld(entry, d, body, pm)
+		return nil
+	}
+	br := &blobReader{rd: rd, entry: entry, left: size}
+	if size > rd.lim.MaxManifest {
+		return rd.streamBlob(entry, k, oci.KindLayer, br)
+	}
+	head := make([]byte, min(size, 512))
+	if _, err := io.ReadFull(br, head); err != nil && !(err == io.EOF && br.left == 0) {
+		return rd.streamErr(entry, "reading the blob", err)
+	}
+	if t := bytes.TrimLeft(head, " \t\r\n"); len(t) == 0 || t[0] != '{' {
+		return rd.streamBlob(entry, k, oci.KindLayer, io.MultiReader(bytes.NewReader(head), br))
+	}
+	if err := rd.holdRoom(entry, size); err != nil {
+		return err
+	}
+	body := make([]byte, size)
+	copy(body, head)
+	if _, err := io.ReadFull(br, body[len(head):]); err != nil && !(err == io.EOF && br.left == 0) {
+		return rd.streamErr(entry, "reading the blob", err)
+	}
+	v, _ := cas.NewVerifier(cas.Info{Digest: d, Size: size}, "")
+	_, _ = v.Write(body)
+	if _, err := v.Verify(); err != nil {
+		return entryErr(entry, err, "content does not match its name")
+	}
+	pm, _ := oci.ParseManifest("", body) // nil for a config
+	rd.keepHeld(entry, d, body, pm)
+	return nil
+}
+
+// skipBlob reads and verifies a blob taken already.
+func (rd *reader) skipBlob(entry string, d digest.Digest, size int64) error {
+	vr, err := cas.NewVerifyingReader(&blobReader{rd: rd, entry: entry, left: size}, cas.Info{Digest: d, Size: size})
+	if err != nil {
+		return entryErr(entry, err, "cannot verify the blob")
+	}
+	if _, err := io.CopyBuffer(struct{ io.Writer }{io.Discard}, vr, rd.buf); err != nil {
+		return rd.streamErr(entry, "reading the blob", err)
+	}
 	return nil
 }
 
@@ -606,26 +799,39 @@ func (rd *reader) holdManifest(entry string, d digest.Digest, size int64) error 
 // children and delivers the held manifests that become referenced.
 func (rd *reader) deliverManifest(entry string, k *knownBlob, body []byte, pm *oci.Manifest) error {
 	type pending struct {
-		entry string
-		k     *knownBlob
-		body  []byte
-		pm    *oci.Manifest
+		entry  string
+		k      *knownBlob
+		body   []byte
+		pm     *oci.Manifest
+		parent string
 	}
-	queue := []pending{{entry, k, body, pm}}
+	queue := []pending{{entry, k, body, pm, ""}}
 	for len(queue) > 0 {
 		p := queue[0]
 		queue = queue[1:]
 		kind := p.k.kinds.primary()
+		if kind == oci.KindManifest {
+			if err := rd.checkManifest(p.entry, p.k, p.pm, p.parent); err != nil {
+				return err
+			}
+		}
 		if err := rd.h.Blob(rd.ctx, p.k.desc, kind, &ManifestBlob{Reader: bytes.NewReader(p.body), Body: p.body, Manifest: p.pm}); err != nil {
 			return fmt.Errorf("kubepkg.tgz: %s: %w", p.entry, err)
 		}
 		rd.took(p.k.desc)
 		if kind != oci.KindManifest {
-			continue // a held manifest referenced as a config or a layer
+			continue // a held manifest (or config) referenced as a config or a layer
 		}
+		checking := len(rd.statusList) > 0
 		for _, c := range p.pm.Children() {
 			if err := rd.announce(p.entry, c.Descriptor, c.Kind); err != nil {
 				return err
+			}
+			if checking {
+				p.k.children = append(p.k.children, c.Digest)
+				for _, r := range p.k.repos {
+					rd.addRepo(c.Digest, r)
+				}
 			}
 		}
 		for _, r := range p.pm.Required() {
@@ -644,7 +850,28 @@ func (rd *reader) deliverManifest(entry string, k *knownBlob, body []byte, pm *o
 			if int64(len(hm.body)) != ck.desc.Size {
 				return entryErr(hm.entry, nil, "has %d bytes, %s says %d", len(hm.body), p.entry, ck.desc.Size)
 			}
-			queue = append(queue, pending{hm.entry, ck, hm.body, hm.pm})
+			queue = append(queue, pending{hm.entry, ck, hm.body, hm.pm, p.entry})
+		}
+	}
+	return nil
+}
+
+// checkManifest checks a manifest about to be delivered against
+// status.digests, and gives the image index made for a seed layout its
+// media type. parent is the entry whose manifest referenced it ("" for one
+// index.json or spec.images announced).
+func (rd *reader) checkManifest(entry string, k *knownBlob, pm *oci.Manifest, parent string) error {
+	if pm == nil {
+		return entryErr(entry, nil, "%s references it as a manifest, but it is not a valid manifest or index", parent)
+	}
+	if s := k.status; s != nil && s.meta.Type == kubepkg.DigestTypeBlob && strings.HasPrefix(pm.MediaType, "application/vnd.docker.") {
+		return entryErr(entry, nil, "%s types it as a blob, but it is a %s (the seed's tools type Docker manifests and lists \"manifest\")", s.label, pm.MediaType)
+	}
+	if rd.seed {
+		for i, m := range rd.sum.Index.Manifests {
+			if m.Digest == k.desc.Digest && m.MediaType == "" {
+				rd.sum.Index.Manifests[i].MediaType = pm.MediaType
+			}
 		}
 	}
 	return nil

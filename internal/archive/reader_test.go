@@ -183,9 +183,10 @@ func TestReadRefuses(t *testing.T) {
 			return ds
 		}()...)), Limits{}, "blobs/", "directory entries"},
 		{"too many blobs announced", build(t, es), Limits{MaxBlobs: 2}, BlobEntry(s.manifest.Digest), "more than 2 blobs"},
-		{"not gzip: plain tar", rawTar(t, es, false), Limits{}, "", "not a gzip stream"},
 		{"not gzip: text", []byte("hello, this is not an archive"), Limits{}, "", "not a gzip stream"},
 		{"not gzip: empty", nil, Limits{}, "", "not a gzip stream"},
+		{"plain tar: too much after the tar end", append(rawTar(t, es, false), bytes.Repeat([]byte{1}, maxTrailing+1)...), Limits{}, "", "after the end"},
+		{"plain tar: truncated", rawTar(t, es, false)[:len(rawTar(t, es, false))/2], Limits{}, "", "truncated"},
 		{"too much after the tar end", gzipBytes(append(rawTar(t, es, false), bytes.Repeat([]byte{1}, maxTrailing+1)...)), Limits{}, "", "after the end"},
 	}
 	for _, tc := range cases {

@@ -38,7 +38,7 @@ var allowed = map[string][]string{
 	// protocols and formats
 	"registry": {"cas", "httpx", "oci", "repodb"},
 	"upstream": {"cas", "oci"},
-	"archive":  {"cas", "oci"},
+	"archive":  {"cas", "kubepkg", "oci"},
 	// what builds on them: none of these imports registry (the HTTP server)
 	"inspect":     {"archive", "kubepkg", "oci"},
 	"pullthrough": {"cas", "httpx", "oci", "registry", "repodb", "upstream"},

@@ -190,7 +190,7 @@ func setStatusDigests(pkgs []*kubepkg.KubePkg, images *imageSet, blobs []archive
 			refs = append(refs, ref)
 		}
 		sort.Strings(refs)
-		entries := []any{}
+		var entries []kubepkg.DigestMeta
 		listed := map[digest.Digest]bool{}
 		for _, ref := range refs {
 			im := images.byRef[ref]
@@ -207,23 +207,20 @@ func setStatusDigests(pkgs []*kubepkg.KubePkg, images *imageSet, blobs []archive
 					continue
 				}
 				listed[d] = true
-				e := map[string]any{"digest": string(d), "type": "blob", "name": im.repo, "size": b.Desc.Size}
+				e := kubepkg.DigestMeta{Digest: d, Type: kubepkg.DigestTypeBlob, Name: im.repo, Size: b.Desc.Size}
 				if b.Kind == oci.KindManifest {
-					e["type"] = "manifest"
+					e.Type = kubepkg.DigestTypeManifest
 				}
-				if i == 0 && tag != "" {
-					e["tag"] = tag
+				if i == 0 {
+					e.Tag = tag
 				}
 				if b.Desc.Platform != nil && i > 0 {
-					e["platform"] = oci.FormatPlatform(*b.Desc.Platform)
+					e.Platform = oci.FormatPlatform(*b.Desc.Platform)
 				}
 				entries = append(entries, e)
 			}
 		}
-		if p.Status == nil {
-			p.Status = &kubepkg.Status{}
-		}
-		(*p.Status)["digests"] = entries
+		p.SetStatusDigests(entries)
 	}
 }
 

@@ -19,6 +19,9 @@ const (
 	// AnnotationPlatform lists the platforms a package carries images for, as a
 	// comma-separated list of os/arch[/variant], e.g. "linux/amd64,linux/arm64".
 	AnnotationPlatform = "octohelm.tech/platform"
+	// AnnotationPlatforms is the same list as the crpe phone app writes it
+	// (plural); read when AnnotationPlatform is absent.
+	AnnotationPlatforms = "octohelm.tech/platforms"
 	// AnnotationPartial marks a package whose archive does not carry every blob
 	// (the receiving side is expected to have the rest).
 	AnnotationPartial = "octohelm.tech/partial"

@@ -26,8 +26,9 @@ var (
 // DNS-1123 label, when set), spec.version (X.Y.Z semver, a leading "v"
 // allowed), each spec.images key (an image reference) and value ("" or a
 // sha256/sha512 digest), each spec.manifests object (apiVersion, kind,
-// metadata.name, and its key, see ManifestKey) and the AnnotationPlatform
-// annotation (see Platforms).
+// metadata.name, and its key, see ManifestKey), the AnnotationPlatform and
+// AnnotationPlatforms annotations (see Platforms) and status.digests (see
+// StatusDigests).
 func (p *KubePkg) Validate() error {
 	var errs []error
 	add := func(path string, format string, args ...any) {
@@ -50,10 +51,15 @@ func (p *KubePkg) Validate() error {
 	if ns := p.Metadata.Namespace; ns != "" && !IsDNS1123Label(ns) {
 		add("metadata.namespace", "%q is not a DNS-1123 label (lowercase letters, digits and '-', at most 63 characters)", ns)
 	}
-	if v, ok := p.Metadata.Annotations[AnnotationPlatform]; ok {
-		if _, err := oci.ParsePlatforms(v); err != nil {
-			add("metadata.annotations"+keyPath(AnnotationPlatform), "%v", err)
+	for _, a := range []string{AnnotationPlatform, AnnotationPlatforms} {
+		if v, ok := p.Metadata.Annotations[a]; ok {
+			if _, err := oci.ParsePlatforms(v); err != nil {
+				add("metadata.annotations"+keyPath(a), "%v", err)
+			}
 		}
+	}
+	if _, err := p.StatusDigests(); err != nil {
+		errs = append(errs, err) // a *FieldError naming the entry
 	}
 
 	if p.Spec.Version == "" {
@@ -155,9 +161,13 @@ func IsDNS1123Label(s string) bool {
 	return len(s) <= 63 && dns1123Label.MatchString(s)
 }
 
-// Platforms returns the platforms of the AnnotationPlatform annotation
-// (oci.ParsePlatforms: normalized, without duplicates, sorted), nil when it
-// is absent or empty.
+// Platforms returns the platforms of the AnnotationPlatform annotation, or
+// of the phone app's AnnotationPlatforms when it is absent
+// (oci.ParsePlatforms: normalized, without duplicates, sorted), nil when
+// both are absent or empty.
 func (p *KubePkg) Platforms() ([]ocispec.Platform, error) {
-	return oci.ParsePlatforms(p.Metadata.Annotations[AnnotationPlatform])
+	if v := p.Metadata.Annotations[AnnotationPlatform]; v != "" {
+		return oci.ParsePlatforms(v)
+	}
+	return oci.ParsePlatforms(p.Metadata.Annotations[AnnotationPlatforms])
 }

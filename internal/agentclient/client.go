@@ -179,6 +179,11 @@ func (c *Client) Send(ctx context.Context, open func() (io.ReadCloser, error), o
 		o.Attempts = 3
 	}
 	layers, err := manifestLayers(ctx, open)
+	if errors.Is(err, errChildrenFirst) {
+		// the seed's layouts put manifests after their layers: one
+		// verifying pass finds them
+		layers, err = layerSizes(ctx, open)
+	}
 	if err != nil {
 		// a damaged start: the verifying reader says precisely what is wrong
 		if _, verr := layerSizes(ctx, open); verr != nil {
@@ -343,9 +348,14 @@ func (c *countWriter) Write(p []byte) (int, error) {
 // errEnough stops a scan once it has what it needs.
 var errEnough = errors.New("enough")
 
+// errChildrenFirst says the archive has no index.json before its blobs: a
+// layout of the seed's tools, whose manifests follow their layers.
+var errChildrenFirst = errors.New("blobs come before index.json")
+
 // manifestLayers lists the layers the archive's manifests name, reading only
-// the archive's start: manifests come first, before any config or layer.
-// Nothing is verified here (the agent verifies everything it takes).
+// the archive's start: in crpe's layout manifests come first, before any
+// config or layer (errChildrenFirst when the archive is not in crpe's
+// layout). Nothing is verified here (the agent verifies everything it takes).
 func manifestLayers(ctx context.Context, open func() (io.ReadCloser, error)) (map[digest.Digest]int64, error) {
 	src, err := open()
 	if err != nil {
@@ -353,9 +363,14 @@ func manifestLayers(ctx context.Context, open func() (io.ReadCloser, error)) (ma
 	}
 	defer src.Close()
 	layers := map[digest.Digest]int64{}
+	sawIndex := false
 	err = archive.Walk(ctx, src, func(e archive.Entry, body func() ([]byte, error)) error {
 		if e.Digest == "" {
+			sawIndex = sawIndex || strings.TrimPrefix(e.Name, "./") == archive.IndexEntry
 			return nil // kubepkg.json, oci-layout, index.json
+		}
+		if !sawIndex {
+			return errChildrenFirst
 		}
 		if e.Size > oci.MaxManifestSize {
 			return errEnough

@@ -3,6 +3,7 @@ package archive
 import (
 	"archive/tar"
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -24,11 +25,18 @@ type Entry struct {
 // a reader of its bytes. Nothing is hashed or validated: it is for a sender
 // planning or re-encoding what it sends; the receiver verifies everything.
 func eachEntry(ctx context.Context, r io.Reader, fn func(h *tar.Header, d digest.Digest, body io.Reader) error) error {
-	gz, err := gzip.NewReader(bufio.NewReaderSize(r, copyBufferSize))
-	if err != nil {
-		return fmt.Errorf("kubepkg.tgz: not a gzip stream: %w", err)
+	br := bufio.NewReaderSize(r, copyBufferSize)
+	var src io.Reader = br
+	if head, _ := br.Peek(2); !bytes.Equal(head, []byte{0x1f, 0x8b}) {
+		// a plain tar (octohelm/kubepkg after 2023): Read tells it is one
+	} else {
+		gz, err := gzip.NewReader(br)
+		if err != nil {
+			return fmt.Errorf("kubepkg.tgz: not a gzip stream: %w", err)
+		}
+		src = gz
 	}
-	tr := tar.NewReader(gz)
+	tr := tar.NewReader(src)
 	for {
 		if err := ctx.Err(); err != nil {
 			return err

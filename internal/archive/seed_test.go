@@ -16,30 +16,9 @@ import (
 	"github.com/octohelm/crpe/internal/oci"
 )
 
-// seedPackage is a package of two images: a multi-platform index (amd64
-// and arm64 chosen, s390x left out) and a single amd64 manifest sharing a
-// layer with the index's amd64 image. docker picks Docker media types.
-func seedPackage(docker bool) *seedtest.Package {
-	c := newContent(99)
-	layer := func(n int) seedtest.Blob {
-		mt := ocispec.MediaTypeImageLayerGzip
-		if docker {
-			mt = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-		}
-		return seedtest.NewBlob(mt, c.random(n))
-	}
-	shared := layer(40 << 10)
-	amd := seedtest.NewManifest(docker, "linux/amd64", seedtest.NewConfig(docker, "linux/amd64", "a"), shared, layer(5<<20+7))
-	arm := seedtest.NewManifest(docker, "linux/arm64", seedtest.NewConfig(docker, "linux/arm64", "b"), layer(3000))
-	s390 := seedtest.NewManifest(docker, "linux/s390x", seedtest.NewConfig(docker, "linux/s390x", "c"), layer(100))
-	idx := seedtest.NewIndex(docker, []seedtest.Manifest{amd, arm}, s390)
-	single := seedtest.NewManifest(docker, "linux/amd64", seedtest.NewConfig(docker, "linux/amd64", "d"), shared, layer(700))
-	return &seedtest.Package{Name: "demo", Version: "1.0.0", Platforms: []string{"linux/amd64", "linux/arm64"},
-		Images: []*seedtest.Image{
-			seedtest.IndexImage("docker.io/library/nginx:alpine", "docker.io/library/nginx", "alpine", idx, amd, arm),
-			seedtest.SingleImage("ghcr.io/octohelm/app:v1", "ghcr.io/octohelm/app", "v1", single),
-		}}
-}
+// seedPackage is seedtest.Demo: an index (amd64, arm64 chosen; s390x left
+// out) and a single amd64 manifest sharing a layer with it.
+func seedPackage(docker bool) *seedtest.Package { return seedtest.Demo("demo", "1.0.0", docker, 99) }
 
 // blobsOf lists every blob the package's archive must carry.
 func blobsOf(p *seedtest.Package) map[digest.Digest]oci.Kind {
@@ -282,7 +261,9 @@ func TestReadSeedRefuses(t *testing.T) {
 
 // amdLayerOf is the digest of seedPackage's amd64 layer of its own (the
 // same in every call: the content is seeded).
-func amdLayerOf() digest.Digest { return seedPackage(false).Images[0].Children[0].Layers[1].Desc.Digest }
+func amdLayerOf() digest.Digest {
+	return seedPackage(false).Images[0].Children[0].Layers[1].Desc.Digest
+}
 
 func dropEntry(es []seedtest.Entry, name string) []seedtest.Entry {
 	var out []seedtest.Entry

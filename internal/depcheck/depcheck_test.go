@@ -58,6 +58,7 @@ var allowed = map[string][]string{
 	"cli":                         {"*"},
 	"testenv":                     {"*"},
 	"pullthrough/pullthroughtest": {"*"},
+	"archive/seedtest":            {},
 }
 
 // dataPath are the packages that must link no Kubernetes library.

@@ -246,6 +246,12 @@ func (h *handler) Package(data []byte) error {
 		if err := h.im.gate(p, h.o.Force); err != nil {
 			return err
 		}
+		// status.digests sizes the blobs of a seed layout, whose layers
+		// come before the manifests that name them (the reader checks it)
+		dms, _ := p.StatusDigests()
+		for _, m := range dms {
+			h.needed[m.Digest] = m.Size
+		}
 	}
 	h.pkgs, h.res.Partial = pkgs, kubepkg.Partial(pkgs)
 	return nil
@@ -399,7 +405,7 @@ func (im *Importer) importLocked(ctx context.Context, r io.Reader, o ImportOptio
 		_, err := im.store.Stat(ctx, d)
 		return err == nil
 	}
-	_, err := archive.Read(ctx, r, h, archive.Limits{Have: have})
+	sum, err := archive.Read(ctx, r, h, archive.Limits{Have: have})
 	// blobs staged before an error are verified: they are published too
 	if cerr := h.commits.wait(); err == nil {
 		err = cerr
@@ -409,6 +415,15 @@ func (im *Importer) importLocked(ctx context.Context, r io.Reader, o ImportOptio
 	}
 	if h.pkgs == nil {
 		return nil, false, badRequest(archive.PackageEntry, "missing")
+	}
+	// the index the reader made for a seed layout learns each image's media
+	// type when its manifest arrives
+	for _, img := range h.images {
+		for _, m := range sum.Index.Manifests {
+			if m.Digest == img.desc.Digest && img.desc.MediaType == "" {
+				img.desc.MediaType = m.MediaType
+			}
+		}
 	}
 	// every image complete for its package's platforms
 	plats := map[string][]ocispec.Platform{}

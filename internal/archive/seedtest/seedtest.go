@@ -13,6 +13,7 @@ import (
 	"compress/gzip"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"sort"
 	"strings"
 
@@ -463,4 +464,61 @@ func SingleImage(ref, name, tag string, m Manifest) *Image {
 // IndexImage is an image of an index whose chosen children are chosen.
 func IndexImage(ref, name, tag string, index Blob, chosen ...Manifest) *Image {
 	return &Image{Ref: ref, Name: name, Tag: tag, Top: index, Index: true, Children: chosen}
+}
+
+// Demo is a package of two images: ref "docker.io/library/nginx:alpine" an
+// index of linux/amd64 and linux/arm64 (chosen) and linux/s390x (left out),
+// and "ghcr.io/octohelm/app:v1" one linux/amd64 manifest sharing a layer
+// with the index's amd64 image. The amd64 image has a layer over 4 MiB.
+// docker picks Docker media types; seed makes the content (the same seed
+// gives the same bytes).
+func Demo(name, version string, docker bool, seed uint64) *Package {
+	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	layer := func(n int) Blob {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+		}
+		mt := ocispec.MediaTypeImageLayerGzip
+		if docker {
+			mt = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+		}
+		return NewBlob(mt, b)
+	}
+	salt := func() string { return fmt.Sprintf("%s-%x", name, rng.Uint64()) }
+	shared := layer(40 << 10)
+	amd := NewManifest(docker, "linux/amd64", NewConfig(docker, "linux/amd64", salt()), shared, layer(5<<20+7))
+	arm := NewManifest(docker, "linux/arm64", NewConfig(docker, "linux/arm64", salt()), layer(3000))
+	s390 := NewManifest(docker, "linux/s390x", NewConfig(docker, "linux/s390x", salt()), layer(100))
+	idx := NewIndex(docker, []Manifest{amd, arm}, s390)
+	single := NewManifest(docker, "linux/amd64", NewConfig(docker, "linux/amd64", salt()), shared, layer(700))
+	return &Package{Name: name, Version: version, Platforms: []string{"linux/amd64", "linux/arm64"},
+		Images: []*Image{
+			IndexImage("docker.io/library/nginx:alpine", "docker.io/library/nginx", "alpine", idx, amd, arm),
+			SingleImage("ghcr.io/octohelm/app:v1", "ghcr.io/octohelm/app", "v1", single),
+		}}
+}
+
+// Blobs lists every blob an archive of p carries: each image's top, its
+// chosen manifests, their configs and layers.
+func (p *Package) Blobs() []Blob {
+	var out []Blob
+	seen := map[digest.Digest]bool{}
+	add := func(b Blob) {
+		if !seen[b.Desc.Digest] {
+			seen[b.Desc.Digest] = true
+			out = append(out, b)
+		}
+	}
+	for _, im := range p.Images {
+		add(im.Top)
+		for _, c := range im.Children {
+			add(c.Blob)
+			add(c.Config)
+			for _, l := range c.Layers {
+				add(l)
+			}
+		}
+	}
+	return out
 }

@@ -85,7 +85,7 @@ func seedLies(l seedtest.Layout, p *seedtest.Package) map[string][]byte {
 			ds[big(ds)].Name = "docker.io/importbad/elsewhere"
 			return ds
 		}),
-		"announced-nowhere": seedtest.Archive(l, append(es[:2:2], append([]seedtest.Entry{extraEntry}, es[2:]...)...)),
+		"announced-nowhere":   seedtest.Archive(l, append(es[:2:2], append([]seedtest.Entry{extraEntry}, es[2:]...)...)),
 		"listed-unreferenced": seedtest.Archive(l, append(listed[:2:2], append([]seedtest.Entry{extraEntry}, listed[2:]...)...)),
 		"corrupt-blob":        seedtest.Archive(l, corrupt),
 	}

@@ -115,7 +115,7 @@
     return new Promise((resolve, reject) => {
       const xhr = new XMLHttpRequest();
       xhr.open('PUT', '/api/v1/kubepkgs' + (force ? '?force=true' : ''));
-      const h = crpe.headers({ 'Content-Type': 'application/gzip' });
+      const h = crpe.headers({ 'Content-Type': /\.tar$/.test(file.name) ? 'application/x-tar' : 'application/gzip' });
       Object.entries(h).forEach(([k, v]) => xhr.setRequestHeader(k, v));
       const bar = $('upload-progress');
       bar.classList.remove('hidden');

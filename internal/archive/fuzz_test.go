@@ -7,11 +7,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/octohelm/crpe/internal/archive/seedtest"
 	"github.com/octohelm/crpe/internal/oci"
 )
 
@@ -112,12 +114,18 @@ func (c *checker) verify(input []byte, sum *Summary) error {
 			return fmt.Errorf("blob %s is not referenced", d)
 		}
 	}
-	zr, err := gzip.NewReader(bytes.NewReader(input))
-	if err != nil {
-		return fmt.Errorf("stdlib gzip: %v", err)
+	var src io.Reader = bytes.NewReader(input)
+	if bytes.HasPrefix(input, []byte{0x1f, 0x8b}) {
+		zr, err := gzip.NewReader(src)
+		if err != nil {
+			return fmt.Errorf("stdlib gzip: %v", err)
+		}
+		src = zr
 	}
-	tr := tar.NewReader(zr)
+	tr := tar.NewReader(src)
 	files := 0
+	names := map[string]int{}
+	seed := false // a blob came before index.json: a seed layout
 	for {
 		hdr, err := tr.Next()
 		if err == io.EOF {
@@ -133,15 +141,35 @@ func (c *checker) verify(input []byte, sum *Summary) error {
 			return fmt.Errorf("stdlib tar: %s has type %c", hdr.Name, hdr.Typeflag)
 		}
 		files++
-		if files == 1 && hdr.Name != PackageEntry && hdr.Name != "./"+PackageEntry {
+		name := strings.TrimPrefix(hdr.Name, "./")
+		if files == 1 && name != PackageEntry {
 			return fmt.Errorf("stdlib tar: first entry %s", hdr.Name)
 		}
+		if strings.HasPrefix(name, BlobsDir+"/") && names[IndexEntry] == 0 {
+			seed = true
+		}
+		names[name]++
 		if _, err := io.Copy(io.Discard, tr); err != nil {
 			return fmt.Errorf("stdlib tar: %v", err)
 		}
 	}
-	if files != 3+len(c.blobs) {
-		return fmt.Errorf("stdlib tar: %d files, want %d", files, 3+len(c.blobs))
+	blobs := 0
+	for n, k := range names {
+		switch {
+		case n == PackageEntry && k == 1:
+		case (n == LayoutEntry || n == IndexEntry) && (k == 1 || seed):
+		case n == DockerManifestEntry && seed:
+		case strings.HasPrefix(n, BlobsDir+"/") && (k == 1 || seed):
+			blobs++
+		default:
+			return fmt.Errorf("stdlib tar: %s %d times (seed layout: %v)", n, k, seed)
+		}
+	}
+	if blobs != len(c.blobs) {
+		return fmt.Errorf("stdlib tar: %d distinct blobs, %d delivered", blobs, len(c.blobs))
+	}
+	if !seed && (names[LayoutEntry] != 1 || names[IndexEntry] != 1) {
+		return fmt.Errorf("stdlib tar: no oci-layout or index.json")
 	}
 	return nil
 }
@@ -163,6 +191,17 @@ func FuzzRead(f *testing.F) {
 	head := []entry{file(PackageEntry, []byte(`{}`)), file(LayoutEntry, []byte(layoutJSON)), file(IndexEntry, indexJSONFor(idx))}
 	f.Add(rawTar(f, append(head, c.blobEntries(m, idx, cfg, l)...), false), true)
 	f.Add(rawTar(f, append(head, c.blobEntries(idx, cfg)...), false), true)
+	// the seed's layouts, with small blobs: raw tar and, for the plain
+	// tar layout, as it is
+	for _, l := range seedtest.Layouts {
+		sc := newContent(uint64(len(l)))
+		lay := seedtest.NewBlob(ocispec.MediaTypeImageLayerGzip, sc.random(300))
+		sm := seedtest.NewManifest(l == seedtest.KubepkgV01, "linux/amd64", seedtest.NewConfig(false, "linux/amd64", "x"), lay)
+		sp := &seedtest.Package{Name: "s", Version: "1.0.0", Platforms: []string{"linux/amd64"},
+			Images: []*seedtest.Image{seedtest.IndexImage("docker.io/library/s:1", "docker.io/library/s", "1", seedtest.NewIndex(false, []seedtest.Manifest{sm}), sm)}}
+		f.Add(seedtest.Tar(seedtest.Entries(l, sp)), true)
+		f.Add(seedtest.Tar(seedtest.Entries(l, sp)), false)
+	}
 	f.Add([]byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff, 3, 0}, false)
 	f.Add([]byte("not an archive"), false)
 	lim := Limits{MaxPackage: 1 << 16, MaxIndex: 1 << 16, MaxManifest: 1 << 16, MaxManifestBytes: 1 << 18}

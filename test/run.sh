@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 export PATH="$(go env GOPATH)/bin:$PATH"
 CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
 CRANE_VERSION=v0.22.1
+HELM_VERSION=v4.3.2
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -17,6 +18,10 @@ if ! command -v conformance >/dev/null; then
 fi
 if ! command -v crane >/dev/null; then
   GOFLAGS=-mod=mod go install "github.com/google/go-containerregistry/cmd/crane@${CRANE_VERSION}"
+fi
+# helm, the judge of `crpe package` (test/chart): built from the module proxy
+if ! go version -m "$(go env GOPATH)/bin/helm" 2>/dev/null | grep -q "helm.sh/helm/v4[[:space:]]*${HELM_VERSION}"; then
+  GOFLAGS=-mod=mod go install "helm.sh/helm/v4/cmd/helm@${HELM_VERSION}"
 fi
 if ! command -v conformance-ro >/dev/null; then
   bash test/peers/conformance-ro.sh "${CONFORMANCE_VERSION}"

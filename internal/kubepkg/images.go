@@ -1,7 +1,9 @@
 package kubepkg
 
 import (
+	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/octohelm/crpe/internal/oci"
 )
@@ -39,27 +41,46 @@ var podSpecPaths = map[string][]string{
 func (p *KubePkg) ManifestImages() []string {
 	var images []string
 	for _, m := range p.Spec.Manifests {
-		kind, _ := m["kind"].(string)
-		path, ok := podSpecPaths[kind]
-		if !ok {
-			continue
-		}
-		spec, ok := mapAt(m, path...)
-		if !ok {
-			continue
-		}
-		for _, field := range []string{"containers", "initContainers", "ephemeralContainers"} {
-			list, _ := spec[field].([]any)
-			for _, c := range list {
-				cm, _ := c.(map[string]any)
-				if img, _ := cm["image"].(string); img != "" {
-					images = append(images, img)
-				}
-			}
+		for _, u := range PodImages(m) {
+			images = append(images, u.Image)
 		}
 	}
 	slices.Sort(images)
 	return slices.Compact(images)
+}
+
+// ImageUse is an image a pod template names, and where.
+type ImageUse struct {
+	// Image as written.
+	Image string
+	// Path of the container in the object, e.g.
+	// "spec.template.spec.initContainers[0]".
+	Path string
+}
+
+// PodImages lists the images of m's pod template (see ManifestImages for
+// the kinds and fields), in order.
+func PodImages(m Manifest) []ImageUse {
+	kind, _ := m["kind"].(string)
+	path, ok := podSpecPaths[kind]
+	if !ok {
+		return nil
+	}
+	spec, ok := mapAt(m, path...)
+	if !ok {
+		return nil
+	}
+	var out []ImageUse
+	for _, field := range []string{"containers", "initContainers", "ephemeralContainers"} {
+		list, _ := spec[field].([]any)
+		for i, c := range list {
+			cm, _ := c.(map[string]any)
+			if img, _ := cm["image"].(string); img != "" {
+				out = append(out, ImageUse{Image: img, Path: fmt.Sprintf("%s.%s[%d]", strings.Join(path, "."), field, i)})
+			}
+		}
+	}
+	return out
 }
 
 // AddManifestImages adds to spec.images, with the value "", every image of

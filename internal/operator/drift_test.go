@@ -147,6 +147,10 @@ type: Opaque
 			secret, inSync},
 		{"secret: stringData changed", `{apiVersion: v1, kind: Secret, metadata: {name: s}, type: Opaque, stringData: {password: q}}`,
 			secret, drifted},
+		{"an empty status crpe owns (a client that records the type's empty status)", `{apiVersion: v1, kind: ConfigMap, metadata: {name: e}, data: {k: v}}`,
+			`{apiVersion: v1, kind: ConfigMap, metadata: {name: e, managedFields: [{manager: crpe, operation: Apply, apiVersion: v1, fieldsType: FieldsV1, fieldsV1: {"f:data": {"f:k": {}}, "f:status": {"f:loadBalancer": {}}}}]}, data: {k: v}, status: {loadBalancer: {}}}`, inSync},
+		{"a status crpe owns, not empty", `{apiVersion: v1, kind: ConfigMap, metadata: {name: e}, data: {k: v}}`,
+			`{apiVersion: v1, kind: ConfigMap, metadata: {name: e, managedFields: [{manager: crpe, operation: Apply, apiVersion: v1, fieldsType: FieldsV1, fieldsV1: {"f:data": {"f:k": {}}, "f:status": {"f:phase": {}}}}]}, data: {k: v}, status: {phase: x}}`, unsure},
 		{"finalizers: a set", `{apiVersion: v1, kind: ConfigMap, metadata: {name: f, finalizers: [x/y]}}`,
 			`{apiVersion: v1, kind: ConfigMap, metadata: {name: f, finalizers: [x/y, a/b], managedFields: [{manager: crpe, operation: Apply, apiVersion: v1, fieldsType: FieldsV1, fieldsV1: {"f:metadata": {"f:finalizers": {".": {}, "v:\"x/y\"": {}}}}}]}}`, inSync},
 	}

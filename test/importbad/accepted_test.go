@@ -51,6 +51,9 @@ func TestAcceptedVariants(t *testing.T) {
 			}
 			return out
 		}},
+		// octohelm/kubepkg writes plain tars since 2023: told from gzip by
+		// the magic bytes
+		{name: "plain-tar", body: func(t *testing.T, f *fixture) []byte { return tarBytes(t, f.entries(), true) }},
 		{name: "chunked-upload", opts: putOptions{chunked: true, chunk: 4096}, body: func(t *testing.T, f *fixture) []byte { return f.archive(t) }},
 		{name: "basic-auth-token-as-password", opts: putOptions{auth: "Basic " + basicValue("anyone", token)}, body: func(t *testing.T, f *fixture) []byte { return f.archive(t) }},
 		{name: "2GiB-of-gzip-members-after-the-end", fast: 5 * time.Second, noCLI: true, body: func(t *testing.T, f *fixture) []byte {

@@ -18,7 +18,6 @@ import (
 	"github.com/octohelm/crpe/internal/kubepkg"
 	"github.com/octohelm/crpe/internal/oci"
 	"github.com/octohelm/crpe/internal/pullthrough"
-	"github.com/octohelm/crpe/internal/storage"
 	"github.com/octohelm/crpe/internal/upstream"
 )
 
@@ -38,6 +37,12 @@ spec.images is used as is, a tag is resolved), keeps only the chosen platforms
 (default: the package's octohelm.tech/platform annotation, else
 linux/amd64,linux/arm64), fetches every blob once through the cache in --data
 (so a synced pocket exports with no network) and writes the archive.
+
+When a running crpe serve holds --data (the pocket's index is locked), export
+asks that pocket instead (it finds it in <data>/pocket.json): the pocket
+resolves and fetches through its cache with its registries' settings
+(--registry-endpoint, --insecure-registry and --upstream-config of export are
+then not used) and streams the archive, the same bytes with the same flags.
 
 The archive is written to a temp file and renamed at the end: a failed export
 leaves nothing under the output name. Two exports of the same content are
@@ -71,12 +76,13 @@ power cut fails loudly. Pass --fsync before unplugging removable media.`,
 			if out == "" {
 				out = fmt.Sprintf("%s-%s.kubepkg.tgz", pkgs[0].Metadata.Name, pkgs[0].Spec.Version)
 			}
-			st, err := storage.Open(ctx, data, g.log, nil)
+			st, pocket, err := openExportData(ctx, data, g.log)
 			if err != nil {
 				return err
 			}
-			defer st.Close()
-			cache := pullthrough.New(st.Store, st.DB, upstream.New(uo), pullthrough.Options{Offline: up.offline, OnFallback: pullthrough.LogFallback(g.log)})
+			if st != nil {
+				defer st.Close()
+			}
 
 			// the archive goes to a temp file renamed at the end, or to stdout
 			var w io.Writer = cmd.OutOrStdout()
@@ -91,9 +97,23 @@ power cut fails loudly. Pass --fsync before unplugging removable media.`,
 			var bars *barProgress
 			if isTerminal(cmd.ErrOrStderr()) && !asJSON {
 				bars = newBarProgress(cmd.ErrOrStderr())
-				opts.Progress = bars
 			}
-			res, err := export.Export(ctx, cache, st.Store, pkgs, w, opts)
+			var res *export.Result
+			if pocket != nil {
+				for _, name := range []string{"registry-endpoint", "insecure-registry", "upstream-config"} {
+					if cmd.Flags().Changed(name) {
+						g.log.Warn("the export goes through the running pocket, with its registries' settings: --" + name + " is not used")
+					}
+				}
+				g.log.Info("crpe serve holds the data folder: exporting through it", "pocket", pocket.URL, "pid", pocket.PID)
+				res, err = exportThroughPocket(ctx, g, pocket, pkgs, w, opts, up.offline, bars)
+			} else {
+				cache := pullthrough.New(st.Store, st.DB, upstream.New(uo), pullthrough.Options{Offline: up.offline, OnFallback: pullthrough.LogFallback(g.log)})
+				if bars != nil {
+					opts.Progress = bars
+				}
+				res, err = export.Export(ctx, cache, st.Store, pkgs, w, opts)
+			}
 			if bars != nil {
 				bars.done()
 			}

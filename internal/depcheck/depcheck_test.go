@@ -34,7 +34,7 @@ var allowed = map[string][]string{
 	"mirrorconfig": {"atomicfile"},
 	"selfimage":    {},
 	"webui":        {"httpx"},
-	"storage":      {"cas", "casfs", "repodb"},
+	"storage":      {"atomicfile", "cas", "casfs", "repodb"},
 	// protocols and formats
 	"registry": {"cas", "httpx", "oci", "repodb"},
 	"upstream": {"cas", "oci"},
@@ -46,6 +46,8 @@ var allowed = map[string][]string{
 	"importer":    {"archive", "cas", "casfs", "diskfree", "inspect", "kubepkg", "oci", "repodb"},
 	"fsck":        {"cas", "casfs", "oci", "repodb"},
 	"agentclient": {"archive", "kubepkg", "oci"},
+	// a client of the pocket that holds a data folder (crpe export)
+	"pocketclient": {"auth", "httpx", "storage"},
 	// Kubernetes: the client the agent and the operator share, the operator
 	"kubeclient": {"kubepkg"},
 	"operator":   {"kubeclient", "kubepkg"},

@@ -56,6 +56,10 @@ type Options struct {
 	Progress Progress
 	// Warn receives warnings (images added from manifests); may be nil.
 	Warn func(msg string)
+	// Summary, if set, is called with the summary Export returns as soon as
+	// the archive's content is known: before its first byte is written
+	// (a server sends it ahead of the archive).
+	Summary func(*Result)
 }
 
 // Progress is told what an export is doing.
@@ -95,6 +99,14 @@ type PackageResult struct {
 	Platforms string `json:"platforms"`
 }
 
+// InvalidError is a package that cannot be exported as it is (invalid, or
+// its images pinned to conflicting digests): nothing was fetched. Its text
+// is the reason's.
+type InvalidError struct{ Err error }
+
+func (e *InvalidError) Error() string { return e.Err.Error() }
+func (e *InvalidError) Unwrap() error { return e.Err }
+
 // image is an image being gathered.
 type image struct {
 	ref       string // normalized reference (the index.json name)
@@ -112,11 +124,11 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 		o.Parallel = 4
 	}
 	if len(pkgs) == 0 {
-		return nil, errors.New("no package to export")
+		return nil, &InvalidError{errors.New("no package to export")}
 	}
 	images, err := gather(pkgs, o)
 	if err != nil {
-		return nil, err
+		return nil, &InvalidError{err}
 	}
 	// blobs start to be fetched as soon as their image is walked
 	var progressFetched func(string, int64)
@@ -155,6 +167,15 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 	if err != nil {
 		return nil, err
 	}
+	if cache.Offline() {
+		// every blob must be cached: say so before the first byte
+		if err := checkCached(ctx, store, blobs); err != nil {
+			return nil, err
+		}
+	}
+	if o.Summary != nil {
+		o.Summary(res)
+	}
 	werr := write(ctx, w, cache, store, pkgJSON, images.list, blobs, sources, o)
 	if werr != nil {
 		fetch.cancel()
@@ -168,6 +189,30 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 		return nil, werr
 	}
 	return res, nil
+}
+
+// checkCached fails, naming how much is missing and one missing blob, when
+// the store lacks any of blobs.
+func checkCached(ctx context.Context, store cas.Store, blobs []archive.Blob) error {
+	var n int
+	var size int64
+	var first digest.Digest
+	for _, b := range blobs {
+		if _, err := store.Stat(ctx, b.Desc.Digest); err != nil {
+			if !errors.Is(err, cas.ErrNotFound) {
+				return err
+			}
+			if n == 0 {
+				first = b.Desc.Digest
+			}
+			n++
+			size += b.Desc.Size
+		}
+	}
+	if n > 0 {
+		return fmt.Errorf("%w: %d blobs (%d bytes) of the images are not in the cache (the first: %s)", pullthrough.ErrNotCached, n, size, first)
+	}
+	return nil
 }
 
 // setStatusDigests writes each package's status.digests in the form the
@@ -224,6 +269,19 @@ func setStatusDigests(pkgs []*kubepkg.KubePkg, images *imageSet, blobs []archive
 	}
 }
 
+// AddManifestImages adds to each package's spec.images the images its
+// manifests' pod templates use that it does not list, telling warn (when
+// set) of each, as Export does before it resolves anything.
+func AddManifestImages(pkgs []*kubepkg.KubePkg, warn func(msg string)) {
+	for _, p := range pkgs {
+		for _, a := range p.AddManifestImages() {
+			if warn != nil {
+				warn(fmt.Sprintf("package %s: image %s is used by the manifests but not listed in spec.images; added", p.Metadata.Name, a))
+			}
+		}
+	}
+}
+
 // imageSet are the images of an export, in order and by reference.
 type imageSet struct {
 	list  []*image
@@ -235,13 +293,8 @@ type imageSet struct {
 // digest, normalizing spec.images and setting each package's platforms.
 func gather(pkgs []*kubepkg.KubePkg, o Options) (*imageSet, error) {
 	set := &imageSet{byRef: map[string]*image{}}
+	AddManifestImages(pkgs, o.Warn)
 	for _, p := range pkgs {
-		added := p.AddManifestImages()
-		for _, a := range added {
-			if o.Warn != nil {
-				o.Warn(fmt.Sprintf("package %s: image %s is used by the manifests but not listed in spec.images; added", p.Metadata.Name, a))
-			}
-		}
 		if err := p.Validate(); err != nil {
 			return nil, fmt.Errorf("package %s: %w", p.Metadata.Name, err)
 		}

@@ -6,9 +6,13 @@ package pocket
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -62,8 +66,12 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 
+	instance, err := newInstance()
+	if err != nil {
+		return err
+	}
 	api, err := pocketapi.New(ctx, pocketapi.Config{Storage: st, Upstream: cfg.Upstream, Offline: cfg.Offline,
-		Tokens: tokens, Log: log, Version: version.Get().Version})
+		Tokens: tokens, Log: log, Version: version.Get().Version, Instance: instance})
 	if err != nil {
 		return err
 	}
@@ -82,11 +90,24 @@ func Run(ctx context.Context, cfg Config) error {
 	ready := l.Ready
 	l.Ready = func(a net.Addr) {
 		api.SetListener(a, cfg.TLSCert != "")
+		// tell the other crpe commands on this data folder how to reach
+		// the pocket (crpe export goes through it)
+		pf := &storage.PocketFile{PID: os.Getpid(), Instance: instance, URLs: localURLs(a, cfg.TLSCert != ""),
+			TokenFile: absPath(tokenPath), Version: version.Get().Version, StartedAt: time.Now().UTC()}
+		if cfg.TLSCert != "" {
+			pf.TLSCert = absPath(cfg.TLSCert)
+		}
+		if err := storage.WritePocketFile(cfg.Data, pf); err != nil {
+			log.Warn("cannot write the pocket file: crpe export on this data folder cannot reach the pocket", "file", storage.PocketFilePath(cfg.Data), "error", err)
+		}
 		if ready != nil {
 			ready(a)
 		}
 	}
 	err = l.Run(ctx, log, reg, mux, "crpe serve listening", "data", cfg.Data, "offline", cfg.Offline)
+	if rerr := storage.RemovePocketFile(cfg.Data, instance); rerr != nil {
+		log.Warn("cannot remove the pocket file", "file", storage.PocketFilePath(cfg.Data), "error", rerr)
+	}
 	// what a client was handed is kept: verified fetches commit before the
 	// index closes
 	cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -95,6 +116,47 @@ func Run(ctx context.Context, cfg Config) error {
 		log.Warn("upstream fetches not all finished at shutdown", "error", cerr)
 	}
 	return err
+}
+
+func newInstance() (string, error) {
+	var b [12]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+// localURLs are the URLs that reach a pocket listening on a from this
+// host: loopback ones first (a client naming the pocket so needs no token),
+// else the address it listens on.
+func localURLs(a net.Addr, tls bool) []string {
+	scheme := "http"
+	if tls {
+		scheme = "https"
+	}
+	tcp, ok := a.(*net.TCPAddr)
+	if !ok {
+		return nil
+	}
+	u := func(ip net.IP) string {
+		return scheme + "://" + net.JoinHostPort(ip.String(), strconv.Itoa(tcp.Port))
+	}
+	switch {
+	case tcp.IP == nil || tcp.IP.IsUnspecified():
+		if tcp.IP != nil && tcp.IP.To4() != nil {
+			return []string{u(net.IPv4(127, 0, 0, 1))}
+		}
+		return []string{u(net.IPv4(127, 0, 0, 1)), u(net.IPv6loopback)}
+	default:
+		return []string{u(tcp.IP)}
+	}
+}
+
+func absPath(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
 }
 
 func registerCacheMetrics(reg *prometheus.Registry, u *pocketapi.Upstreams) {

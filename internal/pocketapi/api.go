@@ -37,6 +37,10 @@ type Config struct {
 	Tokens   *auth.Tokens
 	Log      *slog.Logger
 	Version  string
+	// Instance names this run of the pocket (GET /api/v1/pocket answers
+	// it): a client that read the data folder's pocket.json tells by it
+	// that it reached that pocket.
+	Instance string
 	// HTTPClient reaches agents and deployments centers (default: one with
 	// timeouts suited to each call).
 	HTTPClient *http.Client
@@ -44,15 +48,16 @@ type Config struct {
 
 // API is the pocket's /api/v1.
 type API struct {
-	ctx    context.Context
-	st     *storage.Storage
-	ups    *Upstreams
-	tokens *auth.Tokens
-	log    *slog.Logger
-	hub    *Hub
-	jobs   *Jobs
-	ver    string
-	client *http.Client
+	ctx      context.Context
+	st       *storage.Storage
+	ups      *Upstreams
+	tokens   *auth.Tokens
+	log      *slog.Logger
+	hub      *Hub
+	jobs     *Jobs
+	ver      string
+	instance string
+	client   *http.Client
 
 	mu     sync.Mutex
 	listen net.Addr
@@ -72,7 +77,7 @@ func New(ctx context.Context, cfg Config) (*API, error) {
 	}
 	hub := NewHub()
 	a := &API{ctx: ctx, st: cfg.Storage, ups: ups, tokens: cfg.Tokens, log: cfg.Log, hub: hub,
-		jobs: &Jobs{hub: hub, ctx: ctx}, ver: cfg.Version, client: cfg.HTTPClient}
+		jobs: &Jobs{hub: hub, ctx: ctx}, ver: cfg.Version, instance: cfg.Instance, client: cfg.HTTPClient}
 	if a.client == nil {
 		a.client = &http.Client{Transport: &http.Transport{
 			Proxy:                 http.ProxyFromEnvironment,
@@ -118,6 +123,10 @@ func (a *API) Routes(mux *http.ServeMux) {
 	h("POST /api/v1/kubepkgs/{name}/sync", "kubepkg_sync", true, a.syncPackage)
 	h("GET /api/v1/kubepkgs/{name}/kubepkg.tgz", "kubepkg_download", false, a.downloadPackage)
 	h("POST /api/v1/kubepkgs/{name}/send", "kubepkg_send", true, a.sendPackage)
+	// an export of packages posted with the request, not kept: a change
+	// only in that it fills the cache, but it takes a body (refused to
+	// other origins) and costs the pocket upstream traffic
+	h("POST /api/v1/export", "export", true, a.exportStream)
 
 	h("GET /api/v1/agents", "agents", false, a.listAgents)
 	h("POST /api/v1/agents", "agents_add", true, a.addAgent)

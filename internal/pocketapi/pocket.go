@@ -18,7 +18,10 @@ import (
 // PocketInfo is what the pocket tells about itself.
 type PocketInfo struct {
 	Version string `json:"version"`
-	Offline bool   `json:"offline"`
+	// Instance names this run of the pocket (as its data folder's
+	// pocket.json does).
+	Instance string `json:"instance,omitempty"`
+	Offline  bool   `json:"offline"`
 	// URLs are the pocket's addresses on the local networks (for display
 	// and the QR code; nothing is sent to them). Empty when it listens on
 	// loopback only.
@@ -43,7 +46,7 @@ func (a *API) pocketInfo(w http.ResponseWriter, r *http.Request) {
 	a.mu.Lock()
 	ln, tls := a.listen, a.tls
 	a.mu.Unlock()
-	info := PocketInfo{Version: a.ver, Offline: a.ups.Offline(), URLs: []string{}, Trusted: trusted(r), Authorized: a.authorized(r),
+	info := PocketInfo{Version: a.ver, Instance: a.instance, Offline: a.ups.Offline(), URLs: []string{}, Trusted: trusted(r), Authorized: a.authorized(r),
 		Free: diskfree.Available(a.st.Dir), Subscribers: a.hub.Subscribers()}
 	if ln != nil {
 		info.Listen = ln.String()

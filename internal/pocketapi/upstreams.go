@@ -38,15 +38,24 @@ type Upstreams struct {
 	// of settings leaves no connection pool behind
 	transport http.RoundTripper
 	cache     *pullthrough.Cache
+	// offlineCache reads the same cache and never asks an upstream (an
+	// export asked to be offline)
+	offlineCache *pullthrough.Cache
 
 	mu sync.Mutex // one Reload at a time: the last settings stored win
+
+	fbMu      sync.Mutex
+	fbWatches map[*fallbackWatch]struct{}
 }
+
+type fallbackWatch struct{ fn func(pullthrough.Fallback) }
 
 // NewUpstreams builds the cache from base and the stored registries.
 // Fallbacks (tags served from the cache because the upstream could not be
 // reached) are logged to log when it is set.
 func NewUpstreams(st *storage.Storage, base upstream.Options, offline bool, log *slog.Logger) (*Upstreams, error) {
-	u := &Upstreams{st: st, base: base, offline: offline, meter: &Meter{active: map[digest.Digest]*atomic.Int64{}}}
+	u := &Upstreams{st: st, base: base, offline: offline, meter: &Meter{active: map[digest.Digest]*atomic.Int64{}},
+		fbWatches: map[*fallbackWatch]struct{}{}}
 	t := base.Transport
 	if t == nil {
 		t = upstream.DefaultTransport()
@@ -56,12 +65,50 @@ func NewUpstreams(st *storage.Storage, base upstream.Options, offline bool, log 
 	if err != nil {
 		return nil, err
 	}
-	u.cache = pullthrough.New(st.Store, st.DB, up, pullthrough.Options{Offline: offline, OnFallback: pullthrough.LogFallback(log)})
+	logFallback := pullthrough.LogFallback(log)
+	u.cache = pullthrough.New(st.Store, st.DB, up, pullthrough.Options{Offline: offline, OnFallback: func(f pullthrough.Fallback) {
+		if logFallback != nil {
+			logFallback(f)
+		}
+		u.tellFallback(f)
+	}})
+	u.offlineCache = pullthrough.New(st.Store, st.DB, up, pullthrough.Options{Offline: true})
 	return u, nil
 }
 
 // Cache is the pocket's cache.
 func (u *Upstreams) Cache() *pullthrough.Cache { return u.cache }
+
+// CacheFor is the pocket's cache, or, for offline, a view of it that never
+// asks an upstream.
+func (u *Upstreams) CacheFor(offline bool) *pullthrough.Cache {
+	if offline {
+		return u.offlineCache
+	}
+	return u.cache
+}
+
+// WatchFallbacks tells fn of every tag the cache serves from what it holds
+// because the upstream cannot be reached, until stop is called.
+func (u *Upstreams) WatchFallbacks(fn func(pullthrough.Fallback)) (stop func()) {
+	w := &fallbackWatch{fn: fn}
+	u.fbMu.Lock()
+	u.fbWatches[w] = struct{}{}
+	u.fbMu.Unlock()
+	return func() {
+		u.fbMu.Lock()
+		delete(u.fbWatches, w)
+		u.fbMu.Unlock()
+	}
+}
+
+func (u *Upstreams) tellFallback(f pullthrough.Fallback) {
+	u.fbMu.Lock()
+	defer u.fbMu.Unlock()
+	for w := range u.fbWatches {
+		w.fn(f)
+	}
+}
 
 // Offline tells whether the pocket never asks an upstream.
 func (u *Upstreams) Offline() bool { return u.offline }

@@ -135,6 +135,9 @@ func New(store cas.IngestStore, db *repodb.DB, up *upstream.Client, o Options) *
 // the change.
 func (c *Cache) SetUpstream(up *upstream.Client) { c.up.Store(up) }
 
+// Offline tells whether the cache never asks an upstream.
+func (c *Cache) Offline() bool { return c.o.Offline }
+
 // client is the client a request that starts now goes through.
 func (c *Cache) client() *upstream.Client { return c.up.Load() }
 

@@ -31,17 +31,29 @@ type Storage struct {
 	DB    *repodb.DB
 }
 
+// LockWait is how long Open waits for the lock of a data folder's index
+// that another process holds.
+const LockWait = 5 * time.Second
+
 // Open opens the data folder dir for a server. It removes leftover temp
 // files (no write can be in flight before the server starts) and, when reg
-// is set, registers the store's metrics on it.
+// is set, registers the store's metrics on it. A folder another process
+// holds fails after LockWait with an error satisfying
+// errors.Is(err, repodb.ErrInUse) that names the pocket holding it, if one
+// does (InUse).
 func Open(ctx context.Context, dir string, log *slog.Logger, reg prometheus.Registerer) (*Storage, error) {
+	return OpenWait(ctx, dir, log, reg, LockWait)
+}
+
+// OpenWait is Open waiting at most wait (> 0) for the index's lock.
+func OpenWait(ctx context.Context, dir string, log *slog.Logger, reg prometheus.Registerer, wait time.Duration) (*Storage, error) {
 	store, err := casfs.Open(dir)
 	if err != nil {
 		return nil, err
 	}
-	db, err := repodb.Open(IndexPath(dir), false, 5*time.Second)
+	db, err := repodb.Open(IndexPath(dir), false, wait)
 	if err != nil {
-		return nil, err
+		return nil, InUse(dir, err)
 	}
 	if n, err := store.CleanIngest(); err != nil {
 		db.Close()
@@ -85,7 +97,7 @@ func OpenReadOnly(dir string) (*Storage, error) {
 	}
 	db, err := repodb.Open(IndexPath(dir), true, 2*time.Second)
 	if err != nil {
-		return nil, err
+		return nil, InUse(dir, err)
 	}
 	store, err := casfs.Open(dir)
 	if err != nil {

@@ -134,6 +134,9 @@ func exportThroughPocket(ctx context.Context, g *globals, p *pocketclient.Pocket
 	if headErr != nil {
 		return nil, fmt.Errorf("the pocket's export summary: %w", headErr)
 	}
+	if rp != nil {
+		rp.finish(res.Images)
+	}
 	return &res, nil
 }
 
@@ -172,6 +175,26 @@ func (r *remoteProgress) job(j *pocketclient.Job) {
 	if j.ID == r.id {
 		r.apply(j)
 	}
+}
+
+// finish fills the bars of an export that ended well: the job's last
+// states may still be on their way.
+func (r *remoteProgress) finish(images []export.ImageResult) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var sum int64
+	for _, im := range images {
+		if d := im.Bytes - r.fetched[im.Ref]; d > 0 {
+			r.bars.Fetched(im.Ref, d)
+			r.fetched[im.Ref] = im.Bytes
+		}
+		sum += im.Bytes
+	}
+	if d := sum - r.written; d > 0 {
+		r.bars.Written(d)
+		r.written = sum
+	}
+	r.id = "done" // no more updates
 }
 
 func (r *remoteProgress) apply(j *pocketclient.Job) {

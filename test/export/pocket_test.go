@@ -2,6 +2,7 @@ package export
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -128,6 +129,38 @@ func TestExportBesidePocket(t *testing.T) {
 	if ents, _ := os.ReadDir(outDir); len(ents) != 1 {
 		t.Errorf("%d files in the output folder, want 1", len(ents))
 	}
+	// on a terminal, the progress bars follow the pocket's job
+	ttyOut := filepath.Join(t.TempDir(), "tty.kubepkg.tgz")
+	tty := onTerminal(ctx, t, env, append([]string{"export", "-f", src, "-o", ttyOut}, flags...)...)
+	if !strings.Contains(tty, "fetch total") || !strings.Contains(tty, "write archive") || !strings.Contains(tty, "docker.io/library/multi:1.0") {
+		t.Errorf("no progress bars on a terminal:\n%s", tty)
+	}
+	if b, _ := os.ReadFile(ttyOut); !bytes.Equal(b, through) {
+		t.Errorf("the export on a terminal wrote %d bytes that differ", len(b))
+	}
+	// --offline, with everything cached: the same archive
+	if r = exportTo("-", "--offline"); r.err != nil || !bytes.Equal(r.stdout, through) {
+		t.Errorf("export --offline beside the pocket: %v, %d bytes\n%s", r.err, len(r.stdout), r.stderr)
+	}
+	// --since an agent's inventory holding the shared layer
+	inv := writeFile(t, "inventory.json", `{"digests": ["`+string(f.shared.Desc.Digest)+`"]}`)
+	r = exportTo("-", "--since", inv)
+	if r.err != nil {
+		t.Fatalf("export --since beside the pocket: %v\n%s", r.err, r)
+	}
+	sinceThrough := r.stdout
+	if bytes.Equal(sinceThrough, through) || bytes.Contains(sinceThrough, f.shared.Data[:4096]) {
+		t.Error("export --since beside the pocket kept the layer the agent holds")
+	}
+	// offline, what is not cached fails before the first byte: no file
+	outDir = t.TempDir()
+	arm := writeFile(t, "arm.yaml", "apiVersion: octohelm.tech/v1alpha1\nkind: KubePkg\nmetadata: {name: arm}\nspec:\n  version: 1.0.0\n  images: {\"docker.io/library/armonly:1.0\": \"\"}\n")
+	r = crpe(ctx, t, env, "export", "-f", arm, "-o", filepath.Join(outDir, "arm.tgz"), "--data", data, "--offline")
+	if r.err == nil || !strings.Contains(string(r.stderr), "409 NOT_CACHED") {
+		t.Errorf("export --offline of what is not cached, beside the pocket: %v\n%s", r.err, r)
+	}
+	assertNoOutput(t, outDir)
+
 	a := readArchive(t, through)
 	f.checkLayout(t, a, f.demoWant(amd64))
 	for _, e := range a.entries {
@@ -160,6 +193,9 @@ func TestExportBesidePocket(t *testing.T) {
 	}
 	if s := summaryWithoutOutput(t, r.stdout); s != sumThrough {
 		t.Errorf("summaries differ:\nthrough the pocket: %s\nlocal:              %s", sumThrough, s)
+	}
+	if r = exportTo("-", "--since", inv); r.err != nil || !bytes.Equal(r.stdout, sinceThrough) {
+		t.Errorf("export --since with the pocket stopped: %v, %d bytes that differ from the %d written through it\n%s", r.err, len(r.stdout), len(sinceThrough), r.stderr)
 	}
 
 	// a pocket killed leaves its file: with the folder free, export
@@ -195,6 +231,27 @@ func TestExportBesidePocket(t *testing.T) {
 	}
 	assertNoOutput(t, outDir)
 }
+
+// onTerminal runs crpe with args on a pseudo-terminal (script(1)) and
+// returns what it showed.
+func onTerminal(ctx context.Context, t *testing.T, env []string, args ...string) string {
+	t.Helper()
+	script := testenv.Peer(t, "script", "apt-get install bsdutils")
+	quoted := []string{shellQuote(testenv.Crpe(t))}
+	for _, a := range args {
+		quoted = append(quoted, shellQuote(a))
+	}
+	cmd := crpeCmd(ctx, t, env)
+	// a terminal of no size shows no bars
+	cmd.Path, cmd.Args = script, []string{"script", "-qefc", "stty cols 120 rows 40; " + strings.Join(quoted, " "), "/dev/null"}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("crpe %v on a terminal: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 // stallProxy forwards to a registry; a GET of the blob stall sends its
 // first half, then waits until the test stops the proxy (the upstream

@@ -48,7 +48,7 @@ process still holds the folder it waits briefly, then fails.`,
 				fmt.Fprintf(out, "%s\t%s\t%s%s\n", kind, f.Where, f.Message, rep)
 			})
 			if err != nil {
-				return err
+				return storage.InUse(data, err)
 			}
 			if asJSON {
 				if findings == nil {

@@ -92,6 +92,6 @@ func InUse(dir string, err error) error {
 	if ferr != nil {
 		return err
 	}
-	return fmt.Errorf("data folder %s is in use: %w; %s names crpe serve (pid %d, %s), which holds the folder while it runs: stop it first, or go through its API",
-		dir, err, PocketFileName, f.PID, strings.Join(f.URLs, " "))
+	return fmt.Errorf("data folder %s is in use by crpe serve (pid %d, %s), as its %s says; one crpe process at a time uses a data folder: stop it first: %w",
+		dir, f.PID, strings.Join(f.URLs, " "), PocketFileName, err)
 }

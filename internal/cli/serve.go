@@ -35,7 +35,12 @@ layers each lacks. Reads are anonymous; changes from other devices need the
 token (--token-file, else <data>/token), which the UI's QR code carries.
 
 Credentials come from Docker's config.json and its credential helpers, and
-from the registries set through the API.`,
+from the registries set through the API.
+
+The pocket holds --data while it runs (no other crpe process can open it).
+Once it listens it writes <data>/pocket.json (mode 0600; removed when it
+stops cleanly) with its addresses: crpe export on the same data folder finds
+the pocket there and exports through it.`,
 		Example: `  # on defaults: listen on :6060, cache in the user cache folder; open
   # http://127.0.0.1:6060/ in a browser
   crpe serve

@@ -137,7 +137,7 @@ func (a *API) exportStream(w http.ResponseWriter, r *http.Request) {
 
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
-	j := a.jobs.begin(KindExport, strings.Join(names, ","), "", cancel)
+	j := a.jobs.begin(KindStream, strings.Join(names, ","), "", cancel)
 	w.Header().Set(HeaderJob, j.view().ID)
 	var res *export.Result
 	var jobErr error

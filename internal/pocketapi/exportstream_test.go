@@ -173,7 +173,7 @@ func TestExportStream(t *testing.T) {
 		t.Errorf("warnings for a package that has none: %s", h.Get(pocketapi.HeaderExportWarnings))
 	}
 	j := getJob(ctx, t, p.url, h.Get(pocketapi.HeaderJob))
-	if j.Kind != pocketapi.KindExport || j.State != pocketapi.StateDone || j.Package != "demo" || j.Bytes != sum.Bytes || len(j.Images) != 2 {
+	if j.Kind != pocketapi.KindStream || j.State != pocketapi.StateDone || j.Package != "demo" || j.Bytes != sum.Bytes || len(j.Images) != 2 {
 		t.Errorf("the export's job: %+v", j)
 	}
 

@@ -18,6 +18,10 @@ const (
 	KindSync   = "sync"
 	KindExport = "export"
 	KindSend   = "send"
+	// KindStream is an export of posted packages (POST /api/v1/export),
+	// streamed to the client that posted them (crpe export): not a
+	// download of a package of the library, whose card shows its jobs.
+	KindStream = "stream"
 
 	StateRunning = "running"
 	StateDone    = "done"

@@ -202,7 +202,7 @@ func (a *API) exportStream(w http.ResponseWriter, r *http.Request) {
 		a.log.Warn("export cut off", "kubepkg", strings.Join(names, ","), "error", err)
 		panic(http.ErrAbortHandler) // the client sees a broken transfer, not a clean end
 	}
-	if !sw.wrote { // nothing can be that small, but a client must get its answer
+	if !sw.wrote { // archive.Write always writes; were it not to, the client still gets its headers
 		sw.before()
 	}
 	a.log.Info("package exported", "kubepkg", strings.Join(names, ","), "blobs", res.Blobs, "bytes", res.Bytes)

@@ -11,12 +11,15 @@ import (
 )
 
 // File is a file being written; Commit publishes it at its path, Abort (or a
-// failed Commit) removes it.
+// failed Commit) removes it. Commit is Seal then Publish: a writer of
+// several files (a split archive) seals each as it is done and publishes
+// them all at the end.
 type File struct {
 	*os.File
-	path string
-	perm os.FileMode
-	done bool
+	path   string
+	perm   os.FileMode
+	sealed bool
+	done   bool
 }
 
 // Create starts writing path (its folder is created when missing); perm is
@@ -36,10 +39,20 @@ func Create(path string, perm os.FileMode) (*File, error) {
 // Commit publishes the file: its mode set, fsynced when sync is true (a
 // file that must survive a power cut), closed and renamed over the path.
 func (f *File) Commit(sync bool) error {
-	if f.done {
+	if err := f.Seal(sync); err != nil {
+		return err
+	}
+	return f.Publish()
+}
+
+// Seal ends the writing without publishing: the mode set, fsynced when sync
+// is true, the file closed (it holds no descriptor any more). Publish or
+// Abort follows.
+func (f *File) Seal(sync bool) error {
+	if f.done || f.sealed {
 		return os.ErrClosed
 	}
-	f.done = true
+	f.sealed = true
 	err := f.Chmod(f.perm)
 	if err == nil && sync {
 		err = f.Sync()
@@ -47,14 +60,28 @@ func (f *File) Commit(sync bool) error {
 	if cerr := f.File.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil {
-		err = os.Rename(f.Name(), f.path)
+	if err != nil {
+		f.done = true
+		os.Remove(f.Name())
 	}
+	return err
+}
+
+// Publish renames a sealed file over its path.
+func (f *File) Publish() error {
+	if f.done || !f.sealed {
+		return os.ErrClosed
+	}
+	f.done = true
+	err := os.Rename(f.Name(), f.path)
 	if err != nil {
 		os.Remove(f.Name())
 	}
 	return err
 }
+
+// Path is where the file is published.
+func (f *File) Path() string { return f.path }
 
 // Abort discards the file; it does nothing after Commit, so it can be
 // deferred.
@@ -63,7 +90,9 @@ func (f *File) Abort() {
 		return
 	}
 	f.done = true
-	f.File.Close()
+	if !f.sealed {
+		f.File.Close()
+	}
 	os.Remove(f.Name())
 }
 

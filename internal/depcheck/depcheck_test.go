@@ -28,6 +28,7 @@ var allowed = map[string][]string{
 	// utilities that know nothing of images
 	"httpx":        {},
 	"atomicfile":   {},
+	"parts":        {"atomicfile"},
 	"auth":         {"atomicfile"},
 	"diskfree":     {},
 	"version":      {},

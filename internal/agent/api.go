@@ -3,8 +3,11 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"mime"
+	"mime/multipart"
 	"net/http"
 	"sort"
 	"strconv"
@@ -16,6 +19,7 @@ import (
 	"github.com/octohelm/crpe/internal/httpx"
 	"github.com/octohelm/crpe/internal/importer"
 	"github.com/octohelm/crpe/internal/oci"
+	"github.com/octohelm/crpe/internal/parts"
 	"github.com/octohelm/crpe/internal/repodb"
 	"github.com/octohelm/crpe/internal/storage"
 )
@@ -82,15 +86,41 @@ func (a *api) putKubePkgs(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	force, _ := strconv.ParseBool(r.URL.Query().Get("force"))
-	res, err := a.imp.Import(r.Context(), r.Body, importer.ImportOptions{Force: force})
+	var body io.Reader = r.Body
+	var split *parts.Reader
+	if mt, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == "multipart/form-data" {
+		var err error
+		if split, err = splitUpload(r.Body, params["boundary"]); err != nil {
+			a.imports.WithLabelValues("PART_INVALID").Inc()
+			httpx.WriteError(w, r, http.StatusBadRequest, "PART_INVALID", err.Error(), nil)
+			return
+		}
+		body = split
+	}
+	res, err := a.imp.Import(r.Context(), body, importer.ImportOptions{Force: force})
 	if err != nil {
+		var pe *parts.Error
+		if errors.As(err, &pe) {
+			a.imports.WithLabelValues("PART_INVALID").Inc()
+			httpx.WriteError(w, r, http.StatusBadRequest, "PART_INVALID", pe.Error(), map[string]string{"part": pe.Part})
+			return
+		}
 		e := importer.AsError(err)
 		a.imports.WithLabelValues(e.Code).Inc()
-		var detail map[string]string
+		detail := map[string]string{}
 		if e.Entry != "" {
-			detail = map[string]string{"entry": e.Entry}
+			detail["entry"] = e.Entry
 		}
-		httpx.WriteError(w, r, e.Status, e.Code, e.Error(), detail)
+		msg := e.Error()
+		if split != nil && e.Code == "IMPORT_INVALID" && split.Part() != "" {
+			// the parts before it were verified whole
+			detail["part"] = split.Part()
+			msg = "part " + split.Part() + ": " + msg
+		}
+		if len(detail) == 0 {
+			detail = nil
+		}
+		httpx.WriteError(w, r, e.Status, e.Code, msg, detail)
 		return
 	}
 	a.imports.WithLabelValues("ok").Inc()
@@ -104,6 +134,48 @@ func (a *api) putKubePkgs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusCreated, res)
+}
+
+// splitUpload reads a split archive from a multipart/form-data body (the
+// web UI's upload of several files): an optional "parts" field first (the
+// parts file: the parts must then match it), then one "part" field per
+// part, in order, each under its file name. The parts stream as one
+// archive, never stored apart.
+func splitUpload(body io.Reader, boundary string) (*parts.Reader, error) {
+	if boundary == "" {
+		return nil, errors.New("multipart/form-data without a boundary")
+	}
+	mr := multipart.NewReader(body, boundary)
+	first, err := mr.NextPart()
+	if err != nil {
+		return nil, fmt.Errorf("reading the form: %w", err)
+	}
+	var m *parts.Manifest
+	pending := first
+	if first.FormName() == "parts" {
+		b, err := io.ReadAll(io.LimitReader(first, parts.MaxFileSize+1))
+		if err != nil {
+			return nil, fmt.Errorf("reading the parts file: %w", err)
+		}
+		if m, err = parts.Parse(b); err != nil {
+			return nil, err
+		}
+		pending = nil
+	}
+	return parts.NewReader(m, func() (string, io.Reader, error) {
+		p := pending
+		pending = nil
+		if p == nil {
+			var err error
+			if p, err = mr.NextPart(); err != nil {
+				return "", nil, err // io.EOF after the last
+			}
+		}
+		if p.FormName() != "part" {
+			return "", nil, fmt.Errorf("form field %q: want \"part\" fields (one per part, in order), after an optional \"parts\" (the parts file)", p.FormName())
+		}
+		return p.FileName(), p, nil
+	}), nil
 }
 
 func (a *api) listKubePkgs(w http.ResponseWriter, r *http.Request) {

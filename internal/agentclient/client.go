@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -203,6 +204,10 @@ func (c *Client) Send(ctx context.Context, open func() (io.ReadCloser, error), o
 		if errors.As(err, &ae) || ctx.Err() != nil {
 			return nil, err // the agent answered: no retry
 		}
+		var re *readError
+		if errors.As(err, &re) {
+			return nil, re.err // the archive could not be read: no retry either
+		}
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
@@ -250,12 +255,15 @@ func (c *Client) sendOnce(ctx context.Context, open func() (io.ReadCloser, error
 			if fi, err := f.Stat(); err == nil {
 				length = fi.Size()
 			}
+		} else if s, ok := src.(interface{ Size() int64 }); ok {
+			length = s.Size() // a split archive (parts.Reader), -1 when unknown
 		}
-		cr := &countReader{r: src, progress: o.Progress}
+		sr := &sourceReader{r: src}
+		cr := &countReader{r: sr, progress: o.Progress}
 		resp, err := c.doLen(ctx, http.MethodPut, path, cr, length, "application/gzip")
 		res.BytesSent = cr.n
 		if err != nil {
-			return nil, err
+			return nil, sr.explain(err)
 		}
 		var raw json.RawMessage
 		if err := decode(resp, http.StatusCreated, &raw); err != nil {
@@ -275,10 +283,11 @@ func (c *Client) sendOnce(ctx context.Context, open func() (io.ReadCloser, error
 		return nil, err
 	}
 	defer src.Close()
+	sr := &sourceReader{r: src}
 	pr, pw := io.Pipe()
 	go func() {
 		cw := &countWriter{w: pw, progress: o.Progress}
-		err := archive.Filter(ctx, src, cw, omit, func(b []byte) ([]byte, error) {
+		err := archive.Filter(ctx, sr, cw, omit, func(b []byte) ([]byte, error) {
 			if len(omit) == 0 {
 				return b, nil
 			}
@@ -290,7 +299,7 @@ func (c *Client) sendOnce(ctx context.Context, open func() (io.ReadCloser, error
 	resp, err := c.do(ctx, http.MethodPut, path, pr, "application/gzip")
 	if err != nil {
 		pr.CloseWithError(err)
-		return nil, err
+		return nil, sr.explain(err)
 	}
 	var raw json.RawMessage
 	if err := decode(resp, http.StatusCreated, &raw); err != nil {
@@ -314,6 +323,45 @@ func markPartial(b []byte) ([]byte, error) {
 	}
 	return kubepkg.Marshal(pkgs)
 }
+
+// sourceReader keeps the first error of reading the archive, so that an
+// upload that broke because the archive could not be read (a part of a
+// split archive refused, a disk error) is not taken for a broken connection
+// and retried.
+type sourceReader struct {
+	r   io.Reader
+	mu  sync.Mutex
+	err error
+}
+
+func (s *sourceReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err != nil && err != io.EOF {
+		s.mu.Lock()
+		if s.err == nil {
+			s.err = err
+		}
+		s.mu.Unlock()
+	}
+	return n, err
+}
+
+// explain returns the archive's read error, if reading it failed, as a
+// *readError; else err.
+func (s *sourceReader) explain(err error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return &readError{err: s.err}
+	}
+	return err
+}
+
+// readError is a failure to read the archive being sent.
+type readError struct{ err error }
+
+func (e *readError) Error() string { return e.err.Error() }
+func (e *readError) Unwrap() error { return e.err }
 
 type countReader struct {
 	r        io.Reader

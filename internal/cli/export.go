@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -17,14 +18,15 @@ import (
 	"github.com/octohelm/crpe/internal/export"
 	"github.com/octohelm/crpe/internal/kubepkg"
 	"github.com/octohelm/crpe/internal/oci"
+	"github.com/octohelm/crpe/internal/parts"
 	"github.com/octohelm/crpe/internal/pullthrough"
 	"github.com/octohelm/crpe/internal/upstream"
 )
 
 func newExportCmd(g *globals) *cobra.Command {
 	var (
-		src, out, data, platforms, sourceToken, since string
-		asJSON, fsync                                 bool
+		src, out, data, platforms, sourceToken, since, split string
+		asJSON, fsync                                        bool
 		parallel                                      int
 		up                                            upstreamFlags
 	)
@@ -49,16 +51,35 @@ leaves nothing under the output name. Two exports of the same content are
 byte-identical (SOURCE_DATE_EPOCH sets the entries' time). Like cp, tar, crane
 or skopeo, export does not fsync the archive (the cache it fills is fsynced):
 every byte of an archive is verified when it is read, so a file torn by a
-power cut fails loudly. Pass --fsync before unplugging removable media.`,
+power cut fails loudly. Pass --fsync before unplugging removable media.
+
+--split SIZE cuts the archive into files of at most SIZE bytes for removable
+media: OUT.000, OUT.001, … and OUT.parts, which lists each part's name, size
+and sha256 (and the whole archive's). The parts concatenated are exactly the
+archive export writes without --split. SIZE is bytes or 64MiB, 1GiB, …;
+FAT32 holds files of at most 4 GiB less one byte: --split fat32 (a 4GiB part
+does not fit). crpe import and crpe inspect take the parts file, the first
+part or all the parts.`,
 		Example: `  crpe export -f demo.kubepkg.json
   crpe export -f https://center.example/kubepkgs/demo --source-token "$TOKEN" --platform linux/arm64
   crpe export -f demo.yaml -o - --registry-endpoint docker.io=http://127.0.0.1:5000 | ssh gw 'cat > demo.tgz'
-  crpe export -f demo.yaml --offline --json`,
+  crpe export -f demo.yaml --offline --json
+  crpe export -f demo.yaml -o /media/usb/demo.kubepkg.tgz --split fat32 --fsync`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			if src == "" {
 				return fmt.Errorf("-f is required: a KubePkg file, - for stdin, or a URL")
+			}
+			var partSize int64
+			if split != "" {
+				if out == "-" {
+					return errors.New("--split writes files (OUT.000, OUT.001, … and OUT.parts): it cannot write to stdout (-o -); give -o FILE")
+				}
+				var err error
+				if partSize, err = parts.ParseSize(split); err != nil {
+					return fmt.Errorf("--split: %w", err)
+				}
 			}
 			opts, err := exportOptions(platforms, since, parallel)
 			if err != nil {
@@ -84,10 +105,19 @@ power cut fails loudly. Pass --fsync before unplugging removable media.`,
 				defer st.Close()
 			}
 
-			// the archive goes to a temp file renamed at the end, or to stdout
+			// the archive goes to a temp file renamed at the end, or to temp
+			// parts published together at the end, or to stdout
 			var w io.Writer = cmd.OutOrStdout()
 			var file *atomicfile.File
-			if out != "-" {
+			var pw *parts.Writer
+			switch {
+			case partSize > 0:
+				if pw, err = parts.Create(out, partSize, fsync); err != nil {
+					return err
+				}
+				defer pw.Abort()
+				w = pw
+			case out != "-":
 				if file, err = atomicfile.Create(out, 0o644); err != nil {
 					return err
 				}
@@ -120,12 +150,18 @@ power cut fails loudly. Pass --fsync before unplugging removable media.`,
 			if err != nil {
 				return err
 			}
-			if file != nil {
+			var m *parts.Manifest
+			switch {
+			case file != nil:
 				if err := file.Commit(fsync); err != nil {
 					return err
 				}
+			case pw != nil:
+				if m, err = pw.Commit(); err != nil {
+					return err
+				}
 			}
-			return printExport(cmd, out, res, asJSON)
+			return printExport(cmd, out, res, m, asJSON)
 		},
 	}
 	f := cmd.Flags()
@@ -134,6 +170,7 @@ power cut fails loudly. Pass --fsync before unplugging removable media.`,
 	f.StringVar(&platforms, "platform", "", "platforms to export: os/arch[/variant],... (default: the package's annotation, else "+export.DefaultPlatforms+")")
 	f.StringVar(&data, "data", defaultPocketData(), "cache folder (the pocket's --data)")
 	f.BoolVar(&fsync, "fsync", false, "fsync the archive before renaming it into place")
+	f.StringVar(&split, "split", "", "cut the archive into OUT.000, OUT.001, … of at most this size (bytes, 64MiB, 1GiB, fat32) and OUT.parts")
 	f.StringVar(&sourceToken, "source-token", "", "bearer token for a deployments center URL")
 	f.IntVar(&parallel, "parallel", 4, "blobs fetched at once")
 	f.StringVar(&since, "since", "", "an agent inventory (crpe agent inventory): leave out the layers it holds")
@@ -179,8 +216,18 @@ func exportOptions(platforms, since string, parallel int) (export.Options, error
 
 // printExport prints an export's summary: JSON (on stderr when the archive
 // is on stdout), or one line on stderr.
-func printExport(cmd *cobra.Command, out string, res *export.Result, asJSON bool) error {
+func printExport(cmd *cobra.Command, out string, res *export.Result, m *parts.Manifest, asJSON bool) error {
 	if asJSON {
+		if m != nil {
+			enc := json.NewEncoder(cmd.OutOrStdout())
+			enc.SetIndent("", "  ")
+			return enc.Encode(struct {
+				Output    string          `json:"output"`
+				PartsFile string          `json:"partsFile"`
+				Parts     *parts.Manifest `json:"parts"`
+				*export.Result
+			}{out, out + parts.FileSuffix, m, res})
+		}
 		w := cmd.OutOrStdout()
 		if out == "-" {
 			w = cmd.ErrOrStderr()
@@ -198,6 +245,9 @@ func printExport(cmd *cobra.Command, out string, res *export.Result, asJSON bool
 	var names []string
 	for _, p := range res.Packages {
 		names = append(names, p.Name+"@"+p.Version)
+	}
+	if m != nil {
+		out = fmt.Sprintf("%s (%d parts, %s)", out+parts.FileSuffix, len(m.Parts), humanBytes(m.Archive.Size))
 	}
 	fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s: %s, %d images, %d blobs, %s\n", out, strings.Join(names, ", "), len(res.Images), res.Blobs, humanBytes(res.Bytes))
 	return nil

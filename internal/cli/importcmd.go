@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sort"
 	"strings"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/octohelm/crpe/internal/archive"
 	"github.com/octohelm/crpe/internal/auth"
 	"github.com/octohelm/crpe/internal/importer"
+	"github.com/octohelm/crpe/internal/parts"
 	"github.com/octohelm/crpe/internal/storage"
 )
 
@@ -27,7 +27,7 @@ func newImportCmd(g *globals) *cobra.Command {
 		keep                                  int
 	)
 	cmd := &cobra.Command{
-		Use:   "import FILE",
+		Use:   "import FILE | PARTS...",
 		Short: "Import a kubepkg.tgz into a data folder, or hand it to an agent",
 		Long: `crpe import takes a kubepkg.tgz. With --data it imports into a local data
 folder (no server). With --to it hands the archive to a running agent: it
@@ -37,20 +37,34 @@ what the agent already committed is not sent again.
 
 The agent verifies every blob, checks every image is complete for its
 platforms, and publishes everything at once. A version lower than the one
-imported is refused (409) unless --force.`,
+imported is refused (409) unless --force.
+
+A split archive (crpe export --split) is taken from its parts file, its first
+part, or all its parts (from several folders or media if need be), and
+streamed as one archive: a missing part or one of the wrong size is refused
+before the first byte is read; a corrupt or misplaced part is found by its
+digest at its end, and the import fails, naming the part, with nothing
+published.`,
 		Example: `  crpe import demo-1.0.0.kubepkg.tgz --to http://agent.lan:36060 --token-file /etc/crpe/token
   crpe import demo-1.0.0.kubepkg.tgz --data /var/lib/crpe
-  crpe import demo-0.9.0.kubepkg.tgz --to https://agent.lan:36060 --token "$TOKEN" --force`,
-		Args: cobra.ExactArgs(1),
+  crpe import demo-0.9.0.kubepkg.tgz --to https://agent.lan:36060 --token "$TOKEN" --force
+  crpe import /media/usb/demo-1.0.0.kubepkg.tgz.parts --to http://agent.lan:36060 --token-file /etc/crpe/token
+  crpe import /media/a/demo.kubepkg.tgz.000 /media/b/demo.kubepkg.tgz.001 --data /var/lib/crpe`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			file := args[0]
 			if (to == "") == (data == "") {
 				return errors.New("give exactly one of --to URL (an agent) or --data DIR (a local data folder)")
 			}
-			fi, err := os.Stat(file)
+			// one archive, or the parts of a split one: missing parts and
+			// parts of the wrong size are refused here, before any byte
+			set, err := parts.Resolve(args...)
 			if err != nil {
 				return err
+			}
+			file := set.Name
+			if !set.Split() {
+				file = set.Paths[0]
 			}
 			out := cmd.OutOrStdout()
 			if data != "" {
@@ -59,7 +73,7 @@ imported is refused (409) unless --force.`,
 					return err
 				}
 				defer st.Close()
-				f, err := os.Open(file)
+				f, err := set.Open()
 				if err != nil {
 					return err
 				}
@@ -69,7 +83,7 @@ imported is refused (409) unless --force.`,
 				var p *mpb.Progress
 				if isTerminal(cmd.ErrOrStderr()) && !asJSON {
 					p = mpb.New(mpb.WithOutput(cmd.ErrOrStderr()), mpb.WithWidth(40))
-					pr, _ := bytesBar(p, "import", fi.Size()).ProxyReader(f)
+					pr, _ := bytesBar(p, "import", set.Size).ProxyReader(f)
 					r = pr
 				}
 				res, err := imp.Import(ctx, r, importer.ImportOptions{Force: force})
@@ -77,7 +91,7 @@ imported is refused (409) unless --force.`,
 					p.Shutdown()
 				}
 				if err != nil {
-					return importErr(file, err)
+					return importErr(file, explainPart(f, err))
 				}
 				if res.Expired != nil {
 					if _, err := imp.GC(ctx, 0); err != nil {
@@ -105,14 +119,33 @@ imported is refused (409) unless --force.`,
 				o.Progress = func(n int64) { bar.IncrInt64(n - last); last = n }
 				defer func() { bar.SetTotal(-1, true); p.Wait() }()
 			}
-			res, err := c.Send(ctx, func() (io.ReadCloser, error) { return os.Open(file) }, o)
+			var last io.ReadCloser // the latest reading of the archive, for explainPart
+			res, err := c.Send(ctx, func() (io.ReadCloser, error) {
+				r, err := set.Open()
+				last = r
+				return r, err
+			}, o)
 			if err != nil {
 				var ae *agentclient.Error
 				var ee *archive.EntryError
-				if !errors.As(err, &ae) && !errors.As(err, &ee) {
+				var pe *parts.Error
+				switch {
+				case errors.As(err, &pe):
+					// a part refused as it was read
+					return fmt.Errorf("%s: %w", file, pe)
+				case errors.As(err, &ae) && ae.Code != "IMPORT_INVALID":
+					return importErr(file, err)
+				case ae == nil && !errors.As(err, &ee):
 					// not the agent's answer nor a bad archive: the agent
 					// could not be reached, or the file read
 					return fmt.Errorf("%s: %w", file, err)
+				}
+				// the archive is bad: is the part being sent corrupt?
+				// (those before it were verified as they were read)
+				if pr, ok := last.(*parts.Reader); ok {
+					if verr := pr.VerifyPart(); verr != nil {
+						return fmt.Errorf("%s: %w", file, verr)
+					}
 				}
 				return importErr(file, err)
 			}

@@ -3,42 +3,54 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
-	"os"
+	"io"
 	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/octohelm/crpe/internal/inspect"
+	"github.com/octohelm/crpe/internal/parts"
 )
 
 func newInspectCmd(g *globals) *cobra.Command {
 	var verify, asJSON bool
 	cmd := &cobra.Command{
-		Use:   "inspect FILE",
+		Use:   "inspect FILE | PARTS...",
 		Short: "Show what a kubepkg.tgz holds, and verify it",
 		Long: `crpe inspect reads a kubepkg.tgz in one pass (every blob is hashed as it
 streams) and prints its packages, versions, images with digests and platforms,
 and its blob count and bytes. --verify also checks that every image is complete
 for the package's platforms and that spec.images and index.json agree; blobs a
 partial archive (octohelm.tech/partial) leaves out on purpose are listed as
-expected, not as damage. Exits 1 on any problem, naming it.`,
+expected, not as damage. Exits 1 on any problem, naming it.
+
+A split archive (crpe export --split) is read from its parts file, its first
+part, or all its parts, as one stream: a missing part or one of the wrong
+size is refused before the first byte is read, a corrupt or misplaced part by
+its digest at its end, each naming the part.`,
 		Example: `  crpe inspect demo-0.0.1.kubepkg.tgz
   crpe inspect demo-0.0.1.kubepkg.tgz --verify --json
-  curl -s https://pocket/api/v1/kubepkgs/demo/kubepkg.tgz | crpe inspect - --verify`,
-		Args: cobra.ExactArgs(1),
+  curl -s https://pocket/api/v1/kubepkgs/demo/kubepkg.tgz | crpe inspect - --verify
+  crpe inspect /media/usb/demo-0.0.1.kubepkg.tgz.parts --verify`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			in := cmd.InOrStdin()
-			if args[0] != "-" {
-				f, err := os.Open(args[0])
+			var in io.Reader = cmd.InOrStdin()
+			name := args[0]
+			var src io.ReadCloser
+			if len(args) > 1 || args[0] != "-" {
+				set, err := parts.Resolve(args...)
 				if err != nil {
 					return err
 				}
-				defer f.Close()
-				in = f
+				if src, err = set.Open(); err != nil {
+					return err
+				}
+				defer src.Close()
+				in, name = src, set.Name
 			}
 			rep, err := inspect.Read(cmd.Context(), in, verify)
 			if err != nil {
-				return fmt.Errorf("%s: %w", args[0], err)
+				return fmt.Errorf("%s: %w", name, explainPart(src, err))
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {
@@ -67,7 +79,7 @@ expected, not as damage. Exits 1 on any problem, naming it.`,
 				}
 			}
 			if len(rep.Problems) > 0 {
-				return &exitError{code: 1, msg: fmt.Sprintf("%s: %d problems", args[0], len(rep.Problems))}
+				return &exitError{code: 1, msg: fmt.Sprintf("%s: %d problems", name, len(rep.Problems))}
 			}
 			return nil
 		},

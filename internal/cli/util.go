@@ -2,6 +2,7 @@ package cli
 
 import (
 	"errors"
+	"io"
 	"os"
 	"runtime/debug"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/octohelm/crpe/internal/httpx"
+	"github.com/octohelm/crpe/internal/parts"
 )
 
 // serverGC makes the servers' Go heap smaller than the default: crpe runs on
@@ -38,3 +40,12 @@ type exitError struct {
 
 func (e *exitError) Error() string { return e.msg }
 func (e *exitError) ExitCode() int { return e.code }
+
+// explainPart puts an error of reading a split archive on the part it arose
+// in (parts.Reader.Explain); other errors are returned as they are.
+func explainPart(src io.Reader, err error) error {
+	if r, ok := src.(*parts.Reader); ok && err != nil {
+		return r.Explain(err)
+	}
+	return err
+}

@@ -54,7 +54,7 @@ var allowed = map[string][]string{
 	"operator":   {"kubeclient", "kubepkg"},
 	// servers: the agent does not import the operator; the pocket's JSON API
 	// does not serve /v2 (pocket wires the registry and the cache)
-	"agent":     {"auth", "cas", "diskfree", "httpx", "importer", "kubeclient", "kubepkg", "mirrorconfig", "oci", "registry", "repodb", "storage", "version", "webui"},
+	"agent":     {"auth", "cas", "diskfree", "httpx", "importer", "kubeclient", "kubepkg", "mirrorconfig", "oci", "parts", "registry", "repodb", "storage", "version", "webui"},
 	"pocketapi": {"agentclient", "auth", "cas", "diskfree", "export", "httpx", "kubepkg", "oci", "pullthrough", "repodb", "storage", "upstream"},
 	"chart":     {"atomicfile", "kubepkg", "oci"},
 	"pocket":    {"auth", "httpx", "pocketapi", "pullthrough", "registry", "storage", "upstream", "version", "webui"},

@@ -205,10 +205,9 @@ func (r *Reader) Close() error {
 
 // Explain names the part an error of the archive's consumer arose in. An
 // error that names a part already is returned as that part's *Error. Else,
-// when the part can be read again (a file) and the parts file gives its
-// digest, the whole part is read and checked: a corrupt part is what the
-// error is about. Else the error is wrapped in an *Error naming the part it
-// arose in (parts before it are verified already).
+// when VerifyPart finds the part being read corrupt, that is what the error
+// is about. Else the error is wrapped in an *Error naming the part it arose
+// in (parts before it are verified already).
 func (r *Reader) Explain(err error) error {
 	if err == nil {
 		return nil
@@ -217,22 +216,26 @@ func (r *Reader) Explain(err error) error {
 	if errors.As(err, &pe) {
 		return pe
 	}
-	r.mu.Lock()
-	i, name := r.i, r.name
-	r.mu.Unlock()
-	if i < 0 {
-		return err
+	if verr := r.VerifyPart(); verr != nil {
+		return verr
 	}
-	if r.m != nil && r.reopen != nil {
-		if verr := r.verify(i); verr != nil {
-			return verr
-		}
+	if name := r.Part(); name != "" {
+		return &Error{Part: name, Err: err}
 	}
-	return &Error{Part: name, Err: err}
+	return err
 }
 
-// verify reads part i again, whole, and checks it against the parts file.
-func (r *Reader) verify(i int) error {
+// VerifyPart reads the part being read again, whole, and checks it against
+// the parts file: an *Error when it does not match. It checks nothing (nil)
+// without a parts file, before the first part, or when the parts come from
+// a stream that cannot be read again.
+func (r *Reader) VerifyPart() error {
+	r.mu.Lock()
+	i := r.i
+	r.mu.Unlock()
+	if i < 0 || r.m == nil || r.reopen == nil {
+		return nil
+	}
 	p := r.m.Parts[i]
 	f, err := r.reopen(i)
 	if err != nil {

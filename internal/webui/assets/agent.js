@@ -1,7 +1,7 @@
 // The agent's page: imported packages with their history and, when the
 // agent has cluster access, their Applied/Ready state; upload of a
-// kubepkg.tgz with progress; the nodes' mirror configuration. Viewing needs
-// no token; uploading asks for it.
+// kubepkg.tgz (or of the parts of a split one) with progress; the nodes'
+// mirror configuration. Viewing needs no token; uploading asks for it.
 'use strict';
 
 (() => {
@@ -94,38 +94,105 @@
   }
 
   // ---------- upload ----------
-  let chosen = null;
+  // chosen are the files selected: one kubepkg.tgz, or the parts of a split
+  // one (NAME.000, NAME.001, …) with or without its parts file (NAME.parts)
+  let chosen = [];
   const fileInput = $('upload-file');
   const zone = $('dropzone');
-  fileInput.addEventListener('change', () => {
-    chosen = fileInput.files[0] || null;
-    $('upload-status').textContent = chosen ? chosen.name + ' · ' + bytes(chosen.size) : '';
-  });
+  function choose(files) {
+    chosen = Array.from(files || []);
+    const total = chosen.reduce((n, f) => n + f.size, 0);
+    $('upload-status').textContent = chosen.length === 1 ? chosen[0].name + ' · ' + bytes(total)
+      : chosen.length ? chosen.length + ' files · ' + bytes(total) : '';
+  }
+  fileInput.addEventListener('change', () => choose(fileInput.files));
   ['dragenter', 'dragover'].forEach((t) => zone.addEventListener(t, (e) => { e.preventDefault(); zone.classList.add('over'); }));
   ['dragleave', 'drop'].forEach((t) => zone.addEventListener(t, (e) => { e.preventDefault(); zone.classList.remove('over'); }));
   zone.addEventListener('drop', (e) => {
-    const f = e.dataTransfer && e.dataTransfer.files[0];
-    if (f) {
-      chosen = f;
-      $('upload-status').textContent = f.name + ' · ' + bytes(f.size);
-    }
+    if (e.dataTransfer && e.dataTransfer.files.length) choose(e.dataTransfer.files);
   });
 
-  function upload(file, force) {
+  const PART = /^(.+)\.([0-9]{3,})$/;
+  const PARTS_MEDIA_TYPE = 'application/vnd.octohelm.crpe.kubepkg-parts.v1+json';
+  const partName = (archive, i) => archive + '.' + String(i).padStart(3, '0');
+
+  // plan orders what was chosen into what goes to the agent: one archive
+  // as it is, or the parts in their order (by the parts file, else by their
+  // suffix). A missing part, or one of another size than the parts file
+  // says, is refused here, naming it, before a byte is sent; the agent
+  // checks each part's digest as it arrives.
+  async function plan(files) {
+    if (files.length === 1 && !PART.test(files[0].name) && !files[0].name.endsWith('.parts')) return { file: files[0] };
+    const lists = files.filter((f) => f.name.endsWith('.parts'));
+    const parts = files.filter((f) => !f.name.endsWith('.parts'));
+    if (lists.length > 1) throw new Error('Two parts files chosen: ' + lists.map((f) => f.name).join(', ') + '.');
+    const byName = new Map();
+    for (const f of parts) {
+      if (!PART.test(f.name)) throw new Error(f.name + ' is neither a part (NAME.000, NAME.001, …) nor a parts file (NAME.parts): choose one kubepkg.tgz, or the parts of one.');
+      if (byName.has(f.name)) throw new Error('Part ' + f.name + ' chosen twice.');
+      byName.set(f.name, f);
+    }
+    const list = lists[0] || null;
+    let ordered = [];
+    if (list) {
+      if (list.size > 2 * 1024 * 1024) throw new Error(list.name + ' is too large for a parts file.');
+      let m;
+      try { m = JSON.parse(await list.text()); } catch (e) { throw new Error(list.name + ' is not a parts file: ' + e.message); }
+      if (!m || m.mediaType !== PARTS_MEDIA_TYPE || !Array.isArray(m.parts) || !m.archive) throw new Error(list.name + ' is not a parts file.');
+      const listed = new Set(m.parts.map((p) => p.name));
+      for (const name of byName.keys()) {
+        if (!listed.has(name)) throw new Error('Part ' + name + ': ' + list.name + ' does not list it.');
+      }
+      for (const p of m.parts) {
+        const f = byName.get(p.name);
+        if (!f) throw new Error('Part ' + p.name + ' is missing: choose every part (' + m.parts.length + ') with ' + list.name + '.');
+        if (f.size !== p.size) throw new Error('Part ' + p.name + ' has ' + f.size + ' bytes, the parts file says ' + p.size + ' (truncated, or not this archive\'s part).');
+        ordered.push(f);
+      }
+    } else {
+      if (!parts.length) throw new Error('The parts file alone is not enough: choose the parts too.');
+      const archive = PART.exec(parts[0].name)[1];
+      let last = -1;
+      for (const f of parts) {
+        const [, a, n] = PART.exec(f.name);
+        if (a !== archive) throw new Error(f.name + ' is not a part of ' + archive + '.');
+        last = Math.max(last, Number(n));
+      }
+      for (let i = 0; i <= last; i++) {
+        const f = byName.get(partName(archive, i));
+        if (!f) throw new Error('Part ' + partName(archive, i) + ' is missing.');
+        ordered.push(f);
+      }
+    }
+    return { list, parts: ordered };
+  }
+
+  function upload(what, force) {
     return new Promise((resolve, reject) => {
       const xhr = new XMLHttpRequest();
       xhr.open('PUT', '/api/v1/kubepkgs' + (force ? '?force=true' : ''));
-      const h = crpe.headers({ 'Content-Type': /\.tar$/.test(file.name) ? 'application/x-tar' : 'application/gzip' });
+      let body = what.file;
+      let extra = { 'Content-Type': body && /\.tar$/.test(body.name) ? 'application/x-tar' : 'application/gzip' };
+      if (!body) {
+        // the parts go as one multipart body, in order, straight from the
+        // files (the browser sets the Content-Type with its boundary)
+        body = new FormData();
+        if (what.list) body.append('parts', what.list, what.list.name);
+        what.parts.forEach((f) => body.append('part', f, f.name));
+        extra = {};
+      }
+      const h = crpe.headers(extra);
       Object.entries(h).forEach(([k, v]) => xhr.setRequestHeader(k, v));
       const bar = $('upload-progress');
       bar.classList.remove('hidden');
-      bar.max = file.size || 1;
+      bar.max = 1;
       bar.value = 0;
       const start = Date.now();
       xhr.upload.onprogress = (e) => {
+        bar.max = e.total || 1;
         bar.value = e.loaded;
         const secs = (Date.now() - start) / 1000;
-        $('upload-status').textContent = 'Uploading ' + bytes(e.loaded) + ' of ' + bytes(file.size) + (secs > 0.2 ? ' · ' + bytes(e.loaded / secs) + '/s' : '');
+        $('upload-status').textContent = 'Uploading ' + bytes(e.loaded) + ' of ' + bytes(e.total) + (secs > 0.2 ? ' · ' + bytes(e.loaded / secs) + '/s' : '');
       };
       xhr.upload.onload = () => { $('upload-status').textContent = 'Uploaded; the agent is importing…'; };
       xhr.onerror = () => reject(new Error('the upload broke off: try again'));
@@ -135,7 +202,7 @@
         if (xhr.status === 201) return resolve(body);
         reject(new crpe.ApiError(xhr.status, body && body.errors, xhr.responseText.slice(0, 300)));
       };
-      xhr.send(file);
+      xhr.send(body);
     });
   }
 
@@ -143,8 +210,15 @@
     ev.preventDefault();
     const errs = $('upload-errors');
     errs.replaceChildren();
-    if (!chosen) {
+    if (!chosen.length) {
       errs.append(errorList(new Error('Choose a kubepkg.tgz first.')));
+      return;
+    }
+    let what;
+    try {
+      what = await plan(chosen);
+    } catch (e) {
+      errs.append(errorList(e));
       return;
     }
     if (!crpe.token() && !await crpe.askToken('Uploading needs the agent\'s token.')) return;
@@ -153,10 +227,10 @@
     try {
       let res;
       try {
-        res = await upload(chosen, $('upload-force').checked);
+        res = await upload(what, $('upload-force').checked);
       } catch (e) {
         if (e.status !== 401 || !await crpe.askToken(e.message)) throw e;
-        res = await upload(chosen, $('upload-force').checked);
+        res = await upload(what, $('upload-force').checked);
       }
       const names = (res.packages || []).map((p) => p.name + ' ' + p.version + (p.previous ? ' (was ' + p.previous + ')' : '')).join(', ');
       $('upload-status').textContent = 'Imported ' + names + ': ' + res.blobsReceived + ' blobs received (' + bytes(res.bytesReceived) + '), ' + res.blobsPresent + ' already here.';

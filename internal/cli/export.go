@@ -27,8 +27,8 @@ func newExportCmd(g *globals) *cobra.Command {
 	var (
 		src, out, data, platforms, sourceToken, since, split string
 		asJSON, fsync                                        bool
-		parallel                                      int
-		up                                            upstreamFlags
+		parallel                                             int
+		up                                                   upstreamFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "export -f SRC",

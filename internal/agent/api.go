@@ -92,13 +92,25 @@ func (a *api) putKubePkgs(w http.ResponseWriter, r *http.Request) {
 		var err error
 		if split, err = splitUpload(r.Body, params["boundary"]); err != nil {
 			a.imports.WithLabelValues("PART_INVALID").Inc()
-			httpx.WriteError(w, r, http.StatusBadRequest, "PART_INVALID", err.Error(), nil)
+			var detail map[string]string
+			var pe *parts.Error
+			if errors.As(err, &pe) {
+				detail = map[string]string{"part": pe.Part}
+			}
+			httpx.WriteError(w, r, http.StatusBadRequest, "PART_INVALID", err.Error(), detail)
 			return
 		}
 		body = split
 	}
 	res, err := a.imp.Import(r.Context(), body, importer.ImportOptions{Force: force})
 	if err != nil {
+		if split != nil && importer.AsError(err).Code == "IMPORT_INVALID" {
+			// a part refused, or found corrupt by its digest once the
+			// rest of it is read
+			if pe := split.Fault(err); pe != nil {
+				err = pe
+			}
+		}
 		var pe *parts.Error
 		if errors.As(err, &pe) {
 			a.imports.WithLabelValues("PART_INVALID").Inc()

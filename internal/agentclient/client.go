@@ -208,6 +208,9 @@ func (c *Client) Send(ctx context.Context, open func() (io.ReadCloser, error), o
 		if errors.As(err, &re) {
 			return nil, re.err // the archive could not be read: no retry either
 		}
+		if attempt == o.Attempts {
+			break
+		}
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
@@ -276,7 +279,7 @@ func (c *Client) sendOnce(ctx context.Context, open func() (io.ReadCloser, error
 	// here first, whole, lest a damaged file come out of the re-encoding
 	// as a valid one.
 	if _, err := layerSizes(ctx, open); err != nil {
-		return nil, err
+		return nil, &readError{err: err} // a damaged archive: no retry
 	}
 	src, err := open()
 	if err != nil {

@@ -91,7 +91,16 @@ published.`,
 					p.Shutdown()
 				}
 				if err != nil {
-					return importErr(file, explainPart(f, err))
+					if pr, ok := f.(*parts.Reader); ok {
+						// the part at fault, else the part the error arose in
+						if pe := pr.Fault(err); pe != nil {
+							return fmt.Errorf("%s: %w", file, pe)
+						}
+						if name := pr.Part(); name != "" {
+							return importErr(file+": part "+name, err)
+						}
+					}
+					return importErr(file, err)
 				}
 				if res.Expired != nil {
 					if _, err := imp.GC(ctx, 0); err != nil {
@@ -143,8 +152,8 @@ published.`,
 				// the archive is bad: is the part being sent corrupt?
 				// (those before it were verified as they were read)
 				if pr, ok := last.(*parts.Reader); ok {
-					if verr := pr.VerifyPart(); verr != nil {
-						return fmt.Errorf("%s: %w", file, verr)
+					if pe := pr.Fault(err); pe != nil {
+						return fmt.Errorf("%s: %w", file, pe)
 					}
 				}
 				return importErr(file, err)

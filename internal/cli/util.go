@@ -2,6 +2,7 @@ package cli
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"runtime/debug"
@@ -41,11 +42,19 @@ type exitError struct {
 func (e *exitError) Error() string { return e.msg }
 func (e *exitError) ExitCode() int { return e.code }
 
-// explainPart puts an error of reading a split archive on the part it arose
-// in (parts.Reader.Explain); other errors are returned as they are.
+// explainPart puts an error of reading a split archive on its part: the
+// part at fault (parts.Reader.Fault), else the part the error arose in.
+// Other errors are returned as they are.
 func explainPart(src io.Reader, err error) error {
-	if r, ok := src.(*parts.Reader); ok && err != nil {
-		return r.Explain(err)
+	r, ok := src.(*parts.Reader)
+	if !ok || err == nil {
+		return err
+	}
+	if pe := r.Fault(err); pe != nil {
+		return pe
+	}
+	if name := r.Part(); name != "" {
+		return fmt.Errorf("part %s: %w", name, err)
 	}
 	return err
 }

@@ -457,10 +457,11 @@ func TestStreamReader(t *testing.T) {
 	}
 }
 
-// TestExplain: a consumer's error is put on the part it arose in: a
-// corrupt part when reading it again shows it is (its digest), else the
-// part being read.
-func TestExplain(t *testing.T) {
+// TestFault: a consumer's error is put on a part when the part is at
+// fault: its own refusal, or the part being read when reading it whole
+// (again from its file, or the rest of it from its stream) shows it
+// corrupt; else on none.
+func TestFault(t *testing.T) {
 	f := newFixture(t)
 	r, err := Open(f.path)
 	if err != nil {
@@ -472,17 +473,51 @@ func TestExplain(t *testing.T) {
 		t.Fatal(err)
 	}
 	consumer := errors.New("blob X: content does not match its name")
-	wantPartErr(t, pr.Explain(consumer), f.m.Parts[1].Name, consumer.Error())
+	if pe := pr.Fault(consumer); pe != nil || pr.Part() != f.m.Parts[1].Name {
+		t.Fatalf("a sound part at fault: %v (reading %s)", pe, pr.Part())
+	}
 	// the part changes under the reader: reading it again shows it corrupt
 	b, _ := os.ReadFile(f.part(1))
 	b[900] ^= 1
 	_ = os.WriteFile(f.part(1), b, 0o644)
-	wantPartErr(t, pr.Explain(consumer), f.m.Parts[1].Name, "corrupt")
+	wantPartErr(t, pr.Fault(consumer), f.m.Parts[1].Name, "corrupt")
 	pr.Close()
 	// an error naming a part already is that part's
 	pe := &Error{Part: "a.kubepkg.tgz.003", Reason: "x"}
-	var got *Error
-	if !errors.As(pr.Explain(errors.Join(errors.New("wrapped"), pe)), &got) || got != pe {
-		t.Fatalf("Explain of a part's error: %v", got)
+	if got := pr.Fault(errors.Join(errors.New("wrapped"), pe)); got != pe {
+		t.Fatalf("Fault of a part's error: %v", got)
+	}
+
+	// from a stream, the rest of the part is read and checked
+	f = newFixture(t)
+	var m Manifest
+	b, _ = os.ReadFile(f.path + FileSuffix)
+	_ = json.Unmarshal(b, &m)
+	next := func(corrupt bool) Next {
+		i := 0
+		return func() (string, io.Reader, error) {
+			if i >= len(m.Parts) {
+				return "", nil, io.EOF
+			}
+			b, _ := os.ReadFile(f.part(i))
+			if corrupt && i == 1 {
+				b[900] ^= 1
+			}
+			i++
+			return m.Parts[i-1].Name, bytes.NewReader(b), nil
+		}
+	}
+	for _, corrupt := range []bool{false, true} {
+		sr := NewReader(&m, next(corrupt))
+		if _, err := io.ReadFull(sr, buf); err != nil {
+			t.Fatal(err)
+		}
+		got := sr.Fault(consumer)
+		if !corrupt && got != nil {
+			t.Fatalf("a sound streamed part at fault: %v", got)
+		}
+		if corrupt {
+			wantPartErr(t, got, m.Parts[1].Name, "corrupt")
+		}
 	}
 }

@@ -203,37 +203,31 @@ func (r *Reader) Close() error {
 	return nil
 }
 
-// Explain names the part an error of the archive's consumer arose in. An
-// error that names a part already is returned as that part's *Error. Else,
-// when VerifyPart finds the part being read corrupt, that is what the error
-// is about. Else the error is wrapped in an *Error naming the part it arose
-// in (parts before it are verified already).
-func (r *Reader) Explain(err error) error {
-	if err == nil {
-		return nil
-	}
+// Fault tells which part is at fault for err, an error of the archive's
+// consumer: a part refused as it was read (an *Error in err's chain), or
+// the part being read when err arose, if checking it whole against the
+// parts file shows it corrupt (parts before it were checked already). The
+// part is checked by reading it again when it is a file, else by reading
+// the rest of it from its stream. Fault returns nil when no part is at
+// fault: the archive itself is damaged, or no parts file says what a part
+// should hold.
+func (r *Reader) Fault(err error) *Error {
 	var pe *Error
 	if errors.As(err, &pe) {
 		return pe
 	}
-	if verr := r.VerifyPart(); verr != nil {
-		return verr
+	if r.reopen != nil {
+		return r.verifyAgain()
 	}
-	if name := r.Part(); name != "" {
-		return &Error{Part: name, Err: err}
-	}
-	return err
+	return r.verifyRest()
 }
 
-// VerifyPart reads the part being read again, whole, and checks it against
-// the parts file: an *Error when it does not match. It checks nothing (nil)
-// without a parts file, before the first part, or when the parts come from
-// a stream that cannot be read again.
-func (r *Reader) VerifyPart() error {
+// verifyAgain reads the part being read again, whole, and checks it.
+func (r *Reader) verifyAgain() *Error {
 	r.mu.Lock()
 	i := r.i
 	r.mu.Unlock()
-	if i < 0 || r.m == nil || r.reopen == nil {
+	if i < 0 || r.m == nil {
 		return nil
 	}
 	p := r.m.Parts[i]
@@ -252,6 +246,35 @@ func (r *Reader) VerifyPart() error {
 	}
 	if got := digest.NewDigest(digest.SHA256, h); got != p.Digest {
 		return partErr(p.Name, "corrupt, or not this archive's part: its digest is %s, the parts file says %s", got, p.Digest)
+	}
+	return nil
+}
+
+// verifyRest reads the rest of the part being read from its stream (at
+// most what the parts file says is left) and checks the part.
+func (r *Reader) verifyRest() *Error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m == nil || r.cur == nil || r.err != nil {
+		return nil
+	}
+	size := r.m.Parts[r.i].Size
+	buf := make([]byte, 64<<10)
+	for r.n < size {
+		n, err := r.cur.Read(buf[:min(int64(len(buf)), size-r.n)])
+		r.n += int64(n)
+		r.h.Write(buf[:n])
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil // cannot tell
+		}
+	}
+	var pe *Error
+	if err := r.end(r.n == size); errors.As(err, &pe) {
+		r.err = pe
+		return pe
 	}
 	return nil
 }

@@ -1,0 +1,379 @@
+// Package split tests archives for removable media end to end with real
+// processes: `crpe export --split` from Debian's docker-registry, the parts
+// read back by `crpe inspect`, `crpe import --data` and `crpe import --to`
+// (a running `crpe agent`, through a byte-counting TCP proxy that can cut
+// the upload), the agent's multipart upload (what its web page sends), and
+// parts that are missing, swapped, truncated, corrupt, from another export,
+// or described by a lying parts file.
+package split
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/octohelm/crpe/internal/testenv"
+)
+
+const (
+	KiB = 1 << 10
+	MiB = 1 << 20
+)
+
+var amd64 = ocispec.Platform{OS: "linux", Architecture: "amd64"}
+
+// client bounds every request of these tests in time.
+var client = &http.Client{Timeout: 30 * time.Second}
+
+// ctxFor bounds a test's commands in time; the crpe binary is built first,
+// outside the bound.
+func ctxFor(t *testing.T, d time.Duration) context.Context {
+	t.Helper()
+	testenv.Crpe(t)
+	return testenv.WaitCtx(t, d)
+}
+
+// result is a finished crpe command.
+type result struct {
+	args           []string
+	stdout, stderr string
+	code           int
+	err            error
+}
+
+func (r result) String() string {
+	return fmt.Sprintf("crpe %s: exit %d (%v)\nstdout: %s\nstderr: %s", strings.Join(r.args, " "), r.code, r.err,
+		truncate(r.stdout, 3000), truncate(r.stderr, 3000))
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
+// crpe runs the binary to completion with env added to the test's
+// environment, less its SOURCE_DATE_EPOCH and CRPE_* variables.
+func crpe(ctx context.Context, t *testing.T, env []string, args ...string) result {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, testenv.Crpe(t), args...)
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "SOURCE_DATE_EPOCH=") && !strings.HasPrefix(e, "CRPE_") {
+			cmd.Env = append(cmd.Env, e)
+		}
+	}
+	cmd.Env = append(cmd.Env, env...)
+	var so, se bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &so, &se
+	err := cmd.Run()
+	r := result{args: args, stdout: so.String(), stderr: se.String(), err: err}
+	if cmd.ProcessState != nil {
+		r.code = cmd.ProcessState.ExitCode()
+	}
+	return r
+}
+
+func mustCrpe(ctx context.Context, t *testing.T, args ...string) result {
+	t.Helper()
+	r := crpe(ctx, t, nil, args...)
+	if r.err != nil {
+		t.Fatalf("%s", r)
+	}
+	return r
+}
+
+// appYAML is a KubePkg of one linux/amd64 image pinned by digest.
+func appYAML(name, version, ref string, d digest.Digest) string {
+	return fmt.Sprintf("apiVersion: octohelm.tech/v1alpha1\nkind: KubePkg\nmetadata:\n  name: %s\n  namespace: default\n"+
+		"  annotations:\n    octohelm.tech/platform: linux/amd64\nspec:\n  version: %s\n  images:\n    %q: %q\n", name, version, ref, d)
+}
+
+func writeFile(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// app is an image pushed to the registry and its package.
+type app struct {
+	name, version, ref string
+	image              testenv.Image
+	src                string // the package file
+}
+
+// pushApp pushes an image of n random layers of size bytes as
+// library/NAME:1.0 and writes its package.
+func pushApp(t *testing.T, reg *testenv.Distribution, name string, n, size int) app {
+	t.Helper()
+	var layers []testenv.Blob
+	for range n {
+		layers = append(layers, testenv.RandomLayer(t, size, false))
+	}
+	im := testenv.NewImage(t, amd64, layers, false)
+	testenv.PushImage(t, reg.URL, "library/"+name, "1.0", im)
+	a := app{name: name, version: "1.0.0", ref: "docker.io/library/" + name + ":1.0", image: im}
+	a.src = writeFile(t, t.TempDir(), name+".yaml", appYAML(a.name, a.version, a.ref, im.Manifest.Desc.Digest))
+	return a
+}
+
+// export runs `crpe export` of a's package to out with data as the cache.
+func export(ctx context.Context, t *testing.T, reg *testenv.Distribution, a app, out, data string, extra ...string) result {
+	t.Helper()
+	args := append([]string{"export", "-f", a.src, "-o", out, "--data", data, "--registry-endpoint", "docker.io=" + reg.URL}, extra...)
+	return crpe(ctx, t, nil, args...)
+}
+
+// partsFile is the parts file's JSON, as the tests read it (not through
+// the parts package: the format is what is tested).
+type partsFile struct {
+	MediaType string `json:"mediaType"`
+	Archive   part   `json:"archive"`
+	Parts     []part `json:"parts"`
+}
+
+type part struct {
+	Name   string `json:"name"`
+	Size   int64  `json:"size"`
+	Digest string `json:"digest"`
+}
+
+func readParts(t *testing.T, path string) partsFile {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p partsFile
+	if err := json.Unmarshal(b, &p); err != nil {
+		t.Fatalf("%s: %v\n%s", path, err, b)
+	}
+	return p
+}
+
+func writeParts(t *testing.T, path string, p partsFile) {
+	t.Helper()
+	b, _ := json.MarshalIndent(p, "", "  ")
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// copyDir copies the files of src into a new temp folder.
+func copyDir(t *testing.T, src string) string {
+	t.Helper()
+	dst := t.TempDir()
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dst
+}
+
+func files(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	sort.Strings(names)
+	return names
+}
+
+func fileSize(t *testing.T, p string) int64 {
+	t.Helper()
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
+
+func mib(n int64) string { return fmt.Sprintf("%.2f MiB", float64(n)/MiB) }
+
+// getJSON GETs url (with the agent's token) and decodes a 200 answer.
+func getJSON(t *testing.T, url, token string, v any) int {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode == http.StatusOK && v != nil {
+		if err := json.Unmarshal(b, v); err != nil {
+			t.Fatalf("GET %s: %v: %s", url, err, b)
+		}
+	}
+	return resp.StatusCode
+}
+
+// published lists what an agent publishes: its packages (ns/name@version)
+// and its repositories with their tags.
+func published(t *testing.T, a *testenv.Proc) []string {
+	t.Helper()
+	var pkgs struct {
+		Items []struct{ Namespace, Name, Version string } `json:"items"`
+	}
+	if code := getJSON(t, a.URL+"/api/v1/kubepkgs", a.Token, &pkgs); code != http.StatusOK {
+		t.Fatalf("GET /api/v1/kubepkgs: %d", code)
+	}
+	var out []string
+	for _, p := range pkgs.Items {
+		out = append(out, "package "+p.Namespace+"/"+p.Name+"@"+p.Version)
+	}
+	var cat struct {
+		Repositories []string `json:"repositories"`
+	}
+	if code := getJSON(t, a.URL+"/v2/_catalog", a.Token, &cat); code != http.StatusOK {
+		t.Fatalf("GET /v2/_catalog: %d", code)
+	}
+	for _, r := range cat.Repositories {
+		var tags struct {
+			Tags []string `json:"tags"`
+		}
+		getJSON(t, a.URL+"/v2/"+r+"/tags/list", a.Token, &tags)
+		out = append(out, fmt.Sprintf("repository %s %v", r, tags.Tags))
+	}
+	sort.Strings(out)
+	return out
+}
+
+// proxy is a TCP proxy on loopback in front of an agent: it counts the
+// bytes its clients send towards the agent and can cut every connection
+// once, when that count reaches cutAt.
+type proxy struct {
+	ln      net.Listener
+	target  string
+	URL     string
+	cutAt   int64
+	up      atomic.Int64
+	conns   atomic.Int64
+	cutDone atomic.Bool
+	mu      sync.Mutex
+	open    map[net.Conn]bool
+}
+
+func startProxy(t *testing.T, target string, cutAt int64) *proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln, target: target, URL: "http://" + ln.Addr().String(), cutAt: cutAt, open: map[net.Conn]bool{}}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.conns.Add(1)
+			go p.handle(c)
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for c := range p.open {
+			_ = c.Close()
+		}
+	})
+	return p
+}
+
+func (p *proxy) track(c net.Conn, on bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if on {
+		p.open[c] = true
+	} else {
+		delete(p.open, c)
+	}
+}
+
+func (p *proxy) handle(c net.Conn) {
+	s, err := net.DialTimeout("tcp", p.target, 5*time.Second)
+	if err != nil {
+		_ = c.Close()
+		return
+	}
+	p.track(c, true)
+	p.track(s, true)
+	defer func() {
+		_ = c.Close()
+		_ = s.Close()
+		p.track(c, false)
+		p.track(s, false)
+	}()
+	done := make(chan struct{}, 2)
+	go func() { // agent → client
+		_, _ = io.Copy(c, s)
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.CloseWrite()
+		}
+		done <- struct{}{}
+	}()
+	go func() { // client → agent, counted, cut once at cutAt
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := c.Read(buf)
+			if n > 0 {
+				total := p.up.Add(int64(n))
+				if _, werr := s.Write(buf[:n]); werr != nil {
+					break
+				}
+				if p.cutAt > 0 && total >= p.cutAt && p.cutDone.CompareAndSwap(false, true) {
+					_ = c.Close()
+					_ = s.Close()
+					break
+				}
+			}
+			if err != nil {
+				break
+			}
+		}
+		if tc, ok := s.(*net.TCPConn); ok {
+			_ = tc.CloseWrite()
+		}
+		done <- struct{}{}
+	}()
+	<-done
+	<-done
+}

@@ -128,7 +128,7 @@ published.`,
 				o.Progress = func(n int64) { bar.IncrInt64(n - last); last = n }
 				defer func() { bar.SetTotal(-1, true); p.Wait() }()
 			}
-			var last io.ReadCloser // the latest reading of the archive, for explainPart
+			var last io.ReadCloser // the latest reading of the archive, for Fault
 			res, err := c.Send(ctx, func() (io.ReadCloser, error) {
 				r, err := set.Open()
 				last = r

@@ -436,6 +436,13 @@ func TestStreamReader(t *testing.T) {
 	if got, err := read(nil, stream([2]string{"a.tgz.000", "abc"}, [2]string{"a.tgz.001", "de"})); err != nil || got != "abcde" {
 		t.Fatalf("no parts file: %q %v", got, err)
 	}
+	// without a parts file, the parts are bounded all the same
+	n := 0
+	_, err := io.Copy(io.Discard, NewReader(nil, func() (string, io.Reader, error) {
+		n++
+		return PartName("a.tgz", n-1), strings.NewReader("x"), nil
+	}))
+	wantPartErr(t, err, PartName("a.tgz", MaxParts), "more than")
 	for _, tc := range []struct {
 		name      string
 		m         *Manifest

@@ -22,7 +22,7 @@ type Next func() (name string, r io.Reader, err error)
 // their .NNN suffix), only the names and the order are checked: the
 // archive's own digests are what verify the bytes.
 //
-// A refusal is an *Error naming the part. Read, Close, Part and Explain may
+// A refusal is an *Error naming the part. Read, Close, Part and Fault may
 // be called from different goroutines (an HTTP client reads a request body
 // in its own).
 type Reader struct {
@@ -134,6 +134,8 @@ func (r *Reader) start() error {
 	}
 	want := ""
 	switch {
+	case i >= MaxParts:
+		return partErr(name, "more than %d parts", MaxParts)
 	case r.m != nil && i >= len(r.m.Parts):
 		return partErr(name, "not in the parts file, which lists %d parts", len(r.m.Parts))
 	case r.m != nil:

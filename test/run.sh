@@ -77,6 +77,7 @@ fuzz FuzzParseManifest ./internal/oci
 fuzz FuzzNormalizeReference ./internal/oci 20000x
 fuzz FuzzRead ./internal/archive 3000x
 fuzz FuzzParse ./internal/kubepkg 20000x
+fuzz FuzzParse ./internal/parts 20000x
 
 step "cross-builds (CGO_ENABLED=0)"
 # every target is type-checked from source (no code generation: seconds, not

@@ -42,7 +42,10 @@ func newStoredWriter(w *bufio.Writer, file *os.File) (*storedWriter, error) {
 // regularFile returns w as a file when it is a regular file, else nil.
 func regularFile(w io.Writer) *os.File {
 	f, ok := w.(*os.File)
-	if !ok {
+	if u, isWrapper := w.(interface{ OSFile() *os.File }); !ok && isWrapper {
+		f, ok = u.OSFile(), true // atomicfile.File: export's temp file
+	}
+	if !ok || f == nil {
 		return nil
 	}
 	fi, err := f.Stat()

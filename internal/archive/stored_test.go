@@ -106,3 +106,31 @@ func TestSourceFailureStopsWrite(t *testing.T) {
 		t.Fatalf("got %v, want the source's error", err)
 	}
 }
+
+// wrapped is a writer over a regular file that says so (atomicfile.File).
+type wrapped struct{ *os.File }
+
+func (w wrapped) OSFile() *os.File { return w.File }
+
+// A wrapper naming its regular file (export's temp file) is written with
+// vectored writes too, into the same bytes.
+func TestStoredFramingThroughAWrapper(t *testing.T) {
+	c := richContent(t)
+	trusted := Options{Verified: func(digest.Digest) bool { return true }}
+	want := c.write(t, trusted)
+	out, err := os.Create(filepath.Join(t.TempDir(), "out.tgz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	if regularFile(wrapped{out}) != out {
+		t.Fatal("the wrapper's file is not used")
+	}
+	if err := Write(context.Background(), wrapped{out}, []byte(testPkg), c.images, c.blobs, c.open, trusted); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(out.Name())
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("the archive differs (%v)", err)
+	}
+}

@@ -80,6 +80,10 @@ func (f *File) Publish() error {
 	return err
 }
 
+// OSFile is the temp file being written, for writers that write to a
+// regular file in their own way (archive.Write's writev).
+func (f *File) OSFile() *os.File { return f.File }
+
 // Path is where the file is published.
 func (f *File) Path() string { return f.path }
 

@@ -7,7 +7,9 @@
 package chart
 
 import (
+	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -260,4 +262,286 @@ func TestRepoAndOCI(t *testing.T) {
 func digestOf(b []byte) string {
 	sum := sha256.Sum256(b)
 	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// richChart writes a chart with what real charts use: a subchart with a
+// condition, a library chart, a subchart enabled by a tag, a CRD in crds/,
+// a pre-install hook Job, a test hook, a CronJob, a values schema and the
+// helm.sh/images annotation.
+func richChart(t *testing.T, dir string) string {
+	t.Helper()
+	c := filepath.Join(dir, "app")
+	write(t, filepath.Join(c, "Chart.yaml"), `apiVersion: v2
+name: app
+version: 1.2.0
+appVersion: "2.0"
+annotations:
+  helm.sh/images: |
+    - name: operand
+      image: ghcr.io/example/operand:2.0
+dependencies:
+- name: sub
+  version: 0.1.0
+  condition: sub.enabled
+- name: lib
+  version: 0.1.0
+- name: extra
+  version: 0.1.0
+  tags: [extras]
+`)
+	write(t, filepath.Join(c, "values.yaml"), "replicas: 2\nimage: nginx:1.27\nsub:\n  enabled: true\n  message: hello\ntags:\n  extras: false\n")
+	write(t, filepath.Join(c, "values.schema.json"), `{"$schema": "https://json-schema.org/draft-07/schema#", "type": "object",
+ "properties": {"replicas": {"type": "integer", "minimum": 1}, "image": {"type": "string"}}, "required": ["replicas"]}`)
+	write(t, filepath.Join(c, "crds", "crontab.yaml"), `apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: crontabs.stable.example.com
+spec:
+  group: stable.example.com
+  names: {kind: CronTab, plural: crontabs, singular: crontab}
+  scope: Namespaced
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+`)
+	write(t, filepath.Join(c, "templates", "deployment.yaml"), `apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ .Release.Name }}-web
+  labels:
+{{ include "lib.labels" . | indent 4 }}
+spec:
+  replicas: {{ .Values.replicas }}
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      initContainers:
+      - name: init
+        image: busybox:1.36
+      containers:
+      - name: web
+        image: {{ .Values.image | quote }}
+`)
+	write(t, filepath.Join(c, "templates", "cronjob.yaml"), `apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: {{ .Release.Name }}-backup
+spec:
+  schedule: "0 3 * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: OnFailure
+          containers:
+          - name: backup
+            image: registry.example.com/tools/backup:3
+`)
+	write(t, filepath.Join(c, "templates", "hook.yaml"), `apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {{ .Release.Name }}-migrate
+  annotations:
+    helm.sh/hook: pre-install,pre-upgrade
+    helm.sh/hook-weight: "-5"
+    helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: migrate
+        image: {{ .Values.image | quote }}
+`)
+	write(t, filepath.Join(c, "templates", "tests", "test.yaml"), `apiVersion: v1
+kind: Pod
+metadata:
+  name: {{ .Release.Name }}-test
+  annotations:
+    helm.sh/hook: test
+spec:
+  containers:
+  - name: t
+    image: curlimages/curl:8
+`)
+	write(t, filepath.Join(c, "charts", "sub", "Chart.yaml"), "apiVersion: v2\nname: sub\nversion: 0.1.0\n")
+	write(t, filepath.Join(c, "charts", "sub", "values.yaml"), "message: default\n")
+	write(t, filepath.Join(c, "charts", "sub", "templates", "cm.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-sub\ndata:\n  message: {{ .Values.message | quote }}\n")
+	write(t, filepath.Join(c, "charts", "lib", "Chart.yaml"), "apiVersion: v2\nname: lib\nversion: 0.1.0\ntype: library\n")
+	write(t, filepath.Join(c, "charts", "lib", "templates", "_helpers.tpl"), "{{- define \"lib.labels\" -}}\napp.kubernetes.io/name: {{ .Chart.Name }}\napp.kubernetes.io/instance: {{ .Release.Name }}\n{{- end -}}\n")
+	write(t, filepath.Join(c, "charts", "extra", "Chart.yaml"), "apiVersion: v2\nname: extra\nversion: 0.1.0\n")
+	write(t, filepath.Join(c, "charts", "extra", "templates", "sa.yaml"), "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {{ .Release.Name }}-extra\n")
+	return c
+}
+
+// TestRichChart: subcharts with a condition and a tag, a library chart,
+// CRDs, hooks, a schema: crpe's objects are helm template's for several
+// value sets; the test hook is left out, the install hook kept with its
+// annotations; every image is found (pod templates of every kind, the
+// chart's helm.sh/images, --image), in full form.
+func TestRichChart(t *testing.T) {
+	home := t.TempDir()
+	dir := t.TempDir()
+	c := richChart(t, dir)
+	for _, flags := range [][]string{
+		nil,
+		{"--set", "sub.enabled=false", "--set", "tags.extras=true", "--set", "sub.message=x"},
+		{"--release-name", "prod", "--namespace", "shop", "--set", "replicas=5"},
+	} {
+		t.Run(strings.Join(flags, " "), func(t *testing.T) {
+			name := "app"
+			hf := append([]string(nil), flags...)
+			for i, f := range flags {
+				if f == "--release-name" {
+					name = flags[i+1]
+					hf = append(append([]string(nil), flags[:i]...), flags[i+2:]...)
+				}
+			}
+			want := objects(t, helm(t, home, append([]string{"template", name, c, "--include-crds", "--skip-tests"}, hf...)...))
+			out, stderr, err := crpe(t, home, append([]string{c, "--image", "quay.io/example/operand-sidecar:1"}, flags...)...)
+			if err != nil {
+				t.Fatalf("crpe package: %v\n%s", err, stderr)
+			}
+			p, got := parsePkg(t, out)
+			sameObjects(t, got, want)
+			for _, img := range []string{"docker.io/library/nginx:1.27", "docker.io/library/busybox:1.36", "registry.example.com/tools/backup:3",
+				"ghcr.io/example/operand:2.0", "quay.io/example/operand-sidecar:1"} {
+				if _, ok := p.Spec.Images[img]; !ok {
+					t.Errorf("image %s not listed: %v", img, p.Spec.Images)
+				}
+			}
+			if _, ok := p.Spec.Images["docker.io/curlimages/curl:8"]; ok {
+				t.Errorf("the test hook's image is listed")
+			}
+			for _, w := range []string{"Chart.yaml helm.sh/images", "--image", "spec.jobTemplate.spec.template.spec.containers[0]", "spec.template.spec.initContainers[0]"} {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("report does not say %q:\n%s", w, stderr)
+				}
+			}
+		})
+	}
+}
+
+// TestChartRefused: a chart that does not render gets Helm's own message
+// (the one `helm template` prints) and no package is written; a chart
+// archive with a link or a path outside its folder is refused.
+func TestChartRefused(t *testing.T) {
+	home := t.TempDir()
+	dir := t.TempDir()
+	c := richChart(t, dir)
+	outFile := filepath.Join(dir, "out.yaml")
+	for _, tc := range []struct {
+		name  string
+		args  []string
+		want  string
+		setup func()
+	}{
+		{name: "schema", args: []string{"--set", "replicas=0"}, want: "minimum"},
+		{name: "required", args: nil, want: "msg is required", setup: func() {
+			write(t, filepath.Join(c, "templates", "req.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: req\ndata:\n  m: {{ required \"msg is required\" .Values.msg }}\n")
+		}},
+		{name: "template error", args: nil, want: "req.yaml", setup: func() {
+			write(t, filepath.Join(c, "templates", "req.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: req\ndata:\n  m: {{ .Values.msg | nosuchfunction }}\n")
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.setup != nil {
+				tc.setup()
+				defer os.Remove(filepath.Join(c, "templates", "req.yaml"))
+			}
+			_, stderr, err := crpe(t, home, append([]string{c, "-o", outFile}, tc.args...)...)
+			if err == nil || !strings.Contains(stderr, tc.want) {
+				t.Errorf("err %v, stderr:\n%s\nwant %q", err, stderr, tc.want)
+			}
+			if _, err := os.Stat(outFile); err == nil {
+				t.Errorf("a package was written")
+			}
+			// helm says the same
+			bin := testenv.Peer(t, "helm", helmInstall)
+			hout, _ := exec.Command(bin, append([]string{"template", "app", c}, tc.args...)...).CombinedOutput()
+			if !strings.Contains(string(hout), tc.want) {
+				t.Errorf("helm template does not say %q either:\n%s", tc.want, hout)
+			}
+		})
+	}
+
+	for _, tc := range []struct {
+		name string
+		hdr  tar.Header
+		want string
+	}{
+		{"symlink", tar.Header{Name: "app/templates/link.yaml", Typeflag: tar.TypeSymlink, Linkname: "/etc/passwd"}, "links are not allowed"},
+		{"outside", tar.Header{Name: "app/../../evil.yaml", Typeflag: tar.TypeReg, Size: 2, Mode: 0o644}, "outside"},
+		{"device", tar.Header{Name: "app/dev", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3}, "not allowed"},
+	} {
+		t.Run("archive/"+tc.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			zw := gzip.NewWriter(&buf)
+			tw := tar.NewWriter(zw)
+			for _, f := range []struct{ name, body string }{{"app/Chart.yaml", "apiVersion: v2\nname: app\nversion: 0.1.0\n"}, {"app/templates/cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n"}} {
+				_ = tw.WriteHeader(&tar.Header{Name: f.name, Size: int64(len(f.body)), Mode: 0o644, Typeflag: tar.TypeReg})
+				_, _ = tw.Write([]byte(f.body))
+			}
+			h := tc.hdr
+			_ = tw.WriteHeader(&h)
+			if h.Size > 0 {
+				_, _ = tw.Write(make([]byte, h.Size))
+			}
+			_ = tw.Close()
+			_ = zw.Close()
+			tgz := filepath.Join(dir, tc.name+".tgz")
+			write(t, tgz, buf.String())
+			_, stderr, err := crpe(t, home, tgz, "-o", outFile)
+			if err == nil || !strings.Contains(stderr, tc.want) {
+				t.Errorf("err %v, stderr:\n%s\nwant %q", err, stderr, tc.want)
+			}
+			if _, err := os.Stat(outFile); err == nil {
+				t.Errorf("a package was written")
+			}
+		})
+	}
+}
+
+// TestFoldersAndKustomize: a folder of YAML files gives its objects as
+// written; a kustomization gives what `kubectl kustomize` prints.
+func TestFoldersAndKustomize(t *testing.T) {
+	home := t.TempDir()
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base")
+	write(t, filepath.Join(base, "deploy.yaml"), "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: web, image: nginx:1.27}]\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  ports: [{port: 80}]\n  selector: {app: web}\n")
+	write(t, filepath.Join(base, "sub", "cm.yml"), "# a comment\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: conf\ndata: {a: \"1\"}\n")
+	out, stderr, err := crpe(t, home, base, "--name", "web", "--version", "1.0.0")
+	if err != nil {
+		t.Fatalf("crpe package (folder): %v\n%s", err, stderr)
+	}
+	p, got := parsePkg(t, out)
+	files, _ := os.ReadFile(filepath.Join(base, "deploy.yaml"))
+	cm, _ := os.ReadFile(filepath.Join(base, "sub", "cm.yml"))
+	sameObjects(t, got, objects(t, string(files)+"\n---\n"+string(cm)))
+	if p.Spec.Version != "1.0.0" || p.Metadata.Name != "web" || p.Metadata.Annotations["octohelm.tech/source"] != "yaml" {
+		t.Errorf("package %+v", p.Metadata)
+	}
+
+	overlay := filepath.Join(dir, "overlay")
+	write(t, filepath.Join(base, "kustomization.yaml"), "resources: [deploy.yaml, sub/cm.yml]\n")
+	write(t, filepath.Join(overlay, "kustomization.yaml"), "resources: [../base]\nnamePrefix: prod-\nnamespace: shop\nimages:\n- name: nginx\n  newTag: 1.27.1\ncommonLabels:\n  env: prod\n")
+	kubectl := testenv.Peer(t, "kubectl", "test/peers/kube.sh builds it")
+	kout, err := exec.Command(kubectl, "kustomize", overlay).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl kustomize: %v\n%s", err, kout)
+	}
+	out, stderr, err = crpe(t, home, overlay, "--name", "web", "--version", "1.0.1")
+	if err != nil {
+		t.Fatalf("crpe package (kustomization): %v\n%s", err, stderr)
+	}
+	p, got = parsePkg(t, out)
+	sameObjects(t, got, objects(t, string(kout)))
+	if _, ok := p.Spec.Images["docker.io/library/nginx:1.27.1"]; !ok {
+		t.Errorf("images %v", p.Spec.Images)
+	}
 }

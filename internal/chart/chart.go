@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"sigs.k8s.io/yaml"
 
@@ -88,8 +89,12 @@ type Options struct {
 	// Username and Password for a chart repository or OCI registry.
 	Username, Password string
 	// CacheDir holds downloaded charts and repository indexes (helm's
-	// repository cache when empty).
+	// repository cache when empty), and the chart cache that lets a chart
+	// fetched once be packaged again with no network (see cache.go).
 	CacheDir string
+	// OnFallback, when set, is told when a remote chart could not be
+	// fetched and the cached one is used.
+	OnFallback func(source, version string, fetched time.Time, err error)
 }
 
 // ImageSource says where an image of the package was found.

@@ -65,13 +65,32 @@ func fromChart(ctx context.Context, source string, o Options) (*Result, error) {
 	if o.Repo != "" {
 		where = o.Repo + " " + source
 	}
-	path, err := inst.LocateChart(source, settings)
-	if err != nil {
-		return nil, err
-	}
+	remote := o.Repo != "" || registry.IsOCI(source)
+	key := sourceKey(o.Repo, source, o.Version)
 	var ch *chartv2.Chart
 	var archive []byte
-	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+	path, err := inst.LocateChart(source, settings)
+	if err != nil {
+		if !remote || o.CacheDir == "" {
+			return nil, err
+		}
+		cached, e, cerr := cacheLookup(o.CacheDir, key)
+		if cerr != nil {
+			return nil, err // never fetched: the fetch's error says it
+		}
+		if o.OnFallback != nil {
+			o.OnFallback(where, e.Version, e.Fetched, err)
+		}
+		archive, path = cached, ""
+	}
+	if path == "" {
+		if err := checkArchive(archive); err != nil {
+			return nil, err
+		}
+		if ch, err = loader.LoadArchive(bytes.NewReader(archive)); err != nil {
+			return nil, err
+		}
+	} else if fi, err := os.Stat(path); err == nil && fi.IsDir() {
 		if ch, err = loader.LoadDir(path); err != nil {
 			return nil, err
 		}
@@ -87,6 +106,11 @@ func fromChart(ctx context.Context, source string, o Options) (*Result, error) {
 		}
 		if ch, err = loader.LoadArchive(bytes.NewReader(archive)); err != nil {
 			return nil, err
+		}
+		if remote && o.CacheDir != "" {
+			if err := cacheStore(o.CacheDir, key, archive, ch.Metadata.Version); err != nil {
+				return nil, fmt.Errorf("chart cache: %w", err)
+			}
 		}
 	}
 	if err := ch.Validate(); err != nil {

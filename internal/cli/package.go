@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
@@ -56,6 +57,10 @@ annotations (octohelm.tech/chart, ...).`,
 			if data != "" {
 				o.CacheDir = filepath.Join(data, "charts")
 			}
+			o.OnFallback = func(source, version string, fetched time.Time, err error) {
+				g.log.Warn("the chart's source cannot be reached: using the chart cached in the data folder",
+					"source", source, "version", version, "cached", fetched.Format(time.RFC3339), "error", err)
+			}
 			res, err := chart.Package(cmd.Context(), args[0], o)
 			if err != nil {
 				return err
@@ -104,7 +109,7 @@ annotations (octohelm.tech/chart, ...).`,
 	f.BoolVar(&o.PlainHTTP, "plain-http", false, "reach an OCI registry over plain HTTP")
 	f.StringVar(&o.Username, "username", "", "chart repository or registry user")
 	f.StringVar(&o.Password, "password", "", "chart repository or registry password")
-	f.StringVar(&data, "data", "", "keep downloaded charts and indexes in this data folder (the pocket's --data)")
+	f.StringVar(&data, "data", "", "keep the charts fetched in this data folder (the pocket's --data): a chart fetched once packages again with no network")
 	f.StringVarP(&out, "output", "o", "", "write the package to this file (default: stdout)")
 	f.BoolVar(&asJSON, "json", false, "print the package, its images with where each was found, and the chart, as JSON")
 	return cmd

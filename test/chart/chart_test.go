@@ -242,6 +242,22 @@ func TestRepoAndOCI(t *testing.T) {
 	if src := p.Metadata.Annotations["octohelm.tech/chart-source"]; !strings.Contains(src, srv.URL) {
 		t.Errorf("chart source %q", src)
 	}
+	// with a data folder, the chart fetched once packages again when the
+	// repository is gone, saying so
+	data := filepath.Join(dir, "data")
+	first, stderr, err := crpe(t, home, "app", "--repo", srv.URL, "--version", "^1.0", "--data", data)
+	if err != nil {
+		t.Fatalf("crpe package --data: %v\n%s", err, stderr)
+	}
+
+	srv.Close()
+	again, stderr, err := crpe(t, home, "app", "--repo", srv.URL, "--version", "^1.0", "--data", data)
+	if err != nil || again != first || !strings.Contains(stderr, "cached") {
+		t.Errorf("offline, from the data folder: err %v, same package %v, stderr:\n%s", err, again == first, stderr)
+	}
+	if _, stderr, err := crpe(t, home, "app", "--repo", srv.URL, "--version", "^1.0"); err == nil {
+		t.Errorf("offline without a data folder: packaged (%s)", stderr)
+	}
 
 	reg := testenv.StartDistribution(t)
 	helm(t, home, "push", filepath.Join(repo, "app-2.0.0.tgz"), "oci://"+reg.Addr+"/charts", "--plain-http")

@@ -114,6 +114,8 @@ type ChartInfo struct {
 	Source  string `json:"source"`
 	// Archive is the chart archive rendered (for the archive's artifact).
 	Archive []byte `json:"-"`
+	// Metadata is Chart.yaml's content (the artifact's config).
+	Metadata any `json:"-"`
 }
 
 // Result is a package and how it was made.

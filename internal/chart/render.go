@@ -188,7 +188,7 @@ func fromChart(ctx context.Context, source string, o Options) (*Result, error) {
 	}
 	res.Package = newPackage(name, o.Namespace, version)
 	sum := sha256.Sum256(archive)
-	res.Chart = &ChartInfo{Name: ch.Name(), Version: ch.Metadata.Version, Digest: "sha256:" + hex.EncodeToString(sum[:]), Source: where, Archive: archive}
+	res.Chart = &ChartInfo{Name: ch.Name(), Version: ch.Metadata.Version, Digest: "sha256:" + hex.EncodeToString(sum[:]), Source: where, Archive: archive, Metadata: ch.Metadata}
 	vd, err := valuesDigest(vals)
 	if err != nil {
 		return nil, err

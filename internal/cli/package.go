@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -13,6 +15,8 @@ import (
 	"github.com/octohelm/crpe/internal/atomicfile"
 	"github.com/octohelm/crpe/internal/chart"
 	"github.com/octohelm/crpe/internal/kubepkg"
+	"github.com/octohelm/crpe/internal/repodb"
+	"github.com/octohelm/crpe/internal/storage"
 )
 
 func newPackageCmd(g *globals) *cobra.Command {
@@ -20,7 +24,8 @@ func newPackageCmd(g *globals) *cobra.Command {
 		o      chart.Options
 		out    string
 		data   string
-		asJSON bool
+		asJSON     bool
+		noArtifact bool
 	)
 	cmd := &cobra.Command{
 		Use:   "package SOURCE",
@@ -45,7 +50,11 @@ helm.sh/images annotation and --image, in full form (docker.io/library/x:1),
 each with "" (the tag is resolved at export); where each was found is
 printed on stderr. A package made from a chart records the chart's name,
 version, digest and source and the digest of the merged values as
-annotations (octohelm.tech/chart, ...).`,
+annotations (octohelm.tech/chart, ...), and the chart itself travels with
+the package: it is kept in --data as an OCI artifact in Helm's layout,
+crpe.local/charts/NAME:VERSION, listed in spec.images with its digest, so
+that crpe export puts it in the archive and the agent serves it (helm pull
+oci://AGENT/crpe.local/charts/NAME --version VERSION).`,
 		Example: `  crpe package ./mychart -f values-prod.yaml --set replicaCount=2 > mychart.kubepkg.yaml
   crpe package mychart-1.2.0.tgz -o mychart.kubepkg.yaml
   crpe package ingress-nginx --repo https://kubernetes.github.io/ingress-nginx --version '~4.11'
@@ -54,9 +63,7 @@ annotations (octohelm.tech/chart, ...).`,
   crpe package ./manifests/ --name tools --version 0.3.0 --image docker.io/library/busybox:1.36`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if data != "" {
-				o.CacheDir = filepath.Join(data, "charts")
-			}
+			o.CacheDir = filepath.Join(data, "charts")
 			o.OnFallback = func(source, version string, fetched time.Time, err error) {
 				g.log.Warn("the chart's source cannot be reached: using the chart cached in the data folder",
 					"source", source, "version", version, "cached", fetched.Format(time.RFC3339), "error", err)
@@ -64,6 +71,11 @@ annotations (octohelm.tech/chart, ...).`,
 			res, err := chart.Package(cmd.Context(), args[0], o)
 			if err != nil {
 				return err
+			}
+			if res.Chart != nil && !noArtifact {
+				if err := keepChart(cmd.Context(), g, data, res); err != nil {
+					return err
+				}
 			}
 			pkgJSON, err := kubepkg.Marshal([]*kubepkg.KubePkg{res.Package})
 			if err != nil {
@@ -109,8 +121,36 @@ annotations (octohelm.tech/chart, ...).`,
 	f.BoolVar(&o.PlainHTTP, "plain-http", false, "reach an OCI registry over plain HTTP")
 	f.StringVar(&o.Username, "username", "", "chart repository or registry user")
 	f.StringVar(&o.Password, "password", "", "chart repository or registry password")
-	f.StringVar(&data, "data", "", "keep the charts fetched in this data folder (the pocket's --data): a chart fetched once packages again with no network")
+	f.StringVar(&data, "data", defaultPocketData(), "the pocket's data folder: the chart is kept there as an OCI artifact for export, and a chart fetched once packages again with no network")
+	f.BoolVar(&noArtifact, "no-chart-artifact", false, "do not carry the chart itself (crpe.local/charts/NAME:VERSION in spec.images)")
 	f.StringVarP(&out, "output", "o", "", "write the package to this file (default: stdout)")
 	f.BoolVar(&asJSON, "json", false, "print the package, its images with where each was found, and the chart, as JSON")
 	return cmd
+}
+
+// keepChart keeps the chart of res as an OCI artifact in the data folder
+// and lists it in the package's spec.images, pinned. A folder held by a
+// running pocket is left alone: the package then does not carry its chart
+// (said as a warning).
+func keepChart(ctx context.Context, g *globals, data string, res *chart.Result) error {
+	a, err := chart.NewArtifact(res.Chart)
+	if err != nil {
+		return err
+	}
+	st, err := storage.OpenWait(ctx, data, g.log, nil, lockRetry)
+	if errors.Is(err, repodb.ErrInUse) {
+		g.log.Warn("the data folder is held by a running pocket: the chart is not kept, and the package's archive will not carry it (stop the pocket, or pass --data)", "data", data)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if err := chart.Keep(ctx, st.Store, st.DB, a); err != nil {
+		return fmt.Errorf("keeping the chart in %s: %w", data, err)
+	}
+	res.Package.Spec.Images[a.Ref] = string(a.Digest())
+	res.Package.Metadata.Annotations[chart.AnnotationChartArtifact] = a.Ref + "@" + string(a.Digest())
+	res.Images = append(res.Images, chart.ImageSource{Ref: a.Ref, Found: []string{"the chart itself, kept in " + data}})
+	return nil
 }

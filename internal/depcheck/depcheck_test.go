@@ -56,7 +56,7 @@ var allowed = map[string][]string{
 	// does not serve /v2 (pocket wires the registry and the cache)
 	"agent":     {"auth", "cas", "diskfree", "httpx", "importer", "kubeclient", "kubepkg", "mirrorconfig", "oci", "parts", "registry", "repodb", "storage", "version", "webui"},
 	"pocketapi": {"agentclient", "auth", "cas", "diskfree", "export", "httpx", "kubepkg", "oci", "pullthrough", "repodb", "storage", "upstream"},
-	"chart":     {"atomicfile", "kubepkg", "oci"},
+	"chart":     {"atomicfile", "cas", "kubepkg", "oci", "repodb"},
 	"pocket":    {"auth", "httpx", "pocketapi", "pullthrough", "registry", "storage", "upstream", "version", "webui"},
 	// wiring: one file per subcommand; testenv serves the tests
 	"cli":                         {"*"},

@@ -177,7 +177,8 @@ func TestHelmCreate(t *testing.T) {
 	if p.Metadata.Name != "demo" || p.Spec.Version != "0.1.0" {
 		t.Errorf("package %s %s, want demo 0.1.0", p.Metadata.Name, p.Spec.Version)
 	}
-	if _, ok := p.Spec.Images["docker.io/library/nginx:1.27-alpine"]; !ok || len(p.Spec.Images) != 1 {
+	// the image, and the chart itself (kept in the data folder)
+	if _, ok := p.Spec.Images["docker.io/library/nginx:1.27-alpine"]; !ok || len(p.Spec.Images) != 2 || p.Spec.Images["crpe.local/charts/demo:0.1.0"] == "" {
 		t.Errorf("images %v", p.Spec.Images)
 	}
 	if !strings.Contains(stderr, "docker.io/library/nginx:1.27-alpine: demo.web.deployment spec.template.spec.containers[0]") || !strings.Contains(stderr, "test hook") {
@@ -255,8 +256,8 @@ func TestRepoAndOCI(t *testing.T) {
 	if err != nil || again != first || !strings.Contains(stderr, "cached") {
 		t.Errorf("offline, from the data folder: err %v, same package %v, stderr:\n%s", err, again == first, stderr)
 	}
-	if _, stderr, err := crpe(t, home, "app", "--repo", srv.URL, "--version", "^1.0"); err == nil {
-		t.Errorf("offline without a data folder: packaged (%s)", stderr)
+	if _, stderr, err := crpe(t, home, "app", "--repo", srv.URL, "--version", "^1.0", "--data", filepath.Join(dir, "empty")); err == nil {
+		t.Errorf("offline with a data folder that never fetched it: packaged (%s)", stderr)
 	}
 
 	reg := testenv.StartDistribution(t)
@@ -559,5 +560,59 @@ func TestFoldersAndKustomize(t *testing.T) {
 	sameObjects(t, got, objects(t, string(kout)))
 	if _, ok := p.Spec.Images["docker.io/library/nginx:1.27.1"]; !ok {
 		t.Errorf("images %v", p.Spec.Images)
+	}
+}
+
+// TestChartTravels: the chart itself goes with its package. crpe package
+// keeps it in the data folder as an OCI artifact in Helm's layout and pins
+// it in spec.images; crpe export --offline puts it in the archive; a real
+// agent imports it; and helm pull from the agent gives the very chart
+// archive rendered (its digest is the package's chart-digest).
+func TestChartTravels(t *testing.T) {
+	home := t.TempDir()
+	dir := t.TempDir()
+	c := filepath.Join(dir, "conf")
+	write(t, filepath.Join(c, "Chart.yaml"), "apiVersion: v2\nname: conf\nversion: 0.3.0\n")
+	write(t, filepath.Join(c, "templates", "cm.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: conf\ndata:\n  a: \"1\"\n")
+	helm(t, home, "package", c, "-d", dir)
+	tgz := filepath.Join(dir, "conf-0.3.0.tgz")
+	data := filepath.Join(dir, "data")
+	pkgFile := filepath.Join(dir, "conf.kubepkg.yaml")
+	if _, stderr, err := crpe(t, home, tgz, "--data", data, "-o", pkgFile); err != nil {
+		t.Fatalf("crpe package: %v\n%s", err, stderr)
+	}
+	y, _ := os.ReadFile(pkgFile)
+	p, _ := parsePkg(t, string(y))
+	ref := "crpe.local/charts/conf:0.3.0"
+	if p.Spec.Images[ref] == "" || p.Metadata.Annotations["octohelm.tech/chart-artifact"] != ref+"@"+p.Spec.Images[ref] {
+		t.Fatalf("the chart is not in the package: %v %v", p.Spec.Images, p.Metadata.Annotations)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	archive := filepath.Join(dir, "conf.kubepkg.tgz")
+	if out, err := testenv.Run(ctx, t, "export", "-f", pkgFile, "--data", data, "--offline", "-o", archive); err != nil {
+		t.Fatalf("crpe export --offline: %v\n%s", err, out)
+	}
+	if out, err := testenv.Run(ctx, t, "inspect", archive, "--verify"); err != nil || !strings.Contains(out, ref) {
+		t.Fatalf("crpe inspect --verify: %v\n%s", err, out)
+	}
+	ag := testenv.StartAgent(t, testenv.AgentOptions{})
+	if out, err := testenv.Run(ctx, t, "import", archive, "--to", ag.URL, "--token", ag.Token); err != nil {
+		t.Fatalf("crpe import --to: %v\n%s", err, out)
+	}
+	pulled := filepath.Join(dir, "pulled")
+	if err := os.MkdirAll(pulled, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	addr := strings.TrimPrefix(ag.URL, "http://")
+	helm(t, home, "pull", "oci://"+addr+"/crpe.local/charts/conf", "--version", "0.3.0", "--plain-http", "-d", pulled)
+	got, err := os.ReadFile(filepath.Join(pulled, "conf-0.3.0.tgz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := os.ReadFile(tgz)
+	if !bytes.Equal(got, want) || digestOf(got) != p.Metadata.Annotations["octohelm.tech/chart-digest"] {
+		t.Errorf("helm pull from the agent gave %s, the chart rendered was %s", digestOf(got), digestOf(want))
 	}
 }

@@ -56,12 +56,17 @@ import (
 )
 
 // hello answers every request with its version (from /etc/hello/version)
-// and $GREETING; SIGTERM stops it at once.
+// and $GREETING; SIGTERM stops it at once. With $HELLO_EXIT it prints the
+// same and ends (a Job).
 func main() {
 	v, _ := os.ReadFile("/etc/hello/version")
 	msg := "hello " + strings.TrimSpace(string(v))
 	if g := os.Getenv("GREETING"); g != "" {
 		msg += " (" + g + ")"
+	}
+	if os.Getenv("HELLO_EXIT") != "" { // a one-shot run (a Job): say it and end
+		fmt.Println(msg)
+		return
 	}
 	port := os.Getenv("PORT")
 	if port == "" {

@@ -696,6 +696,13 @@ func (rd *reader) holdManifest(entry string, d digest.Digest, size int64) error 
 	if size > rd.lim.MaxManifest {
 		return entryErr(entry, nil, "not referenced by any manifest")
 	}
+	return rd.holdParsed(entry, d, size, "not referenced by any manifest (and not a manifest)")
+}
+
+// holdParsed reads a manifest that nothing references yet (checking there
+// is room to hold it), verified and parsed, and holds it; notManifest is
+// the reason given when it does not parse.
+func (rd *reader) holdParsed(entry string, d digest.Digest, size int64, notManifest string) error {
 	if err := rd.holdRoom(entry, size); err != nil {
 		return err
 	}
@@ -705,7 +712,7 @@ func (rd *reader) holdManifest(entry string, d digest.Digest, size int64) error 
 	}
 	pm, err := oci.ParseManifest("", body)
 	if err != nil {
-		return entryErr(entry, err, "not referenced by any manifest (and not a manifest)")
+		return entryErr(entry, err, "%s", notManifest)
 	}
 	rd.keepHeld(entry, d, body, pm)
 	return nil
@@ -740,19 +747,7 @@ func (rd *reader) readUntyped(entry string, k *knownBlob, size int64) error {
 		if size > rd.lim.MaxManifest {
 			return entryErr(entry, nil, "%s types it as a manifest, but it has %d bytes, more than the manifest limit of %d", k.status.label, size, rd.lim.MaxManifest)
 		}
-		if err := rd.holdRoom(entry, size); err != nil {
-			return err
-		}
-		body, err := rd.readVerified(entry, d, size)
-		if err != nil {
-			return err
-		}
-		pm, err := oci.ParseManifest("", body)
-		if err != nil {
-			return entryErr(entry, err, "%s types it as a manifest, but it is not a valid manifest or index", k.status.label)
-		}
-		rd.keepHeld(entry, d, body, pm)
-		return nil
+		return rd.holdParsed(entry, d, size, k.status.label+" types it as a manifest, but it is not a valid manifest or index")
 	}
 	br := &blobReader{rd: rd, entry: entry, left: size}
 	if size > rd.lim.MaxManifest {

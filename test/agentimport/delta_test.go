@@ -98,9 +98,9 @@ func TestDeltaOnTheWire(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	px := startProxy(t, a.Addr, 0, 0)
+	px := testenv.StartProxy(t, a.Addr, 0, 0)
 	s := importTo(ctx, t, file2, px.URL, a.Token)
-	wire := px.up.Load()
+	wire := px.Up.Load()
 	t.Logf("delta import of v2: %d bytes client→agent on the wire (%s; changed layer %s = %d bytes; ratio to layer %.3f), "+
 		"crpe reports bytesSent %d, %d layers omitted (%s), attempts %d, agent received %d blobs (%d bytes)",
 		wire, mib(wire), mib(layer), layer, float64(wire)/float64(layer), s.BytesSent, s.BlobsOmitted, mib(s.BytesOmitted), s.Attempts,
@@ -328,13 +328,13 @@ func TestResumeCutUpload(t *testing.T) {
 
 	a := testenv.StartAgent(t, testenv.AgentOptions{Args: []string{"--log-level", "debug"}})
 	cutAt := size * 6 / 10
-	px := startProxy(t, a.Addr, cutAt, 0)
+	px := testenv.StartProxy(t, a.Addr, cutAt, 0)
 	s := importTo(ctx, t, file, px.URL, a.Token)
-	total := px.up.Load()
+	total := px.Up.Load()
 	t.Logf("archive %d bytes (%s); cut after %d bytes; %d connections; total client→agent across attempts %d bytes = %.3f× the archive; "+
 		"last attempt sent %d bytes, left out %d layers (%s) committed before the cut; attempts %d",
-		size, mib(size), cutAt, px.conns.Load(), total, float64(total)/float64(size), s.BytesSent, s.BlobsOmitted, mib(s.BytesOmitted), s.Attempts)
-	if !px.cutDone.Load() {
+		size, mib(size), cutAt, px.Conns.Load(), total, float64(total)/float64(size), s.BytesSent, s.BlobsOmitted, mib(s.BytesOmitted), s.Attempts)
+	if !px.Cut.Load() {
 		t.Fatal("the proxy never cut the upload")
 	}
 	if s.Attempts != 2 {

@@ -14,15 +14,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -237,155 +234,6 @@ func randBytes(n int) []byte {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return b
-}
-
-// proxy is a TCP proxy on loopback in front of a target address. It counts
-// the bytes it reads from its clients (what they put on the wire towards the
-// target) and from the target, can keep the first bytes of each direction,
-// and can cut every connection once, when the client-to-target count
-// reaches cutAt.
-type proxy struct {
-	ln     net.Listener
-	target string
-	URL    string
-	cutAt  int64
-
-	up, down atomic.Int64 // client→target, target→client
-	conns    atomic.Int64
-	cutDone  atomic.Bool
-
-	mu      sync.Mutex
-	capture int
-	capUp   bytes.Buffer
-	capDown bytes.Buffer
-	open    map[net.Conn]bool
-}
-
-func startProxy(t *testing.T, target string, cutAt int64, capture int) *proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln, target: target, URL: "http://" + ln.Addr().String(), cutAt: cutAt, capture: capture, open: map[net.Conn]bool{}}
-	go p.serve()
-	t.Cleanup(p.close)
-	return p
-}
-
-func (p *proxy) track(c net.Conn, on bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if on {
-		p.open[c] = true
-	} else {
-		delete(p.open, c)
-	}
-}
-
-func (p *proxy) close() {
-	_ = p.ln.Close()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for c := range p.open {
-		_ = c.Close()
-	}
-}
-
-func (p *proxy) serve() {
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.conns.Add(1)
-		go p.handle(c)
-	}
-}
-
-func (p *proxy) keep(buf *bytes.Buffer, b []byte) {
-	if p.capture == 0 {
-		return
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if room := p.capture - buf.Len(); room > 0 {
-		if len(b) > room {
-			b = b[:room]
-		}
-		buf.Write(b)
-	}
-}
-
-func (p *proxy) handle(c net.Conn) {
-	s, err := net.DialTimeout("tcp", p.target, 5*time.Second)
-	if err != nil {
-		_ = c.Close()
-		return
-	}
-	p.track(c, true)
-	p.track(s, true)
-	defer func() {
-		_ = c.Close()
-		_ = s.Close()
-		p.track(c, false)
-		p.track(s, false)
-	}()
-	done := make(chan struct{}, 2)
-	go func() { // target → client
-		buf := make([]byte, 64<<10)
-		for {
-			n, err := s.Read(buf)
-			if n > 0 {
-				p.down.Add(int64(n))
-				p.keep(&p.capDown, buf[:n])
-				if _, werr := c.Write(buf[:n]); werr != nil {
-					break
-				}
-			}
-			if err != nil {
-				break
-			}
-		}
-		if tc, ok := c.(*net.TCPConn); ok {
-			_ = tc.CloseWrite()
-		}
-		done <- struct{}{}
-	}()
-	go func() { // client → target
-		buf := make([]byte, 64<<10)
-		for {
-			n, err := c.Read(buf)
-			if n > 0 {
-				total := p.up.Add(int64(n))
-				p.keep(&p.capUp, buf[:n])
-				if _, werr := s.Write(buf[:n]); werr != nil {
-					break
-				}
-				if p.cutAt > 0 && total >= p.cutAt && p.cutDone.CompareAndSwap(false, true) {
-					// the cut: both sides lose the connection at once
-					_ = c.Close()
-					_ = s.Close()
-					break
-				}
-			}
-			if err != nil {
-				break
-			}
-		}
-		if tc, ok := s.(*net.TCPConn); ok {
-			_ = tc.CloseWrite()
-		}
-		done <- struct{}{}
-	}()
-	<-done
-	<-done
-}
-
-func (p *proxy) captured() (up, down string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.capUp.String(), p.capDown.String()
 }
 
 // get fetches url anonymously and returns status and body.

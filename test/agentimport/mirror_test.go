@@ -68,7 +68,7 @@ spec:
 
 	// containerd reaches the agent through a proxy that keeps the HTTP
 	// exchange, to see the ?ns= dialect on the wire
-	px := startProxy(t, agent.Addr, 0, 4<<20)
+	px := testenv.StartProxy(t, agent.Addr, 0, 4<<20)
 	certs := filepath.Join(t.TempDir(), "certs.d")
 	r := mustCrpe(ctx, t, "mirror-config", "--agent", px.URL, "--hosts", "docker.io", "-o", certs)
 	hostsFile := filepath.Join(certs, "docker.io", "hosts.toml")
@@ -106,7 +106,7 @@ spec:
 
 	// on the wire: containerd asked for /v2/library/nginx/...?ns=docker.io,
 	// and the agent answered OCI-Namespace: docker.io
-	up, down := px.captured()
+	up, down := px.Captured()
 	if !strings.Contains(up, "/v2/library/nginx/manifests/alpine?ns=docker.io") {
 		t.Errorf("containerd's requests do not carry ?ns=docker.io:\n%s", truncate(requestLines(up), 2000))
 	}

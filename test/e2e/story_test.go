@@ -174,7 +174,7 @@ func TestStory(t *testing.T) {
 	if out, err := crpe(ctx, t, "mirror-config", "--agent", agent.URL, "--hosts", "docker.io,registry.k8s.io", "-o", node.CertsD); err != nil {
 		t.Fatalf("crpe mirror-config: %v\n%s", err, out)
 	}
-	wire := startCountingProxy(t, agent.Addr)
+	wire := testenv.StartProxy(t, agent.Addr, 0, 0)
 	importTo := func(file string) (importSummary, string, error) {
 		stdout, stderr, err := crpeSplit(ctx, t, "import", file, "--to", wire.URL, "--token", agent.Token, "--json")
 		var sum importSummary
@@ -241,13 +241,13 @@ func TestStory(t *testing.T) {
 	checkService(ctx, t, node, ps)
 
 	// 3. the upgrade
-	before := wire.up.Load()
+	before := wire.Up.Load()
 	begin = time.Now()
 	sum2, out, err := importTo(archives["v2"])
 	if err != nil {
 		t.Fatalf("crpe import v2: %v\n%s\nagent:\n%s", err, out, agent.Logs())
 	}
-	fig.V2Sent = wire.up.Load() - before
+	fig.V2Sent = wire.Up.Load() - before
 	fig.V2ImportReported = sum2.BytesSent
 	waitPods(ctx, t, node.Kube, kit.PkgNamespace, sel, 60*time.Second, "a v2 pod Running", some(hello("v2")))
 	fig.V2ToRunning = time.Since(begin)

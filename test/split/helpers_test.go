@@ -13,15 +13,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -273,107 +270,4 @@ func published(t *testing.T, a *testenv.Proc) []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-// proxy is a TCP proxy on loopback in front of an agent: it counts the
-// bytes its clients send towards the agent and can cut every connection
-// once, when that count reaches cutAt.
-type proxy struct {
-	ln      net.Listener
-	target  string
-	URL     string
-	cutAt   int64
-	up      atomic.Int64
-	conns   atomic.Int64
-	cutDone atomic.Bool
-	mu      sync.Mutex
-	open    map[net.Conn]bool
-}
-
-func startProxy(t *testing.T, target string, cutAt int64) *proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln, target: target, URL: "http://" + ln.Addr().String(), cutAt: cutAt, open: map[net.Conn]bool{}}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			p.conns.Add(1)
-			go p.handle(c)
-		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		for c := range p.open {
-			_ = c.Close()
-		}
-	})
-	return p
-}
-
-func (p *proxy) track(c net.Conn, on bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if on {
-		p.open[c] = true
-	} else {
-		delete(p.open, c)
-	}
-}
-
-func (p *proxy) handle(c net.Conn) {
-	s, err := net.DialTimeout("tcp", p.target, 5*time.Second)
-	if err != nil {
-		_ = c.Close()
-		return
-	}
-	p.track(c, true)
-	p.track(s, true)
-	defer func() {
-		_ = c.Close()
-		_ = s.Close()
-		p.track(c, false)
-		p.track(s, false)
-	}()
-	done := make(chan struct{}, 2)
-	go func() { // agent → client
-		_, _ = io.Copy(c, s)
-		if tc, ok := c.(*net.TCPConn); ok {
-			_ = tc.CloseWrite()
-		}
-		done <- struct{}{}
-	}()
-	go func() { // client → agent, counted, cut once at cutAt
-		buf := make([]byte, 64<<10)
-		for {
-			n, err := c.Read(buf)
-			if n > 0 {
-				total := p.up.Add(int64(n))
-				if _, werr := s.Write(buf[:n]); werr != nil {
-					break
-				}
-				if p.cutAt > 0 && total >= p.cutAt && p.cutDone.CompareAndSwap(false, true) {
-					_ = c.Close()
-					_ = s.Close()
-					break
-				}
-			}
-			if err != nil {
-				break
-			}
-		}
-		if tc, ok := s.(*net.TCPConn); ok {
-			_ = tc.CloseWrite()
-		}
-		done <- struct{}{}
-	}()
-	<-done
-	<-done
 }

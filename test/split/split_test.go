@@ -446,7 +446,7 @@ func TestSplitResumeCutUpload(t *testing.T) {
 
 	ag := testenv.StartAgent(t, testenv.AgentOptions{})
 	cutAt := size * 6 / 10
-	px := startProxy(t, ag.Addr, cutAt)
+	px := testenv.StartProxy(t, ag.Addr, cutAt, 0)
 	r := mustCrpe(ctx, t, "import", filepath.Join(dir, "big.kubepkg.tgz.000"), "--to", px.URL, "--token", ag.Token, "--json")
 	var s struct {
 		BytesSent    int64 `json:"bytesSent"`
@@ -457,13 +457,13 @@ func TestSplitResumeCutUpload(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
 		t.Fatalf("import --json: %v\n%s", err, r)
 	}
-	total := px.up.Load()
+	total := px.Up.Load()
 	lacked := size - s.BytesOmitted
 	t.Logf("archive %d bytes (%s) in %d parts; cut after %d bytes; the retry sent %d bytes (%s), left out %d layers (%s) the agent committed before the cut; "+
 		"it lacked %d bytes of the archive; all attempts put %d bytes on the wire = %.3f× the archive, %d bytes more than cut + retry; %d connections",
 		size, mib(size), len(pf.Parts), cutAt, s.BytesSent, mib(s.BytesSent), s.BlobsOmitted, mib(s.BytesOmitted), lacked, total,
-		float64(total)/float64(size), total-cutAt-s.BytesSent, px.conns.Load())
-	if !px.cutDone.Load() {
+		float64(total)/float64(size), total-cutAt-s.BytesSent, px.Conns.Load())
+	if !px.Cut.Load() {
 		t.Fatal("the proxy never cut the upload")
 	}
 	if s.Attempts != 2 {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -146,6 +147,34 @@ func (c *Client) Inventory(ctx context.Context) (*Inventory, error) {
 	}
 	var inv Inventory
 	return &inv, decode(resp, http.StatusOK, &inv)
+}
+
+// Package fetches the package namespace/name as the agent imported it (the
+// object of GET /api/v1/kubepkgs/{namespace}/{name}): its manifests
+// and images, at the version installed.
+func (c *Client) Package(ctx context.Context, namespace, name string) (*kubepkg.KubePkg, error) {
+	resp, err := c.do(ctx, http.MethodGet, "/api/v1/kubepkgs/"+url.PathEscape(namespace)+"/"+url.PathEscape(name), nil, "")
+	if err != nil {
+		return nil, err
+	}
+	var rec struct {
+		Version string          `json:"version"`
+		Object  json.RawMessage `json:"object"`
+	}
+	if err := decode(resp, http.StatusOK, &rec); err != nil {
+		return nil, err
+	}
+	if len(rec.Object) == 0 {
+		return nil, fmt.Errorf("agent holds package %s/%s %s without its object", namespace, name, rec.Version)
+	}
+	pkgs, err := kubepkg.Parse(rec.Object)
+	if err != nil {
+		return nil, fmt.Errorf("package %s/%s from the agent: %w", namespace, name, err)
+	}
+	if len(pkgs) != 1 {
+		return nil, fmt.Errorf("package %s/%s from the agent: %d packages in its object", namespace, name, len(pkgs))
+	}
+	return pkgs[0], nil
 }
 
 // SendOptions tune Send.

@@ -38,6 +38,8 @@ func NewRoot() *cobra.Command {
   crpe import   hands a kubepkg.tgz to an agent (only what it lacks) or a data folder.
   crpe operator applies KubePkg objects in the cluster: upgrades, prunes.
   crpe fsck     checks (and repairs) a data folder.
+  crpe package  makes a package of a Helm chart, a kustomization or YAML files.
+  crpe manifests prints a package's manifests in apply order, or writes a Helm chart.
 
 Every flag can also be set from the environment as CRPE_<FLAG>, e.g.
 CRPE_LOG_LEVEL=debug or CRPE_TOKEN_FILE=/etc/crpe/token.`,
@@ -62,7 +64,7 @@ CRPE_LOG_LEVEL=debug or CRPE_TOKEN_FILE=/etc/crpe/token.`,
 	}
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "", "log format: text or json (default: text on a terminal, json otherwise)")
-	root.AddCommand(newAgentCmd(g), newServeCmd(g), newExportCmd(g), newInspectCmd(g), newImportCmd(g), newMirrorConfigCmd(), newOperatorCmd(g), newApplyCmd(g), newInstallCmd(), newFsckCmd(g), newVersionCmd(), newPackageCmd(g))
+	root.AddCommand(newAgentCmd(g), newServeCmd(g), newExportCmd(g), newInspectCmd(g), newImportCmd(g), newMirrorConfigCmd(), newOperatorCmd(g), newApplyCmd(g), newInstallCmd(), newFsckCmd(g), newVersionCmd(), newPackageCmd(g), newManifestsCmd(g))
 	return root
 }
 

@@ -51,7 +51,9 @@ var allowed = map[string][]string{
 	"pocketclient": {"auth", "httpx", "storage"},
 	// Kubernetes: the client the agent and the operator share, the operator
 	"kubeclient": {"kubepkg"},
-	"operator":   {"kubeclient", "kubepkg"},
+	"operator":   {"applyorder", "kubeclient", "kubepkg"},
+	// the order of an apply, shared by the operator and `crpe manifests`
+	"applyorder": {"kubepkg"},
 	// servers: the agent does not import the operator; the pocket's JSON API
 	// does not serve /v2 (pocket wires the registry and the cache)
 	"agent":     {"auth", "cas", "diskfree", "httpx", "importer", "kubeclient", "kubepkg", "mirrorconfig", "oci", "parts", "registry", "repodb", "storage", "version", "webui"},

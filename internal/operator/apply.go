@@ -41,6 +41,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/octohelm/crpe/internal/applyorder"
 	"github.com/octohelm/crpe/internal/kubepkg"
 )
 
@@ -328,17 +329,7 @@ func (a *Applier) applyObjects(ctx context.Context, objs []*unstructured.Unstruc
 		o.Concurrency = 8
 	}
 	res := newResult()
-	var defs, classes, rest []*unstructured.Unstructured
-	for _, u := range objs {
-		switch {
-		case utils.IsClusterDefinition(u):
-			defs = append(defs, u)
-		case utils.IsClassDefinition(u):
-			classes = append(classes, u)
-		default:
-			rest = append(rest, u)
-		}
-	}
+	defs, classes, rest := applyorder.Stages(objs)
 	for _, stage := range [][]*unstructured.Unstructured{defs, classes} {
 		changed := a.applySet(ctx, stage, live, o, res)
 		if len(changed) == 0 || o.DryRun {
@@ -479,7 +470,7 @@ func (a *Applier) applySet(ctx context.Context, objs []*unstructured.Unstructure
 	if len(objs) == 0 {
 		return nil
 	}
-	sort.Sort(ssa.SortableUnstructureds(objs))
+	applyorder.Sort(objs)
 	outs := make([]outcome, len(objs))
 	sem := make(chan struct{}, o.Concurrency)
 	var wg sync.WaitGroup

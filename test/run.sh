@@ -19,7 +19,7 @@ fi
 if ! command -v crane >/dev/null; then
   GOFLAGS=-mod=mod go install "github.com/google/go-containerregistry/cmd/crane@${CRANE_VERSION}"
 fi
-# helm, the judge of `crpe package` (test/chart): built from the module proxy
+# helm, the judge of `crpe package` and `crpe manifests --helm-chart` (test/chart): built from the module proxy
 if ! go version -m "$(go env GOPATH)/bin/helm" 2>/dev/null | grep -q "helm.sh/helm/v4[[:space:]]*${HELM_VERSION}"; then
   GOFLAGS=-mod=mod go install "helm.sh/helm/v4/cmd/helm@${HELM_VERSION}"
 fi

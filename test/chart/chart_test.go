@@ -3,7 +3,10 @@
 // crpe's objects equal those `helm template --include-crds --skip-tests`
 // prints, from a folder, an archive, a chart repository served over
 // loopback and an OCI registry (docker-registry); charts that do not
-// render get Helm's own message and no package.
+// render get Helm's own message and no package. And `crpe manifests`
+// (manifests_test.go): the package's objects in apply order, from a file,
+// an archive (plain, split, on stdin) and a real agent, and as a Helm
+// chart whose `helm template` prints exactly the package's objects.
 package chart
 
 import (

@@ -57,6 +57,8 @@ const (
 	MaxChartSize = 32 << 20
 	// MaxRendered bounds the rendered manifests, all together.
 	MaxRendered = 32 << 20
+	// MaxValuesSize bounds Options.Values.
+	MaxValuesSize = 1 << 20
 	// maxFiles bounds the files of a YAML folder.
 	maxFiles = 10000
 )
@@ -70,6 +72,10 @@ type Options struct {
 	// ValuesFiles (-f) and Set (--set), merged as Helm does.
 	ValuesFiles []string
 	Set         []string
+	// Values is a values document (YAML or JSON) given as bytes, as a
+	// values file given last: merged over ValuesFiles, under Set. At most
+	// MaxValuesSize bytes.
+	Values []byte
 	// ReleaseName (default: the chart's name) and Namespace (default
 	// "default").
 	ReleaseName string

@@ -27,6 +27,7 @@ import (
 	"helm.sh/helm/v4/pkg/getter"
 	"helm.sh/helm/v4/pkg/registry"
 	release "helm.sh/helm/v4/pkg/release/v1"
+	"helm.sh/helm/v4/pkg/strvals"
 	"sigs.k8s.io/yaml"
 )
 
@@ -129,8 +130,7 @@ func fromChart(ctx context.Context, source string, o Options) (*Result, error) {
 		}
 	}
 
-	vopts := values.Options{ValueFiles: o.ValuesFiles, Values: o.Set}
-	vals, err := vopts.MergeValues(getter.All(settings))
+	vals, err := mergeValues(o, getter.All(settings))
 	if err != nil {
 		return nil, err
 	}
@@ -280,4 +280,31 @@ func archiveOf(ch *chartv2.Chart) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// mergeValues merges the values as `helm template -f FILE... -f VALUES
+// --set ...` does: the files in order, then Options.Values as the last
+// file, then --set.
+func mergeValues(o Options, getters getter.Providers) (map[string]any, error) {
+	vopts := values.Options{ValueFiles: o.ValuesFiles}
+	vals, err := vopts.MergeValues(getters)
+	if err != nil {
+		return nil, err
+	}
+	if len(o.Values) > MaxValuesSize {
+		return nil, fmt.Errorf("values: more than %d bytes", MaxValuesSize)
+	}
+	if len(bytes.TrimSpace(o.Values)) > 0 {
+		m, err := loader.LoadValues(bytes.NewReader(o.Values))
+		if err != nil {
+			return nil, fmt.Errorf("values: %w", err)
+		}
+		vals = loader.MergeMaps(vals, m)
+	}
+	for _, s := range o.Set {
+		if err := strvals.ParseInto(s, vals); err != nil {
+			return nil, fmt.Errorf("failed parsing --set data: %w", err)
+		}
+	}
+	return vals, nil
 }

@@ -57,7 +57,7 @@ var allowed = map[string][]string{
 	// servers: the agent does not import the operator; the pocket's JSON API
 	// does not serve /v2 (pocket wires the registry and the cache)
 	"agent":     {"auth", "cas", "diskfree", "httpx", "importer", "kubeclient", "kubepkg", "mirrorconfig", "oci", "parts", "registry", "repodb", "storage", "version", "webui"},
-	"pocketapi": {"agentclient", "auth", "cas", "diskfree", "export", "httpx", "kubepkg", "oci", "pullthrough", "repodb", "storage", "upstream"},
+	"pocketapi": {"agentclient", "auth", "cas", "chart", "diskfree", "export", "httpx", "kubepkg", "oci", "pullthrough", "repodb", "storage", "upstream"},
 	"chart":     {"atomicfile", "cas", "kubepkg", "oci", "repodb"},
 	"pocket":    {"auth", "httpx", "pocketapi", "pullthrough", "registry", "storage", "upstream", "version", "webui"},
 	// wiring: one file per subcommand; testenv serves the tests
@@ -65,6 +65,7 @@ var allowed = map[string][]string{
 	"testenv":                     {"*"},
 	"pullthrough/pullthroughtest": {"*"},
 	"archive/seedtest":            {},
+	"chart/charttest":             {},
 }
 
 // dataPath are the packages that must link no Kubernetes library.

@@ -1,6 +1,7 @@
 // Package pocketapi owns the pocket's JSON API (crpe serve, /api/v1): the
-// package library (add from JSON/YAML or a deployments center URL, list,
-// get, delete, refresh), sync into the cache, kubepkg.tgz download, the
+// package library (add from JSON/YAML, a deployments center URL or a Helm
+// chart rendered here, list, get, delete, refresh), chart repositories'
+// charts, sync into the cache, kubepkg.tgz download, the
 // agents and the delta handover to them, the upstream registries and their
 // credentials, the cache's size and clean-up, the pocket's own addresses
 // with a QR code, and live progress as Server-Sent Events.
@@ -64,6 +65,7 @@ type API struct {
 	tls    bool
 
 	cleanMu sync.Mutex // one clean-up at a time
+	chartMu sync.Mutex // one chart render at a time
 }
 
 // New returns the API; ctx bounds its background jobs and event streams.
@@ -127,6 +129,11 @@ func (a *API) Routes(mux *http.ServeMux) {
 	// only in that it fills the cache, but it takes a body (refused to
 	// other origins) and costs the pocket upstream traffic
 	h("POST /api/v1/export", "export", true, a.exportStream)
+
+	// charts: listing a repository makes the pocket reach the URL given,
+	// so it asks for what a change asks for
+	h("GET /api/v1/charts", "charts", true, a.listCharts)
+	h("POST /api/v1/charts/render", "charts_render", true, a.renderChart)
 
 	h("GET /api/v1/agents", "agents", false, a.listAgents)
 	h("POST /api/v1/agents", "agents_add", true, a.addAgent)

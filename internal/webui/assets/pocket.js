@@ -275,6 +275,100 @@
     }
   });
 
+  // ---------- a package from a Helm chart ----------
+  const charts = { repo: '', list: [] };
+
+  function chartVersions() {
+    const c = charts.list.find((x) => x.name === $('chart-name').value);
+    const sel = $('chart-version');
+    $('chart-desc').textContent = c && c.description ? c.description : '';
+    sel.replaceChildren(...(c ? c.versions.map((v) => el('option', { value: v.version,
+      text: v.version + (v.appVersion ? ' (app ' + v.appVersion + ')' : '') + (v.deprecated ? ' — deprecated' : '') })) : []));
+    sel.disabled = !c;
+  }
+
+  // listCharts fills the chart picker from the repository's index; a
+  // second call for the same repository while one runs waits for it, and
+  // a chart already picked stays picked.
+  let listing = null;
+  function listCharts() {
+    const repo = $('chart-repo').value.trim();
+    if (listing && listing.repo === repo) return listing.done;
+    const errs = $('chart-errors');
+    errs.replaceChildren();
+    if (!repo) {
+      errs.append(errorList(new Error('Give the chart repository URL.')));
+      return Promise.resolve();
+    }
+    const btn = $('chart-list');
+    btn.disabled = true;
+    const me = { repo };
+    listing = me;
+    me.done = (async () => {
+      try {
+        const res = await write('GET', '/api/v1/charts?repo=' + encodeURIComponent(repo));
+        if (listing !== me) return;
+        const sel = $('chart-name');
+        const picked = charts.repo === repo ? sel.value : '';
+        charts.repo = repo;
+        charts.list = res.charts;
+        if (!res.charts.length) {
+          sel.replaceChildren(el('option', { value: '', text: 'No chart in this repository' }));
+          sel.disabled = true;
+        } else {
+          sel.replaceChildren(...res.charts.map((c) => el('option', { value: c.name, text: c.name })));
+          sel.disabled = false;
+          if (res.charts.some((c) => c.name === picked)) sel.value = picked;
+        }
+        chartVersions();
+      } catch (e) {
+        if (listing === me) errs.append(errorList(e));
+      } finally {
+        if (listing === me) {
+          listing = null;
+          btn.disabled = false;
+        }
+      }
+    })();
+    return me.done;
+  }
+
+  $('chart-list').addEventListener('click', listCharts);
+  $('chart-repo').addEventListener('change', () => { if ($('chart-repo').value.trim() !== charts.repo) listCharts(); });
+  $('chart-name').addEventListener('change', chartVersions);
+
+  $('chart-form').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const errs = $('chart-errors');
+    errs.replaceChildren();
+    const repo = $('chart-repo').value.trim();
+    const chart = $('chart-name').value;
+    if (!repo || !chart || repo !== charts.repo) {
+      errs.append(errorList(new Error('List the repository\'s charts and pick one first.')));
+      return;
+    }
+    const btn = $('chart-submit');
+    btn.disabled = true;
+    btn.textContent = 'Rendering…';
+    try {
+      const res = await write('POST', '/api/v1/charts/render', {
+        repo, chart, version: $('chart-version').value,
+        values: $('chart-values').value || undefined,
+        releaseName: $('chart-release').value.trim() || undefined,
+        namespace: $('chart-namespace').value.trim() || undefined,
+      });
+      $('chart-values').value = '';
+      $('add-chart').open = false;
+      await loadPackages(); // first: the notice then goes where it covers no card's control
+      toast('Added ' + res.items.map((p) => p.name + ' ' + p.version).join(', ') + ' from chart ' + res.chart.name + ' ' + res.chart.version);
+    } catch (e) {
+      errs.append(errorList(e));
+    } finally {
+      btn.disabled = false;
+      btn.textContent = 'Add package';
+    }
+  });
+
   // ---------- agents ----------
   async function loadAgents() {
     try {

@@ -67,6 +67,10 @@ type ChartRequest struct {
 	Username  string `json:"username,omitempty"`
 	Password  string `json:"password,omitempty"`
 	PlainHTTP bool   `json:"plainHTTP,omitempty"`
+	// NoChartArtifact leaves the chart itself out of the package (by
+	// default it is kept in the pocket's cache as crpe.local/charts/NAME:
+	// VERSION and pinned in spec.images, as `crpe package` does).
+	NoChartArtifact bool `json:"noChartArtifact,omitempty"`
 }
 
 func chartInvalid(w http.ResponseWriter, r *http.Request, field, msg string) {
@@ -143,6 +147,10 @@ func (a *API) renderChart(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	o.CacheDir = filepath.Join(a.st.Dir, "charts")
+	o.OnFallback = func(source, version string, fetched time.Time, err error) {
+		a.log.Warn("the chart's source cannot be reached: using the chart cached in the data folder",
+			"source", source, "version", version, "cached", fetched.Format(time.RFC3339), "error", err)
+	}
 
 	// one render at a time: Helm's repository cache is shared, and a
 	// render is heavy for a phone
@@ -157,6 +165,20 @@ func (a *API) renderChart(w http.ResponseWriter, r *http.Request) {
 	}
 	if q.Platforms != "" {
 		res.Package.Metadata.Annotations[kubepkg.AnnotationPlatform] = q.Platforms
+	}
+	if res.Chart != nil && !q.NoChartArtifact {
+		// the chart travels with its package: kept in the cache, pinned
+		art, err := chart.NewArtifact(res.Chart)
+		if err == nil {
+			err = chart.Keep(ctx, a.st.Store, a.st.DB, art)
+		}
+		if err != nil {
+			internal(w, r, fmt.Errorf("keeping the chart: %w", err))
+			return
+		}
+		res.Package.Spec.Images[art.Ref] = string(art.Digest())
+		res.Package.Metadata.Annotations[chart.AnnotationChartArtifact] = art.Ref + "@" + string(art.Digest())
+		res.Images = append(res.Images, chart.ImageSource{Ref: art.Ref, Found: []string{"the chart itself, kept in the pocket's cache"}})
 	}
 	views, errs := a.store(r.Context(), []*kubepkg.KubePkg{res.Package}, sourceRequest{})
 	if len(errs) > 0 {

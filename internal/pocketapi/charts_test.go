@@ -152,7 +152,8 @@ func TestChartsList(t *testing.T) {
 // package to the library: its objects are the rendered ones, its images
 // those of its pod templates, its provenance recorded; a version
 // constraint picks the newest match; name, version and platforms can be
-// set. A chart that does not render, values that do not parse, a chart or
+// set. The chart itself is kept in the pocket's cache and pinned in
+// spec.images (unless noChartArtifact). A chart that does not render, values that do not parse, a chart or
 // version the repository lacks and bad fields answer 400 with Helm's
 // message and store nothing; an unreachable repository 502; an oversized
 // body 413.
@@ -184,10 +185,30 @@ func TestChartsRender(t *testing.T) {
 		res.Chart.Version != "1.1.0" || !strings.Contains(res.Chart.Source, repoURL) {
 		t.Fatalf("render answered %s", body)
 	}
-	if len(res.Images) != 1 || res.Images[0].Ref != "docker.io/library/nginx:1.27-alpine" {
+	if len(res.Images) != 2 || res.Images[0].Ref != "docker.io/library/nginx:1.27-alpine" || res.Images[1].Ref != "crpe.local/charts/app:1.1.0" {
 		t.Errorf("images: %+v", res.Images)
 	}
 	pkg := getPackage(ctx, t, p.url, "app")
+	// the chart travels with the package: kept in the pocket's cache,
+	// pinned in spec.images, counted as cached
+	if d := pkg.Spec.Images["crpe.local/charts/app:1.1.0"]; !strings.HasPrefix(d, "sha256:") || pkg.Metadata.Annotations[chart.AnnotationChartArtifact] != "crpe.local/charts/app:1.1.0@"+d {
+		t.Errorf("chart artifact: %q, %v", d, pkg.Metadata.Annotations)
+	}
+	status, body = call(ctx, t, http.MethodGet, p.url+"/api/v1/kubepkgs/app", nil)
+	var view struct {
+		Images []struct {
+			Ref                string
+			Blobs, CachedBlobs int
+		} `json:"images"`
+	}
+	if err := json.Unmarshal(body, &view); err != nil || status != http.StatusOK {
+		t.Fatalf("view: %d %s", status, body)
+	}
+	for _, im := range view.Images {
+		if im.Ref == "crpe.local/charts/app:1.1.0" && (im.Blobs == 0 || im.CachedBlobs != im.Blobs) {
+			t.Errorf("the chart artifact is not cached: %+v", im)
+		}
+	}
 	dep := pkg.Spec.Manifests["shop-web.apps.deployment"]
 	cm := pkg.Spec.Manifests["shop-config.apps.configmap"]
 	if dep == nil || cm == nil {
@@ -210,13 +231,16 @@ func TestChartsRender(t *testing.T) {
 
 	// the newest by default, named and versioned as asked, for arm64 only
 	status, body = call(ctx, t, http.MethodPost, render, map[string]any{
-		"repo": repoURL, "chart": "app", "name": "shop", "packageVersion": "3.0.0", "platforms": "linux/arm64"})
+		"repo": repoURL, "chart": "app", "name": "shop", "packageVersion": "3.0.0", "platforms": "linux/arm64", "noChartArtifact": true})
 	if status != http.StatusCreated {
 		t.Fatalf("render 2: %d %s", status, body)
 	}
 	shop := getPackage(ctx, t, p.url, "shop")
 	if shop.Spec.Version != "3.0.0" || shop.Metadata.Annotations[chart.AnnotationChartVersion] != "2.0.0" || shop.Metadata.Annotations[kubepkg.AnnotationPlatform] != "linux/arm64" {
 		t.Errorf("shop: %s %v", shop.Spec.Version, shop.Metadata.Annotations)
+	}
+	if len(shop.Spec.Images) != 1 {
+		t.Errorf("noChartArtifact: images %v", shop.Spec.Images)
 	}
 	if _, ok := shop.Spec.Manifests["app-web.default.deployment"]; !ok {
 		t.Errorf("release name and namespace by default: %v", keysOf(shop.Spec.Manifests))

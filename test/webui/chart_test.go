@@ -84,7 +84,7 @@ func TestPocketUIChart(t *testing.T) {
 		chromedp.Click(`#chart-submit`, chromedp.ByQuery),
 		chromedp.WaitVisible(`#pkg-app`, chromedp.ByQuery))
 	b.WaitText(`#pkg-app .version`, "1.0.0", 10*time.Second)
-	b.WaitText(`#pkg-app .meta`, "1 image", 10*time.Second)
+	b.WaitText(`#pkg-app .meta`, "2 images", 10*time.Second) // nginx and the chart itself
 	b.CheckToast("package from a chart", "Added app 1.0.0 from chart app 1.0.0")
 	b.CheckPhoneLayout("package from a chart")
 	b.Shot("pocket-chart")

@@ -15,6 +15,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/octohelm/crpe/internal/archive/seedtest"
 	"github.com/octohelm/crpe/internal/testenv"
 )
 
@@ -384,5 +385,35 @@ func TestManifestsFromArchiveAndAgent(t *testing.T) {
 	_, stderr, err = run(t, nil, "manifests", "--agent", agent.URL, "default/nothere")
 	if err == nil || !strings.Contains(stderr, "NOT_FOUND") || !strings.Contains(stderr, "default/nothere") {
 		t.Errorf("unknown package: %v\n%s", err, stderr)
+	}
+}
+
+// TestManifestsSeedLayouts: the archives of the seed's tools (the crpe
+// phone app's, octohelm/kubepkg v0.1's gzip tar and its later plain tar)
+// give their package's manifests, read as the importer reads them.
+func TestManifestsSeedLayouts(t *testing.T) {
+	dir := t.TempDir()
+	for _, l := range seedtest.Layouts {
+		p := seedtest.Demo("seed", "1.0.0", l != seedtest.PhoneApp, 7)
+		f := filepath.Join(dir, string(l)+".kubepkg.tgz")
+		if err := os.WriteFile(f, seedtest.Write(l, p), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, stderr, err := run(t, nil, "manifests", f)
+		if err != nil {
+			t.Errorf("%s: %v\n%s", l, err, stderr)
+			continue
+		}
+		keys, objs := docs(t, out)
+		if l == seedtest.Kubepkg2023 {
+			// its spec (spec.deploy) is not the seed's: no manifests
+			if len(keys) != 0 || !strings.Contains(out, "KubePkg seed 1.0.0: 0 objects") {
+				t.Errorf("%s: %s", l, out)
+			}
+			continue
+		}
+		if len(keys) != 1 || keys[0] != "seed.default.deployment" || objs[0]["kind"] != "Deployment" {
+			t.Errorf("%s: %v\n%s", l, keys, out)
+		}
 	}
 }

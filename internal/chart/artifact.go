@@ -8,6 +8,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"helm.sh/helm/v4/pkg/chart/v2/loader"
 
 	"github.com/octohelm/crpe/internal/cas"
 	"github.com/octohelm/crpe/internal/oci"
@@ -103,4 +104,45 @@ func Keep(ctx context.Context, store cas.Store, db *repodb.DB, a *Artifact) erro
 		}
 		return tx.SetTag(r.Repository, r.Tag, d)
 	})
+}
+
+// KeepWith makes res's chart an artifact, has keep store it, and lists it
+// in the package: spec.images pins it, AnnotationChartArtifact names it,
+// res.Images says where it was kept (where).
+func KeepWith(res *Result, where string, keep func(*Artifact) error) error {
+	a, err := NewArtifact(res.Chart)
+	if err != nil {
+		return err
+	}
+	if err := keep(a); err != nil {
+		return fmt.Errorf("keeping the chart in %s: %w", where, err)
+	}
+	Pin(res, a.Ref, a.Digest(), where)
+	return nil
+}
+
+// Pin lists the chart artifact ref@d in res's package (see KeepWith).
+func Pin(res *Result, ref string, d digest.Digest, where string) {
+	res.Package.Spec.Images[ref] = string(d)
+	res.Package.Metadata.Annotations[AnnotationChartArtifact] = ref + "@" + string(d)
+	res.Images = append(res.Images, ImageSource{Ref: ref, Found: []string{"the chart itself, kept in " + where}})
+}
+
+// InfoOf reads a chart archive (bounded and checked as Package does) into
+// the ChartInfo its artifact is made of.
+func InfoOf(archive []byte) (*ChartInfo, error) {
+	if len(archive) > MaxChartSize {
+		return nil, fmt.Errorf("chart archive: more than %d bytes", MaxChartSize)
+	}
+	if err := checkArchive(archive); err != nil {
+		return nil, err
+	}
+	ch, err := loader.LoadArchive(bytes.NewReader(archive))
+	if err != nil {
+		return nil, err
+	}
+	if err := ch.Validate(); err != nil {
+		return nil, err
+	}
+	return &ChartInfo{Name: ch.Name(), Version: ch.Metadata.Version, Digest: string(digest.FromBytes(archive)), Archive: archive, Metadata: ch.Metadata}, nil
 }

@@ -3,27 +3,25 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
 
 	"github.com/octohelm/crpe/internal/atomicfile"
 	"github.com/octohelm/crpe/internal/chart"
 	"github.com/octohelm/crpe/internal/kubepkg"
-	"github.com/octohelm/crpe/internal/repodb"
-	"github.com/octohelm/crpe/internal/storage"
 )
 
 func newPackageCmd(g *globals) *cobra.Command {
 	var (
-		o      chart.Options
-		out    string
-		data   string
+		o          chart.Options
+		out        string
+		data       string
 		asJSON     bool
 		noArtifact bool
 	)
@@ -129,28 +127,21 @@ oci://AGENT/crpe.local/charts/NAME --version VERSION).`,
 }
 
 // keepChart keeps the chart of res as an OCI artifact in the data folder
-// and lists it in the package's spec.images, pinned. A folder held by a
-// running pocket is left alone: the package then does not carry its chart
-// (said as a warning).
+// (through the running pocket when one holds the folder) and lists it in
+// the package's spec.images, pinned.
 func keepChart(ctx context.Context, g *globals, data string, res *chart.Result) error {
-	a, err := chart.NewArtifact(res.Chart)
+	st, pocket, err := openExportData(ctx, data, g.log)
 	if err != nil {
 		return err
 	}
-	st, err := storage.OpenWait(ctx, data, g.log, nil, lockRetry)
-	if errors.Is(err, repodb.ErrInUse) {
-		g.log.Warn("the data folder is held by a running pocket: the chart is not kept, and the package's archive will not carry it (stop the pocket, or pass --data)", "data", data)
+	if pocket != nil {
+		ref, d, err := pocket.KeepChart(ctx, res.Chart.Archive)
+		if err != nil {
+			return fmt.Errorf("keeping the chart in the running pocket (%s): %w", pocket.URL, err)
+		}
+		chart.Pin(res, ref, digest.Digest(d), "the running pocket's cache ("+data+")")
 		return nil
 	}
-	if err != nil {
-		return err
-	}
 	defer st.Close()
-	if err := chart.Keep(ctx, st.Store, st.DB, a); err != nil {
-		return fmt.Errorf("keeping the chart in %s: %w", data, err)
-	}
-	res.Package.Spec.Images[a.Ref] = string(a.Digest())
-	res.Package.Metadata.Annotations[chart.AnnotationChartArtifact] = a.Ref + "@" + string(a.Digest())
-	res.Images = append(res.Images, chart.ImageSource{Ref: a.Ref, Found: []string{"the chart itself, kept in " + data}})
-	return nil
+	return chart.KeepWith(res, data, func(a *chart.Artifact) error { return chart.Keep(ctx, st.Store, st.DB, a) })
 }

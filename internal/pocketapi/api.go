@@ -134,6 +134,7 @@ func (a *API) Routes(mux *http.ServeMux) {
 	// so it asks for what a change asks for
 	h("GET /api/v1/charts", "charts", true, a.listCharts)
 	h("POST /api/v1/charts/render", "charts_render", true, a.renderChart)
+	h("POST /api/v1/charts/artifacts", "charts_artifacts", true, a.keepChartArtifact)
 
 	h("GET /api/v1/agents", "agents", false, a.listAgents)
 	h("POST /api/v1/agents", "agents_add", true, a.addAgent)

@@ -168,17 +168,10 @@ func (a *API) renderChart(w http.ResponseWriter, r *http.Request) {
 	}
 	if res.Chart != nil && !q.NoChartArtifact {
 		// the chart travels with its package: kept in the cache, pinned
-		art, err := chart.NewArtifact(res.Chart)
-		if err == nil {
-			err = chart.Keep(ctx, a.st.Store, a.st.DB, art)
-		}
-		if err != nil {
-			internal(w, r, fmt.Errorf("keeping the chart: %w", err))
+		if err := chart.KeepWith(res, "the pocket's cache", func(art *chart.Artifact) error { return chart.Keep(ctx, a.st.Store, a.st.DB, art) }); err != nil {
+			internal(w, r, err)
 			return
 		}
-		res.Package.Spec.Images[art.Ref] = string(art.Digest())
-		res.Package.Metadata.Annotations[chart.AnnotationChartArtifact] = art.Ref + "@" + string(art.Digest())
-		res.Images = append(res.Images, chart.ImageSource{Ref: art.Ref, Found: []string{"the chart itself, kept in the pocket's cache"}})
 	}
 	views, errs := a.store(r.Context(), []*kubepkg.KubePkg{res.Package}, sourceRequest{})
 	if len(errs) > 0 {
@@ -187,6 +180,31 @@ func (a *API) renderChart(w http.ResponseWriter, r *http.Request) {
 	}
 	a.log.Info("package rendered from a chart", "kubepkg", res.Package.Metadata.Name, "chart", res.Chart.Name, "chartVersion", res.Chart.Version, "source", res.Chart.Source)
 	writeJSON(w, http.StatusCreated, map[string]any{"items": views, "chart": res.Chart, "images": res.Images, "skipped": res.Skipped})
+}
+
+// keepChartArtifact keeps a chart archive (the body) as the artifact crpe
+// package lists in a package (POST /api/v1/charts/artifacts): crpe package
+// asks the pocket that holds the data folder to keep it.
+func (a *API) keepChartArtifact(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, chart.MaxChartSize))
+	if err != nil {
+		httpx.WriteError(w, r, http.StatusRequestEntityTooLarge, "TOO_LARGE", fmt.Sprintf("a chart archive is at most %d bytes", chart.MaxChartSize), nil)
+		return
+	}
+	info, err := chart.InfoOf(body)
+	if err != nil {
+		httpx.WriteError(w, r, http.StatusBadRequest, "INVALID", err.Error(), map[string]string{"field": "chart"})
+		return
+	}
+	art, err := chart.NewArtifact(info)
+	if err == nil {
+		err = chart.Keep(r.Context(), a.st.Store, a.st.DB, art)
+	}
+	if err != nil {
+		internal(w, r, fmt.Errorf("keeping the chart: %w", err))
+		return
+	}
+	writeJSON(w, http.StatusCreated, map[string]string{"ref": art.Ref, "digest": string(art.Digest())})
 }
 
 // unreachable tells a repository or registry that could not be reached

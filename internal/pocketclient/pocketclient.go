@@ -359,6 +359,30 @@ func (p *Pocket) Job(ctx context.Context, id string) (*Job, error) {
 	return &j, nil
 }
 
+// KeepChart has the pocket keep a chart archive as the artifact a package
+// made from it lists (POST /api/v1/charts/artifacts); it returns the
+// artifact's reference and digest.
+func (p *Pocket) KeepChart(ctx context.Context, archive []byte) (ref, digest string, err error) {
+	req, err := p.newRequest(ctx, http.MethodPost, "/api/v1/charts/artifacts", bytes.NewReader(archive))
+	if err != nil {
+		return "", "", err
+	}
+	req.Header.Set("Content-Type", "application/gzip")
+	resp, err := p.client.Do(req)
+	if err != nil {
+		return "", "", err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		return "", "", responseError(resp)
+	}
+	var out struct{ Ref, Digest string }
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&out); err != nil {
+		return "", "", err
+	}
+	return out.Ref, out.Digest, nil
+}
+
 // WatchJobs calls fn with every job state the pocket's event stream
 // (GET /api/v1/events) tells, until ctx is done or the stream ends. ready,
 // if set, is called once the stream is open.

@@ -604,12 +604,35 @@ func TestChartTravels(t *testing.T) {
 	if out, err := testenv.Run(ctx, t, "import", archive, "--to", ag.URL, "--token", ag.Token); err != nil {
 		t.Fatalf("crpe import --to: %v\n%s", err, out)
 	}
+	// beside a running pocket that holds the data folder: the pocket keeps
+	// the chart, and the export through it carries it
+	data2 := filepath.Join(dir, "data2")
+	addr := testenv.FreeAddr(t)
+	pocket := testenv.Start(t, "serve", "--addr", addr, "--data", data2, "--log-format", "text")
+	pocket.Addr = addr
+	testenv.WaitHealthy(t, pocket)
+	pkg2 := filepath.Join(dir, "conf2.kubepkg.yaml")
+	if _, stderr, err := crpe(t, home, tgz, "--data", data2, "-o", pkg2); err != nil {
+		t.Fatalf("crpe package beside a pocket: %v\n%s", err, stderr)
+	}
+	y2, _ := os.ReadFile(pkg2)
+	if p2, _ := parsePkg(t, string(y2)); p2.Spec.Images[ref] != p.Spec.Images[ref] {
+		t.Fatalf("beside a pocket, the chart is pinned to %q, want %q", p2.Spec.Images[ref], p.Spec.Images[ref])
+	}
+	archive2 := filepath.Join(dir, "conf2.kubepkg.tgz")
+	if out, err := testenv.Run(ctx, t, "export", "-f", pkg2, "--data", data2, "--offline", "-o", archive2); err != nil {
+		t.Fatalf("crpe export through the pocket: %v\n%s", err, out)
+	}
+	if out, err := testenv.Run(ctx, t, "inspect", archive2, "--verify"); err != nil || !strings.Contains(out, ref) {
+		t.Fatalf("crpe inspect --verify (through the pocket): %v\n%s", err, out)
+	}
+
 	pulled := filepath.Join(dir, "pulled")
 	if err := os.MkdirAll(pulled, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	addr := strings.TrimPrefix(ag.URL, "http://")
-	helm(t, home, "pull", "oci://"+addr+"/crpe.local/charts/conf", "--version", "0.3.0", "--plain-http", "-d", pulled)
+	agentAddr := strings.TrimPrefix(ag.URL, "http://")
+	helm(t, home, "pull", "oci://"+agentAddr+"/crpe.local/charts/conf", "--version", "0.3.0", "--plain-http", "-d", pulled)
 	got, err := os.ReadFile(filepath.Join(pulled, "conf-0.3.0.tgz"))
 	if err != nil {
 		t.Fatal(err)

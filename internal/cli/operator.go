@@ -18,7 +18,7 @@ import (
 func newOperatorCmd(g *globals) *cobra.Command {
 	var (
 		kubeconfig, namespace, healthAddr, metricsAddr string
-		resync                                         time.Duration
+		resync, hookTimeout                            time.Duration
 		skipCRD, leaderElect                           bool
 	)
 	cmd := &cobra.Command{
@@ -33,7 +33,15 @@ inventory in status, pruning of what a new version dropped, a semver gate
 finalizer that deletes what was applied (unless octohelm.tech/keep-resources),
 conditions Applied, Ready and Stalled (an invalid package or a refused
 downgrade waits for the object to change), events, and a check at every resync
-that puts drifted objects back (nothing is written when nothing drifted).`,
+that puts drifted objects back (nothing is written when nothing drifted).
+
+Helm hooks in a package (helm.sh/hook, as crpe package keeps them) run once
+per version, as Helm runs them: pre-install or pre-upgrade before the rest,
+post-install or post-upgrade once it is applied and ready, by weight, each
+waited for (a Job until Complete, a Pod until Succeeded) with their delete
+policies; status.hooks tells where they stand. A failed hook is reported
+(Applied=False, HookFailed) and retried at the next resync. pre-delete,
+rollback and test hooks are not run.`,
 		Example: `  crpe operator --kubeconfig ~/.kube/config
   crpe operator --namespace team-a --resync 5m     # watch one namespace
   crpe operator --skip-crd-install                 # the CRD is managed elsewhere`,
@@ -78,7 +86,7 @@ that puts drifted objects back (nothing is written when nothing drifted).`,
 				_ = mgr.AddReadyzCheck("readyz", healthz.Ping)
 			}
 			r := &operator.Reconciler{Client: mgr.GetClient(), Reader: mgr.GetCache(), Applier: operator.NewApplier(mgr.GetClient()),
-				Recorder: mgr.GetEventRecorderFor("crpe"), Resync: resync}
+				Recorder: mgr.GetEventRecorderFor("crpe"), Resync: resync, HookTimeout: hookTimeout}
 			if err := r.SetupWithManager(mgr); err != nil {
 				return err
 			}
@@ -97,5 +105,6 @@ that puts drifted objects back (nothing is written when nothing drifted).`,
 	f.StringVar(&healthAddr, "health-addr", ":8081", "address of /healthz and /readyz (0 disables)")
 	f.StringVar(&metricsAddr, "metrics-addr", "0", "address of Prometheus /metrics (0 disables)")
 	f.BoolVar(&leaderElect, "leader-elect", false, "elect a leader among replicas")
+	f.DurationVar(&hookTimeout, "hook-timeout", operator.DefaultHookTimeout, "how long each Helm hook of a package may run before it counts as failed")
 	return cmd
 }

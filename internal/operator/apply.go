@@ -14,7 +14,8 @@
 // and namespace (by crpe's octohelm.tech/kubepkg label), an object is
 // compared with its live copy locally (drift.go), and only an object that
 // is new or changed is applied (one request); a dry run is made only where
-// the local comparison cannot decide. Reaching the cluster is
+// the local comparison cannot decide. Helm hooks in a package run around
+// the apply as Helm runs them (hooks.go). Reaching the cluster is
 // internal/kubeclient's.
 package operator
 
@@ -131,6 +132,12 @@ type Result struct {
 	Changes   []Change         `json:"changes"`
 	Failed    []ObjectError    `json:"failed,omitempty"`
 	Inventory []InventoryEntry `json:"inventory"`
+	// Hooks is the hook cycle this apply ran (nil when it ran none).
+	Hooks *HookStatus `json:"hooks,omitempty"`
+
+	// where the stages of hooks stand after this apply (nil when none ran);
+	// the rest of the package is applied only once pre is done
+	pre, post *hookProgress
 
 	// the state of each object of the inventory as last seen: the apply's
 	// response, or the live copy when nothing was applied
@@ -193,6 +200,13 @@ type Options struct {
 	// Owner is the value of the octohelm.tech/kubepkg label of what the
 	// package owns (<namespace>.<name>); prune and delete touch nothing else.
 	Owner string
+	// HookTimeout bounds each hook's run, and Applier.Apply's wait for the
+	// package to be ready before its post hooks (DefaultHookTimeout).
+	HookTimeout time.Duration
+	// HookPoll is how often Applier.Apply looks at a running hook (1s).
+	HookPoll time.Duration
+	// Clock tells the time of hook runs (time.Now when nil).
+	Clock func() time.Time
 }
 
 // Applier applies packages to a cluster.
@@ -273,52 +287,181 @@ func (a *Applier) Objects(pkg *kubepkg.KubePkg, ns string) (objs []*unstructured
 	return objs, unknown, nil
 }
 
-// Apply applies pkg (whose objects default to namespace ns).
+// Apply applies pkg (whose objects default to namespace ns) and runs its
+// Helm hooks (hooks.go) as one install or upgrade of its version, waiting
+// for each hook, and for the package to be ready before its post hooks.
+// Where the hooks stand is kept in a ConfigMap crpe-hooks.<name> (only for
+// a package that has hooks), so that the same version applied again runs
+// none. A failed hook is returned as a *HookError, with the result so far.
+// A dry run runs no hook: Result.Hooks tells what would run.
 func (a *Applier) Apply(ctx context.Context, pkg *kubepkg.KubePkg, ns string, o Options) (*Result, error) {
 	p, err := a.Prepare(ctx, pkg, ns, o)
 	if err != nil {
 		return nil, err
 	}
-	return p.Apply(ctx)
+	var hs *HookStatus
+	if len(p.hooks) > 0 || len(p.ignored) > 0 {
+		rec, err := a.readHookRecord(ctx, ns, pkg.Metadata.Name)
+		if err != nil {
+			return nil, err
+		}
+		applied := ""
+		if rec != nil {
+			applied = rec.Version
+			if rec.pre() {
+				applied = rec.From
+			}
+		}
+		if hs = p.HookCycle(rec, applied); !hs.active(p.version) {
+			hs = nil
+		}
+	}
+	if p.o.DryRun {
+		res, err := p.Apply(ctx, nil)
+		if res != nil && hs != nil {
+			res.Hooks = p.wouldRun(hs)
+		}
+		return res, err
+	}
+	save := func(ctx context.Context) error {
+		if hs == nil {
+			return nil
+		}
+		return a.writeHookRecord(ctx, ns, pkg.Metadata.Name, p.o.Owner, hs)
+	}
+	wait := func(ctx context.Context) error {
+		if err := save(ctx); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(p.o.HookPoll):
+			return nil
+		}
+	}
+	res, err := p.apply(ctx, hs, wait)
+	if err == nil {
+		err = save(ctx)
+	}
+	if err != nil || hs == nil {
+		return res, err
+	}
+	res.Hooks = hs
+	if res.pre != nil && res.pre.failed != nil {
+		return res, &HookError{Run: *res.pre.failed}
+	}
+	if len(res.Failed) > 0 || !hs.active(p.version) || hs.pre() {
+		return res, nil
+	}
+	if len(p.hooksOf(hs.Stage)) > 0 {
+		if err := a.waitReady(ctx, res, p.o.HookTimeout); err != nil {
+			return res, fmt.Errorf("the %s hooks did not run: the package is not ready: %w", hs.Stage, err)
+		}
+	}
+	prog, err := p.runStage(ctx, hs, wait)
+	if err == nil {
+		err = save(ctx)
+	}
+	res.post = &prog
+	if err != nil {
+		return res, err
+	}
+	if prog.failed != nil {
+		return res, &HookError{Run: *prog.failed}
+	}
+	return res, nil
 }
 
-// Plan is a package ready to be applied: its objects, and what the
-// cluster has of them.
+// Plan is a package ready to be applied: its objects, its hooks, and what
+// the cluster has of its objects.
 type Plan struct {
 	a             *Applier
+	version       string
 	objs, unknown []*unstructured.Unstructured
+	hooks         []*Hook
+	ignored       []string
 	live          liveSet
 	o             Options
 }
 
-// Prepare turns pkg into objects and reads what the cluster has of them
-// (one LIST per kind and namespace); it writes nothing.
+// Prepare turns pkg into objects and hooks and reads what the cluster has
+// of the objects (one LIST per kind and namespace); it writes nothing.
 func (a *Applier) Prepare(ctx context.Context, pkg *kubepkg.KubePkg, ns string, o Options) (*Plan, error) {
 	o.Owner = ns + "." + pkg.Metadata.Name
+	if o.Concurrency <= 0 {
+		o.Concurrency = 8
+	}
+	if o.HookTimeout <= 0 {
+		o.HookTimeout = DefaultHookTimeout
+	}
+	if o.HookPoll <= 0 {
+		o.HookPoll = defaultHookPoll
+	}
 	objs, unknown, err := a.Objects(pkg, ns)
 	if err != nil {
 		return nil, err
 	}
+	objs, hooks, ignored := splitHooks(objs)
+	unknown, more, ignoredMore := splitHooks(unknown)
+	hooks = append(hooks, more...)
+	sortHooks(hooks)
 	live := a.observe(ctx, objs, o)
-	return &Plan{a: a, objs: objs, unknown: unknown, live: live, o: o}, nil
+	return &Plan{a: a, version: pkg.Spec.Version, objs: objs, unknown: unknown, hooks: hooks,
+		ignored: append(ignored, ignoredMore...), live: live, o: o}, nil
 }
 
-// Apply applies the plan.
-func (p *Plan) Apply(ctx context.Context) (*Result, error) {
-	res, err := p.a.applyObjects(ctx, p.objs, p.live, p.o)
-	if err != nil {
+// Ignored tells which hooks of the package are not run, and why.
+func (p *Plan) Ignored() []string { return p.ignored }
+
+// Apply applies the plan without waiting for hooks. With hs (from
+// HookCycle) at a stage of pre hooks, the package's definitions go first,
+// then the stage's hooks as far as they go without waiting; the rest of the
+// package (and the prune) only once they all succeeded: until then the
+// result holds the definitions alone. Post hooks are RunHooks'.
+func (p *Plan) Apply(ctx context.Context, hs *HookStatus) (*Result, error) {
+	return p.apply(ctx, hs, nil)
+}
+
+// apply is Apply; wait, when set, is called between the steps of a stage
+// of pre hooks until it is done (or a hook failed).
+func (p *Plan) apply(ctx context.Context, hs *HookStatus, wait func(context.Context) error) (*Result, error) {
+	res := newResult()
+	defs, rest := splitDefinitions(p.objs)
+	if err := p.a.applyDefinitions(ctx, defs, p.live, p.o, res); err != nil {
 		return nil, err
 	}
+	if hs.active(p.version) && hs.pre() && !p.o.DryRun {
+		prog, err := p.runStage(ctx, hs, wait)
+		res.pre = &prog
+		if err != nil || !prog.done {
+			res.sort()
+			return res, err
+		}
+	}
+	rest = p.a.awaitKinds(ctx, rest, p.o, res)
+	p.a.applySet(ctx, rest, p.live, p.o, res)
 	for _, u := range p.unknown {
 		res.fail(u, fmt.Sprintf("the API server does not know kind %s", u.GroupVersionKind()))
 	}
 	if p.o.Prune {
-		if err := p.a.prune(ctx, res, p.live, p.o); err != nil {
+		if err := p.a.prune(ctx, res, p.live, p.o, p.hooks); err != nil {
 			return res, err
 		}
 	}
 	res.sort()
 	return res, nil
+}
+
+// RunHooks advances hs's stage of post hooks (the package being applied and
+// ready) as far as it goes without waiting; res records it.
+func (p *Plan) RunHooks(ctx context.Context, hs *HookStatus, res *Result) error {
+	if !hs.active(p.version) || hs.pre() {
+		return nil
+	}
+	prog, err := p.runStage(ctx, hs, nil)
+	res.post = &prog
+	return err
 }
 
 // applyObjects applies objs in ssa's stages (live holds what the cluster
@@ -329,15 +472,34 @@ func (a *Applier) applyObjects(ctx context.Context, objs []*unstructured.Unstruc
 		o.Concurrency = 8
 	}
 	res := newResult()
+	defs, rest := splitDefinitions(objs)
+	if err := a.applyDefinitions(ctx, defs, live, o, res); err != nil {
+		return nil, err
+	}
+	rest = a.awaitKinds(ctx, rest, o, res)
+	a.applySet(ctx, rest, live, o, res)
+	return res, nil
+}
+
+// splitDefinitions splits objs into the first two stages of applyorder
+// (cluster definitions — CRDs, Namespaces, ClusterRoles — then class
+// definitions) and the rest.
+func splitDefinitions(objs []*unstructured.Unstructured) (stages [2][]*unstructured.Unstructured, rest []*unstructured.Unstructured) {
 	defs, classes, rest := applyorder.Stages(objs)
-	for _, stage := range [][]*unstructured.Unstructured{defs, classes} {
+	return [2][]*unstructured.Unstructured{defs, classes}, rest
+}
+
+// applyDefinitions applies the definitions stage by stage, each waited for
+// until ready (an error when they do not become ready).
+func (a *Applier) applyDefinitions(ctx context.Context, stages [2][]*unstructured.Unstructured, live liveSet, o Options, res *Result) error {
+	for _, stage := range stages {
 		changed := a.applySet(ctx, stage, live, o, res)
 		if len(changed) == 0 || o.DryRun {
 			continue
 		}
 		set := object.UnstructuredSetToObjMetadataSet(changed)
 		if err := a.rm.WaitForSetWithContext(ctx, set, ssa.WaitOptions{Interval: defsInterval, Timeout: defsTimeout}); err != nil {
-			return nil, err
+			return err
 		}
 		// their ready state, for the package's readiness
 		for _, u := range changed {
@@ -348,9 +510,7 @@ func (a *Applier) applyObjects(ctx context.Context, objs []*unstructured.Unstruc
 			}
 		}
 	}
-	rest = a.awaitKinds(ctx, rest, o, res)
-	a.applySet(ctx, rest, live, o, res)
-	return res, nil
+	return nil
 }
 
 // awaitKinds returns objs without those whose kind the API server does not
@@ -628,13 +788,17 @@ func apiMessage(err error) string {
 // (a refused object's previous entry is kept), through ssa's DeleteAll:
 // only objects still labelled as this package's, namespaced ones before
 // Namespaces and CRDs, with background propagation. Entries whose objects
-// the apply's LIST showed gone are skipped.
-func (a *Applier) prune(ctx context.Context, res *Result, live liveSet, o Options) error {
+// the apply's LIST showed gone are skipped, and so are the package's hooks
+// (an object that became a hook is no longer pruned as an object).
+func (a *Applier) prune(ctx context.Context, res *Result, live liveSet, o Options, hooks []*Hook) error {
 	previous := map[object.ObjMetadata]InventoryEntry{}
 	var before, now object.ObjMetadataSet
 	for _, e := range o.Previous {
 		previous[e.objMeta()] = e
 		before = append(before, e.objMeta())
+	}
+	for _, h := range hooks {
+		now = append(now, object.UnstructuredToObjMetadata(h.obj))
 	}
 	for _, e := range res.Inventory {
 		now = append(now, e.objMeta())
@@ -714,7 +878,8 @@ var prunableKinds = []schema.GroupVersionKind{
 
 // Owned finds, by label, the objects of the common kinds that carry owner's
 // octohelm.tech/kubepkg label: the inventory of `crpe apply --prune`, which
-// has no status to keep one in.
+// has no status to keep one in. Hook objects (helm.sh/hook) are left out:
+// they are not pruned.
 func (a *Applier) Owned(ctx context.Context, owner string) ([]InventoryEntry, error) {
 	var out []InventoryEntry
 	for _, gvk := range prunableKinds {
@@ -728,6 +893,9 @@ func (a *Applier) Owned(ctx context.Context, owner string) ([]InventoryEntry, er
 		}
 		for i := range list.Items {
 			u := &list.Items[i]
+			if _, hook := u.GetAnnotations()[AnnotationHook]; hook {
+				continue
+			}
 			u.SetGroupVersionKind(gvk)
 			out = append(out, entryOf(u))
 		}

@@ -47,6 +47,15 @@ const (
 	ReasonReady            = "Ready"
 	ReasonProgressing      = "Progressing"
 	ReasonNotApplied       = "NotApplied"
+	// ReasonHookRunning: a pre hook runs; the rest of the package waits.
+	ReasonHookRunning = "HookRunning"
+	// ReasonHookFailed: a hook failed (retried at the next resync, or when
+	// the object changes); after a pre hook, the rest was not applied.
+	ReasonHookFailed = "HookFailed"
+	// ReasonHooksSucceeded (an event): a stage of hooks succeeded.
+	ReasonHooksSucceeded = "HooksSucceeded"
+	// ReasonHooksIgnored (an event): hooks crpe does not run.
+	ReasonHooksIgnored = "HooksIgnored"
 )
 
 // Status is the KubePkg status crpe writes.
@@ -55,6 +64,8 @@ type Status struct {
 	AppliedVersion     string             `json:"appliedVersion,omitempty"`
 	Inventory          []InventoryEntry   `json:"inventory,omitempty"`
 	Conditions         []metav1.Condition `json:"conditions,omitempty"`
+	// Hooks is where the Helm hooks of the last version with hooks stand.
+	Hooks *HookStatus `json:"hooks,omitempty"`
 }
 
 // Reconciler applies KubePkg objects.
@@ -69,6 +80,12 @@ type Reconciler struct {
 	Resync time.Duration
 	// ReadyPoll re-checks readiness this often while workloads come up.
 	ReadyPoll time.Duration
+	// HookPoll looks at a running hook this often (2s by default).
+	HookPoll time.Duration
+	// HookTimeout bounds each hook's run (DefaultHookTimeout).
+	HookTimeout time.Duration
+	// Clock tells the time of hook runs (time.Now when nil).
+	Clock func() time.Time
 }
 
 // SetupWithManager registers the reconciler.
@@ -88,6 +105,9 @@ func (r *Reconciler) defaults() {
 	}
 	if r.ReadyPoll <= 0 {
 		r.ReadyPoll = 5 * time.Second
+	}
+	if r.HookPoll <= 0 {
+		r.HookPoll = 2 * time.Second
 	}
 	if r.Reader == nil {
 		r.Reader = r.Client
@@ -143,7 +163,8 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 	}
 	removeCondition(&st, ConditionStalled)
 
-	plan, err := r.Applier.Prepare(ctx, pkg, obj.GetNamespace(), Options{Prune: true, Previous: st.Inventory})
+	plan, err := r.Applier.Prepare(ctx, pkg, obj.GetNamespace(), Options{Prune: true, Previous: st.Inventory,
+		HookTimeout: r.HookTimeout, Clock: r.Clock})
 	if err == nil {
 		if err := finalized(); err != nil {
 			return ctrl.Result{}, nil // reported by the deferred call
@@ -151,12 +172,23 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 	}
 	var res *Result
 	if err == nil {
-		res, err = plan.Apply(ctx)
+		was := st.Hooks
+		st.Hooks = plan.HookCycle(st.Hooks, st.AppliedVersion)
+		if st.Hooks != was && st.Hooks != nil && len(st.Hooks.Ignored) > 0 {
+			r.event(obj, "Warning", ReasonHooksIgnored, fmt.Sprintf("version %s: %s", pkg.Spec.Version, strings.Join(st.Hooks.Ignored, "; ")))
+		}
+		res, err = plan.Apply(ctx, st.Hooks)
 	}
 	if err != nil {
 		setCondition(&st, obj, ConditionApplied, metav1.ConditionFalse, ReasonApplyFailed, err.Error())
 		r.event(obj, "Warning", ReasonApplyFailed, err.Error())
 		return ctrl.Result{}, err
+	}
+	if res.pre != nil && !res.pre.done {
+		return r.preHooksPending(&st, obj, pkg.Spec.Version, res), nil
+	}
+	if res.pre != nil {
+		r.hooksSucceeded(obj, pkg.Spec.Version, res.pre.stage, plan)
 	}
 	st.Inventory = res.Inventory
 	changes := res.Count(ActionCreated) + res.Count(ActionConfigured) + res.Count(ActionPruned)
@@ -183,6 +215,30 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 	}
 	ready, msg := readiness(res, st.Inventory)
 	requeue := r.Resync
+	if hs := st.Hooks; ready && len(res.Failed) == 0 && hs.active(pkg.Spec.Version) && !hs.pre() {
+		// the post hooks, once the rest is applied and ready
+		if err := plan.RunHooks(ctx, hs, res); err != nil {
+			setCondition(&st, obj, ConditionApplied, metav1.ConditionFalse, ReasonApplyFailed, err.Error())
+			r.event(obj, "Warning", ReasonApplyFailed, err.Error())
+			return ctrl.Result{}, err
+		}
+		switch post := res.post; {
+		case post.failed != nil:
+			msg := fmt.Sprintf("version %s: %s", pkg.Spec.Version, (&HookError{Run: *post.failed}).Error())
+			setCondition(&st, obj, ConditionApplied, metav1.ConditionFalse, ReasonHookFailed, msg)
+			setCondition(&st, obj, ConditionReady, metav1.ConditionFalse, ReasonHookFailed, msg)
+			r.event(obj, "Warning", ReasonHookFailed, msg)
+			return ctrl.Result{RequeueAfter: r.Resync}, nil
+		case !post.done:
+			setCondition(&st, obj, ConditionReady, metav1.ConditionFalse, ReasonProgressing,
+				fmt.Sprintf("version %s: running %s hook %s (%s)", pkg.Spec.Version, post.stage, post.running.Object, post.running.Message))
+			return ctrl.Result{RequeueAfter: r.HookPoll}, nil
+		default:
+			r.hooksSucceeded(obj, pkg.Spec.Version, post.stage, plan)
+		}
+	} else if !ready && hs.active(pkg.Spec.Version) && !hs.pre() && len(plan.HooksOf(hs.Stage)) > 0 {
+		msg += fmt.Sprintf("; the %s hooks run once it is ready", hs.Stage)
+	}
 	if ready {
 		setCondition(&st, obj, ConditionReady, metav1.ConditionTrue, ReasonReady, msg)
 	} else {
@@ -192,6 +248,55 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 	log.FromContext(ctx).V(1).Info("reconciled", "kubepkg", owner, "version", pkg.Spec.Version, "changes", changes,
 		"failed", len(res.Failed), "ready", ready)
 	return ctrl.Result{RequeueAfter: requeue}, nil
+}
+
+// preHooksPending records a reconcile that stopped at the pre hooks: one
+// runs (looked at again in HookPoll), or one failed (retried at the next
+// resync). The rest of the package was not applied; the definitions
+// applied before the hooks join the inventory. Ready is left as it was on
+// an upgrade (the previous version still runs).
+func (r *Reconciler) preHooksPending(st *Status, obj *unstructured.Unstructured, version string, res *Result) ctrl.Result {
+	st.Inventory = mergeInventory(st.Inventory, res.Inventory)
+	pre := res.pre
+	upgrade := st.Hooks.Action == "upgrade"
+	if pre.failed != nil {
+		msg := fmt.Sprintf("version %s: %s; the rest of the package was not applied", version, (&HookError{Run: *pre.failed}).Error())
+		setCondition(st, obj, ConditionApplied, metav1.ConditionFalse, ReasonHookFailed, msg)
+		if !upgrade {
+			setCondition(st, obj, ConditionReady, metav1.ConditionFalse, ReasonHookFailed, msg)
+		}
+		r.event(obj, "Warning", ReasonHookFailed, msg)
+		return ctrl.Result{RequeueAfter: r.Resync}
+	}
+	msg := fmt.Sprintf("version %s: running %s hook %s (%s); the rest of the package waits", version, pre.stage, pre.running.Object, pre.running.Message)
+	setCondition(st, obj, ConditionApplied, metav1.ConditionFalse, ReasonHookRunning, msg)
+	if !upgrade {
+		setCondition(st, obj, ConditionReady, metav1.ConditionFalse, ReasonProgressing, msg)
+	}
+	return ctrl.Result{RequeueAfter: r.HookPoll}
+}
+
+// hooksSucceeded tells (an event) that a stage of hooks succeeded.
+func (r *Reconciler) hooksSucceeded(obj *unstructured.Unstructured, version, stage string, plan *Plan) {
+	if hooks := plan.HooksOf(stage); len(hooks) > 0 {
+		r.event(obj, "Normal", ReasonHooksSucceeded, fmt.Sprintf("version %s: %s hooks succeeded: %s", version, stage, strings.Join(hooks, ", ")))
+	}
+}
+
+// mergeInventory returns inv with the entries of more it lacks.
+func mergeInventory(inv, more []InventoryEntry) []InventoryEntry {
+	have := map[string]bool{}
+	for _, e := range inv {
+		have[e.ID()] = true
+	}
+	out := append([]InventoryEntry(nil), inv...)
+	for _, e := range more {
+		if !have[e.ID()] {
+			out = append(out, e)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID() < out[j].ID() })
+	return out
 }
 
 // addFinalizer starts adding crpe's finalizer to obj (when it lacks it)

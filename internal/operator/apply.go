@@ -20,6 +20,7 @@
 package operator
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -323,11 +324,20 @@ func (a *Applier) Apply(ctx context.Context, pkg *kubepkg.KubePkg, ns string, o 
 		}
 		return res, err
 	}
+	var saved []byte
 	save := func(ctx context.Context) error {
 		if hs == nil {
 			return nil
 		}
-		return a.writeHookRecord(ctx, ns, pkg.Metadata.Name, p.o.Owner, hs)
+		b, err := json.Marshal(hs)
+		if err != nil || bytes.Equal(b, saved) {
+			return err
+		}
+		if err := a.writeHookRecord(ctx, ns, pkg.Metadata.Name, p.o.Owner, b); err != nil {
+			return err
+		}
+		saved = b
+		return nil
 	}
 	wait := func(ctx context.Context) error {
 		if err := save(ctx); err != nil {

@@ -587,14 +587,10 @@ func (a *Applier) readHookRecord(ctx context.Context, ns, pkg string) (*HookStat
 	return &hs, nil
 }
 
-// writeHookRecord keeps hs in the package's ConfigMap (labelled
-// octohelm.tech/hooks-of, not octohelm.tech/kubepkg: it is no object of the
-// package).
-func (a *Applier) writeHookRecord(ctx context.Context, ns, pkg, owner string, hs *HookStatus) error {
-	b, err := json.Marshal(hs)
-	if err != nil {
-		return err
-	}
+// writeHookRecord keeps a HookStatus (JSON) in the package's ConfigMap
+// (labelled octohelm.tech/hooks-of, not octohelm.tech/kubepkg: it is no
+// object of the package).
+func (a *Applier) writeHookRecord(ctx context.Context, ns, pkg, owner string, b []byte) error {
 	cm := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "ConfigMap",
 		"metadata": map[string]any{"name": hookRecordName(pkg), "namespace": ns,
 			"labels": map[string]any{LabelManagedBy: "crpe", LabelHookRecord: owner}},

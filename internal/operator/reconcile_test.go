@@ -50,6 +50,27 @@ type calls struct {
 	counts map[string]int
 	// refuse names objects whose apply the "API server" refuses
 	refuse map[string]bool
+	// log lists the applies and deletes of objects (not KubePkgs), in
+	// order: "apply Kind/name", "delete Kind/name"
+	log []string
+}
+
+func (c *calls) record(verb string, obj client.Object) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if u, ok := obj.(*unstructured.Unstructured); ok && u.GroupVersionKind().Kind == kubeclient.GVK.Kind {
+		return
+	}
+	c.log = append(c.log, verb+" "+obj.GetObjectKind().GroupVersionKind().Kind+"/"+obj.GetName())
+}
+
+// takeLog returns the log so far and starts it again.
+func (c *calls) takeLog() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := c.log
+	c.log = nil
+	return out
 }
 
 func (c *calls) add(verb string, obj client.Object) {
@@ -91,7 +112,10 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	m := meta.NewDefaultRESTMapper(nil)
+	// the preferred versions let kstatus's poller map a kind without its
+	// version (as it does to wait for a package to be ready)
+	m := meta.NewDefaultRESTMapper([]schema.GroupVersion{{Version: "v1"}, {Group: "apps", Version: "v1"}, {Group: "batch", Version: "v1"},
+		{Group: "rbac.authorization.k8s.io", Version: "v1"}, {Group: "apiextensions.k8s.io", Version: "v1"}, kubeclient.GVK.GroupVersion()})
 	m.Add(kubeclient.GVK, meta.RESTScopeNamespace)
 	for _, k := range []string{"ConfigMap", "Secret", "Service"} {
 		m.Add(schema.GroupVersionKind{Version: "v1", Kind: k}, meta.RESTScopeNamespace)
@@ -99,6 +123,9 @@ func newEnv(t *testing.T) *env {
 	m.Add(schema.GroupVersionKind{Version: "v1", Kind: "Namespace"}, meta.RESTScopeRoot)
 	m.Add(schema.GroupVersionKind{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "ClusterRole"}, meta.RESTScopeRoot)
 	m.Add(schema.GroupVersionKind{Group: "apps", Version: "v1", Kind: "Deployment"}, meta.RESTScopeNamespace)
+	m.Add(schema.GroupVersionKind{Group: "batch", Version: "v1", Kind: "Job"}, meta.RESTScopeNamespace)
+	m.Add(schema.GroupVersionKind{Version: "v1", Kind: "Pod"}, meta.RESTScopeNamespace)
+	m.Add(schema.GroupVersionKind{Version: "v1", Kind: "ServiceAccount"}, meta.RESTScopeNamespace)
 	m.Add(schema.GroupVersionKind{Group: "apiextensions.k8s.io", Version: "v1", Kind: "CustomResourceDefinition"}, meta.RESTScopeRoot)
 	// the fake client's apply needs the built-in kinds in its scheme: with
 	// an empty one, applying a second kind fails ("expected objects of the
@@ -129,6 +156,7 @@ func newEnv(t *testing.T) *env {
 			},
 			Delete: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.DeleteOption) error {
 				cs.add("delete", obj)
+				cs.record("delete", obj)
 				return c.Delete(ctx, obj, opts...)
 			},
 			Patch: func(ctx context.Context, c client.WithWatch, obj client.Object, patch client.Patch, opts ...client.PatchOption) error {
@@ -139,6 +167,9 @@ func newEnv(t *testing.T) *env {
 					verb = "dry-run"
 				}
 				cs.add(verb, obj)
+				if verb == "patch" && patch.Type() == types.ApplyPatchType {
+					cs.record("apply", obj)
+				}
 				if patch.Type() == types.ApplyPatchType && cs.refuse[obj.GetName()] {
 					return apierrors.NewInvalid(obj.GetObjectKind().GroupVersionKind().GroupKind(), obj.GetName(),
 						field.ErrorList{field.Invalid(field.NewPath("metadata", "name"), obj.GetName(), "refused by the test")})

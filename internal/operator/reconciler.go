@@ -185,6 +185,8 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 		return ctrl.Result{}, err
 	}
 	if res.pre != nil && !res.pre.done {
+		log.FromContext(ctx).V(1).Info("reconciled", "kubepkg", owner, "version", pkg.Spec.Version, "hooks", res.pre.stage,
+			"running", res.pre.running != nil, "failed", res.pre.failed != nil)
 		return r.preHooksPending(&st, obj, pkg.Spec.Version, res), nil
 	}
 	if res.pre != nil {
@@ -222,7 +224,12 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 			r.event(obj, "Warning", ReasonApplyFailed, err.Error())
 			return ctrl.Result{}, err
 		}
-		switch post := res.post; {
+		post := res.post
+		if !post.done {
+			log.FromContext(ctx).V(1).Info("reconciled", "kubepkg", owner, "version", pkg.Spec.Version, "hooks", post.stage,
+				"running", post.running != nil, "failed", post.failed != nil)
+		}
+		switch {
 		case post.failed != nil:
 			msg := fmt.Sprintf("version %s: %s", pkg.Spec.Version, (&HookError{Run: *post.failed}).Error())
 			setCondition(&st, obj, ConditionApplied, metav1.ConditionFalse, ReasonHookFailed, msg)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -63,7 +64,7 @@ hooks are not run.`,
 			}
 			a := operator.NewApplier(c)
 			out := cmd.OutOrStdout()
-			failed := 0
+			failed, hooksFailed := 0, 0
 			var results []any
 			for _, p := range pkgs {
 				if err := p.Validate(); err != nil {
@@ -84,7 +85,7 @@ hooks are not run.`,
 					return err
 				}
 				if hookErr != nil {
-					failed++
+					hooksFailed++
 				}
 				failed += len(res.Failed)
 				if asJSON {
@@ -113,8 +114,15 @@ hooks are not run.`,
 				enc.SetIndent("", "  ")
 				_ = enc.Encode(results)
 			}
+			var msgs []string
 			if failed > 0 {
-				return &exitError{code: 1, msg: fmt.Sprintf("%d objects or hooks failed", failed)}
+				msgs = append(msgs, fmt.Sprintf("%d objects were refused", failed))
+			}
+			if hooksFailed > 0 {
+				msgs = append(msgs, fmt.Sprintf("%d hooks failed", hooksFailed))
+			}
+			if len(msgs) > 0 {
+				return &exitError{code: 1, msg: strings.Join(msgs, "; ")}
 			}
 			return nil
 		},

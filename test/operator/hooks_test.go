@@ -369,7 +369,8 @@ func TestCrpeApplyHooks(t *testing.T) {
 	waitUID(ctx, t, k, ns, "job", "migrate", first)
 	finishJob(ctx, t, k, ns, "migrate", false)
 	r = <-done
-	if r.code != 1 || !strings.Contains(r.stdout, "Job/"+ns+"/migrate FAILED: pre-upgrade hook: Job failed: BackoffLimitExceeded") {
+	if r.code != 1 || !strings.Contains(r.stdout, "Job/"+ns+"/migrate FAILED: pre-upgrade hook: Job failed: BackoffLimitExceeded") ||
+		!strings.Contains(r.stderr, "1 hooks failed") {
 		t.Errorf("a failed pre-upgrade hook: %s", r)
 	}
 	if v := str(getObj(ctx, t, k, "-n", ns, "configmap", "app"), "data", "v"); v != "1.0.0" {

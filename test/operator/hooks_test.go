@@ -11,6 +11,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -375,5 +377,89 @@ func TestCrpeApplyHooks(t *testing.T) {
 	}
 	if v := str(getObj(ctx, t, k, "-n", ns, "configmap", "app"), "data", "v"); v != "1.0.0" {
 		t.Errorf("app.v = %q after a failed pre-upgrade hook, want 1.0.0", v)
+	}
+}
+
+// TestPackagedChartHooks: the hooks of a chart, as `crpe package` keeps
+// them (its test hook left out), run in Helm's order through `crpe apply`:
+// the pre-install ServiceAccount (weight -5) before the pre-install
+// ConfigMap (weight 0, hook-succeeded: gone afterwards), the chart's
+// objects, then the post-install ConfigMap.
+func TestPackagedChartHooks(t *testing.T) {
+	t.Parallel()
+	timed(t)
+	ctx := ctxFor(t, 90*time.Second)
+	k := kube(t)
+	ns := newNS(ctx, t, k)
+
+	chart := t.TempDir()
+	files := map[string]string{
+		"Chart.yaml": "apiVersion: v2\nname: hooked\nversion: 0.1.0\n",
+		"templates/app.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata:\n  release: {{ .Release.Name }}\n",
+		"templates/hooks.yaml": `apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: seed
+  annotations:
+    "helm.sh/hook": pre-install,pre-upgrade
+    "helm.sh/hook-weight": "0"
+    "helm.sh/hook-delete-policy": before-hook-creation,hook-succeeded
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: migrator
+  annotations:
+    "helm.sh/hook": pre-install,pre-upgrade
+    "helm.sh/hook-weight": "-5"
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: installed
+  annotations:
+    "helm.sh/hook": post-install
+`,
+		"templates/tests/smoke.yaml": "apiVersion: v1\nkind: Pod\nmetadata:\n  name: smoke\n  annotations:\n    helm.sh/hook: test\nspec:\n  restartPolicy: Never\n  containers: [{name: main, image: docker.io/library/busybox:1.36}]\n",
+	}
+	for name, content := range files {
+		writeChartFile(t, chart, name, content)
+	}
+	pkgFile := filepath.Join(t.TempDir(), "hooked.kubepkg.yaml")
+	mustCrpe(ctx, t, "", "package", chart, "--namespace", ns, "-o", pkgFile)
+	r := mustCrpe(ctx, t, "", "apply", "-f", pkgFile, "--kubeconfig", k.Kubeconfig)
+	var hookLines []string
+	for _, l := range strings.Split(r.stdout, "\n") {
+		if strings.Contains(l, " hook ") {
+			hookLines = append(hookLines, l)
+		}
+	}
+	want := []string{"ServiceAccount/" + ns + "/migrator pre-install hook Succeeded", "ConfigMap/" + ns + "/seed pre-install hook Succeeded",
+		"ConfigMap/" + ns + "/installed post-install hook Succeeded"}
+	if !slices.Equal(hookLines, want) {
+		t.Errorf("hooks run %q, want %q\n%s", hookLines, want, r)
+	}
+	if !strings.Contains(r.stdout, "ConfigMap/"+ns+"/app created\n") {
+		t.Errorf("the chart's object not applied:\n%s", r)
+	}
+	if getObj(ctx, t, k, "-n", ns, "configmap", "seed") != nil {
+		t.Error("the seed hook (hook-succeeded) was left")
+	}
+	if getObj(ctx, t, k, "-n", ns, "configmap", "installed") == nil || getObj(ctx, t, k, "-n", ns, "serviceaccount", "migrator") == nil {
+		t.Error("a hook without hook-succeeded is not there")
+	}
+	if getObj(ctx, t, k, "-n", ns, "pod", "smoke") != nil {
+		t.Error("a test hook was applied")
+	}
+}
+
+func writeChartFile(t *testing.T, dir, name, content string) {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }

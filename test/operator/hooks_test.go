@@ -394,7 +394,7 @@ func TestPackagedChartHooks(t *testing.T) {
 
 	chart := t.TempDir()
 	files := map[string]string{
-		"Chart.yaml": "apiVersion: v2\nname: hooked\nversion: 0.1.0\n",
+		"Chart.yaml":         "apiVersion: v2\nname: hooked\nversion: 0.1.0\n",
 		"templates/app.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata:\n  release: {{ .Release.Name }}\n",
 		"templates/hooks.yaml": `apiVersion: v1
 kind: ConfigMap

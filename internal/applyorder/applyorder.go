@@ -95,7 +95,8 @@ func HookPhase(u *unstructured.Unstructured) (Phase, string) {
 		return Manifest, ""
 	}
 	known := map[string]bool{"pre-install": true, "post-install": true, "pre-delete": true, "post-delete": true,
-		"pre-upgrade": true, "post-upgrade": true, "pre-rollback": true, "post-rollback": true, "test": true}
+		"pre-upgrade": true, "post-upgrade": true, "pre-rollback": true, "post-rollback": true, "test": true,
+		"test-success": true} // Helm 2's name of test, which Helm still reads
 	pre, post := false, false
 	for _, e := range strings.Split(v, ",") {
 		e = strings.ToLower(strings.TrimSpace(e))
@@ -128,16 +129,46 @@ func hookWeight(u *unstructured.Unstructured) int {
 	return w
 }
 
-// sortHooks sorts hooks as Helm runs them: by weight, then by name (kind
-// order, ssa's here, for the rest).
-func sortHooks(hooks []*Object) {
-	sort.SliceStable(hooks, func(i, j int) bool {
-		wi, wj := hookWeight(hooks[i].Object), hookWeight(hooks[j].Object)
-		if wi != wj {
-			return wi < wj
-		}
-		return hooks[i].Object.GetName() < hooks[j].Object.GetName()
-	})
+// helmInstallOrder is Helm's InstallOrder (helm.sh/helm/v4
+// pkg/release/v1/util/kind_sorter.go): hooks of one weight and name run in
+// this order of kinds.
+var helmInstallOrder = func() map[string]int {
+	kinds := []string{"PriorityClass", "Namespace", "NetworkPolicy", "ResourceQuota", "LimitRange",
+		"PodSecurityPolicy", "PodDisruptionBudget", "ServiceAccount", "Secret", "SecretList", "ConfigMap",
+		"StorageClass", "PersistentVolume", "PersistentVolumeClaim", "CustomResourceDefinition", "ClusterRole",
+		"ClusterRoleList", "ClusterRoleBinding", "ClusterRoleBindingList", "Role", "RoleList", "RoleBinding",
+		"RoleBindingList", "Service", "DaemonSet", "Pod", "ReplicationController", "ReplicaSet", "Deployment",
+		"HorizontalPodAutoscaler", "StatefulSet", "Job", "CronJob", "IngressClass", "Ingress", "APIService",
+		"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"}
+	m := make(map[string]int, len(kinds))
+	for i, k := range kinds {
+		m[k] = i
+	}
+	return m
+}()
+
+// HookLess tells whether hook a runs before hook b, as Helm runs a stage's
+// hooks: by weight (helm.sh/hook-weight; 0 when absent or not a number),
+// then name, then kind in Helm's install order (kinds it does not list
+// last, by name). Hooks equal in all three keep their order: sort stably.
+func HookLess(a, b *unstructured.Unstructured) bool {
+	if wa, wb := hookWeight(a), hookWeight(b); wa != wb {
+		return wa < wb
+	}
+	if a.GetName() != b.GetName() {
+		return a.GetName() < b.GetName()
+	}
+	ka, kb := a.GetKind(), b.GetKind()
+	ra, aok := helmInstallOrder[ka]
+	rb, bok := helmInstallOrder[kb]
+	switch {
+	case aok && bok:
+		return ra < rb
+	case aok != bok:
+		return aok
+	default:
+		return ka < kb
+	}
 }
 
 // Object is a manifest of a package, as an object, with its key.
@@ -180,9 +211,10 @@ func Objects(p *kubepkg.KubePkg) ([]*Object, error) {
 //  1. the package's CustomResourceDefinitions and Namespaces that are not
 //     hooks (Helm installs a chart's CRDs and its namespace before any
 //     hook);
-//  2. pre-install and pre-upgrade hooks, by weight, then name;
+//  2. pre-install and pre-upgrade hooks, by weight, then name, then kind
+//     (HookLess);
 //  3. every other object that is not a hook, in the operator's order;
-//  4. post-install and post-upgrade hooks, by weight, then name.
+//  4. post-install and post-upgrade hooks, by weight, then name, then kind.
 //
 // With hooks false, hooks are left out (steps 2 and 4). Hooks an install
 // never runs (delete, rollback, test, unknown events) are always left out.
@@ -209,13 +241,9 @@ func WithHooks(objs []*Object, hooks bool) (ordered, left []*Object) {
 		left = append(left, post...)
 		pre, post = nil, nil
 	}
-	// hooks among themselves: ssa's order first, so that equal weights and
-	// names fall in kind order; then Helm's weight and name
+	// hooks among themselves: Helm's order (the operator runs them in it)
 	for _, hs := range [][]*Object{pre, post} {
-		sort.SliceStable(hs, func(i, j int) bool {
-			return ssa.SortableUnstructureds{hs[i].Object, hs[j].Object}.Less(0, 1)
-		})
-		sortHooks(hs)
+		sort.SliceStable(hs, func(i, j int) bool { return HookLess(hs[i].Object, hs[j].Object) })
 	}
 	order := Order(plain)
 	i := 0

@@ -2,6 +2,7 @@ package applyorder
 
 import (
 	"reflect"
+	"sort"
 	"testing"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -129,5 +130,29 @@ func TestStagesAreTheOperators(t *testing.T) {
 	}
 	if want := []string{"Namespace", "StorageClass", "ServiceAccount", "Secret"}; !reflect.DeepEqual(kinds, want) {
 		t.Errorf("order %v, want %v", kinds, want)
+	}
+}
+
+// TestHookLess: hooks by weight, then name, then kind in Helm's install
+// order (ServiceAccount before ConfigMap before Job; kinds Helm does not
+// list last, by name).
+func TestHookLess(t *testing.T) {
+	h := func(kind, name, weight string) *unstructured.Unstructured {
+		u := &unstructured.Unstructured{}
+		u.SetKind(kind)
+		u.SetName(name)
+		u.SetAnnotations(map[string]string{AnnotationHook: "pre-install", AnnotationHookWeight: weight})
+		return u
+	}
+	hooks := []*unstructured.Unstructured{h("Job", "x", "1"), h("Zeta", "same", "0"), h("Job", "same", "0"), h("Alpha", "same", "0"),
+		h("ConfigMap", "same", "0"), h("ServiceAccount", "same", "0"), h("Job", "a", "junk"), h("Job", "late", "-1")}
+	sort.SliceStable(hooks, func(i, j int) bool { return HookLess(hooks[i], hooks[j]) })
+	var got []string
+	for _, u := range hooks {
+		got = append(got, u.GetKind()+"/"+u.GetName())
+	}
+	want := []string{"Job/late", "Job/a", "ServiceAccount/same", "ConfigMap/same", "Job/same", "Alpha/same", "Zeta/same", "Job/x"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("order %v, want %v", got, want)
 	}
 }

@@ -425,10 +425,10 @@ func (a *Applier) Prepare(ctx context.Context, pkg *kubepkg.KubePkg, ns string, 
 func (p *Plan) Ignored() []string { return p.ignored }
 
 // Apply applies the plan without waiting for hooks. With hs (from
-// HookCycle) at a stage of pre hooks, the package's definitions go first,
-// then the stage's hooks as far as they go without waiting; the rest of the
-// package (and the prune) only once they all succeeded: until then the
-// result holds the definitions alone. Post hooks are RunHooks'.
+// HookCycle) at a stage of pre hooks, the package's CRDs and Namespaces go
+// first, then the stage's hooks as far as they go without waiting; the rest
+// of the package (and the prune) only once they all succeeded: until then
+// the result holds the CRDs and Namespaces alone. Post hooks are RunHooks'.
 func (p *Plan) Apply(ctx context.Context, hs *HookStatus) (*Result, error) {
 	return p.apply(ctx, hs, nil)
 }
@@ -438,16 +438,30 @@ func (p *Plan) Apply(ctx context.Context, hs *HookStatus) (*Result, error) {
 func (p *Plan) apply(ctx context.Context, hs *HookStatus, wait func(context.Context) error) (*Result, error) {
 	res := newResult()
 	defs, rest := splitDefinitions(p.objs)
-	if err := p.a.applyDefinitions(ctx, defs, p.live, p.o, res); err != nil {
-		return nil, err
-	}
 	if hs.active(p.version) && hs.pre() && !p.o.DryRun {
+		// the CRDs and Namespaces before the pre hooks (applyorder.WithHooks'
+		// order), the other definitions after them
+		var first, later []*unstructured.Unstructured
+		for _, u := range defs[0] {
+			if utils.IsCRD(u) || utils.IsNamespace(u) {
+				first = append(first, u)
+			} else {
+				later = append(later, u)
+			}
+		}
+		if err := p.a.applyDefinitions(ctx, [2][]*unstructured.Unstructured{first, nil}, p.live, p.o, res); err != nil {
+			return nil, err
+		}
 		prog, err := p.runStage(ctx, hs, wait)
 		res.pre = &prog
 		if err != nil || !prog.done {
 			res.sort()
 			return res, err
 		}
+		defs[0] = later
+	}
+	if err := p.a.applyDefinitions(ctx, defs, p.live, p.o, res); err != nil {
+		return nil, err
 	}
 	rest = p.a.awaitKinds(ctx, rest, p.o, res)
 	p.a.applySet(ctx, rest, p.live, p.o, res)

@@ -12,16 +12,18 @@ package operator
 //     manifest, and uninstall leaves them).
 //   - Each version of a package is one cycle: an install (nothing of the
 //     package in the cluster yet) runs the pre-install hooks after the
-//     package's definitions (CRDs, Namespaces, ClusterRoles, classes: Helm
-//     installs a chart's crds/ before anything too) and before the rest, and
-//     the post-install hooks once the rest is applied and ready; an upgrade
-//     (a version other than the one applied) runs pre-upgrade and
-//     post-upgrade the same way. A hook listing both events runs in both.
-//     A resync of the version applied runs nothing.
+//     package's CRDs and Namespaces (Helm installs a chart's crds/ before
+//     anything too) and before the rest, and the post-install hooks once
+//     the rest is applied and ready: the order `crpe manifests` prints
+//     (applyorder.WithHooks). An upgrade (a version other than the one
+//     applied) runs pre-upgrade and post-upgrade the same way. A hook
+//     listing both events runs in both. A resync of the version applied
+//     runs nothing.
 //   - The hooks of a stage run one at a time, sorted by weight, then name,
-//     then kind (Helm's install order), then manifest key: each is applied
-//     (server-side, as crpe's) and waited for: a Job until it is Complete, a
-//     Pod until it Succeeded; anything else is done once applied.
+//     then kind in Helm's install order (applyorder.HookLess), then manifest
+//     key: each is applied (server-side, as crpe's) and waited for: a Job
+//     until it is Complete, a Pod until it Succeeded; anything else is done
+//     once applied.
 //   - Delete policies (before-hook-creation when none is given): the
 //     previous object of a hook is deleted, and gone, before the hook is
 //     applied; hook-succeeded deletes the stage's hooks, last first, once
@@ -49,7 +51,6 @@ import (
 	"fmt"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -60,6 +61,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/octohelm/crpe/internal/applyorder"
 )
 
 // Helm's hook annotations.
@@ -111,19 +114,6 @@ const (
 var unsupportedHookEvents = map[string]string{
 	"pre-delete": "pre-delete", "post-delete": "post-delete", "pre-rollback": "pre-rollback",
 	"post-rollback": "post-rollback", "test": "test", "test-success": "test",
-}
-
-// helmInstallOrder is Helm's InstallOrder (pkg/release/v1/util/kind_sorter.go):
-// hooks of the same weight and name run in this order of kinds, unknown
-// kinds last, by name.
-var helmInstallOrder = []string{
-	"PriorityClass", "Namespace", "NetworkPolicy", "ResourceQuota", "LimitRange", "PodSecurityPolicy",
-	"PodDisruptionBudget", "ServiceAccount", "Secret", "SecretList", "ConfigMap", "StorageClass",
-	"PersistentVolume", "PersistentVolumeClaim", "CustomResourceDefinition", "ClusterRole", "ClusterRoleList",
-	"ClusterRoleBinding", "ClusterRoleBindingList", "Role", "RoleList", "RoleBinding", "RoleBindingList",
-	"Service", "DaemonSet", "Pod", "ReplicationController", "ReplicaSet", "Deployment",
-	"HorizontalPodAutoscaler", "StatefulSet", "Job", "CronJob", "IngressClass", "Ingress", "APIService",
-	"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration",
 }
 
 // HookRun is one run of a hook.
@@ -186,7 +176,6 @@ type Hook struct {
 	obj      *unstructured.Unstructured
 	id       string
 	events   []string // those crpe runs
-	weight   int
 	policies []string
 }
 
@@ -234,9 +223,6 @@ func splitHooks(objs []*unstructured.Unstructured) (rest []*unstructured.Unstruc
 		if len(h.events) == 0 {
 			continue
 		}
-		if w, err := strconv.Atoi(ann[AnnotationHookWeight]); err == nil {
-			h.weight = w // Helm: 0 when not a number
-		}
 		if p, ok := ann[AnnotationHookDeletePolicy]; ok {
 			for s := range strings.SplitSeq(p, ",") {
 				h.policies = append(h.policies, strings.ToLower(strings.TrimSpace(s)))
@@ -249,33 +235,11 @@ func splitHooks(objs []*unstructured.Unstructured) (rest []*unstructured.Unstruc
 	return rest, hooks, ignored
 }
 
-// sortHooks sorts hooks as Helm runs them: by weight, then name, then kind
-// in Helm's install order; hooks equal in all three keep their order.
+// sortHooks sorts hooks as Helm runs them (applyorder.HookLess: weight,
+// name, kind in Helm's install order); hooks equal in all three keep their
+// order (manifest keys).
 func sortHooks(hooks []*Hook) {
-	rank := make(map[string]int, len(helmInstallOrder))
-	for i, k := range helmInstallOrder {
-		rank[k] = i
-	}
-	sort.SliceStable(hooks, func(i, j int) bool {
-		a, b := hooks[i], hooks[j]
-		if a.weight != b.weight {
-			return a.weight < b.weight
-		}
-		if a.obj.GetName() != b.obj.GetName() {
-			return a.obj.GetName() < b.obj.GetName()
-		}
-		ka, kb := a.obj.GetKind(), b.obj.GetKind()
-		ra, aok := rank[ka]
-		rb, bok := rank[kb]
-		switch {
-		case aok && bok:
-			return ra < rb
-		case aok != bok:
-			return aok // unknown kinds last
-		default:
-			return ka < kb
-		}
-	})
+	sort.SliceStable(hooks, func(i, j int) bool { return applyorder.HookLess(hooks[i].obj, hooks[j].obj) })
 }
 
 // hooksOf returns the plan's hooks of event, in order.

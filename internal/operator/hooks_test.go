@@ -559,3 +559,32 @@ func TestApplyHooksRecord(t *testing.T) {
 		t.Errorf("app.v = %q: the rest was applied after a failed pre-upgrade hook", v)
 	}
 }
+
+// TestReconcileHooksAfterCRDsAndNamespaces: the pre-install hooks run after
+// the package's Namespaces (and CRDs), before its other definitions
+// (ClusterRoles) and the rest: the order `crpe manifests` prints.
+func TestReconcileHooksAfterCRDsAndNamespaces(t *testing.T) {
+	e := newEnv(t)
+	extra := map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": "extra"}}
+	role := map[string]any{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": map[string]any{"name": "reader"},
+		"rules": []any{map[string]any{"apiGroups": []any{""}, "resources": []any{"pods"}, "verbs": []any{"get"}}}}
+	e.put(t, kubePkg(t, "app", "1.0.0", 1, extra, role, configMap("app", nil), hook(job("migrate"), "pre-install", "", "")))
+	e.reconcile(t, "app")
+	if log := e.calls.takeLog(); !slices.Equal(log, []string{"apply Namespace/extra", "apply Job/migrate"}) {
+		t.Errorf("first reconcile wrote %v, want the Namespace, then the hook", log)
+	}
+	// the Namespace is in the inventory already (deleted with the package)
+	if got := inventory(e.status(t, "app")); !slices.Equal(got, []string{"Namespace/extra"}) {
+		t.Errorf("inventory %v", got)
+	}
+	e.finishJob(t, "migrate", "Complete")
+	e.reconcile(t, "app")
+	if log := e.calls.takeLog(); !slices.Equal(log, []string{"apply ClusterRole/reader", "apply ConfigMap/app"}) {
+		t.Errorf("second reconcile wrote %v", log)
+	}
+	st := e.status(t, "app")
+	checkCondition(t, st, "Applied", metav1.ConditionTrue, "Applied")
+	if got, want := inventory(st), []string{"ClusterRole/reader", "ConfigMap/team/app", "Namespace/extra"}; !slices.Equal(got, want) {
+		t.Errorf("inventory %v, want %v", got, want)
+	}
+}

@@ -3,12 +3,16 @@ package webui
 import (
 	"encoding/json"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/octohelm/crpe/internal/chart"
 	"github.com/octohelm/crpe/internal/chart/charttest"
 	"github.com/octohelm/crpe/internal/testenv"
 	pt "github.com/octohelm/crpe/test/pockettest"
@@ -111,4 +115,47 @@ func TestPocketUIChart(t *testing.T) {
 	if g := cm["data"].(map[string]any)["greeting"]; g != "{{ hi }}" {
 		t.Errorf("greeting %v", g)
 	}
+
+	// an oci:// location: the chart pushed into docker-registry in Helm's
+	// layout, its name and version typed, plain HTTP
+	reg := testenv.StartDistribution(t)
+	info, err := chart.InfoOf(readFile(t, charttest.Archive(t, t.TempDir(), charttest.App("1.1.0"))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	art, err := chart.NewArtifact(info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.PushBlob(t, reg.URL, "charts/app", testenv.Blob{Desc: ocispec.Descriptor{Digest: digest.FromBytes(art.Config), Size: int64(len(art.Config))}, Data: art.Config})
+	testenv.PushBlob(t, reg.URL, "charts/app", testenv.Blob{Desc: ocispec.Descriptor{Digest: digest.FromBytes(art.Layer), Size: int64(len(art.Layer))}, Data: art.Layer})
+	testenv.PushManifest(t, reg.URL, "charts/app", "1.1.0", testenv.Blob{Desc: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: art.Digest(), Size: int64(len(art.Manifest))}, Data: art.Manifest})
+	b.Run("open the chart form again", chromedp.Click(`#add-chart summary`, chromedp.ByQuery))
+	b.Run("an oci:// location",
+		chromedp.SetValue(`#chart-repo`, "oci://"+reg.Addr+"/charts", chromedp.ByQuery),
+		chromedp.Evaluate(`document.getElementById('chart-repo').dispatchEvent(new Event('input'))`, nil))
+	var hidden bool
+	b.Eval(`document.getElementById('chart-list-row').classList.contains('hidden') && !document.getElementById('chart-oci').classList.contains('hidden')`, &hidden)
+	if !hidden {
+		t.Errorf("with an oci:// location, the name and version fields are not the ones shown")
+	}
+	b.CheckPhoneLayout("chart form, oci://")
+	b.Run("add from the registry",
+		chromedp.SetValue(`#chart-oci-name`, "app", chromedp.ByQuery),
+		chromedp.SetValue(`#chart-oci-version`, "1.1.0", chromedp.ByQuery),
+		chromedp.Click(`#chart-oci-plain`, chromedp.ByQuery),
+		chromedp.Click(`#chart-submit`, chromedp.ByQuery))
+	b.WaitText(`#pkg-app .version`, "1.1.0", 30*time.Second)
+	if probs := b.Problems(); len(probs) > 0 {
+		t.Errorf("adding from an oci:// location: %v", probs)
+	}
+}
+
+func readFile(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

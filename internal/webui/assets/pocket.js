@@ -333,8 +333,22 @@
     return me.done;
   }
 
+  // an oci:// location has no index to list: the chart's name and version
+  // are typed instead
+  const isOCI = () => $('chart-repo').value.trim().startsWith('oci://');
+  function chartMode() {
+    const oci = isOCI();
+    $('chart-oci').classList.toggle('hidden', !oci);
+    $('chart-pick').classList.toggle('hidden', oci);
+    $('chart-list-row').classList.toggle('hidden', oci);
+    $('chart-name').required = $('chart-version').required = !oci;
+  }
   $('chart-list').addEventListener('click', listCharts);
-  $('chart-repo').addEventListener('change', () => { if ($('chart-repo').value.trim() !== charts.repo) listCharts(); });
+  $('chart-repo').addEventListener('input', chartMode);
+  $('chart-repo').addEventListener('change', () => {
+    chartMode();
+    if (!isOCI() && $('chart-repo').value.trim() !== charts.repo) listCharts();
+  });
   $('chart-name').addEventListener('change', chartVersions);
 
   $('chart-form').addEventListener('submit', async (ev) => {
@@ -342,8 +356,14 @@
     const errs = $('chart-errors');
     errs.replaceChildren();
     const repo = $('chart-repo').value.trim();
-    const chart = $('chart-name').value;
-    if (!repo || !chart || repo !== charts.repo) {
+    const oci = isOCI();
+    const chart = oci ? $('chart-oci-name').value.trim() : $('chart-name').value;
+    const version = oci ? $('chart-oci-version').value.trim() : $('chart-version').value;
+    if (oci && (!chart || !version)) {
+      errs.append(errorList(new Error('Give the chart\'s name and version under that location.')));
+      return;
+    }
+    if (!oci && (!repo || !chart || repo !== charts.repo)) {
       errs.append(errorList(new Error('List the repository\'s charts and pick one first.')));
       return;
     }
@@ -352,7 +372,7 @@
     btn.textContent = 'Rendering…';
     try {
       const res = await write('POST', '/api/v1/charts/render', {
-        repo, chart, version: $('chart-version').value,
+        repo, chart, version, plainHTTP: oci && $('chart-oci-plain').checked ? true : undefined,
         values: $('chart-values').value || undefined,
         releaseName: $('chart-release').value.trim() || undefined,
         namespace: $('chart-namespace').value.trim() || undefined,

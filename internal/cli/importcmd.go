@@ -25,6 +25,7 @@ func newImportCmd(g *globals) *cobra.Command {
 		data, to, token, tokenFile, namespace string
 		force, full, asJSON                   bool
 		keep                                  int
+		reg                                   registryFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "import FILE | PARTS...",
@@ -44,17 +45,39 @@ part, or all its parts (from several folders or media if need be), and
 streamed as one archive: a missing part or one of the wrong size is refused
 before the first byte is read; a corrupt or misplaced part is found by its
 digest at its end, and the import fails, naming the part, with nothing
-published.`,
+published.
+
+With --to-registry HOST[/PREFIX] it pushes the archive into a site
+registry (Harbor, distribution, zot, a cloud registry) instead of an agent:
+every blob, manifest and index with its digest unchanged, into
+PREFIX/docker.io/library/nginx (or, with --flatten, for registries that
+limit path depth, PREFIX/docker.io_library_nginx). Blobs the registry has are
+skipped, a blob shared by images is pushed once and mounted into the other
+repositories, big layers go in chunks that resume after a broken connection,
+and tags are set last, once every image of the archive is complete in the
+registry: a failure moves no tag, and a rerun sends only what is missing.
+Credentials come from --username/--password or --token, else from Docker's
+config.json and credential helpers. Then point the nodes at it with
+crpe mirror-config --registry HOST/PREFIX.`,
 		Example: `  crpe import demo-1.0.0.kubepkg.tgz --to http://agent.lan:36060 --token-file /etc/crpe/token
   crpe import demo-1.0.0.kubepkg.tgz --data /var/lib/crpe
   crpe import demo-0.9.0.kubepkg.tgz --to https://agent.lan:36060 --token "$TOKEN" --force
   crpe import /media/usb/demo-1.0.0.kubepkg.tgz.parts --to http://agent.lan:36060 --token-file /etc/crpe/token
-  crpe import /media/a/demo.kubepkg.tgz.000 /media/b/demo.kubepkg.tgz.001 --data /var/lib/crpe`,
+  crpe import /media/a/demo.kubepkg.tgz.000 /media/b/demo.kubepkg.tgz.001 --data /var/lib/crpe
+  crpe import demo-1.0.0.kubepkg.tgz --to-registry harbor.lan/crpe --ca-file /etc/ssl/site-ca.pem
+  CRPE_PASSWORD=... crpe import demo.kubepkg.tgz --to-registry reg.lan:5000/mirror --username ci --json
+  crpe import demo.kubepkg.tgz --to-registry quay.lan/crpe --flatten --token "$REGISTRY_TOKEN"`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			if (to == "") == (data == "") {
-				return errors.New("give exactly one of --to URL (an agent) or --data DIR (a local data folder)")
+			n := 0
+			for _, s := range []string{to, data, reg.target} {
+				if s != "" {
+					n++
+				}
+			}
+			if n != 1 {
+				return errors.New("give exactly one of --to URL (an agent), --to-registry HOST[/PREFIX] (a site registry) or --data DIR (a local data folder)")
 			}
 			// one archive, or the parts of a split one: missing parts and
 			// parts of the wrong size are refused here, before any byte
@@ -67,6 +90,9 @@ published.`,
 				file = set.Paths[0]
 			}
 			out := cmd.OutOrStdout()
+			if reg.target != "" {
+				return importToRegistry(cmd, set, file, &reg, token, tokenFile, asJSON)
+			}
 			if data != "" {
 				st, err := storage.Open(ctx, data, g.log, nil)
 				if err != nil {
@@ -181,13 +207,14 @@ published.`,
 	f := cmd.Flags()
 	f.StringVar(&data, "data", "", "import into this local data folder")
 	f.StringVar(&to, "to", "", "hand the archive to the agent at this URL")
-	f.StringVar(&token, "token", "", "the agent's token")
-	f.StringVar(&tokenFile, "token-file", "", "file holding the agent's token")
+	f.StringVar(&token, "token", "", "the agent's token (with --to-registry: the registry's bearer token)")
+	f.StringVar(&tokenFile, "token-file", "", "file holding the agent's token (with --to-registry: the registry's)")
 	f.BoolVar(&force, "force", false, "import even a lower version than the one imported")
 	f.BoolVar(&full, "full", false, "send every blob (no delta)")
 	f.StringVar(&namespace, "namespace", "default", "namespace of packages whose metadata names none (with --data)")
 	f.IntVar(&keep, "keep-versions", 3, "versions of each package kept (with --data)")
 	f.BoolVar(&asJSON, "json", false, "print the summary as JSON")
+	reg.add(f)
 	return cmd
 }
 

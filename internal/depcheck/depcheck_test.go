@@ -47,6 +47,8 @@ var allowed = map[string][]string{
 	"importer":    {"archive", "cas", "casfs", "diskfree", "inspect", "kubepkg", "oci", "repodb"},
 	"fsck":        {"cas", "casfs", "oci", "repodb"},
 	"agentclient": {"archive", "kubepkg", "oci"},
+	// crpe import --to-registry: an archive into a site registry
+	"registrypush": {"archive", "inspect", "kubepkg", "oci"},
 	// a client of the pocket that holds a data folder (crpe export)
 	"pocketclient": {"auth", "httpx", "storage"},
 	// Kubernetes: the client the agent and the operator share, the operator
@@ -69,7 +71,7 @@ var allowed = map[string][]string{
 }
 
 // dataPath are the packages that must link no Kubernetes library.
-var dataPath = []string{"oci", "cas", "casfs", "repodb", "registry", "upstream", "archive", "inspect", "pullthrough", "export", "importer", "fsck", "agentclient", "storage", "kubepkg"}
+var dataPath = []string{"oci", "cas", "casfs", "repodb", "registry", "upstream", "archive", "inspect", "pullthrough", "export", "importer", "fsck", "agentclient", "registrypush", "storage", "kubepkg"}
 
 // kubernetes are import path prefixes of the Kubernetes libraries.
 var kubernetes = []string{"k8s.io/", "sigs.k8s.io/controller-runtime", "github.com/fluxcd/"}

@@ -1,0 +1,112 @@
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"github.com/vbauerster/mpb/v8"
+
+	"github.com/octohelm/crpe/internal/archive"
+	"github.com/octohelm/crpe/internal/auth"
+	"github.com/octohelm/crpe/internal/parts"
+	"github.com/octohelm/crpe/internal/registrypush"
+)
+
+// registryFlags are crpe import's flags for a site registry.
+type registryFlags struct {
+	target             string
+	flatten, plainHTTP bool
+	username, password string
+	caFile             string
+	jobs               int
+	chunkMiB           int
+}
+
+func (r *registryFlags) add(f *pflag.FlagSet) {
+	f.StringVar(&r.target, "to-registry", "", "push into this site registry: HOST[:PORT][/PREFIX]")
+	f.BoolVar(&r.flatten, "flatten", false, "with --to-registry: one path component per repository, PREFIX/docker.io_library_nginx (registries that limit path depth)")
+	f.StringVar(&r.username, "username", "", "with --to-registry: the registry user (else Docker's config.json and credential helpers)")
+	f.StringVar(&r.password, "password", "", "with --to-registry: the registry password (CRPE_PASSWORD keeps it off the command line)")
+	f.StringVar(&r.caFile, "ca-file", "", "with --to-registry: PEM CA bundle the registry's certificate chains to (a site CA)")
+	f.BoolVar(&r.plainHTTP, "plain-http", false, "with --to-registry: allow plain HTTP (loopback registries always may)")
+	f.IntVar(&r.jobs, "jobs", registrypush.DefaultJobs, "with --to-registry: blobs uploaded at once")
+	f.IntVar(&r.chunkMiB, "chunk-size", registrypush.DefaultChunkSize>>20, "with --to-registry: MiB per upload chunk of a big layer (a broken chunk resumes; at most jobs × chunk-size MiB are held in memory)")
+}
+
+// importToRegistry is crpe import --to-registry.
+func importToRegistry(cmd *cobra.Command, set *parts.Set, file string, r *registryFlags, token, tokenFile string, asJSON bool) error {
+	tg, err := registrypush.ParseTarget(r.target)
+	if err != nil {
+		return err
+	}
+	o := registrypush.Options{Target: tg, CAFile: r.caFile, PlainHTTP: r.plainHTTP, Jobs: r.jobs,
+		ChunkSize: int64(r.chunkMiB) << 20, UserAgent: "crpe"}
+	if r.flatten {
+		o.Naming = registrypush.Flat
+	}
+	if token == "" && tokenFile != "" {
+		toks, err := auth.LoadTokens(tokenFile)
+		if err != nil {
+			return err
+		}
+		token = toks.First()
+	}
+	switch {
+	case token != "" && r.username != "":
+		return errors.New("give --token or --username/--password, not both")
+	case token != "":
+		o.Auth = &authn.Bearer{Token: token}
+	case r.username != "":
+		if r.password == "" {
+			return errors.New("--username needs --password (or CRPE_PASSWORD)")
+		}
+		o.Auth = &authn.Basic{Username: r.username, Password: r.password}
+	}
+	f, err := set.Open()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var rd io.Reader = f
+	var p *mpb.Progress
+	if isTerminal(cmd.ErrOrStderr()) && !asJSON {
+		p = mpb.New(mpb.WithOutput(cmd.ErrOrStderr()), mpb.WithWidth(40))
+		pr, _ := bytesBar(p, "push", set.Size).ProxyReader(f)
+		rd = pr
+	}
+	res, err := registrypush.Push(cmd.Context(), rd, o)
+	if p != nil {
+		p.Shutdown()
+	}
+	if err != nil {
+		if pr, ok := f.(*parts.Reader); ok {
+			if pe := pr.Fault(err); pe != nil {
+				return fmt.Errorf("%s: %w", file, pe)
+			}
+		}
+		var ee *archive.EntryError
+		if errors.As(err, &ee) {
+			return fmt.Errorf("%s: %w (nothing was tagged)", file, err)
+		}
+		return fmt.Errorf("%s: %w", file, err)
+	}
+	out := cmd.OutOrStdout()
+	if asJSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(res)
+	}
+	fmt.Fprintf(out, "pushed %s to %s: %d images; %d blobs pushed (%s), %d skipped (%s), %d mounted, %d copied; %d manifests pushed, %d present; sent %s\n",
+		strings.Join(res.PackageNames, ", "), res.Registry, len(res.Images), res.BlobsPushed, humanBytes(res.BytesPushed),
+		res.BlobsSkipped, humanBytes(res.BytesSkipped), res.BlobsMounted, res.BlobsCopied, res.ManifestsPushed, res.ManifestsSkipped, humanBytes(res.BytesSent))
+	for _, im := range res.Images {
+		fmt.Fprintf(out, "%s → %s@%s\n", im.Ref, im.Repository, im.Digest)
+	}
+	return nil
+}

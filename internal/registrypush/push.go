@@ -1,0 +1,697 @@
+// Package registrypush imports a kubepkg.tgz into a site registry (Harbor,
+// CNCF distribution, zot, a cloud registry) instead of crpe's own agent:
+// `crpe import FILE --to-registry HOST[/PREFIX]`.
+//
+// The archive is read once by archive.Read, which verifies every blob as it
+// streams. Each config and layer is sent on as it is read: first a HEAD (a
+// blob the registry has is skipped), else an upload session, the blob in
+// chunks (PATCH with Content-Range) of Options.ChunkSize; a chunk is kept in
+// memory until the registry acknowledged it, so a connection broken in
+// mid-chunk is resumed where the registry's upload status (GET, Range) says
+// it stopped. Several blobs upload at once (Options.Jobs), within
+// Options.MaxBuffer bytes of chunks held: nothing is spooled to disk. The
+// registry checks the digest on the final PUT too.
+//
+// Once the whole archive is read and valid, every image is checked complete
+// for its package's platforms, every blob of an image is put in its
+// repository (mounted, `?mount=&from=`, from the repository of the import
+// that holds it; copied through crpe when the registry does not mount),
+// manifests are put by digest, children first, and only then, when every
+// image of the archive is complete in the registry, the tags are set. A
+// failure before that moves no tag; a rerun sends only what is missing.
+//
+// Repositories are named by Target.Repository: PREFIX/docker.io/library/nginx
+// (Nested), or PREFIX/docker.io_library_nginx (Flat) for registries that
+// limit path depth. A registry that will not create a repository is reported
+// as a *RefusedError naming it.
+package registrypush
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/semaphore"
+
+	"github.com/octohelm/crpe/internal/archive"
+	"github.com/octohelm/crpe/internal/kubepkg"
+	"github.com/octohelm/crpe/internal/oci"
+)
+
+// Defaults of Options.
+const (
+	DefaultChunkSize = 8 << 20
+	DefaultJobs      = 4
+	DefaultAttempts  = 6
+)
+
+// Options say where and how to push.
+type Options struct {
+	Target Target
+	Naming Naming
+	// Auth, when set, is used instead of Keychain (--username/--password,
+	// --token).
+	Auth authn.Authenticator
+	// Keychain resolves credentials by registry host (default
+	// authn.DefaultKeychain: Docker's config.json and credential helpers).
+	Keychain authn.Keychain
+	// CAFile is a PEM bundle trusted besides the system's (a site CA).
+	CAFile string
+	// PlainHTTP allows plain HTTP (tried after HTTPS fails); loopback hosts
+	// always may.
+	PlainHTTP bool
+	// Transport is the base transport (tests); CAFile is then ignored.
+	Transport http.RoundTripper
+	// ChunkSize is the size of each PATCH of a blob larger than it (default
+	// 8 MiB); smaller blobs go in one PUT.
+	ChunkSize int64
+	// Jobs is how many blobs upload at once (default 4); MaxBuffer bounds
+	// the bytes of chunks held for them (default Jobs × ChunkSize).
+	Jobs      int
+	MaxBuffer int64
+	// Attempts bounds the tries of each request (default 6); Backoff is the
+	// first wait between them, doubled each time up to 5 s (default 250 ms).
+	Attempts int
+	Backoff  time.Duration
+	// UserAgent is sent with every request.
+	UserAgent string
+}
+
+// ImageResult is one image as the registry now holds it.
+type ImageResult struct {
+	Ref        string `json:"ref"`        // the archive's reference (docker.io/library/nginx:alpine)
+	Repository string `json:"repository"` // where it is (HOST/PREFIX/docker.io/library/nginx)
+	Tag        string `json:"tag,omitempty"`
+	Digest     string `json:"digest"`
+}
+
+// Result summarizes a push.
+type Result struct {
+	Registry          string        `json:"registry"`
+	Images            []ImageResult `json:"images"`
+	BlobsPushed       int           `json:"blobsPushed"`
+	BlobsSkipped      int           `json:"blobsSkipped"`
+	BlobsMounted      int           `json:"blobsMounted"`
+	BlobsCopied       int           `json:"blobsCopied,omitempty"`
+	BytesPushed       int64         `json:"bytesPushed"`
+	BytesSkipped      int64         `json:"bytesSkipped"`
+	BytesSent         int64         `json:"bytesSent"` // request bodies on the wire, resends included
+	ManifestsPushed   int           `json:"manifestsPushed"`
+	ManifestsSkipped  int           `json:"manifestsSkipped"`
+	TagsSet           []string      `json:"tagsSet"`
+	UploadsResumed    int           `json:"uploadsResumed,omitempty"`
+	RequestsRetried   int64         `json:"requestsRetried,omitempty"`
+	PackageNames      []string      `json:"packages"`
+	ArchiveBlobs      int           `json:"archiveBlobs"`
+	ArchiveBlobsBytes int64         `json:"archiveBytes"`
+}
+
+type image struct {
+	ref, src, repo, tag string // src: docker.io/library/nginx; repo: in the registry
+	desc                ocispec.Descriptor
+}
+
+type manifest struct {
+	body []byte
+	m    *oci.Manifest
+}
+
+// pusher is the archive.Handler of one push.
+type pusher struct {
+	o      Options
+	c      *client
+	ctx    context.Context // ends at the first failed upload
+	cancel context.CancelCauseFunc
+
+	pkgs       []*kubepkg.KubePkg
+	refs       map[string]bool
+	statusName map[digest.Digest]string // status.digests: blob → source repository
+	images     []*image
+	srcRepo    map[string]string                 // source repository → registry repository
+	owners     map[digest.Digest]map[string]bool // blob → registry repositories that need it (as known so far)
+	manifests  map[digest.Digest]*manifest
+
+	jobs chan struct{}
+	mem  *semaphore.Weighted
+	wg   sync.WaitGroup
+
+	mu      sync.Mutex
+	present map[digest.Digest]map[string]bool // blob → registry repositories known to hold it
+	res     Result
+}
+
+// Push reads the archive from r and pushes it to o.Target.
+func Push(ctx context.Context, r io.Reader, o Options) (*Result, error) {
+	if o.ChunkSize <= 0 {
+		o.ChunkSize = DefaultChunkSize
+	}
+	if o.Jobs <= 0 {
+		o.Jobs = DefaultJobs
+	}
+	if o.MaxBuffer < o.ChunkSize {
+		o.MaxBuffer = int64(o.Jobs) * o.ChunkSize
+	}
+	if o.Attempts <= 0 {
+		o.Attempts = DefaultAttempts
+	}
+	if o.Backoff <= 0 {
+		o.Backoff = 250 * time.Millisecond
+	}
+	if o.Keychain == nil {
+		o.Keychain = authn.DefaultKeychain
+	}
+	if o.UserAgent == "" {
+		o.UserAgent = "crpe"
+	}
+	pctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	p := &pusher{o: o, ctx: pctx, cancel: cancel,
+		statusName: map[digest.Digest]string{}, srcRepo: map[string]string{},
+		owners: map[digest.Digest]map[string]bool{}, manifests: map[digest.Digest]*manifest{},
+		present: map[digest.Digest]map[string]bool{},
+		jobs:    make(chan struct{}, o.Jobs), mem: semaphore.NewWeighted(o.MaxBuffer)}
+	p.res.Registry = o.Target.String()
+	have := func(d digest.Digest) bool { // a partial archive's blob left out
+		for repo := range p.owners[d] {
+			if ok, _ := p.has(pctx, repo, d); ok {
+				return true
+			}
+		}
+		return false
+	}
+	sum, err := archive.Read(pctx, r, p, archive.Limits{Have: have})
+	p.wg.Wait()
+	if cerr := context.Cause(pctx); cerr != nil && cerr != context.Canceled && !errors.Is(err, cerr) {
+		err = cerr // the failed upload, not the reader's "context canceled"
+	} else if err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, err
+	}
+	if p.pkgs == nil {
+		return nil, fmt.Errorf("%s: missing", archive.PackageEntry)
+	}
+	p.res.ArchiveBlobs, p.res.ArchiveBlobsBytes = len(sum.Blobs), sum.Bytes
+	if err := p.complete(ctx, sum); err != nil {
+		return nil, err
+	}
+	p.res.BytesSent = p.c.sent.Load()
+	p.res.RequestsRetried = p.c.retries.Load()
+	return &p.res, nil
+}
+
+// fail records the first failure of a background upload and stops the rest.
+func (p *pusher) fail(err error) { p.cancel(err) }
+
+// failed is the first failure so far.
+func (p *pusher) failed() error {
+	if p.ctx.Err() != nil {
+		return context.Cause(p.ctx)
+	}
+	return nil
+}
+
+// client connects once the repositories are known (after index.json): a
+// bearer token is asked for push on all of them at once.
+func (p *pusher) client(ctx context.Context) (*client, error) {
+	if p.c != nil {
+		return p.c, nil
+	}
+	opts := []name.Option{name.WeakValidation}
+	if p.o.PlainHTTP {
+		opts = append(opts, name.Insecure)
+	}
+	reg, err := name.NewRegistry(p.o.Target.Host, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("registry %q: %w", p.o.Target.Host, err)
+	}
+	auth := p.o.Auth
+	if auth == nil {
+		if auth, err = authn.Resolve(ctx, p.o.Keychain, reg); err != nil {
+			return nil, fmt.Errorf("credentials for %s: %w", reg.RegistryStr(), err)
+		}
+	}
+	base := p.o.Transport
+	if base == nil {
+		if base, err = baseTransport(p.o.CAFile); err != nil {
+			return nil, err
+		}
+	}
+	var scopes []string
+	seen := map[string]bool{}
+	for _, im := range p.images {
+		if !seen[im.repo] {
+			seen[im.repo] = true
+			scopes = append(scopes, "repository:"+im.repo+":push,pull")
+		}
+	}
+	sort.Strings(scopes)
+	var rt http.RoundTripper
+	for i := 1; ; i++ {
+		rt, err = transport.NewWithContext(ctx, reg, auth, transport.NewUserAgent(base, p.o.UserAgent), scopes)
+		if err == nil || i >= p.o.Attempts || ctx.Err() != nil || !retryablePing(err) {
+			break
+		}
+		t := time.NewTimer(p.o.Backoff << (i - 1))
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("registry %s: %w", reg.RegistryStr(), err)
+	}
+	p.c = &client{base: reg.Scheme() + "://" + reg.RegistryStr(), hc: &http.Client{Transport: rt},
+		attempts: p.o.Attempts, backoff: p.o.Backoff}
+	return p.c, nil
+}
+
+// retryablePing tells whether connecting may be tried again: the ping
+// failed on the network or with a 5xx.
+func retryablePing(err error) bool {
+	var te *transport.Error
+	if errors.As(err, &te) {
+		return te.StatusCode >= 500 || te.StatusCode == http.StatusTooManyRequests
+	}
+	var ne net.Error
+	return errors.As(err, &ne) || strings.Contains(err.Error(), "connection reset") || strings.Contains(err.Error(), "EOF")
+}
+
+// baseTransport is http.DefaultTransport trusting caFile besides the
+// system's CAs.
+func baseTransport(caFile string) (http.RoundTripper, error) {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.ResponseHeaderTimeout = 5 * time.Minute
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("--ca-file: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil || pool == nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--ca-file %s: no PEM certificate in it", caFile)
+		}
+		t.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	return t, nil
+}
+
+func (p *pusher) Package(data []byte) error {
+	pkgs, err := kubepkg.Parse(data)
+	if err != nil {
+		return fmt.Errorf("%s: %w", archive.PackageEntry, err)
+	}
+	p.refs = map[string]bool{}
+	for _, pk := range pkgs {
+		if err := pk.Validate(); err != nil {
+			return fmt.Errorf("%s: package %s: %w", archive.PackageEntry, pk.Metadata.Name, err)
+		}
+		for ref := range pk.Spec.Images {
+			p.refs[ref] = true
+		}
+		dms, _ := pk.StatusDigests()
+		for _, m := range dms {
+			if _, ok := p.statusName[m.Digest]; !ok && m.Repository != "" {
+				p.statusName[m.Digest] = m.Repository
+			}
+		}
+		p.res.PackageNames = append(p.res.PackageNames, pk.Metadata.Name+"@"+pk.Spec.Version)
+	}
+	p.pkgs = pkgs
+	return nil
+}
+
+func (p *pusher) Index(idx ocispec.Index) error {
+	flat := map[string]string{} // registry repository → source, for collisions
+	for _, m := range idx.Manifests {
+		ref := m.Annotations[archive.AnnotationImageName]
+		if ref == "" {
+			ref = m.Annotations[archive.AnnotationRefName]
+		}
+		r, err := oci.ParseReference(ref)
+		if err != nil {
+			return fmt.Errorf("%s: %s: %w", archive.IndexEntry, ref, err)
+		}
+		repo, err := p.o.Target.Repository(r.Repository, p.o.Naming)
+		if err != nil {
+			return err
+		}
+		if other, ok := flat[repo]; ok && other != r.Repository {
+			return fmt.Errorf("%s and %s would both be %s in the registry: push them with the nested naming, or under different prefixes", other, r.Repository, repo)
+		}
+		flat[repo] = r.Repository
+		p.srcRepo[r.Repository] = repo
+		p.images = append(p.images, &image{ref: ref, src: r.Repository, repo: repo, tag: r.Tag, desc: m})
+		p.own(m.Digest, repo)
+	}
+	// status.digests names repositories too: they must map (they are the
+	// images' own, which the reader checks)
+	for d, src := range p.statusName {
+		if repo, ok := p.srcRepo[src]; ok {
+			p.own(d, repo)
+		}
+	}
+	return nil
+}
+
+func (p *pusher) own(d digest.Digest, repo string) {
+	if p.owners[d] == nil {
+		p.owners[d] = map[string]bool{}
+	}
+	p.owners[d][repo] = true
+}
+
+// home is the repository a blob is first pushed to: one that needs it.
+func (p *pusher) home(d digest.Digest) string {
+	var repos []string
+	for r := range p.owners[d] {
+		repos = append(repos, r)
+	}
+	if len(repos) == 0 {
+		return p.images[0].repo
+	}
+	sort.Strings(repos)
+	return repos[0]
+}
+
+func (p *pusher) markPresent(d digest.Digest, repo string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.present[d] == nil {
+		p.present[d] = map[string]bool{}
+	}
+	p.present[d][repo] = true
+}
+
+// has tells whether repo holds blob d (known, else HEAD).
+func (p *pusher) has(ctx context.Context, repo string, d digest.Digest) (bool, error) {
+	p.mu.Lock()
+	ok := p.present[d][repo]
+	p.mu.Unlock()
+	if ok {
+		return true, nil
+	}
+	c, err := p.client(ctx)
+	if err != nil {
+		return false, err
+	}
+	ok, err = c.exists(ctx, repo, "blobs", d)
+	if ok {
+		p.markPresent(d, repo)
+	}
+	return ok, err
+}
+
+func (p *pusher) Blob(ctx context.Context, desc ocispec.Descriptor, kind oci.Kind, r io.Reader) error {
+	if err := p.failed(); err != nil {
+		return err
+	}
+	if mb, ok := r.(*archive.ManifestBlob); ok && kind == oci.KindManifest {
+		p.manifests[desc.Digest] = &manifest{body: mb.Body, m: mb.Manifest}
+		for _, ch := range mb.Manifest.Children() {
+			for repo := range p.owners[desc.Digest] {
+				p.own(ch.Digest, repo)
+			}
+		}
+		return nil
+	}
+	if kind == oci.KindManifest {
+		return fmt.Errorf("manifest %s: the archive reader gave no parsed manifest", desc.Digest)
+	}
+	repo := p.home(desc.Digest)
+	ok, err := p.has(p.ctx, repo, desc.Digest)
+	if err != nil {
+		return err
+	}
+	if ok {
+		p.mu.Lock()
+		p.res.BlobsSkipped++
+		p.res.BytesSkipped += desc.Size
+		p.mu.Unlock()
+		return nil // the reader still reads and verifies the bytes
+	}
+	select {
+	case p.jobs <- struct{}{}:
+	case <-p.ctx.Done():
+		return p.failed()
+	}
+	if desc.Size <= p.o.ChunkSize {
+		return p.small(repo, desc, r)
+	}
+	return p.chunked(repo, desc, r)
+}
+
+// done ends an upload started by Blob.
+func (p *pusher) done(repo string, desc ocispec.Descriptor, err error) {
+	defer func() { <-p.jobs }()
+	if err != nil {
+		p.fail(fmt.Errorf("blob %s (%d bytes) to %s: %w", desc.Digest, desc.Size, repo, err))
+		return
+	}
+	p.markPresent(desc.Digest, repo)
+	p.mu.Lock()
+	p.res.BlobsPushed++
+	p.res.BytesPushed += desc.Size
+	p.mu.Unlock()
+}
+
+// small reads a blob of at most a chunk, verified, and puts it in one
+// request in the background (a new session on each try).
+func (p *pusher) small(repo string, desc ocispec.Descriptor, r io.Reader) error {
+	if err := p.mem.Acquire(p.ctx, desc.Size); err != nil {
+		<-p.jobs
+		return p.failed()
+	}
+	body := make([]byte, desc.Size)
+	_, err := io.ReadFull(r, body)
+	if err == nil {
+		err = expectEOF(r)
+	}
+	if err != nil {
+		p.mem.Release(desc.Size)
+		<-p.jobs
+		return err
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		defer p.mem.Release(desc.Size)
+		var err error
+		for i := 1; ; i++ {
+			var loc string
+			if loc, _, err = p.c.startUpload(p.ctx, repo, desc.Digest, ""); err == nil {
+				if err = p.c.putMonolithic(p.ctx, repo, loc, desc.Digest, body); err == nil {
+					break
+				}
+				p.c.cancel(loc)
+			}
+			var e *Error
+			status := 0
+			if errors.As(err, &e) {
+				status = e.Status
+			}
+			var re *RefusedError
+			if errors.As(err, &re) || !temporary(errUnlessNet(err, e), status) || i >= p.c.attempts || p.ctx.Err() != nil {
+				break
+			}
+			p.c.retries.Add(1)
+			if p.c.wait(p.ctx, i) != nil {
+				break
+			}
+		}
+		p.done(repo, desc, err)
+	}()
+	return nil
+}
+
+// errUnlessNet is err when it is not a registry answer (a network error).
+func errUnlessNet(err error, e *Error) error {
+	if e != nil {
+		return nil
+	}
+	return err
+}
+
+// expectEOF reads the end of a verifying reader: io.EOF once every byte was
+// read and matched its digest, else its error.
+func expectEOF(r io.Reader) error {
+	var b [1]byte
+	n, err := r.Read(b[:])
+	if n > 0 {
+		return fmt.Errorf("blob longer than announced")
+	}
+	if err == io.EOF {
+		return nil
+	}
+	if err == nil {
+		return expectEOF(r)
+	}
+	return err
+}
+
+// chunked streams a blob larger than a chunk: the reader side reads chunks
+// (each held in memory within MaxBuffer) and hands them to a goroutine
+// that PATCHes them in order, resuming a broken one, then PUTs the digest.
+// A chunk that fails verification (the last one, at EOF) cancels the
+// session: nothing is completed.
+func (p *pusher) chunked(repo string, desc ocispec.Descriptor, r io.Reader) error {
+	ch := make(chan []byte, int(p.o.MaxBuffer/p.o.ChunkSize)+1)
+	abort := make(chan struct{})
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.done(repo, desc, p.sendChunks(repo, desc, ch, abort))
+		// after a failure (which stopped the reader side): release what
+		// was not sent
+		for {
+			select {
+			case b, ok := <-ch:
+				if !ok {
+					return
+				}
+				p.mem.Release(int64(len(b)))
+			case <-abort:
+				return
+			}
+		}
+	}()
+	var off int64
+	for off < desc.Size {
+		n := min(p.o.ChunkSize, desc.Size-off)
+		if err := p.mem.Acquire(p.ctx, n); err != nil {
+			close(abort)
+			return p.failed()
+		}
+		buf := make([]byte, n)
+		_, err := io.ReadFull(r, buf)
+		if err == nil && off+n == desc.Size {
+			err = expectEOF(r)
+		}
+		if err != nil {
+			p.mem.Release(n)
+			close(abort)
+			return err
+		}
+		select {
+		case ch <- buf:
+		case <-p.ctx.Done():
+			p.mem.Release(n)
+			close(abort)
+			return p.failed()
+		}
+		off += n
+	}
+	close(ch)
+	return nil
+}
+
+// sendChunks uploads the chunks of ch in order.
+func (p *pusher) sendChunks(repo string, desc ocispec.Descriptor, ch <-chan []byte, abort <-chan struct{}) (err error) {
+	var loc string
+	release := func(b []byte) { p.mem.Release(int64(len(b))) }
+	defer func() {
+		if err != nil {
+			p.c.cancel(loc)
+		}
+	}()
+	if loc, _, err = p.c.startUpload(p.ctx, repo, desc.Digest, ""); err != nil {
+		return err
+	}
+	var off int64
+	for {
+		var buf []byte
+		var ok bool
+		select {
+		case buf, ok = <-ch:
+		case <-abort:
+			return errors.New("the archive's blob failed verification")
+		case <-p.ctx.Done():
+			return p.failed()
+		}
+		if !ok {
+			break
+		}
+		loc, err = p.sendChunk(repo, desc, loc, off, buf)
+		release(buf)
+		if err != nil {
+			return err
+		}
+		off += int64(len(buf))
+	}
+	// every byte is there and was verified on the way in
+	select {
+	case <-abort:
+		return errors.New("the archive's blob failed verification")
+	default:
+	}
+	return p.c.finish(p.ctx, repo, loc, desc.Digest)
+}
+
+// sendChunk PATCHes buf at off; on a network error or a 5xx it asks the
+// session where it stands and sends the rest of the chunk from there, or
+// (when the session holds nothing of worth: off is 0) starts a new one.
+func (p *pusher) sendChunk(repo string, desc ocispec.Descriptor, loc string, off int64, buf []byte) (string, error) {
+	start := off
+	for i := 1; ; i++ {
+		next, err := p.c.patch(p.ctx, repo, loc, off, buf[off-start:])
+		if err == nil {
+			return next, nil
+		}
+		var e *Error
+		status := 0
+		if errors.As(err, &e) {
+			status = e.Status
+		}
+		if !temporary(errUnlessNet(err, e), status) && status != http.StatusRequestedRangeNotSatisfiable || i >= p.c.attempts || p.ctx.Err() != nil {
+			return "", err
+		}
+		p.c.retries.Add(1)
+		if werr := p.c.wait(p.ctx, i); werr != nil {
+			return "", werr
+		}
+		got, nloc, ambiguous, serr := p.c.uploadStatus(p.ctx, repo, loc)
+		switch {
+		case serr == nil && !ambiguous && got >= start && got <= start+int64(len(buf)):
+			loc, off = nloc, got
+			if off == start+int64(len(buf)) {
+				return loc, nil // the registry had it all
+			}
+		case start == 0:
+			// the session holds nothing that is not in buf: a new one
+			p.c.cancel(loc)
+			nloc, _, err := p.c.startUpload(p.ctx, repo, desc.Digest, "")
+			if err != nil {
+				return "", err
+			}
+			loc, off = nloc, 0
+		default:
+			if serr == nil {
+				serr = fmt.Errorf("the registry holds %d bytes, the chunk starts at %d", got, start)
+			}
+			return "", fmt.Errorf("resume the upload at %d: %w (rerun the import: what the registry holds is not sent again)", start, serr)
+		}
+		p.mu.Lock()
+		p.res.UploadsResumed++
+		p.mu.Unlock()
+	}
+}

@@ -9,6 +9,7 @@ export PATH="$(go env GOPATH)/bin:$PATH"
 CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
 CRANE_VERSION=v0.22.1
 HELM_VERSION=v4.3.2
+DISTRIBUTION_VERSION=v3.1.2
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -22,6 +23,11 @@ fi
 # helm, the judge of `crpe package` and `crpe manifests --helm-chart` (test/chart): built from the module proxy
 if ! go version -m "$(go env GOPATH)/bin/helm" 2>/dev/null | grep -q "helm.sh/helm/v4[[:space:]]*${HELM_VERSION}"; then
   GOFLAGS=-mod=mod go install "helm.sh/helm/v4/cmd/helm@${HELM_VERSION}"
+fi
+# CNCF distribution v3, the site registry of test/toregistry (crpe import --to-registry): the
+# binary is named `registry`, so its module path is checked, not just its name
+if ! go version -m "$(go env GOPATH)/bin/registry" 2>/dev/null | grep -q "github.com/distribution/distribution/v3[[:space:]]*${DISTRIBUTION_VERSION}"; then
+  GOFLAGS=-mod=mod go install "github.com/distribution/distribution/v3/cmd/registry@${DISTRIBUTION_VERSION}"
 fi
 if ! command -v conformance-ro >/dev/null; then
   bash test/peers/conformance-ro.sh "${CONFORMANCE_VERSION}"

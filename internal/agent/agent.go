@@ -5,16 +5,21 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
 	"github.com/octohelm/crpe/internal/auth"
 	"github.com/octohelm/crpe/internal/httpx"
 	"github.com/octohelm/crpe/internal/importer"
 	"github.com/octohelm/crpe/internal/registry"
+	"github.com/octohelm/crpe/internal/registrypush"
 	"github.com/octohelm/crpe/internal/storage"
 	"github.com/octohelm/crpe/internal/webui"
 )
@@ -41,10 +46,19 @@ type Config struct {
 	GCInterval time.Duration
 	GCGrace    time.Duration
 	Log        *slog.Logger
+	// Registry, when set, is registry mode: imports go into this site
+	// registry (registrypush) instead of a data folder, and the package
+	// records are the cluster's KubePkg objects (Kubeconfig or the pod's
+	// in-cluster identity is required; --token-file too, shared by the
+	// replicas). /v2 answers 404: the nodes pull from the site registry.
+	Registry *registrypush.Options
 }
 
 // Run serves until ctx is done.
 func Run(ctx context.Context, cfg Config) error {
+	if cfg.Registry != nil {
+		return runRegistryMode(ctx, cfg)
+	}
 	st, log, reg, err := storage.OpenServer(ctx, cfg.Data, cfg.Log)
 	if err != nil {
 		return err
@@ -98,6 +112,50 @@ func Run(ctx context.Context, cfg Config) error {
 	mux.Handle("/v2", v2)
 
 	return cfg.Listener.Run(ctx, log, reg, mux, "crpe agent listening", "data", cfg.Data, "allow_push", cfg.AllowPush)
+}
+
+// runRegistryMode serves the agent in registry mode: no data folder, no
+// blob; the import API, the package records (KubePkg objects), the delta
+// and the inventory (asked of the site registry), the web UI.
+func runRegistryMode(ctx context.Context, cfg Config) error {
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Kubeconfig == "" && os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
+		return errors.New("registry mode keeps the package records as KubePkg objects in the cluster: give --kubeconfig, or run the agent in a pod")
+	}
+	if cfg.TokenFile == "" {
+		return errors.New("registry mode needs --token-file: every replica must accept the same token (crpe install puts it in a Secret)")
+	}
+	tokens, err := auth.LoadTokens(cfg.TokenFile)
+	if err != nil {
+		return err
+	}
+	sync, err := newClusterSync(cfg.Kubeconfig, log)
+	if err != nil {
+		return err
+	}
+	if cfg.Namespace == "" {
+		cfg.Namespace = ownNamespace()
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	rm := &regMode{push: *cfg.Registry, cluster: sync, ns: cfg.Namespace}
+
+	guard := &auth.Guard{Tokens: tokens, PullTokenRequired: cfg.PullTokenRequired}
+	mux := httpx.NewMux(reg)
+	a := newAPI(nil, nil, reg)
+	a.rm = rm
+	ui := &uiAPI{pullTokenRequired: cfg.PullTokenRequired, cluster: sync, registry: rm}
+	apiGuard := func(h http.Handler) http.Handler { return guard.Middleware(IsWrite, denyAPI, h) }
+	a.routes(mux, apiGuard)
+	ui.routes(mux, apiGuard)
+	webui.Register(mux, webui.Agent)
+	mux.HandleFunc("/v2/", rm.noV2)
+	mux.HandleFunc("/v2", rm.noV2)
+	return cfg.Listener.Run(ctx, log, reg, mux, "crpe agent listening in registry mode", "registry", cfg.Registry.Target.String(),
+		"namespace", cfg.Namespace)
 }
 
 // denyAPI answers an /api request the guard refused.

@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 
+	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/octohelm/crpe/internal/cas"
@@ -37,6 +38,9 @@ type api struct {
 	// creates KubePkg objects from it); what it returns is added to the
 	// answer.
 	OnImport func(context.Context, *importer.Result) map[string]string
+	// rm, in registry mode, takes imports, package records and the blob
+	// questions instead of st and imp (both nil then).
+	rm *regMode
 }
 
 func newAPI(st *storage.Storage, imp *importer.Importer, reg prometheus.Registerer) *api {
@@ -77,7 +81,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 func (a *api) putKubePkgs(w http.ResponseWriter, r *http.Request) {
 	httpx.SetRoute(r, "import")
-	if r.ContentLength > 0 {
+	if r.ContentLength > 0 && a.st != nil {
 		if free := diskfree.Available(a.st.Dir); free >= 0 && r.ContentLength > free {
 			a.imports.WithLabelValues("no_space").Inc()
 			httpx.WriteError(w, r, http.StatusInsufficientStorage, "INSUFFICIENT_STORAGE",
@@ -102,7 +106,18 @@ func (a *api) putKubePkgs(w http.ResponseWriter, r *http.Request) {
 		}
 		body = split
 	}
-	res, err := a.imp.Import(r.Context(), body, importer.ImportOptions{Force: force})
+	var res *importer.Result
+	var regRes *RegistryResult
+	var err error
+	if a.rm != nil {
+		if regRes, err = a.rm.importArchive(r.Context(), body, force); err != nil {
+			err = registryError(err)
+		} else {
+			res = regRes.Result
+		}
+	} else {
+		res, err = a.imp.Import(r.Context(), body, importer.ImportOptions{Force: force})
+	}
 	if err != nil {
 		if split != nil && importer.AsError(err).Code == "IMPORT_INVALID" {
 			// a part refused, or found corrupt by its digest once the
@@ -137,6 +152,10 @@ func (a *api) putKubePkgs(w http.ResponseWriter, r *http.Request) {
 	}
 	a.imports.WithLabelValues("ok").Inc()
 	a.received.Add(float64(res.BytesReceived))
+	if regRes != nil {
+		writeJSON(w, http.StatusCreated, regRes)
+		return
+	}
 	if a.OnImport != nil {
 		objs := a.OnImport(r.Context(), res)
 		writeJSON(w, http.StatusCreated, struct {
@@ -192,6 +211,19 @@ func splitUpload(body io.Reader, boundary string) (*parts.Reader, error) {
 
 func (a *api) listKubePkgs(w http.ResponseWriter, r *http.Request) {
 	httpx.SetRoute(r, "kubepkgs")
+	if a.rm != nil {
+		recs, err := a.rm.records(r.Context())
+		if err != nil {
+			writeImportError(w, r, err)
+			return
+		}
+		items := []map[string]any{}
+		for _, rec := range recs {
+			items = append(items, rec.item())
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"items": items})
+		return
+	}
 	var pkgs []*repodb.Package
 	err := a.st.DB.View(func(tx *repodb.Tx) error {
 		var err error
@@ -220,6 +252,24 @@ func (a *api) listKubePkgs(w http.ResponseWriter, r *http.Request) {
 func (a *api) getKubePkg(w http.ResponseWriter, r *http.Request) {
 	httpx.SetRoute(r, "kubepkg")
 	ns, name := r.PathValue("namespace"), r.PathValue("name")
+	if a.rm != nil {
+		rec, err := a.rm.record(r.Context(), ns, name)
+		if err != nil {
+			writeImportError(w, r, err)
+			return
+		}
+		if rec == nil {
+			httpx.WriteError(w, r, http.StatusNotFound, "NOT_FOUND", fmt.Sprintf("package %s/%s is not imported (no KubePkg object)", ns, name), nil)
+			return
+		}
+		d, err := rec.detail()
+		if err != nil {
+			httpx.WriteError(w, r, http.StatusInternalServerError, "UNKNOWN", err.Error(), nil)
+			return
+		}
+		writeJSON(w, http.StatusOK, d)
+		return
+	}
 	var p *repodb.Package
 	var ok bool
 	err := a.st.DB.View(func(tx *repodb.Tx) error {
@@ -254,14 +304,31 @@ func (a *api) missingBlobs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	missing := []string{}
+	var ds []digest.Digest
 	for _, s := range q.Digests {
 		d, err := oci.ParseDigest(s)
 		if err != nil {
 			httpx.WriteError(w, r, http.StatusBadRequest, "DIGEST_INVALID", err.Error(), map[string]string{"digest": s})
 			return
 		}
+		ds = append(ds, d)
+	}
+	if a.rm != nil {
+		// asked of the site registry, in the repositories of the packages
+		out, err := a.rm.missing(r.Context(), ds)
+		if err != nil {
+			writeImportError(w, r, err)
+			return
+		}
+		for _, d := range out {
+			missing = append(missing, string(d))
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"missing": missing})
+		return
+	}
+	for _, d := range ds {
 		if _, err := a.st.Store.Stat(r.Context(), d); err != nil {
-			missing = append(missing, s)
+			missing = append(missing, string(d))
 		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"missing": missing})
@@ -302,10 +369,26 @@ func ReadInventory(ctx context.Context, st *storage.Storage) (*Inventory, error)
 
 func (a *api) inventory(w http.ResponseWriter, r *http.Request) {
 	httpx.SetRoute(r, "inventory")
-	inv, err := ReadInventory(r.Context(), a.st)
+	var inv *Inventory
+	var err error
+	if a.rm != nil {
+		if inv, err = a.rm.inventory(r.Context()); err != nil {
+			writeImportError(w, r, err)
+			return
+		}
+	} else {
+		inv, err = ReadInventory(r.Context(), a.st)
+	}
 	if err != nil {
 		httpx.WriteError(w, r, http.StatusInternalServerError, "UNKNOWN", err.Error(), nil)
 		return
 	}
 	writeJSON(w, http.StatusOK, inv)
+}
+
+// writeImportError writes err as the import API's error answer (registry
+// mode: the cluster or the site registry failing).
+func writeImportError(w http.ResponseWriter, r *http.Request, err error) {
+	e := importer.AsError(registryError(err))
+	httpx.WriteError(w, r, e.Status, e.Code, e.Error(), nil)
 }

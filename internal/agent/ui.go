@@ -14,6 +14,7 @@ import (
 	"github.com/octohelm/crpe/internal/httpx"
 	"github.com/octohelm/crpe/internal/kubeclient"
 	"github.com/octohelm/crpe/internal/mirrorconfig"
+	"github.com/octohelm/crpe/internal/registrypush"
 	"github.com/octohelm/crpe/internal/version"
 )
 
@@ -22,6 +23,7 @@ import (
 // the agent has cluster access, the packages' Applied/Ready state.
 type uiAPI struct {
 	cluster           *clusterSync // nil: no Kubernetes access
+	registry          *regMode     // registry mode
 	pullTokenRequired bool
 	allowPush         bool
 }
@@ -40,12 +42,19 @@ type AgentInfo struct {
 	Cluster           bool `json:"cluster"`
 	PullTokenRequired bool `json:"pullTokenRequired"`
 	AllowPush         bool `json:"allowPush"`
+	// Registry is the site registry of registry mode (HOST[/PREFIX]):
+	// the nodes pull from it, not from the agent.
+	Registry string `json:"registry,omitempty"`
 }
 
 func (u *uiAPI) info(w http.ResponseWriter, r *http.Request) {
 	httpx.SetRoute(r, "agent_info")
-	writeJSON(w, http.StatusOK, AgentInfo{Version: version.Get().Version, Cluster: u.cluster != nil,
-		PullTokenRequired: u.pullTokenRequired, AllowPush: u.allowPush})
+	info := AgentInfo{Version: version.Get().Version, Cluster: u.cluster != nil,
+		PullTokenRequired: u.pullTokenRequired, AllowPush: u.allowPush}
+	if u.registry != nil {
+		info.Registry = u.registry.push.Target.String()
+	}
+	writeJSON(w, http.StatusOK, info)
 }
 
 // mirrorConfig renders the nodes' configuration: ?format=containerd (the
@@ -68,6 +77,11 @@ func (u *uiAPI) mirrorConfig(w http.ResponseWriter, r *http.Request) {
 		hosts = []string{"docker.io", "ghcr.io", "quay.io"}
 	}
 	o := mirrorconfig.Options{Agent: agentURL, Hosts: hosts}
+	var site *mirrorconfig.SiteRegistry
+	if u.registry != nil {
+		// registry mode: the nodes pull from the site registry
+		site = &mirrorconfig.SiteRegistry{URL: u.registry.push.Target.String(), Flat: u.registry.push.Naming == registrypush.Flat}
+	}
 	var out strings.Builder
 	switch q.Get("format") {
 	case "", "containerd":
@@ -78,7 +92,13 @@ func (u *uiAPI) mirrorConfig(w http.ResponseWriter, r *http.Request) {
 			if h == "" {
 				continue
 			}
-			s, err := mirrorconfig.HostsTOML(o, h)
+			var s string
+			var err error
+			if site != nil {
+				s, err = mirrorconfig.RegistryHostsTOML(o, *site, h)
+			} else {
+				s, err = mirrorconfig.HostsTOML(o, h)
+			}
 			if err != nil {
 				httpx.WriteError(w, r, http.StatusBadRequest, "INVALID", err.Error(), nil)
 				return
@@ -90,7 +110,13 @@ func (u *uiAPI) mirrorConfig(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprintf(&out, "# /etc/containerd/certs.d/%s/hosts.toml\n%s\n", dir, s)
 		}
 	case "k3s":
-		s, err := mirrorconfig.RegistriesYAML(o)
+		var s string
+		var err error
+		if site != nil {
+			s, err = mirrorconfig.RegistryRegistriesYAML(o, *site)
+		} else {
+			s, err = mirrorconfig.RegistriesYAML(o)
+		}
 		if err != nil {
 			httpx.WriteError(w, r, http.StatusBadRequest, "INVALID", err.Error(), nil)
 			return

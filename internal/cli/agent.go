@@ -8,11 +8,14 @@ import (
 
 	"github.com/octohelm/crpe/internal/agent"
 	"github.com/octohelm/crpe/internal/agentclient"
+	"github.com/octohelm/crpe/internal/auth"
 	"github.com/octohelm/crpe/internal/storage"
 )
 
 func newAgentCmd(g *globals) *cobra.Command {
 	cfg := agent.Config{}
+	var reg registryFlags
+	var regTokenFile string
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Serve the intranet registry that the nodes use as their containerd mirror",
@@ -27,7 +30,20 @@ user name (docker login, crane auth login and skopeo --creds work). Without
 --token-file a random token is created in <data>/token on first start.
 Pushes to /v2 answer 405 UNSUPPORTED unless --allow-push.
 
-Also serves /healthz and Prometheus /metrics. SIGTERM shuts down gracefully.`,
+Also serves /healthz and Prometheus /metrics. SIGTERM shuts down gracefully.
+
+Registry mode (--registry HOST[:PORT][/PREFIX]): the agent holds no blob.
+An import (PUT /api/v1/kubepkgs, crpe import --to, the web UI) is pushed
+into that site registry as crpe import --to-registry does (the same
+--flatten, --username/--password, --registry-token-file, --ca-file,
+--plain-http, --jobs and --chunk-size), the semver gate asked of the
+KubePkg object before any blob goes; once every tag is set, the KubePkg
+object is written. The package records are the cluster's KubePkg objects,
+so registry mode needs --kubeconfig (or runs in a pod) and --token-file,
+and any number of replicas behind one Service answer alike. The delta
+(POST /api/v1/blobs/missing) and the inventory are asked of the site
+registry (HEAD in the repositories of the packages' images). /v2 answers
+404: the nodes pull from the site registry (crpe mirror-config --registry).`,
 		Example: `  # on defaults: listen on :36060, data in ./crpe-data, token created there
   crpe agent
 
@@ -36,10 +52,29 @@ Also serves /healthz and Prometheus /metrics. SIGTERM shuts down gracefully.`,
     --allow-push --tls-cert tls.crt --tls-key tls.key
 
   # the same through the environment
-  CRPE_DATA=/var/lib/crpe CRPE_ALLOW_PUSH=true crpe agent`,
+  CRPE_DATA=/var/lib/crpe CRPE_ALLOW_PUSH=true crpe agent
+
+  # registry mode: import into the site registry, package records as KubePkg objects
+  CRPE_PASSWORD=... crpe agent --registry harbor.lan/crpe --username ci --ca-file /etc/ssl/site-ca.pem \
+    --kubeconfig ~/.kube/config --token-file /etc/crpe/token`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg.Log = g.log
+			if reg.target != "" {
+				token := ""
+				if regTokenFile != "" {
+					toks, err := auth.LoadTokens(regTokenFile)
+					if err != nil {
+						return err
+					}
+					token = toks.First()
+				}
+				o, err := reg.options(token)
+				if err != nil {
+					return err
+				}
+				cfg.Registry = &o
+			}
 			serverGC()
 			return agent.Run(cmd.Context(), cfg)
 		},
@@ -56,6 +91,8 @@ Also serves /healthz and Prometheus /metrics. SIGTERM shuts down gracefully.`,
 	f.IntVar(&cfg.KeepVersions, "keep-versions", 3, "versions of each package kept; older ones are garbage-collected")
 	f.DurationVar(&cfg.GCInterval, "gc-interval", 24*time.Hour, "how often garbage collection runs besides after imports")
 	f.DurationVar(&cfg.GCGrace, "gc-grace", time.Hour, "unreferenced blobs younger than this are kept (a push links its blobs a moment after storing them)")
+	reg.addAs(f, "registry", "registry mode: import into this site registry, HOST[:PORT][/PREFIX], keep no blob; package records are KubePkg objects (needs --kubeconfig or a pod, and --token-file)")
+	f.StringVar(&regTokenFile, "registry-token-file", "", "with --registry: file whose first line is a bearer token for the registry (instead of --username/--password)")
 	cmd.AddCommand(newAgentInventoryCmd())
 	return cmd
 }

@@ -29,27 +29,51 @@ type registryFlags struct {
 }
 
 func (r *registryFlags) add(f *pflag.FlagSet) {
-	f.StringVar(&r.target, "to-registry", "", "push into this site registry: HOST[:PORT][/PREFIX]")
-	f.BoolVar(&r.flatten, "flatten", false, "with --to-registry: one path component per repository, PREFIX/docker.io_library_nginx (registries that limit path depth)")
-	f.StringVar(&r.username, "username", "", "with --to-registry: the registry user (else Docker's config.json and credential helpers)")
-	f.StringVar(&r.password, "password", "", "with --to-registry: the registry password (CRPE_PASSWORD keeps it off the command line)")
-	f.StringVar(&r.caFile, "ca-file", "", "with --to-registry: PEM CA bundle the registry's certificate chains to (a site CA)")
-	f.BoolVar(&r.plainHTTP, "plain-http", false, "with --to-registry: allow plain HTTP (loopback registries always may)")
-	f.IntVar(&r.jobs, "jobs", registrypush.DefaultJobs, "with --to-registry: blobs uploaded at once")
-	f.IntVar(&r.chunkMiB, "chunk-size", registrypush.DefaultChunkSize>>20, "with --to-registry: MiB per upload chunk of a big layer (a broken chunk resumes; at most jobs × chunk-size MiB are held in memory)")
+	r.addAs(f, "to-registry", "push into this site registry: HOST[:PORT][/PREFIX]")
 }
 
-// importToRegistry is crpe import --to-registry.
-func importToRegistry(cmd *cobra.Command, set *parts.Set, file string, r *registryFlags, token, tokenFile string, asJSON bool) error {
+// addAs adds the flags with the target flag named target (crpe import
+// --to-registry, crpe agent --registry).
+func (r *registryFlags) addAs(f *pflag.FlagSet, target, help string) {
+	w := "with --" + target + ": "
+	f.StringVar(&r.target, target, "", help)
+	f.BoolVar(&r.flatten, "flatten", false, w+"one path component per repository, PREFIX/docker.io_library_nginx (registries that limit path depth)")
+	f.StringVar(&r.username, "username", "", w+"the registry user (else Docker's config.json and credential helpers)")
+	f.StringVar(&r.password, "password", "", w+"the registry password (CRPE_PASSWORD keeps it off the command line)")
+	f.StringVar(&r.caFile, "ca-file", "", w+"PEM CA bundle the registry's certificate chains to (a site CA)")
+	f.BoolVar(&r.plainHTTP, "plain-http", false, w+"allow plain HTTP (loopback registries always may)")
+	f.IntVar(&r.jobs, "jobs", registrypush.DefaultJobs, w+"blobs uploaded (and HEADs asked) at once")
+	f.IntVar(&r.chunkMiB, "chunk-size", registrypush.DefaultChunkSize>>20, w+"MiB per upload chunk of a big layer (a broken chunk resumes; at most jobs × chunk-size MiB are held in memory)")
+}
+
+// options are the push options the flags say, with token (a bearer token
+// for the registry) when given.
+func (r *registryFlags) options(token string) (registrypush.Options, error) {
 	tg, err := registrypush.ParseTarget(r.target)
 	if err != nil {
-		return err
+		return registrypush.Options{}, err
 	}
 	o := registrypush.Options{Target: tg, CAFile: r.caFile, PlainHTTP: r.plainHTTP, Jobs: r.jobs,
 		ChunkSize: int64(r.chunkMiB) << 20, UserAgent: "crpe"}
 	if r.flatten {
 		o.Naming = registrypush.Flat
 	}
+	switch {
+	case token != "" && r.username != "":
+		return o, errors.New("give --token or --username/--password, not both")
+	case token != "":
+		o.Auth = &authn.Bearer{Token: token}
+	case r.username != "":
+		if r.password == "" {
+			return o, errors.New("--username needs --password (or CRPE_PASSWORD)")
+		}
+		o.Auth = &authn.Basic{Username: r.username, Password: r.password}
+	}
+	return o, nil
+}
+
+// importToRegistry is crpe import --to-registry.
+func importToRegistry(cmd *cobra.Command, set *parts.Set, file string, r *registryFlags, token, tokenFile string, asJSON bool) error {
 	if token == "" && tokenFile != "" {
 		toks, err := auth.LoadTokens(tokenFile)
 		if err != nil {
@@ -57,16 +81,9 @@ func importToRegistry(cmd *cobra.Command, set *parts.Set, file string, r *regist
 		}
 		token = toks.First()
 	}
-	switch {
-	case token != "" && r.username != "":
-		return errors.New("give --token or --username/--password, not both")
-	case token != "":
-		o.Auth = &authn.Bearer{Token: token}
-	case r.username != "":
-		if r.password == "" {
-			return errors.New("--username needs --password (or CRPE_PASSWORD)")
-		}
-		o.Auth = &authn.Basic{Username: r.username, Password: r.password}
+	o, err := r.options(token)
+	if err != nil {
+		return err
 	}
 	f, err := set.Open()
 	if err != nil {

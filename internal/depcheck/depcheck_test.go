@@ -58,7 +58,7 @@ var allowed = map[string][]string{
 	"applyorder": {"kubepkg"},
 	// servers: the agent does not import the operator; the pocket's JSON API
 	// does not serve /v2 (pocket wires the registry and the cache)
-	"agent":     {"auth", "cas", "diskfree", "httpx", "importer", "kubeclient", "kubepkg", "mirrorconfig", "oci", "parts", "registry", "repodb", "storage", "version", "webui"},
+	"agent":     {"auth", "cas", "diskfree", "httpx", "importer", "kubeclient", "kubepkg", "mirrorconfig", "oci", "parts", "registry", "registrypush", "repodb", "storage", "version", "webui"},
 	"pocketapi": {"agentclient", "auth", "cas", "chart", "diskfree", "export", "httpx", "kubepkg", "oci", "pullthrough", "repodb", "storage", "upstream"},
 	"chart":     {"atomicfile", "cas", "kubepkg", "oci", "repodb"},
 	"pocket":    {"auth", "httpx", "pocketapi", "pullthrough", "registry", "storage", "upstream", "version", "webui"},

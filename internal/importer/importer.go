@@ -380,11 +380,22 @@ func (im *Importer) gate(p *kubepkg.KubePkg, force bool) error {
 }
 
 func checkGate(cur *repodb.Package, p *kubepkg.KubePkg, force bool) error {
-	if cur == nil || force || !kubepkg.IsDowngrade(cur.Version, p.Spec.Version) {
+	if cur == nil {
+		return nil
+	}
+	return CheckVersion(cur.Namespace, cur.Name, cur.Version, p, force)
+}
+
+// CheckVersion is the semver gate of an import: p may replace version
+// current of namespace/name unless it is lower and not forced (a
+// VERSION_CONFLICT *Error). The agent's registry mode asks it with the
+// version of the KubePkg object.
+func CheckVersion(namespace, name, current string, p *kubepkg.KubePkg, force bool) error {
+	if current == "" || force || !kubepkg.IsDowngrade(current, p.Spec.Version) {
 		return nil
 	}
 	return &Error{Status: http.StatusConflict, Code: "VERSION_CONFLICT",
-		Reason: fmt.Sprintf("package %s/%s: version %s is lower than the imported %s (force to downgrade)", cur.Namespace, cur.Name, p.Spec.Version, cur.Version)}
+		Reason: fmt.Sprintf("package %s/%s: version %s is lower than the imported %s (force to downgrade)", namespace, name, p.Spec.Version, current)}
 }
 
 // Import reads an archive from r and publishes it.

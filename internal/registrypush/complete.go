@@ -18,7 +18,7 @@ import (
 
 // errAbsent is a manifest the archive does not hold (a platform not chosen,
 // an absent subject).
-var errAbsent = errors.New("not in the archive")
+var errAbsent = errors.New("not in the archive (or the registry)")
 
 // plan is what one image needs in its repository.
 type plan struct {

@@ -90,6 +90,15 @@ type Options struct {
 	Backoff  time.Duration
 	// UserAgent is sent with every request.
 	UserAgent string
+	// CheckPackages, when set, is asked about the archive's packages as
+	// soon as kubepkg.json is read, before any blob is sent: an error stops
+	// the push (the agent's semver gate).
+	CheckPackages func([]*kubepkg.KubePkg) error
+	// Sources are repositories of the registry (as Target.Repository names
+	// them) where a blob a partial archive leaves out may be found besides
+	// the images' own: it is mounted from there (the agent's delta answers
+	// from every package's repositories).
+	Sources []string
 }
 
 // ImageResult is one image as the registry now holds it.
@@ -157,27 +166,7 @@ type pusher struct {
 
 // Push reads the archive from r and pushes it to o.Target.
 func Push(ctx context.Context, r io.Reader, o Options) (*Result, error) {
-	if o.ChunkSize <= 0 {
-		o.ChunkSize = DefaultChunkSize
-	}
-	if o.Jobs <= 0 {
-		o.Jobs = DefaultJobs
-	}
-	if o.MaxBuffer < o.ChunkSize {
-		o.MaxBuffer = int64(o.Jobs) * o.ChunkSize
-	}
-	if o.Attempts <= 0 {
-		o.Attempts = DefaultAttempts
-	}
-	if o.Backoff <= 0 {
-		o.Backoff = 250 * time.Millisecond
-	}
-	if o.Keychain == nil {
-		o.Keychain = authn.DefaultKeychain
-	}
-	if o.UserAgent == "" {
-		o.UserAgent = "crpe"
-	}
+	o = o.withDefaults()
 	pctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	p := &pusher{o: o, ctx: pctx, cancel: cancel,
@@ -188,6 +177,13 @@ func Push(ctx context.Context, r io.Reader, o Options) (*Result, error) {
 	p.res.Registry = o.Target.String()
 	have := func(d digest.Digest) bool { // a partial archive's blob left out
 		for repo := range p.owners[d] {
+			if ok, _ := p.has(pctx, repo, d); ok {
+				return true
+			}
+		}
+		// another package's repository: mounted from there once the
+		// archive is read (ensureBlob)
+		for _, repo := range p.o.Sources {
 			if ok, _ := p.has(pctx, repo, d); ok {
 				return true
 			}
@@ -233,42 +229,86 @@ func (p *pusher) client(ctx context.Context) (*client, error) {
 	if p.c != nil {
 		return p.c, nil
 	}
+	var repos []string
+	for _, im := range p.images {
+		repos = append(repos, im.repo)
+	}
+	for _, r := range p.o.Sources {
+		repos = append(repos, r)
+	}
+	c, err := dial(ctx, p.o, repos, "push,pull")
+	if err != nil {
+		return nil, err
+	}
+	p.c = c
+	return c, nil
+}
+
+// withDefaults fills in the defaults of Options.
+func (o Options) withDefaults() Options {
+	if o.ChunkSize <= 0 {
+		o.ChunkSize = DefaultChunkSize
+	}
+	if o.Jobs <= 0 {
+		o.Jobs = DefaultJobs
+	}
+	if o.MaxBuffer < o.ChunkSize {
+		o.MaxBuffer = int64(o.Jobs) * o.ChunkSize
+	}
+	if o.Attempts <= 0 {
+		o.Attempts = DefaultAttempts
+	}
+	if o.Backoff <= 0 {
+		o.Backoff = 250 * time.Millisecond
+	}
+	if o.Keychain == nil {
+		o.Keychain = authn.DefaultKeychain
+	}
+	if o.UserAgent == "" {
+		o.UserAgent = "crpe"
+	}
+	return o
+}
+
+// dial connects to o.Target's registry with a transport that authenticates
+// for actions ("push,pull" or "pull") on repos (o is withDefaults'd).
+func dial(ctx context.Context, o Options, repos []string, actions string) (*client, error) {
 	opts := []name.Option{name.WeakValidation}
-	if p.o.PlainHTTP {
+	if o.PlainHTTP {
 		opts = append(opts, name.Insecure)
 	}
-	reg, err := name.NewRegistry(p.o.Target.Host, opts...)
+	reg, err := name.NewRegistry(o.Target.Host, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("registry %q: %w", p.o.Target.Host, err)
+		return nil, fmt.Errorf("registry %q: %w", o.Target.Host, err)
 	}
-	auth := p.o.Auth
+	auth := o.Auth
 	if auth == nil {
-		if auth, err = authn.Resolve(ctx, p.o.Keychain, reg); err != nil {
+		if auth, err = authn.Resolve(ctx, o.Keychain, reg); err != nil {
 			return nil, fmt.Errorf("credentials for %s: %w", reg.RegistryStr(), err)
 		}
 	}
-	base := p.o.Transport
+	base := o.Transport
 	if base == nil {
-		if base, err = baseTransport(p.o.CAFile); err != nil {
+		if base, err = baseTransport(o.CAFile); err != nil {
 			return nil, err
 		}
 	}
 	var scopes []string
 	seen := map[string]bool{}
-	for _, im := range p.images {
-		if !seen[im.repo] {
-			seen[im.repo] = true
-			scopes = append(scopes, "repository:"+im.repo+":push,pull")
+	for _, r := range repos {
+		if !seen[r] {
+			seen[r] = true
+			scopes = append(scopes, "repository:"+r+":"+actions)
 		}
 	}
 	sort.Strings(scopes)
 	var rt http.RoundTripper
 	for i := 1; ; i++ {
-		rt, err = transport.NewWithContext(ctx, reg, auth, transport.NewUserAgent(base, p.o.UserAgent), scopes)
-		if err == nil || i >= p.o.Attempts || ctx.Err() != nil || !retryablePing(err) {
+		rt, err = transport.NewWithContext(ctx, reg, auth, transport.NewUserAgent(base, o.UserAgent), scopes)
+		if err == nil || i >= o.Attempts || ctx.Err() != nil || !retryablePing(err) {
 			break
 		}
-		t := time.NewTimer(p.o.Backoff << (i - 1))
+		t := time.NewTimer(o.Backoff << (i - 1))
 		select {
 		case <-ctx.Done():
 		case <-t.C:
@@ -278,9 +318,8 @@ func (p *pusher) client(ctx context.Context) (*client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("registry %s: %w", reg.RegistryStr(), err)
 	}
-	p.c = &client{base: reg.Scheme() + "://" + reg.RegistryStr(), hc: &http.Client{Transport: rt},
-		attempts: p.o.Attempts, backoff: p.o.Backoff}
-	return p.c, nil
+	return &client{base: reg.Scheme() + "://" + reg.RegistryStr(), hc: &http.Client{Transport: rt},
+		attempts: o.Attempts, backoff: o.Backoff}, nil
 }
 
 // retryablePing tells whether connecting may be tried again: the ping
@@ -336,6 +375,11 @@ func (p *pusher) Package(data []byte) error {
 			}
 		}
 		p.res.PackageNames = append(p.res.PackageNames, pk.Metadata.Name+"@"+pk.Spec.Version)
+	}
+	if p.o.CheckPackages != nil {
+		if err := p.o.CheckPackages(pkgs); err != nil {
+			return err
+		}
 	}
 	p.pkgs = pkgs
 	return nil

@@ -1,0 +1,482 @@
+//go:build linux
+
+// Package agentregistry tests `crpe agent --registry`: agents holding no
+// blob in front of CNCF distribution v3 (htpasswd auth, TLS from a CA the
+// test makes), their package records as KubePkg objects in a real
+// kube-apiserver (etcd + kube-apiserver from testenv), so that any replica
+// answers; and `crpe install --registry --replicas` applied to it.
+package agentregistry
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/octohelm/crpe/internal/archive/seedtest"
+	"github.com/octohelm/crpe/internal/testenv"
+)
+
+func TestMain(m *testing.M) {
+	code := testenv.Main(m)
+	testenv.StopSharedKube()
+	os.Exit(code)
+}
+
+type result struct {
+	args           []string
+	stdout, stderr string
+	code           int
+	err            error
+}
+
+func (r result) String() string {
+	return fmt.Sprintf("crpe %s: exit %d (%v)\nstdout: %s\nstderr: %s", strings.Join(r.args, " "), r.code, r.err, r.stdout, r.stderr)
+}
+
+func crpe(ctx context.Context, t *testing.T, args ...string) result {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, testenv.Crpe(t), args...)
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "CRPE_") && !strings.HasPrefix(e, "DOCKER_CONFIG=") && !strings.HasPrefix(e, "HOME=") {
+			cmd.Env = append(cmd.Env, e)
+		}
+	}
+	cmd.Env = append(cmd.Env, "HOME="+t.TempDir())
+	var so, se bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &so, &se
+	err := cmd.Run()
+	r := result{args: args, stdout: so.String(), stderr: se.String(), err: err}
+	if cmd.ProcessState != nil {
+		r.code = cmd.ProcessState.ExitCode()
+	}
+	return r
+}
+
+func mustCrpe(ctx context.Context, t *testing.T, args ...string) result {
+	t.Helper()
+	r := crpe(ctx, t, args...)
+	if r.err != nil {
+		t.Fatalf("%s", r)
+	}
+	return r
+}
+
+func kubectl(ctx context.Context, t *testing.T, k *testenv.Kube, args ...string) string {
+	t.Helper()
+	out, err := k.Kubectl(ctx, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// kpkg is the KubePkg object ns/name (nil when there is none).
+func kpkg(ctx context.Context, t *testing.T, k *testenv.Kube, ns, name string) map[string]any {
+	t.Helper()
+	out := kubectl(ctx, t, k, "get", "-n", ns, "kubepkgs.octohelm.tech", name, "-o", "json", "--ignore-not-found")
+	if strings.TrimSpace(out) == "" {
+		return nil
+	}
+	var m map[string]any
+	if err := json.Unmarshal([]byte(out), &m); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	return m
+}
+
+func str(v any, path ...string) string {
+	for _, p := range path {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return ""
+		}
+		v = m[p]
+	}
+	s, _ := v.(string)
+	return s
+}
+
+// fixture is seedtest's demo package (an index of linux/amd64 and
+// linux/arm64, complete: distribution refuses an index whose children are
+// not all there, and a single image sharing a layer with it) named demo at
+// version in ns. salt changes the configs and keeps the layers; seed
+// changes everything.
+func fixture(t *testing.T, ns, version, salt string, seed uint64) (*seedtest.Package, string) {
+	t.Helper()
+	p := seedtest.Demo("demo"+salt, version, false, seed)
+	p.Name, p.Namespace = "demo", ns
+	p.Images[0].Top = seedtest.NewIndex(false, p.Images[0].Children)
+	f := filepath.Join(t.TempDir(), "demo-"+version+".kubepkg.tgz")
+	if err := os.WriteFile(f, testenv.CrpeArchive(t, p), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p, f
+}
+
+// layers are the distinct layers of p, with their total size.
+func layers(p *seedtest.Package) (map[string]int64, int64) {
+	out := map[string]int64{}
+	var n int64
+	for _, im := range p.Images {
+		for _, c := range im.Children {
+			for _, l := range c.Layers {
+				if _, ok := out[string(l.Desc.Digest)]; !ok {
+					out[string(l.Desc.Digest)] = l.Desc.Size
+					n += l.Desc.Size
+				}
+			}
+		}
+	}
+	return out, n
+}
+
+// tagDigest is the digest repo:tag has in the registry ("" when none).
+func tagDigest(t *testing.T, c *http.Client, base, repo, tag string) string {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodHead, base+"/v2/"+repo+"/manifests/"+tag, nil)
+	req.Header.Set("Accept", "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return ""
+	}
+	return resp.Header.Get("Docker-Content-Digest")
+}
+
+// checkImages pulls p's images by tag from the site registry under prefix:
+// each tag resolves to the archive's digest, every blob is byte for byte
+// the archive's.
+func checkImages(t *testing.T, c *http.Client, base, prefix string, p *seedtest.Package) {
+	t.Helper()
+	for _, im := range p.Images {
+		repo := prefix + "/" + im.Name
+		if got := tagDigest(t, c, base, repo, im.Tag); got != string(im.Top.Desc.Digest) {
+			t.Errorf("%s:%s is %q, want %s", repo, im.Tag, got, im.Top.Desc.Digest)
+		}
+		for _, ch := range im.Children {
+			for _, b := range append([]seedtest.Blob{ch.Blob, ch.Config}, ch.Layers...) {
+				kind := "blobs"
+				if b.Desc.Digest == ch.Desc.Digest {
+					kind = "manifests"
+				}
+				req, _ := http.NewRequest(http.MethodGet, base+"/v2/"+repo+"/"+kind+"/"+string(b.Desc.Digest), nil)
+				req.Header.Set("Accept", b.Desc.MediaType)
+				resp, err := c.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 || !bytes.Equal(body, b.Data) {
+					t.Errorf("%s %s: %d, %d bytes, want the archive's %d", repo, b.Desc.Digest, resp.StatusCode, len(body), len(b.Data))
+				}
+			}
+		}
+	}
+}
+
+type importOut struct {
+	Import struct {
+		Packages []struct {
+			Namespace, Name, Version, Previous string
+		} `json:"packages"`
+		BlobsReceived  int               `json:"blobsReceived"`
+		BlobsPresent   int               `json:"blobsPresent"`
+		KubePkgObjects map[string]string `json:"kubepkgObjects"`
+	} `json:"import"`
+	BytesSent    int64 `json:"bytesSent"`
+	BlobsOmitted int   `json:"blobsOmitted"`
+	BytesOmitted int64 `json:"bytesOmitted"`
+}
+
+// denyingProxy is a TLS reverse proxy in front of the site registry that
+// answers 403 DENIED to an upload start in any repository containing deny,
+// as a registry that will not create a repository does. It returns its
+// address and a CA file trusting both it and the registry.
+func denyingProxy(t *testing.T, reg *testenv.Registry3, deny string) (string, string) {
+	t.Helper()
+	u, _ := url.Parse(reg.URL)
+	rp := httputil.NewSingleHostReverseProxy(u)
+	pool := x509.NewCertPool()
+	caPEM, err := os.ReadFile(reg.CAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool.AppendCertsFromPEM(caPEM)
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool}
+	rp.Transport = tr
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && strings.Contains(r.URL.Path, deny) && strings.Contains(r.URL.Path, "/blobs/uploads") {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusForbidden)
+			fmt.Fprint(w, `{"errors":[{"code":"DENIED","message":"project does not exist (the test's proxy)"}]}`)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	both := append(append([]byte{}, caPEM...), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})...)
+	f := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(f, both, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimPrefix(srv.URL, "https://"), f
+}
+
+// TestAgentRegistryMode: two `crpe agent --registry` replicas (no blob of
+// their own, records as KubePkg objects) in front of distribution v3 with
+// htpasswd and TLS. An import through replica A pushes into the registry
+// and writes the KubePkg object; the next version through replica B sends
+// only the layers the registry lacks (the delta is asked of the registry)
+// and updates the object; B refuses a downgrade; the images pull by tag
+// with the archive's digests; an import refused by the registry moves no
+// tag and leaves the object alone; a package exported by crpe from a source
+// registry is applied by the operator; `crpe agent inventory --from B` lists
+// what the registry holds, and `crpe export --since` with it leaves those
+// layers out. The agents' /v2 says where the images are, and their data
+// folders stay empty.
+func TestAgentRegistryMode(t *testing.T) {
+	ctx := testenv.WaitCtx(t, 5*time.Minute)
+	k := testenv.SharedKube(t)
+	reg := testenv.StartRegistry3(t, testenv.Registry3Options{Auth: true, TLS: true})
+	ns := "agentregistry-" + fmt.Sprint(time.Now().UnixNano()%1000000)
+	kubectl(ctx, t, k, "create", "namespace", ns)
+
+	// the operator installs the CRD and applies the KubePkg objects of ns
+	op := testenv.Start(t, "operator", "--kubeconfig", k.Kubeconfig, "--health-addr", "0", "--namespace", ns, "--log-format", "text")
+	testenv.Eventually(t, 30*time.Second, "crpe operator started", func() (bool, string) {
+		select {
+		case <-op.Stopped():
+			t.Fatalf("crpe operator exited:\n%s", op.Logs())
+		default:
+		}
+		return strings.Contains(op.Logs(), "Starting workers"), op.Logs()
+	})
+
+	const prefix = "site"
+	agentArgs := func(host, caFile string) []string {
+		return []string{"--registry", host + "/" + prefix, "--username", reg.User, "--password", reg.Password,
+			"--ca-file", caFile, "--kubeconfig", k.Kubeconfig, "--namespace", ns}
+	}
+	dataA := t.TempDir()
+	a := testenv.StartAgent(t, testenv.AgentOptions{Data: dataA, Args: agentArgs(reg.Addr, reg.CAFile)})
+	b := testenv.StartAgent(t, testenv.AgentOptions{Args: agentArgs(reg.Addr, reg.CAFile)})
+
+	importTo := func(agent *testenv.Proc, file string, extra ...string) result {
+		return crpe(ctx, t, append([]string{"import", file, "--to", agent.URL, "--token", agent.Token, "--json"}, extra...)...)
+	}
+	decode := func(r result) importOut {
+		t.Helper()
+		var out importOut
+		if err := json.Unmarshal([]byte(r.stdout), &out); err != nil {
+			t.Fatalf("%s: %v", r, err)
+		}
+		return out
+	}
+
+	// 1.0.0 through A: everything pushed, the object created
+	p1, f1 := fixture(t, ns, "1.0.0", "", 1)
+	r := importTo(a, f1)
+	if r.err != nil {
+		t.Fatalf("%s\nagent A:\n%s", r, a.Logs())
+	}
+	out := decode(r)
+	if out.Import.KubePkgObjects[ns+"/demo"] != "created" || out.BlobsOmitted != 0 {
+		t.Errorf("first import: objects %v, %d layers left out, want created and 0:\n%s", out.Import.KubePkgObjects, out.BlobsOmitted, r)
+	}
+	checkImages(t, reg.Client, reg.URL, prefix, p1)
+	if v := str(kpkg(ctx, t, k, ns, "demo"), "spec", "version"); v != "1.0.0" {
+		t.Fatalf("KubePkg %s/demo at %q after the import, want 1.0.0", ns, v)
+	}
+
+	// 2.0.0 (new configs, the same layers) through B: the delta, asked of
+	// the site registry, leaves every layer out
+	p2, f2 := fixture(t, ns, "2.0.0", "-two", 1)
+	ls, lbytes := layers(p2)
+	r = importTo(b, f2)
+	if r.err != nil {
+		t.Fatalf("%s\nagent B:\n%s", r, b.Logs())
+	}
+	out = decode(r)
+	if out.BlobsOmitted != len(ls) || out.BytesOmitted != lbytes {
+		t.Errorf("2.0.0 through B left out %d layers (%d bytes), want every layer the registry holds: %d (%d bytes)", out.BlobsOmitted, out.BytesOmitted, len(ls), lbytes)
+	}
+	if out.Import.BlobsReceived != 3 { // the three new configs
+		t.Errorf("2.0.0: %d blobs pushed, want the 3 new configs:\n%s", out.Import.BlobsReceived, r)
+	}
+	if out.Import.KubePkgObjects[ns+"/demo"] != "updated" {
+		t.Errorf("2.0.0: objects %v, want updated", out.Import.KubePkgObjects)
+	}
+	checkImages(t, reg.Client, reg.URL, prefix, p2)
+	obj := kpkg(ctx, t, k, ns, "demo")
+	if v := str(obj, "spec", "version"); v != "2.0.0" {
+		t.Fatalf("KubePkg at %q, want 2.0.0", v)
+	}
+	if got := str(obj, "spec", "images", "docker.io/library/nginx:alpine"); got != string(p2.Images[0].Top.Desc.Digest) {
+		t.Errorf("spec.images pin %q, want %s", got, p2.Images[0].Top.Desc.Digest)
+	}
+	// any replica answers: A lists what B imported
+	resp, err := http.Get(a.URL + "/api/v1/kubepkgs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var list struct {
+		Items []struct{ Namespace, Name, Version string }
+	}
+	_ = json.Unmarshal(body, &list)
+	found := false
+	for _, it := range list.Items {
+		found = found || it.Namespace == ns && it.Name == "demo" && it.Version == "2.0.0"
+	}
+	if resp.StatusCode != 200 || !found {
+		t.Errorf("A's GET /api/v1/kubepkgs: %d %s, want %s/demo 2.0.0", resp.StatusCode, body, ns)
+	}
+
+	// B refuses a downgrade; nothing changes
+	r = importTo(b, f1)
+	if r.code == 0 || !strings.Contains(r.stderr, "VERSION_CONFLICT") {
+		t.Errorf("1.0.0 after 2.0.0 through B: want refused with VERSION_CONFLICT:\n%s", r)
+	}
+	if v := str(kpkg(ctx, t, k, ns, "demo"), "spec", "version"); v != "2.0.0" {
+		t.Errorf("a refused downgrade changed the object to %q", v)
+	}
+	if got := tagDigest(t, reg.Client, reg.URL, prefix+"/docker.io/library/nginx", "alpine"); got != string(p2.Images[0].Top.Desc.Digest) {
+		t.Errorf("a refused downgrade moved nginx:alpine to %s", got)
+	}
+
+	// a registry refusing a repository: no tag moved, the object unchanged
+	proxyHost, proxyCA := denyingProxy(t, reg, prefix+"/ghcr.io/octohelm/app")
+	c := testenv.StartAgent(t, testenv.AgentOptions{Args: agentArgs(proxyHost, proxyCA)})
+	_, f3 := fixture(t, ns, "3.0.0", "", 3)
+	r = importTo(c, f3)
+	if r.code == 0 || !strings.Contains(r.stderr, "REGISTRY_REFUSED") || !strings.Contains(r.stderr, prefix+"/ghcr.io/octohelm/app") {
+		t.Errorf("3.0.0 through a registry refusing the app repository: want refused, naming it:\n%s\nagent C:\n%s", r, c.Logs())
+	}
+	for _, im := range p2.Images {
+		if got := tagDigest(t, reg.Client, reg.URL, prefix+"/"+im.Name, im.Tag); got != string(im.Top.Desc.Digest) {
+			t.Errorf("the refused import moved %s:%s to %s (want %s)", im.Name, im.Tag, got, im.Top.Desc.Digest)
+		}
+	}
+	if v := str(kpkg(ctx, t, k, ns, "demo"), "spec", "version"); v != "2.0.0" {
+		t.Errorf("the refused import changed the object to %q", v)
+	}
+
+	// a package crpe exports from a source registry, with a manifest: the
+	// operator applies it
+	src := testenv.StartDistribution(t)
+	img := testenv.NewImage(t, ocispec.Platform{OS: "linux", Architecture: "amd64"},
+		[]testenv.Blob{testenv.RandomLayer(t, 64<<10, false), testenv.RandomLayer(t, 8<<10, false)}, false)
+	testenv.PushImage(t, src.URL, "library/busybox", "1.36", img)
+	webYAML := filepath.Join(t.TempDir(), "web.yaml")
+	if err := os.WriteFile(webYAML, []byte(fmt.Sprintf(`apiVersion: octohelm.tech/v1alpha1
+kind: KubePkg
+metadata: {name: web, namespace: %s, annotations: {octohelm.tech/platform: linux/amd64}}
+spec:
+  version: 1.0.0
+  images: {"docker.io/library/busybox:1.36": ""}
+  manifests:
+    web-config.%s.configmap: {apiVersion: v1, kind: ConfigMap, metadata: {name: web-config}, data: {version: "1.0.0"}}
+`, ns, ns)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pocket := t.TempDir()
+	webTgz := filepath.Join(t.TempDir(), "web.kubepkg.tgz")
+	mustCrpe(ctx, t, "export", "-f", webYAML, "-o", webTgz, "--data", pocket, "--registry-endpoint", "docker.io="+src.URL)
+	if r := importTo(a, webTgz); r.err != nil {
+		t.Fatalf("%s\nagent A:\n%s", r, a.Logs())
+	}
+	testenv.Eventually(t, 60*time.Second, "the operator applied web 1.0.0", func() (bool, string) {
+		o := kpkg(ctx, t, k, ns, "web")
+		out, _ := k.Kubectl(ctx, "get", "-n", ns, "configmap", "web-config", "-o", "jsonpath={.data.version}")
+		return str(o, "status", "appliedVersion") == "1.0.0" && out == "1.0.0", fmt.Sprintf("status %v, configmap %q", o["status"], out)
+	})
+
+	// the inventory of B is what the registry holds of the packages
+	r = mustCrpe(ctx, t, "agent", "inventory", "--from", b.URL)
+	var inv struct {
+		Digests  []string `json:"digests"`
+		Packages []struct{ Namespace, Name, Version string }
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &inv); err != nil {
+		t.Fatalf("%s: %v", r, err)
+	}
+	have := map[string]bool{}
+	for _, d := range inv.Digests {
+		have[d] = true
+	}
+	for _, bl := range p2.Blobs() {
+		if !have[string(bl.Desc.Digest)] {
+			t.Errorf("inventory lacks %s (%s) of demo 2.0.0", bl.Desc.Digest, bl.Desc.MediaType)
+		}
+	}
+	for _, bl := range append([]testenv.Blob{img.Manifest, img.Config}, img.Layers...) {
+		if !have[string(bl.Desc.Digest)] {
+			t.Errorf("inventory lacks %s of web 1.0.0", bl.Desc.Digest)
+		}
+	}
+	want := 0
+	for _, p := range inv.Packages {
+		if p.Namespace == ns && (p.Name == "demo" && p.Version == "2.0.0" || p.Name == "web" && p.Version == "1.0.0") {
+			want++
+		}
+	}
+	if want != 2 {
+		t.Errorf("inventory packages %v, want %s/demo 2.0.0 and %s/web 1.0.0", inv.Packages, ns, ns)
+	}
+	invFile := filepath.Join(t.TempDir(), "inv.json")
+	if err := os.WriteFile(invFile, []byte(r.stdout), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// export --since leaves out the layers the registry holds
+	delta := filepath.Join(t.TempDir(), "web-delta.kubepkg.tgz")
+	r = mustCrpe(ctx, t, "export", "-f", webYAML, "-o", delta, "--data", pocket, "--registry-endpoint", "docker.io="+src.URL, "--since", invFile, "--json")
+	var sum struct {
+		Excluded int `json:"excluded"`
+	}
+	_ = json.Unmarshal([]byte(r.stdout), &sum)
+	if sum.Excluded != len(img.Layers) {
+		t.Errorf("export --since left out %d layers, want %d:\n%s", sum.Excluded, len(img.Layers), r)
+	}
+	full, _ := os.Stat(webTgz)
+	part, _ := os.Stat(delta)
+	if part == nil || full == nil || part.Size() >= full.Size()-64<<10 {
+		t.Errorf("the delta archive is not smaller by the layers: %v vs %v", part, full)
+	}
+
+	// the agents' /v2 names the site registry; A kept nothing in its folder
+	resp, err = http.Get(a.URL + "/v2/docker.io/library/nginx/manifests/alpine")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 404 || !strings.Contains(string(body), "registry mode") || !strings.Contains(string(body), reg.Addr+"/"+prefix) {
+		t.Errorf("/v2 of an agent in registry mode: %d %s", resp.StatusCode, body)
+	}
+	if ents, _ := os.ReadDir(dataA); len(ents) != 0 {
+		t.Errorf("agent A wrote into its data folder in registry mode: %v", ents)
+	}
+}

@@ -21,6 +21,20 @@ type InstallOptions struct {
 	Token string
 	// AllowPush lets the agent take /v2 pushes too.
 	AllowPush bool
+	// Registry (HOST[:PORT][/PREFIX]) writes the agent in registry mode:
+	// Replicas agents, no volume, importing into that site registry, the
+	// package records as KubePkg objects.
+	Registry string
+	Replicas int
+	// Flatten: the registry's repositories are PREFIX/docker.io_library_nginx.
+	Flatten bool
+	// RegistryUsername and RegistryPassword go into the Secret
+	// crpe-agent-registry (else it is left for the site to create: the
+	// agent reads it when it is there, Docker's config.json otherwise).
+	RegistryUsername, RegistryPassword string
+	// RegistryCA is the PEM of the site registry's CA, put in the ConfigMap
+	// crpe-agent-registry-ca.
+	RegistryCA []byte
 }
 
 // InstallManifests renders everything crpe needs in a cluster, as one YAML
@@ -52,9 +66,62 @@ func InstallManifests(o InstallOptions) ([]byte, error) {
 	probe := func(port any) map[string]any {
 		return map[string]any{"httpGet": map[string]any{"path": "/healthz", "port": port}, "periodSeconds": 10, "failureThreshold": 3}
 	}
+	if o.Replicas <= 0 {
+		o.Replicas = 1
+	}
+	if o.Registry == "" && o.Replicas > 1 {
+		return nil, fmt.Errorf("--replicas %d needs --registry: an agent with its own store is one pod on one volume", o.Replicas)
+	}
+	if o.Registry != "" && o.AllowPush {
+		return nil, fmt.Errorf("--allow-push is for an agent with its own store; in registry mode push to the site registry")
+	}
 	agentArgs := []any{"agent", "--addr", ":36060", "--data", "/data", "--token-file", "/etc/crpe/token/token", "--log-format", "json"}
 	if o.AllowPush {
 		agentArgs = append(agentArgs, "--allow-push")
+	}
+	env := []any{map[string]any{"name": "POD_NAMESPACE", "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": "metadata.namespace"}}}}
+	mounts := []any{
+		map[string]any{"name": "data", "mountPath": "/data"},
+		map[string]any{"name": "token", "mountPath": "/etc/crpe/token", "readOnly": true},
+	}
+	volumes := []any{
+		map[string]any{"name": "data", "persistentVolumeClaim": map[string]any{"claimName": "crpe-agent-data"}},
+		map[string]any{"name": "token", "secret": map[string]any{"secretName": "crpe-agent-token"}},
+	}
+	strategy := map[string]any{"type": "Recreate"}
+	var affinity map[string]any
+	var registryObjs []map[string]any
+	if o.Registry != "" {
+		// registry mode: stateless importers, any number behind the Service
+		agentArgs = []any{"agent", "--addr", ":36060", "--token-file", "/etc/crpe/token/token", "--registry", o.Registry, "--log-format", "json"}
+		if o.Flatten {
+			agentArgs = append(agentArgs, "--flatten")
+		}
+		secretRef := func(key string) map[string]any {
+			return map[string]any{"secretKeyRef": map[string]any{"name": "crpe-agent-registry", "key": key, "optional": true}}
+		}
+		env = append(env, map[string]any{"name": "CRPE_USERNAME", "valueFrom": secretRef("username")},
+			map[string]any{"name": "CRPE_PASSWORD", "valueFrom": secretRef("password")})
+		mounts = []any{map[string]any{"name": "token", "mountPath": "/etc/crpe/token", "readOnly": true}}
+		volumes = []any{map[string]any{"name": "token", "secret": map[string]any{"secretName": "crpe-agent-token"}}}
+		if o.RegistryUsername != "" {
+			registryObjs = append(registryObjs, map[string]any{"apiVersion": "v1", "kind": "Secret",
+				"metadata": map[string]any{"name": "crpe-agent-registry", "namespace": ns, "labels": labels("agent")},
+				"type":     "Opaque", "stringData": map[string]any{"username": o.RegistryUsername, "password": o.RegistryPassword}})
+		}
+		if len(o.RegistryCA) > 0 {
+			registryObjs = append(registryObjs, map[string]any{"apiVersion": "v1", "kind": "ConfigMap",
+				"metadata": map[string]any{"name": "crpe-agent-registry-ca", "namespace": ns, "labels": labels("agent")},
+				"data":     map[string]any{"ca.crt": string(o.RegistryCA)}})
+			agentArgs = append(agentArgs, "--ca-file", "/etc/crpe/registry-ca/ca.crt")
+			mounts = append(mounts, map[string]any{"name": "registry-ca", "mountPath": "/etc/crpe/registry-ca", "readOnly": true})
+			volumes = append(volumes, map[string]any{"name": "registry-ca", "configMap": map[string]any{"name": "crpe-agent-registry-ca"}})
+		}
+		strategy = map[string]any{"type": "RollingUpdate", "rollingUpdate": map[string]any{"maxUnavailable": 0, "maxSurge": 1}}
+		// replicas on different nodes where there are several
+		affinity = map[string]any{"podAntiAffinity": map[string]any{"preferredDuringSchedulingIgnoredDuringExecution": []any{
+			map[string]any{"weight": 100, "podAffinityTerm": map[string]any{"topologyKey": "kubernetes.io/hostname",
+				"labelSelector": map[string]any{"matchLabels": map[string]any{"app.kubernetes.io/name": "crpe", "app.kubernetes.io/component": "agent"}}}}}}}
 	}
 	pvc := map[string]any{"accessModes": []any{"ReadWriteOnce"}, "resources": map[string]any{"requests": map[string]any{"storage": o.StorageSize}}}
 	if o.StorageClass != "" {
@@ -98,7 +165,7 @@ func InstallManifests(o InstallOptions) ([]byte, error) {
 		{"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": map[string]any{"name": "crpe-agent-data", "namespace": ns, "labels": labels("agent")}, "spec": pvc},
 		{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": map[string]any{"name": "crpe-agent", "namespace": ns, "labels": labels("agent")},
 			"spec": map[string]any{
-				"replicas": 1, "strategy": map[string]any{"type": "Recreate"},
+				"replicas": o.Replicas, "strategy": strategy,
 				"selector": map[string]any{"matchLabels": map[string]any{"app.kubernetes.io/name": "crpe", "app.kubernetes.io/component": "agent"}},
 				"template": map[string]any{
 					"metadata": map[string]any{"labels": labels("agent")},
@@ -106,22 +173,16 @@ func InstallManifests(o InstallOptions) ([]byte, error) {
 						"serviceAccountName": "crpe-agent", "securityContext": podSecurity,
 						"containers": []any{map[string]any{
 							"name": "agent", "image": o.Image, "imagePullPolicy": "IfNotPresent", "args": agentArgs,
-							"env":            []any{map[string]any{"name": "POD_NAMESPACE", "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": "metadata.namespace"}}}},
+							"env":            env,
 							"ports":          []any{map[string]any{"name": "registry", "containerPort": 36060}},
 							"livenessProbe":  probe("registry"),
 							"readinessProbe": probe("registry"),
 							"resources": map[string]any{"requests": map[string]any{"cpu": "50m", "memory": "64Mi"},
 								"limits": map[string]any{"memory": "512Mi"}},
 							"securityContext": containerSecurity,
-							"volumeMounts": []any{
-								map[string]any{"name": "data", "mountPath": "/data"},
-								map[string]any{"name": "token", "mountPath": "/etc/crpe/token", "readOnly": true},
-							},
+							"volumeMounts":    mounts,
 						}},
-						"volumes": []any{
-							map[string]any{"name": "data", "persistentVolumeClaim": map[string]any{"claimName": "crpe-agent-data"}},
-							map[string]any{"name": "token", "secret": map[string]any{"secretName": "crpe-agent-token"}},
-						},
+						"volumes": volumes,
 					},
 				},
 			}},
@@ -152,6 +213,24 @@ func InstallManifests(o InstallOptions) ([]byte, error) {
 				},
 			}},
 	}
+	if o.Registry != "" {
+		// no volume: the PVC goes, the registry's Secret and CA come
+		var kept []map[string]any
+		for _, obj := range objs { // the CRD's nil stays at 1
+			if obj != nil && obj["kind"] == "PersistentVolumeClaim" {
+				kept = append(kept, registryObjs...)
+				continue
+			}
+			kept = append(kept, obj)
+		}
+		objs = kept
+		for _, obj := range objs {
+			if obj != nil && obj["kind"] == "Deployment" && affinity != nil && strAt(obj, "metadata", "name") == "crpe-agent" {
+				spec := obj["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)
+				spec["affinity"] = affinity
+			}
+		}
+	}
 	var buf bytes.Buffer
 	buf.WriteString("# crpe: the agent (registry + import) and the operator, written by crpe install\n")
 	for i, o := range objs {
@@ -177,4 +256,17 @@ func ImageName(version string) string {
 		v = "latest"
 	}
 	return fmt.Sprintf("ghcr.io/octohelm/crpe:%s", v)
+}
+
+func strAt(obj map[string]any, path ...string) string {
+	var v any = obj
+	for _, p := range path {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return ""
+		}
+		v = m[p]
+	}
+	s, _ := v.(string)
+	return s
 }

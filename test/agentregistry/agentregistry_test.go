@@ -28,6 +28,7 @@ import (
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"sigs.k8s.io/yaml"
 
 	"github.com/octohelm/crpe/internal/archive/seedtest"
 	"github.com/octohelm/crpe/internal/testenv"
@@ -478,5 +479,77 @@ spec:
 	}
 	if ents, _ := os.ReadDir(dataA); len(ents) != 0 {
 		t.Errorf("agent A wrote into its data folder in registry mode: %v", ents)
+	}
+}
+
+// TestInstallRegistryMode: `crpe install --registry --replicas 2` writes the
+// agent as two stateless replicas (no PersistentVolumeClaim, no data
+// volume, the registry credentials from a Secret, the CA from a ConfigMap,
+// registry mode's arguments), and kubectl applies it to a real
+// kube-apiserver without error; the Deployment there has 2 replicas.
+func TestInstallRegistryMode(t *testing.T) {
+	ctx := testenv.WaitCtx(t, 2*time.Minute)
+	k := testenv.SharedKube(t)
+	srv := httptest.NewTLSServer(http.NotFoundHandler())
+	srv.Close()
+	caFile := filepath.Join(t.TempDir(), "site-ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ns := "crpe-regmode-" + fmt.Sprint(time.Now().UnixNano()%1000000)
+	r := mustCrpe(ctx, t, "install", "--namespace", ns, "--registry", "harbor.lan/crpe", "--replicas", "2",
+		"--registry-username", "ci", "--registry-password", "s3cret", "--registry-ca-file", caFile, "--image", "crpe.local/crpe:test")
+	docs := map[string]map[string]any{}
+	for _, doc := range strings.Split(r.stdout, "\n---\n") {
+		var m map[string]any
+		if err := yaml.Unmarshal([]byte(doc), &m); err != nil {
+			t.Fatalf("%v:\n%s", err, doc)
+		}
+		if m == nil {
+			continue
+		}
+		docs[str(m, "kind")+"/"+str(m, "metadata", "name")] = m
+	}
+	for key := range docs {
+		if strings.HasPrefix(key, "PersistentVolumeClaim/") {
+			t.Errorf("registry mode writes %s", key)
+		}
+	}
+	if s := docs["Secret/crpe-agent-registry"]; str(s, "stringData", "username") != "ci" || str(s, "stringData", "password") != "s3cret" {
+		t.Errorf("Secret crpe-agent-registry: %v", s)
+	}
+	if cm := docs["ConfigMap/crpe-agent-registry-ca"]; !strings.Contains(str(cm, "data", "ca.crt"), "BEGIN CERTIFICATE") {
+		t.Errorf("ConfigMap crpe-agent-registry-ca: %v", cm)
+	}
+	dep := docs["Deployment/crpe-agent"]
+	spec, _ := dep["spec"].(map[string]any)
+	if spec["replicas"] != float64(2) {
+		t.Errorf("agent Deployment replicas %v, want 2", spec["replicas"])
+	}
+	pod, _ := spec["template"].(map[string]any)["spec"].(map[string]any)
+	b, _ := json.Marshal(pod)
+	podJSON := string(b)
+	for _, want := range []string{`"--registry","harbor.lan/crpe"`, `"--ca-file","/etc/crpe/registry-ca/ca.crt"`,
+		`{"name":"CRPE_USERNAME","valueFrom":{"secretKeyRef":{"key":"username","name":"crpe-agent-registry"`,
+		`{"name":"CRPE_PASSWORD","valueFrom":{"secretKeyRef":{"key":"password","name":"crpe-agent-registry"`,
+		`"configMap":{"name":"crpe-agent-registry-ca"}`} {
+		if !strings.Contains(podJSON, want) {
+			t.Errorf("agent pod lacks %s:\n%s", want, podJSON)
+		}
+	}
+	for _, bad := range []string{"persistentVolumeClaim", `"--data"`} {
+		if strings.Contains(podJSON, bad) {
+			t.Errorf("agent pod in registry mode has %s:\n%s", bad, podJSON)
+		}
+	}
+	if _, err := k.KubectlInput(ctx, r.stdout, "apply", "-f", "-"); err != nil {
+		t.Fatalf("kubectl apply of crpe install --registry: %v", err)
+	}
+	if got := kubectl(ctx, t, k, "get", "-n", ns, "deployment", "crpe-agent", "-o", "jsonpath={.spec.replicas}"); got != "2" {
+		t.Errorf("the applied Deployment has %q replicas, want 2", got)
+	}
+	// more than one agent with its own store is refused
+	if r := crpe(ctx, t, "install", "--replicas", "2"); r.code == 0 || !strings.Contains(r.stderr, "--registry") {
+		t.Errorf("install --replicas 2 without --registry: %s", r)
 	}
 }

@@ -157,6 +157,7 @@ type pusher struct {
 
 	jobs chan struct{}
 	mem  *semaphore.Weighted
+	bufs bufPool
 	wg   sync.WaitGroup
 
 	mu      sync.Mutex
@@ -173,7 +174,8 @@ func Push(ctx context.Context, r io.Reader, o Options) (*Result, error) {
 		statusName: map[digest.Digest]string{}, srcRepo: map[string]string{},
 		owners: map[digest.Digest]map[string]bool{}, manifests: map[digest.Digest]*manifest{},
 		present: map[digest.Digest]map[string]bool{},
-		jobs:    make(chan struct{}, o.Jobs), mem: semaphore.NewWeighted(o.MaxBuffer)}
+		jobs:    make(chan struct{}, o.Jobs), mem: semaphore.NewWeighted(o.MaxBuffer),
+		bufs: bufPool{size: int(o.ChunkSize)}}
 	p.res.Registry = o.Target.String()
 	have := func(d digest.Digest) bool { // a partial archive's blob left out
 		for repo := range p.owners[d] {
@@ -526,12 +528,13 @@ func (p *pusher) small(repo string, desc ocispec.Descriptor, r io.Reader) error 
 		<-p.jobs
 		return p.failed()
 	}
-	body := make([]byte, desc.Size)
+	body := p.bufs.get(int(desc.Size))
 	_, err := io.ReadFull(r, body)
 	if err == nil {
 		err = expectEOF(r)
 	}
 	if err != nil {
+		p.bufs.put(body)
 		p.mem.Release(desc.Size)
 		<-p.jobs
 		return err
@@ -541,7 +544,14 @@ func (p *pusher) small(repo string, desc ocispec.Descriptor, r io.Reader) error 
 		defer p.wg.Done()
 		defer p.mem.Release(desc.Size)
 		var err error
+		tries := 0
+		defer func() {
+			if err == nil && tries == 1 { // acknowledged by the one request that read it
+				p.bufs.put(body)
+			}
+		}()
 		for i := 1; ; i++ {
+			tries = i
 			var loc string
 			if loc, _, err = p.c.startUpload(p.ctx, repo, desc.Digest, ""); err == nil {
 				if err = p.c.putMonolithic(p.ctx, repo, loc, desc.Digest, body); err == nil {
@@ -626,12 +636,13 @@ func (p *pusher) chunked(repo string, desc ocispec.Descriptor, r io.Reader) erro
 			close(abort)
 			return p.failed()
 		}
-		buf := make([]byte, n)
+		buf := p.bufs.get(int(n))
 		_, err := io.ReadFull(r, buf)
 		if err == nil && off+n == desc.Size {
 			err = expectEOF(r)
 		}
 		if err != nil {
+			p.bufs.put(buf)
 			p.mem.Release(n)
 			close(abort)
 			return err
@@ -675,7 +686,11 @@ func (p *pusher) sendChunks(repo string, desc ocispec.Descriptor, ch <-chan []by
 		if !ok {
 			break
 		}
-		loc, err = p.sendChunk(repo, desc, loc, off, buf)
+		var retried bool
+		loc, retried, err = p.sendChunk(repo, desc, loc, off, buf)
+		if err == nil && !retried {
+			p.bufs.put(buf) // acknowledged by the one request that read it
+		}
 		release(buf)
 		if err != nil {
 			return err
@@ -694,12 +709,14 @@ func (p *pusher) sendChunks(repo string, desc ocispec.Descriptor, ch <-chan []by
 // sendChunk PATCHes buf at off; on a network error or a 5xx it asks the
 // session where it stands and sends the rest of the chunk from there, or
 // (when the session holds nothing of worth: off is 0) starts a new one.
-func (p *pusher) sendChunk(repo string, desc ocispec.Descriptor, loc string, off int64, buf []byte) (string, error) {
+// retried tells whether a failed request read buf (its transport may still
+// be reading it).
+func (p *pusher) sendChunk(repo string, desc ocispec.Descriptor, loc string, off int64, buf []byte) (_ string, retried bool, _ error) {
 	start := off
 	for i := 1; ; i++ {
 		next, err := p.c.patch(p.ctx, repo, loc, off, buf[off-start:])
 		if err == nil {
-			return next, nil
+			return next, i > 1, nil
 		}
 		var e *Error
 		status := 0
@@ -707,35 +724,72 @@ func (p *pusher) sendChunk(repo string, desc ocispec.Descriptor, loc string, off
 			status = e.Status
 		}
 		if !temporary(errUnlessNet(err, e), status) && status != http.StatusRequestedRangeNotSatisfiable || i >= p.c.attempts || p.ctx.Err() != nil {
-			return "", err
+			return "", true, err
 		}
 		p.c.retries.Add(1)
 		if werr := p.c.wait(p.ctx, i); werr != nil {
-			return "", werr
+			return "", true, werr
 		}
 		got, nloc, ambiguous, serr := p.c.uploadStatus(p.ctx, repo, loc)
 		switch {
 		case serr == nil && !ambiguous && got >= start && got <= start+int64(len(buf)):
 			loc, off = nloc, got
 			if off == start+int64(len(buf)) {
-				return loc, nil // the registry had it all
+				return loc, true, nil // the registry had it all
 			}
 		case start == 0:
 			// the session holds nothing that is not in buf: a new one
 			p.c.cancel(loc)
 			nloc, _, err := p.c.startUpload(p.ctx, repo, desc.Digest, "")
 			if err != nil {
-				return "", err
+				return "", true, err
 			}
 			loc, off = nloc, 0
 		default:
 			if serr == nil {
 				serr = fmt.Errorf("the registry holds %d bytes, the chunk starts at %d", got, start)
 			}
-			return "", fmt.Errorf("resume the upload at %d: %w (rerun the import: what the registry holds is not sent again)", start, serr)
+			return "", true, fmt.Errorf("resume the upload at %d: %w (rerun the import: what the registry holds is not sent again)", start, serr)
 		}
 		p.mu.Lock()
 		p.res.UploadsResumed++
 		p.mu.Unlock()
 	}
+}
+
+// bufPool recycles the chunk buffers (ChunkSize each): a fresh 8 MiB
+// buffer per chunk cost zeroing, page faults and a heap twice the chunks
+// held until the GC ran. A buffer goes back only once the registry
+// acknowledged its bytes (after a failed request, the transport may still
+// be reading it: it is left to the GC). At most MaxBuffer bytes are out at
+// once (the semaphore), so the pool holds at most that much.
+type bufPool struct {
+	size int
+	mu   sync.Mutex
+	free [][]byte
+}
+
+// get is a buffer of n bytes (n ≤ size), its content undefined; one of less
+// than half a chunk (a config, a small layer) is its own, not recycled.
+func (b *bufPool) get(n int) []byte {
+	if n < b.size/2 {
+		return make([]byte, n)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if k := len(b.free); k > 0 {
+		buf := b.free[k-1]
+		b.free = b.free[:k-1]
+		return buf[:n]
+	}
+	return make([]byte, n, b.size)
+}
+
+func (b *bufPool) put(buf []byte) {
+	if cap(buf) != b.size {
+		return
+	}
+	b.mu.Lock()
+	b.free = append(b.free, buf[:0])
+	b.mu.Unlock()
 }

@@ -11,6 +11,7 @@
 #   BENCH_ARCHIVE_MIB=256   MiB of random gzip layers in the fixture (3 images;
 #                           256 MiB ≈ 270 MB, issue 14's "~270 MB fixture")
 #   BENCH_MAX_SECONDS=420   hard wall-clock cap for the whole script
+#   BENCH_CRPE_ARGS=""      more flags for crpe import (e.g. --max-spool 0 to compare)
 #   REGISTRY3=…             distribution v3's binary (default
 #                           $(go env GOPATH)/bin/registry, installed by
 #                           test/run.sh: go install
@@ -182,7 +183,7 @@ run_tool() { # tool run
   t0=$(now)
   case $tool in
     crpe)
-      wtw "$dir/mem.json" "$dir/io" 180 "$CRPE_BIN" import "$ARCHIVE" --to-registry "$REG3_ADDR/$PREFIX" --plain-http --json \
+      wtw "$dir/mem.json" "$dir/io" 180 "$CRPE_BIN" import "$ARCHIVE" --to-registry "$REG3_ADDR/$PREFIX" --plain-http --json ${BENCH_CRPE_ARGS:-} \
         >"$dir/out.json" 2>"$dir/err" || { tail -20 "$dir/err" >&2; die "crpe import --to-registry run $r failed"; }
       rs+=("$(jmib "$dir/mem.json" peak_rss_kib)"); as+=("$(jmib "$dir/mem.json" rss_anon_kib)")
       cs+=("$(jcpu "$dir/mem.json")"); ws+=("$(cat "$dir/io")")

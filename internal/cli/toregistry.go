@@ -26,6 +26,8 @@ type registryFlags struct {
 	caFile             string
 	jobs               int
 	chunkMiB           int
+	spoolDir           string
+	maxSpoolMiB        int
 }
 
 func (r *registryFlags) add(f *pflag.FlagSet) {
@@ -44,6 +46,8 @@ func (r *registryFlags) addAs(f *pflag.FlagSet, target, help string) {
 	f.BoolVar(&r.plainHTTP, "plain-http", false, w+"allow plain HTTP (loopback registries always may)")
 	f.IntVar(&r.jobs, "jobs", registrypush.DefaultJobs, w+"blobs uploaded (and HEADs asked) at once")
 	f.IntVar(&r.chunkMiB, "chunk-size", registrypush.DefaultChunkSize>>20, w+"MiB per upload chunk of a big layer (a broken chunk resumes; at most jobs × chunk-size MiB are held in memory)")
+	f.StringVar(&r.spoolDir, "spool-dir", "", w+"folder where big layers wait for an upload slot as the archive is read (unlinked temp files), so that jobs uploads run at once (for a registry far away; on loopback it is slower: bench/toregistry.sh); default none: each big layer is sent as it is read")
+	f.IntVar(&r.maxSpoolMiB, "max-spool", registrypush.DefaultMaxSpool>>20, w+"MiB of big layers spooled at most (the read waits beyond)")
 }
 
 // options are the push options the flags say, with token (a bearer token
@@ -54,7 +58,10 @@ func (r *registryFlags) options(token string) (registrypush.Options, error) {
 		return registrypush.Options{}, err
 	}
 	o := registrypush.Options{Target: tg, CAFile: r.caFile, PlainHTTP: r.plainHTTP, Jobs: r.jobs,
-		ChunkSize: int64(r.chunkMiB) << 20, UserAgent: "crpe"}
+		ChunkSize: int64(r.chunkMiB) << 20, UserAgent: "crpe", SpoolDir: r.spoolDir, MaxSpool: int64(r.maxSpoolMiB) << 20}
+	if r.maxSpoolMiB <= 0 {
+		o.SpoolDir = ""
+	}
 	if r.flatten {
 		o.Naming = registrypush.Flat
 	}

@@ -58,6 +58,8 @@ const (
 	DefaultChunkSize = 8 << 20
 	DefaultJobs      = 4
 	DefaultAttempts  = 6
+	// DefaultMaxSpool bounds the spooled bytes when Options.SpoolDir is set.
+	DefaultMaxSpool = 1 << 30
 )
 
 // Options say where and how to push.
@@ -94,6 +96,14 @@ type Options struct {
 	// soon as kubepkg.json is read, before any blob is sent: an error stops
 	// the push (the agent's semver gate).
 	CheckPackages func([]*kubepkg.KubePkg) error
+	// SpoolDir, when set, lets blobs larger than a chunk be copied to an
+	// unlinked temp file there as the archive streams, within MaxSpool
+	// bytes, and uploaded from it in the background: the archive is read
+	// at disk speed while Jobs uploads run at once, instead of each big
+	// layer holding the read up until it is sent. Without it (the
+	// default) nothing touches the disk.
+	SpoolDir string
+	MaxSpool int64
 	// Sources are repositories of the registry (as Target.Repository names
 	// them) where a blob a partial archive leaves out may be found besides
 	// the images' own: it is mounted from there (the agent's delta answers
@@ -157,8 +167,10 @@ type pusher struct {
 
 	jobs chan struct{}
 	mem  *semaphore.Weighted
-	bufs bufPool
-	wg   sync.WaitGroup
+	// spool bounds the bytes of spooled blobs (Options.MaxSpool)
+	spool *semaphore.Weighted
+	bufs  bufPool
+	wg    sync.WaitGroup
 
 	mu      sync.Mutex
 	present map[digest.Digest]map[string]bool // blob → registry repositories known to hold it
@@ -174,7 +186,7 @@ func Push(ctx context.Context, r io.Reader, o Options) (*Result, error) {
 		statusName: map[digest.Digest]string{}, srcRepo: map[string]string{},
 		owners: map[digest.Digest]map[string]bool{}, manifests: map[digest.Digest]*manifest{},
 		present: map[digest.Digest]map[string]bool{},
-		jobs:    make(chan struct{}, o.Jobs), mem: semaphore.NewWeighted(o.MaxBuffer),
+		jobs:    make(chan struct{}, o.Jobs), mem: semaphore.NewWeighted(o.MaxBuffer), spool: semaphore.NewWeighted(max(o.MaxSpool, 1)),
 		bufs: bufPool{size: int(o.ChunkSize)}}
 	p.res.Registry = o.Target.String()
 	have := func(d digest.Digest) bool { // a partial archive's blob left out
@@ -259,6 +271,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Attempts <= 0 {
 		o.Attempts = DefaultAttempts
+	}
+	if o.SpoolDir != "" && o.MaxSpool <= 0 {
+		o.MaxSpool = DefaultMaxSpool
 	}
 	if o.Backoff <= 0 {
 		o.Backoff = 250 * time.Millisecond
@@ -495,6 +510,9 @@ func (p *pusher) Blob(ctx context.Context, desc ocispec.Descriptor, kind oci.Kin
 		p.res.BytesSkipped += desc.Size
 		p.mu.Unlock()
 		return nil // the reader still reads and verifies the bytes
+	}
+	if desc.Size > p.o.ChunkSize && p.o.SpoolDir != "" && desc.Size <= p.o.MaxSpool {
+		return p.spooled(repo, desc, r)
 	}
 	select {
 	case p.jobs <- struct{}{}:
@@ -792,4 +810,81 @@ func (b *bufPool) put(buf []byte) {
 	b.mu.Lock()
 	b.free = append(b.free, buf[:0])
 	b.mu.Unlock()
+}
+
+// spooled copies a blob larger than a chunk to an unlinked temp file as the
+// archive reader verifies it, and uploads it from there in the background
+// once an upload slot is free: the reader goes on with the next blob.
+func (p *pusher) spooled(repo string, desc ocispec.Descriptor, r io.Reader) error {
+	if err := p.spool.Acquire(p.ctx, desc.Size); err != nil {
+		return p.failed()
+	}
+	f, err := os.CreateTemp(p.o.SpoolDir, "crpe-push-*")
+	if err != nil {
+		p.spool.Release(desc.Size)
+		return fmt.Errorf("spooling blob %s: %w", desc.Digest, err)
+	}
+	_ = os.Remove(f.Name()) // unlinked: gone with the file, whatever happens
+	release := func() {
+		_ = f.Close()
+		p.spool.Release(desc.Size)
+	}
+	buf := p.bufs.get(int(p.o.ChunkSize))
+	n, err := io.CopyBuffer(struct{ io.Writer }{f}, r, buf)
+	p.bufs.put(buf)
+	if err == nil && n != desc.Size {
+		err = fmt.Errorf("blob %s: %d bytes, want %d", desc.Digest, n, desc.Size)
+	}
+	if err != nil { // the reader's error (a digest mismatch is found at EOF)
+		release()
+		return err
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		defer release()
+		select {
+		case p.jobs <- struct{}{}:
+		case <-p.ctx.Done():
+			return
+		}
+		p.done(repo, desc, p.sendFile(repo, desc, f))
+	}()
+	return nil
+}
+
+// sendFile uploads a spooled blob chunk by chunk (each chunk read from the
+// file into a buffer held within MaxBuffer), resuming as sendChunk does.
+func (p *pusher) sendFile(repo string, desc ocispec.Descriptor, f *os.File) (err error) {
+	var loc string
+	defer func() {
+		if err != nil {
+			p.c.cancel(loc)
+		}
+	}()
+	if loc, _, err = p.c.startUpload(p.ctx, repo, desc.Digest, ""); err != nil {
+		return err
+	}
+	for off := int64(0); off < desc.Size; {
+		n := min(p.o.ChunkSize, desc.Size-off)
+		if err := p.mem.Acquire(p.ctx, n); err != nil {
+			return p.failed()
+		}
+		buf := p.bufs.get(int(n))
+		if _, err := f.ReadAt(buf, off); err != nil {
+			p.mem.Release(n)
+			return fmt.Errorf("reading the spooled blob: %w", err)
+		}
+		var retried bool
+		loc, retried, err = p.sendChunk(repo, desc, loc, off, buf)
+		if err == nil && !retried {
+			p.bufs.put(buf)
+		}
+		p.mem.Release(n)
+		if err != nil {
+			return err
+		}
+		off += n
+	}
+	return p.c.finish(p.ctx, repo, loc, desc.Digest)
 }

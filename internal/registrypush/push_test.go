@@ -9,6 +9,7 @@ import (
 	"log"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -199,5 +200,32 @@ func TestFlatNames(t *testing.T) {
 	}
 	if got := manifestDigest(t, "http://"+tg.Host, "site/docker.io_library_nginx", "alpine"); got != string(p.Images[0].Top.Desc.Digest) {
 		t.Errorf("flat nginx: %q", got)
+	}
+}
+
+// TestSpooledPush: with a spool folder, big layers wait there for an upload
+// slot (unlinked temp files: the folder stays empty), and the push gives
+// the same registry content, the big layer in chunks.
+func TestSpooledPush(t *testing.T) {
+	reg, tg := start(t)
+	p := fullDemo("demo", 2)
+	spool := t.TempDir()
+	o := registrypush.Options{Target: tg, ChunkSize: 1 << 20, Backoff: 1, SpoolDir: spool, MaxSpool: 64 << 20}
+	res, err := registrypush.Push(context.Background(), bytes.NewReader(testenv.CrpeArchive(t, p)), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := "http://" + tg.Host
+	for _, im := range p.Images {
+		repo, _ := tg.Repository(im.Name, registrypush.Nested)
+		if got := manifestDigest(t, base, repo, im.Tag); got != string(im.Top.Desc.Digest) {
+			t.Errorf("%s:%s is %q, want %s", repo, im.Tag, got, im.Top.Desc.Digest)
+		}
+	}
+	if n := reg.count("PATCH", "/blobs/uploads/"); n < 5 || res.BlobsPushed != 7 {
+		t.Errorf("%d PATCH requests, result %+v", n, res)
+	}
+	if left, _ := os.ReadDir(spool); len(left) != 0 {
+		t.Errorf("the spool folder holds %d files after the push", len(left))
 	}
 }

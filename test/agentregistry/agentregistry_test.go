@@ -148,52 +148,14 @@ func layers(p *seedtest.Package) (map[string]int64, int64) {
 	return out, n
 }
 
-// tagDigest is the digest repo:tag has in the registry ("" when none).
 func tagDigest(t *testing.T, c *http.Client, base, repo, tag string) string {
-	t.Helper()
-	req, _ := http.NewRequest(http.MethodHead, base+"/v2/"+repo+"/manifests/"+tag, nil)
-	req.Header.Set("Accept", "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json")
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		return ""
-	}
-	return resp.Header.Get("Docker-Content-Digest")
+	return testenv.TagDigest(t, c, base, repo, tag)
 }
 
-// checkImages pulls p's images by tag from the site registry under prefix:
-// each tag resolves to the archive's digest, every blob is byte for byte
-// the archive's.
+// checkImages is testenv.CheckImages under prefix.
 func checkImages(t *testing.T, c *http.Client, base, prefix string, p *seedtest.Package) {
 	t.Helper()
-	for _, im := range p.Images {
-		repo := prefix + "/" + im.Name
-		if got := tagDigest(t, c, base, repo, im.Tag); got != string(im.Top.Desc.Digest) {
-			t.Errorf("%s:%s is %q, want %s", repo, im.Tag, got, im.Top.Desc.Digest)
-		}
-		for _, ch := range im.Children {
-			for _, b := range append([]seedtest.Blob{ch.Blob, ch.Config}, ch.Layers...) {
-				kind := "blobs"
-				if b.Desc.Digest == ch.Desc.Digest {
-					kind = "manifests"
-				}
-				req, _ := http.NewRequest(http.MethodGet, base+"/v2/"+repo+"/"+kind+"/"+string(b.Desc.Digest), nil)
-				req.Header.Set("Accept", b.Desc.MediaType)
-				resp, err := c.Do(req)
-				if err != nil {
-					t.Fatal(err)
-				}
-				body, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 || !bytes.Equal(body, b.Data) {
-					t.Errorf("%s %s: %d, %d bytes, want the archive's %d", repo, b.Desc.Digest, resp.StatusCode, len(body), len(b.Data))
-				}
-			}
-		}
-	}
+	testenv.CheckImages(t, c, base, func(name string) string { return prefix + "/" + name }, p)
 }
 
 type importOut struct {

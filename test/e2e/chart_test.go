@@ -103,31 +103,7 @@ func TestChartStory(t *testing.T) {
 	testenv.Crpe(t)
 	ctx := testenv.WaitCtx(t, 8*time.Minute)
 
-	type started struct {
-		n   *testenv.Node
-		err error
-	}
-	nodeCh := make(chan started, 1)
-	go func() {
-		n, err := testenv.LaunchNode(bins, testenv.NodeOptions{SandboxImage: kit.Pause, Logf: t.Logf})
-		nodeCh <- started{n, err}
-	}()
-	var node *testenv.Node
-	t.Cleanup(func() {
-		if node == nil {
-			if s := <-nodeCh; s.n != nil {
-				node = s.n
-			} else {
-				return
-			}
-		}
-		if t.Failed() {
-			t.Logf("node logs:\n%s", node.Logs())
-		}
-		if err := node.Stop(); err != nil {
-			t.Errorf("stopping the node: %v", err)
-		}
-	})
+	waitNode := launchNode(t, bins)
 
 	// internet side: the images through the pocket, the charts packaged,
 	// the archives exported from the cache alone
@@ -175,11 +151,7 @@ func TestChartStory(t *testing.T) {
 	}
 
 	// intranet side
-	s := <-nodeCh
-	if s.err != nil {
-		t.Fatal(s.err)
-	}
-	node = s.n
+	node := waitNode()
 	agent := testenv.StartAgent(t, testenv.AgentOptions{Args: []string{"--kubeconfig", node.Kubeconfig, "--namespace", kit.PkgNamespace}})
 	operator := testenv.Start(t, "operator", "--kubeconfig", node.Kubeconfig, "--namespace", kit.PkgNamespace,
 		"--health-addr", "0", "--resync", "1m", "--log-format", "text")

@@ -15,10 +15,12 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/octohelm/crpe/internal/testenv"
+	"github.com/octohelm/crpe/test/e2e/kit"
 )
 
 func TestMain(m *testing.M) {
@@ -170,4 +172,51 @@ func peakRSS(pid int) int64 {
 		}
 	}
 	return 0
+}
+
+// launchNode starts the one-node cluster in the background (while the
+// internet side of a story runs) and returns how to wait for it; the node
+// is stopped, and the host checked, when the test ends (after everything
+// registered later has stopped).
+func launchNode(t *testing.T, bins testenv.NodeBins) func() *testenv.Node {
+	type started struct {
+		n   *testenv.Node
+		err error
+	}
+	ch := make(chan started, 1)
+	go func() {
+		n, err := testenv.LaunchNode(bins, testenv.NodeOptions{SandboxImage: kit.Pause, Logf: t.Logf})
+		ch <- started{n, err}
+	}()
+	var node *testenv.Node
+	var once sync.Once
+	wait := func() *testenv.Node {
+		once.Do(func() {
+			s := <-ch
+			if s.err != nil {
+				t.Fatal(s.err)
+			}
+			node = s.n
+		})
+		return node
+	}
+	t.Cleanup(func() {
+		if node == nil {
+			s := <-ch
+			if s.n == nil {
+				return
+			}
+			node = s.n
+		}
+		if t.Failed() {
+			t.Logf("node logs:\n%s", node.Logs())
+		}
+		begin := time.Now()
+		if err := node.Stop(); err != nil {
+			t.Errorf("stopping the node: %v", err)
+		} else {
+			t.Logf("node stopped, host checked: as it was (%s)", time.Since(begin).Round(time.Millisecond))
+		}
+	})
+	return wait
 }

@@ -25,31 +25,7 @@ func TestRegistryModeStory(t *testing.T) {
 	testenv.Crpe(t)
 	ctx := testenv.WaitCtx(t, 8*time.Minute)
 
-	type started struct {
-		n   *testenv.Node
-		err error
-	}
-	nodeCh := make(chan started, 1)
-	go func() {
-		n, err := testenv.LaunchNode(bins, testenv.NodeOptions{SandboxImage: kit.Pause, Logf: t.Logf})
-		nodeCh <- started{n, err}
-	}()
-	var node *testenv.Node
-	t.Cleanup(func() {
-		if node == nil {
-			if s := <-nodeCh; s.n != nil {
-				node = s.n
-			} else {
-				return
-			}
-		}
-		if t.Failed() {
-			t.Logf("node logs:\n%s", node.Logs())
-		}
-		if err := node.Stop(); err != nil {
-			t.Errorf("stopping the node: %v", err)
-		}
-	})
+	waitNode := launchNode(t, bins)
 
 	// internet side: the images in a registry, the package exported
 	src := testenv.StartDistribution(t)
@@ -76,11 +52,7 @@ func TestRegistryModeStory(t *testing.T) {
 	// intranet side: the site registry, the agent in registry mode, the
 	// operator, the nodes pointed at the site registry
 	site := testenv.StartRegistry3(t, testenv.Registry3Options{TLS: true})
-	s := <-nodeCh
-	if s.err != nil {
-		t.Fatal(s.err)
-	}
-	node = s.n
+	node := waitNode()
 	agent := testenv.StartAgent(t, testenv.AgentOptions{Args: []string{"--registry", site.Addr + "/site", "--ca-file", site.CAFile,
 		"--kubeconfig", node.Kubeconfig, "--namespace", kit.PkgNamespace}})
 	operator := testenv.Start(t, "operator", "--kubeconfig", node.Kubeconfig, "--namespace", kit.PkgNamespace,

@@ -61,36 +61,7 @@ func TestStory(t *testing.T) {
 	ctx := testenv.WaitCtx(t, 8*time.Minute)
 	var fig figures
 
-	// the node starts while the internet side runs; it is stopped (and the
-	// host checked) after everything registered later has stopped
-	type started struct {
-		n   *testenv.Node
-		err error
-	}
-	nodeCh := make(chan started, 1)
-	go func() {
-		n, err := testenv.LaunchNode(bins, testenv.NodeOptions{SandboxImage: kit.Pause, Logf: t.Logf})
-		nodeCh <- started{n, err}
-	}()
-	var node *testenv.Node
-	t.Cleanup(func() {
-		if node == nil {
-			if s := <-nodeCh; s.n != nil {
-				node = s.n
-			} else {
-				return
-			}
-		}
-		if t.Failed() {
-			t.Logf("node logs:\n%s", node.Logs())
-		}
-		begin := time.Now()
-		if err := node.Stop(); err != nil {
-			t.Errorf("stopping the node: %v", err)
-		} else {
-			t.Logf("node stopped, host checked: as it was (%s)", time.Since(begin).Round(time.Millisecond))
-		}
-	})
+	waitNode := launchNode(t, bins)
 
 	// 1. internet side
 	reg := testenv.StartDistribution(t)
@@ -154,11 +125,7 @@ func TestStory(t *testing.T) {
 	}
 
 	// 2. intranet side
-	s := <-nodeCh
-	if s.err != nil {
-		t.Fatal(s.err)
-	}
-	node = s.n
+	node := waitNode()
 	fig.NodeStart = node.Started
 	agent := testenv.StartAgent(t, testenv.AgentOptions{Args: []string{"--kubeconfig", node.Kubeconfig, "--namespace", kit.PkgNamespace}})
 	operator := testenv.Start(t, "operator", "--kubeconfig", node.Kubeconfig, "--namespace", kit.PkgNamespace,

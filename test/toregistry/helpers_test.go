@@ -107,55 +107,22 @@ func layerBytes(p *seedtest.Package) int64 {
 	return n
 }
 
-// tagDigest is the digest repo:tag has in the registry at base ("" when
-// it has no such tag).
 func tagDigest(t *testing.T, c *http.Client, base, repo, tag string) string {
-	t.Helper()
-	req, _ := http.NewRequest(http.MethodHead, base+"/v2/"+repo+"/manifests/"+tag, nil)
-	req.Header.Set("Accept", "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json")
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		return ""
-	}
-	return resp.Header.Get("Docker-Content-Digest")
+	return testenv.TagDigest(t, c, base, repo, tag)
 }
 
-// blobDigestOK fetches every blob of p from repo and checks its bytes.
+// checkImages is testenv.CheckImages with the repositories named as
+// registrypush names them under prefix.
 func checkImages(t *testing.T, c *http.Client, base, prefix string, n registrypush.Naming, p *seedtest.Package) {
 	t.Helper()
 	tg := registrypush.Target{Host: "x", Prefix: prefix}
-	for _, im := range p.Images {
-		repo, err := tg.Repository(im.Name, n)
+	testenv.CheckImages(t, c, base, func(name string) string {
+		repo, err := tg.Repository(name, n)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := tagDigest(t, c, base, repo, im.Tag); got != string(im.Top.Desc.Digest) {
-			t.Errorf("%s:%s is %q, want %s", repo, im.Tag, got, im.Top.Desc.Digest)
-		}
-		for _, ch := range im.Children {
-			for _, b := range append([]seedtest.Blob{ch.Blob, ch.Config}, ch.Layers...) {
-				kind := "blobs"
-				if b.Desc.Digest == ch.Desc.Digest {
-					kind = "manifests"
-				}
-				req, _ := http.NewRequest(http.MethodGet, base+"/v2/"+repo+"/"+kind+"/"+string(b.Desc.Digest), nil)
-				req.Header.Set("Accept", b.Desc.MediaType)
-				resp, err := c.Do(req)
-				if err != nil {
-					t.Fatal(err)
-				}
-				body, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 || !bytes.Equal(body, b.Data) {
-					t.Errorf("%s %s: %d, %d bytes, want the archive's %d", repo, b.Desc.Digest, resp.StatusCode, len(body), len(b.Data))
-				}
-			}
-		}
-	}
+		return repo
+	}, p)
 }
 
 // faults is an HTTP reverse proxy in front of a registry: answer, when it

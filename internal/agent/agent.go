@@ -141,7 +141,14 @@ func runRegistryMode(ctx context.Context, cfg Config) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	rm := &regMode{push: *cfg.Registry, cluster: sync, ns: cfg.Namespace}
+	// the import locks: Leases in the agents' own namespace (where
+	// crpe install grants them), else in --namespace
+	leaseNS := podNamespace()
+	if leaseNS == "" {
+		leaseNS = cfg.Namespace
+	}
+	rm := &regMode{push: *cfg.Registry, cluster: sync, ns: cfg.Namespace,
+		locks: newImportLocks(sync.c, leaseNS, replicaIdentity())}
 
 	guard := &auth.Guard{Tokens: tokens, PullTokenRequired: cfg.PullTokenRequired}
 	mux := httpx.NewMux(reg)
@@ -155,7 +162,7 @@ func runRegistryMode(ctx context.Context, cfg Config) error {
 	mux.HandleFunc("/v2/", rm.noV2)
 	mux.HandleFunc("/v2", rm.noV2)
 	return cfg.Listener.Run(ctx, log, reg, mux, "crpe agent listening in registry mode", "registry", cfg.Registry.Target.String(),
-		"namespace", cfg.Namespace)
+		"namespace", cfg.Namespace, "lease_namespace", leaseNS, "replica", rm.locks.holder)
 }
 
 // denyAPI answers an /api request the guard refused.
@@ -170,6 +177,15 @@ func denyAPI(w http.ResponseWriter, r *http.Request, err error) {
 
 // ownNamespace is the agent's namespace in a cluster, else "default".
 func ownNamespace() string {
+	if ns := podNamespace(); ns != "" {
+		return ns
+	}
+	return "default"
+}
+
+// podNamespace is the namespace of the agent's pod (POD_NAMESPACE, or the
+// service account's); "" outside a pod.
+func podNamespace() string {
 	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
 		return ns
 	}
@@ -178,5 +194,5 @@ func ownNamespace() string {
 			return ns
 		}
 	}
-	return "default"
+	return ""
 }

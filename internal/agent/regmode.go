@@ -37,6 +37,7 @@ type regMode struct {
 	push    registrypush.Options
 	cluster *clusterSync
 	ns      string // for packages that name no namespace
+	locks   *importLocks
 }
 
 // record is a package as its KubePkg object holds it.
@@ -148,10 +149,17 @@ type RegistryResult struct {
 	KubePkgObjects map[string]string    `json:"kubepkgObjects"`
 }
 
-// importArchive pushes the archive into the site registry (the semver gate
-// is asked of the KubePkg objects before any blob goes) and, once every tag
-// is set, writes the KubePkg objects.
+// importArchive pushes the archive into the site registry and, once every
+// tag is set, writes the KubePkg objects. As soon as kubepkg.json is read,
+// before any blob goes, the import takes each package's lease (importLocks:
+// another import of the package through any replica answers 409
+// IMPORT_IN_PROGRESS) and then asks the semver gate of the KubePkg objects;
+// the leases are renewed while the import runs, checked right before the
+// tags are set and before the objects are written, and released at the end,
+// failed or not.
 func (m *regMode) importArchive(ctx context.Context, body io.Reader, force bool) (*RegistryResult, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	recs, err := m.records(ctx)
 	if err != nil {
 		return nil, err
@@ -159,16 +167,35 @@ func (m *regMode) importArchive(ctx context.Context, body io.Reader, force bool)
 	o := m.push
 	o.Sources = m.repositories(recs) // a partial archive's blobs: mounted from there
 	var pkgs []*kubepkg.KubePkg
+	var held *heldLocks
+	defer func() {
+		if held != nil {
+			held.release()
+		}
+	}()
 	previous := map[*kubepkg.KubePkg]string{}
 	o.CheckPackages = func(ps []*kubepkg.KubePkg) error {
+		var keys []pkgKey
 		for _, p := range ps {
-			ns := p.Namespace(m.ns)
 			for ref, d := range p.Spec.Images {
 				if !oci.IsDigest(d) {
 					return &importer.Error{Status: http.StatusBadRequest, Code: "IMPORT_INVALID", Entry: "kubepkg.json",
 						Reason: fmt.Sprintf("package %s: spec.images[%q] is not pinned to a digest", p.Metadata.Name, ref)}
 				}
 			}
+			keys = append(keys, pkgKey{p.Namespace(m.ns), p.Metadata.Name})
+		}
+		if m.locks != nil {
+			h, err := m.locks.acquire(ctx, keys, cancel)
+			if err != nil {
+				return err
+			}
+			held = h
+		}
+		// the gate, once the lease is held: an import of the package that
+		// just ended is seen
+		for _, p := range ps {
+			ns := p.Namespace(m.ns)
 			cur, err := m.record(ctx, ns, p.Metadata.Name)
 			if err != nil {
 				return err
@@ -182,6 +209,12 @@ func (m *regMode) importArchive(ctx context.Context, body io.Reader, force bool)
 		}
 		pkgs = ps
 		return nil
+	}
+	o.BeforeTags = func(ctx context.Context) error {
+		if held == nil {
+			return nil
+		}
+		return held.renew(ctx)
 	}
 	pushed, err := registrypush.Push(ctx, body, o)
 	if err != nil {
@@ -211,6 +244,11 @@ func (m *regMode) importArchive(ctx context.Context, body io.Reader, force bool)
 		res.Packages = append(res.Packages, importer.PackageResult{Namespace: p.Namespace(m.ns), Name: p.Metadata.Name,
 			Version: p.Spec.Version, Previous: prev, Forced: force && prev != "" && kubepkg.IsDowngrade(prev, p.Spec.Version),
 			Unchanged: prev == p.Spec.Version, Object: b})
+	}
+	if held != nil {
+		if err := held.renew(ctx); err != nil {
+			return nil, fmt.Errorf("the images are in %s (tags set), but the KubePkg objects were not written: %w", pushed.Registry, err)
+		}
 	}
 	objs := m.cluster.onImport(ctx, res)
 	for key, what := range objs {

@@ -11,6 +11,7 @@ package kubeclient
 import (
 	"fmt"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -62,7 +63,18 @@ func unthrottled(c *rest.Config) *rest.Config {
 	return c
 }
 
-// NewClient returns a controller-runtime client for unstructured objects.
+// NewClient returns a controller-runtime client for unstructured objects
+// and coordination.k8s.io/v1 Leases (the agent's import locks).
 func NewClient(cfg *rest.Config) (client.Client, error) {
-	return client.New(cfg, client.Options{Scheme: runtime.NewScheme()})
+	return client.New(cfg, client.Options{Scheme: Scheme()})
+}
+
+// Scheme knows the typed objects NewClient's client reads and writes:
+// coordination.k8s.io/v1 (Lease).
+func Scheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	if err := coordinationv1.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	return s
 }

@@ -100,6 +100,18 @@ func InstallManifests(o InstallOptions) ([]byte, error) {
 		secretRef := func(key string) map[string]any {
 			return map[string]any{"secretKeyRef": map[string]any{"name": "crpe-agent-registry", "key": key, "optional": true}}
 		}
+		// the replica names itself in the import locks it holds
+		env = append(env, map[string]any{"name": "POD_NAME", "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": "metadata.name"}}})
+		// the import locks: one Lease per package, in the agents' namespace
+		registryObjs = append(registryObjs,
+			map[string]any{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+				"metadata": map[string]any{"name": "crpe-agent-import-locks", "namespace": ns, "labels": labels("agent")},
+				"rules": []any{map[string]any{"apiGroups": []any{"coordination.k8s.io"}, "resources": []any{"leases"},
+					"verbs": []any{"get", "create", "update", "delete"}}}},
+			map[string]any{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+				"metadata": map[string]any{"name": "crpe-agent-import-locks", "namespace": ns, "labels": labels("agent")},
+				"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "crpe-agent-import-locks"},
+				"subjects": []any{map[string]any{"kind": "ServiceAccount", "name": "crpe-agent", "namespace": ns}}})
 		env = append(env, map[string]any{"name": "CRPE_USERNAME", "valueFrom": secretRef("username")},
 			map[string]any{"name": "CRPE_PASSWORD", "valueFrom": secretRef("password")})
 		mounts = []any{map[string]any{"name": "token", "mountPath": "/etc/crpe/token", "readOnly": true}}

@@ -149,6 +149,11 @@ func (p *pusher) complete(ctx context.Context, sum *archive.Summary) error {
 	}
 
 	// every image is complete in the registry: the tags, last
+	if p.o.BeforeTags != nil {
+		if err := p.o.BeforeTags(ctx); err != nil {
+			return fmt.Errorf("%w; nothing was tagged", err)
+		}
+	}
 	for _, pl := range plans {
 		im := pl.im
 		full := p.o.Target.Host + "/" + im.repo

@@ -96,6 +96,10 @@ type Options struct {
 	// soon as kubepkg.json is read, before any blob is sent: an error stops
 	// the push (the agent's semver gate).
 	CheckPackages func([]*kubepkg.KubePkg) error
+	// BeforeTags, when set, is asked once every image is complete in the
+	// registry, right before the first tag is set: an error stops the push
+	// with no tag moved (the agent checks it still holds its import lock).
+	BeforeTags func(context.Context) error
 	// SpoolDir, when set, lets blobs larger than a chunk be copied to an
 	// unlinked temp file there as the archive streams, within MaxSpool
 	// bytes, and uploaded from it in the background: the archive is read

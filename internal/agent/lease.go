@@ -15,6 +15,7 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/octohelm/crpe/internal/importer"
@@ -101,23 +102,8 @@ func LeaseName(namespace, name string) string {
 	return strings.Join(keep, ".") + suffix
 }
 
-// isSubdomain tells whether s is a DNS-1123 subdomain.
-func isSubdomain(s string) bool {
-	if s == "" || len(s) > 253 {
-		return false
-	}
-	for _, l := range strings.Split(s, ".") {
-		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
-			return false
-		}
-		for _, r := range l {
-			if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
-				return false
-			}
-		}
-	}
-	return true
-}
+// isSubdomain tells whether s is a DNS-1123 subdomain (a Lease's name).
+func isSubdomain(s string) bool { return len(validation.IsDNS1123Subdomain(s)) == 0 }
 
 // lockError is an error of the lease API itself (not another import).
 func lockError(op, name string, err error) error {

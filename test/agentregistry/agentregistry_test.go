@@ -24,6 +24,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -178,6 +179,74 @@ type importOut struct {
 // address and a CA file trusting both it and the registry.
 func denyingProxy(t *testing.T, reg *testenv.Registry3, deny string) (string, string) {
 	t.Helper()
+	return siteProxy(t, reg, func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodPost && strings.Contains(r.URL.Path, deny) && strings.Contains(r.URL.Path, "/blobs/uploads") {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusForbidden)
+			fmt.Fprint(w, `{"errors":[{"code":"DENIED","message":"project does not exist (the test's proxy)"}]}`)
+			return true
+		}
+		return false
+	})
+}
+
+// pause holds every upload start (POST …/blobs/uploads/) a pausingProxy
+// sees once armed, until released: an import through it stays in
+// progress, past its semver gate and its lease, for as long as the test
+// needs.
+type pause struct {
+	mu      sync.Mutex
+	armed   bool
+	reached chan struct{} // closed at the first upload held
+	release chan struct{}
+	once    sync.Once
+}
+
+func (p *pause) hold(r *http.Request) {
+	if r.Method != http.MethodPost || !strings.Contains(r.URL.Path, "/blobs/uploads") {
+		return
+	}
+	p.mu.Lock()
+	armed := p.armed
+	if armed {
+		select {
+		case <-p.reached:
+		default:
+			close(p.reached)
+		}
+	}
+	p.mu.Unlock()
+	if armed {
+		<-p.release
+	}
+}
+
+func (p *pause) arm() {
+	p.mu.Lock()
+	p.armed = true
+	p.mu.Unlock()
+}
+
+func (p *pause) resume() { p.once.Do(func() { close(p.release) }) }
+
+// pausingProxy is a TLS reverse proxy in front of the site registry whose
+// upload starts wait while the pause is armed and not released.
+func pausingProxy(t *testing.T, reg *testenv.Registry3) (string, string, *pause) {
+	t.Helper()
+	p := &pause{reached: make(chan struct{}), release: make(chan struct{})}
+	host, ca := siteProxy(t, reg, func(w http.ResponseWriter, r *http.Request) bool {
+		p.hold(r)
+		return false
+	})
+	t.Cleanup(p.resume) // before the server's Close, which waits for its requests
+	return host, ca, p
+}
+
+// siteProxy is a TLS reverse proxy in front of the site registry: intercept
+// sees each request first and answers it itself when it returns true. It
+// returns its address and a CA file trusting both it and the registry.
+func siteProxy(t *testing.T, reg *testenv.Registry3, intercept func(http.ResponseWriter, *http.Request) bool) (string, string) {
+	t.Helper()
 	u, _ := url.Parse(reg.URL)
 	rp := httputil.NewSingleHostReverseProxy(u)
 	pool := x509.NewCertPool()
@@ -190,10 +259,7 @@ func denyingProxy(t *testing.T, reg *testenv.Registry3, deny string) (string, st
 	tr.TLSClientConfig = &tls.Config{RootCAs: pool}
 	rp.Transport = tr
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodPost && strings.Contains(r.URL.Path, deny) && strings.Contains(r.URL.Path, "/blobs/uploads") {
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusForbidden)
-			fmt.Fprint(w, `{"errors":[{"code":"DENIED","message":"project does not exist (the test's proxy)"}]}`)
+		if intercept(w, r) {
 			return
 		}
 		rp.ServeHTTP(w, r)
@@ -444,11 +510,137 @@ spec:
 	}
 }
 
+// TestAgentRegistryImportLock: two imports of one package through two
+// replicas at once. While replica A's import of demo 2.0.0 is held in
+// progress (its registry's upload starts paused, after its gate and lease),
+// B's import of demo 3.0.0 answers 409 IMPORT_IN_PROGRESS naming A, sends
+// no blob, moves no tag and leaves the object alone; the Lease
+// crpe-import.NS.demo names A. Once A's import ends (2.0.0 written, the
+// lease deleted), B's import of 3.0.0 succeeds.
+func TestAgentRegistryImportLock(t *testing.T) {
+	ctx := testenv.WaitCtx(t, 5*time.Minute)
+	k := testenv.SharedKube(t)
+	reg := testenv.StartRegistry3(t, testenv.Registry3Options{Auth: true, TLS: true})
+	ns := "agentlock-" + fmt.Sprint(time.Now().UnixNano()%1000000)
+	kubectl(ctx, t, k, "create", "namespace", ns)
+	// the KubePkg CRD (the operator installs it)
+	op := testenv.Start(t, "operator", "--kubeconfig", k.Kubeconfig, "--health-addr", "0", "--namespace", ns, "--log-format", "text")
+	testenv.Eventually(t, 30*time.Second, "crpe operator started", func() (bool, string) {
+		select {
+		case <-op.Stopped():
+			t.Fatalf("crpe operator exited:\n%s", op.Logs())
+		default:
+		}
+		return strings.Contains(op.Logs(), "Starting workers"), op.Logs()
+	})
+
+	const prefix = "site"
+	agentArgs := func(host, caFile string) []string {
+		return []string{"--registry", host + "/" + prefix, "--username", reg.User, "--password", reg.Password,
+			"--ca-file", caFile, "--kubeconfig", k.Kubeconfig, "--namespace", ns}
+	}
+	proxyHost, proxyCA, hold := pausingProxy(t, reg)
+	a := testenv.StartAgent(t, testenv.AgentOptions{Args: agentArgs(proxyHost, proxyCA)})
+	b := testenv.StartAgent(t, testenv.AgentOptions{Args: agentArgs(reg.Addr, reg.CAFile)})
+	importTo := func(agent *testenv.Proc, file string) result {
+		return crpe(ctx, t, "import", file, "--to", agent.URL, "--token", agent.Token, "--json")
+	}
+	tags := func(p *seedtest.Package) map[string]string {
+		out := map[string]string{}
+		for _, im := range p.Images {
+			out[im.Name+":"+im.Tag] = tagDigest(t, reg.Client, reg.URL, prefix+"/"+im.Name, im.Tag)
+		}
+		return out
+	}
+
+	// 1.0.0 through B
+	p1, f1 := fixture(t, ns, "1.0.0", "", 1)
+	if r := importTo(b, f1); r.err != nil {
+		t.Fatalf("%s\nagent B:\n%s", r, b.Logs())
+	}
+	before := tags(p1)
+
+	// 2.0.0 through A, held in progress
+	p2, f2 := fixture(t, ns, "2.0.0", "", 2)
+	hold.arm()
+	aDone := make(chan result, 1)
+	go func() { aDone <- importTo(a, f2) }()
+	select {
+	case <-hold.reached:
+	case r := <-aDone:
+		t.Fatalf("A's import ended before any upload: %s\nagent A:\n%s", r, a.Logs())
+	}
+	holder := os.Getenv("POD_NAME")
+	if holder == "" {
+		host, _ := os.Hostname()
+		holder = fmt.Sprintf("%s pid %d", host, a.Cmd.Process.Pid)
+	}
+	lease := "crpe-import." + ns + ".demo"
+	if got := kubectl(ctx, t, k, "get", "-n", ns, "lease", lease, "-o", "jsonpath={.spec.holderIdentity}/{.spec.leaseDurationSeconds}"); got != holder+"/120" {
+		t.Errorf("Lease %s/%s during A's import: %q, want holder %q for 120 s", ns, lease, got, holder+"/120")
+	}
+
+	// 3.0.0 through B meanwhile: 409 naming A, nothing sent or moved
+	p3, f3 := fixture(t, ns, "3.0.0", "", 3)
+	r := importTo(b, f3)
+	if r.code == 0 || !strings.Contains(r.stderr, "IMPORT_IN_PROGRESS") || !strings.Contains(r.stderr, holder) {
+		t.Errorf("3.0.0 through B during A's import: want IMPORT_IN_PROGRESS naming %q:\n%s\nagent B:\n%s", holder, r, b.Logs())
+	}
+	for im, d := range tags(p1) {
+		if d != before[im] {
+			t.Errorf("B's refused import moved %s from %s to %s", im, before[im], d)
+		}
+	}
+	for _, im := range p3.Images {
+		for _, ch := range im.Children {
+			for _, bl := range append([]seedtest.Blob{ch.Config}, ch.Layers...) {
+				req, _ := http.NewRequest(http.MethodHead, reg.URL+"/v2/"+prefix+"/"+im.Name+"/blobs/"+string(bl.Desc.Digest), nil)
+				resp, err := reg.Client.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusNotFound {
+					t.Errorf("B's refused import sent %s (%s) to %s: HEAD %d", bl.Desc.Digest, bl.Desc.MediaType, im.Name, resp.StatusCode)
+				}
+			}
+		}
+	}
+	if v := str(kpkg(ctx, t, k, ns, "demo"), "spec", "version"); v != "1.0.0" {
+		t.Errorf("during A's import the object is at %q, want 1.0.0", v)
+	}
+
+	// A ends: 2.0.0 written, the lease gone
+	hold.resume()
+	if r := <-aDone; r.err != nil {
+		t.Fatalf("A's import: %s\nagent A:\n%s", r, a.Logs())
+	}
+	checkImages(t, reg.Client, reg.URL, prefix, p2)
+	if v := str(kpkg(ctx, t, k, ns, "demo"), "spec", "version"); v != "2.0.0" {
+		t.Errorf("after A's import the object is at %q, want 2.0.0", v)
+	}
+	if got := kubectl(ctx, t, k, "get", "-n", ns, "lease", lease, "--ignore-not-found", "-o", "name"); strings.TrimSpace(got) != "" {
+		t.Errorf("Lease %s left after A's import: %s", lease, got)
+	}
+
+	// and B's import of 3.0.0 now succeeds
+	r = importTo(b, f3)
+	if r.err != nil {
+		t.Fatalf("3.0.0 through B after A's import: %s\nagent B:\n%s", r, b.Logs())
+	}
+	checkImages(t, reg.Client, reg.URL, prefix, p3)
+	if v := str(kpkg(ctx, t, k, ns, "demo"), "spec", "version"); v != "3.0.0" {
+		t.Errorf("after B's import the object is at %q, want 3.0.0", v)
+	}
+}
+
 // TestInstallRegistryMode: `crpe install --registry --replicas 2` writes the
 // agent as two stateless replicas (no PersistentVolumeClaim, no data
 // volume, the registry credentials from a Secret, the CA from a ConfigMap,
 // registry mode's arguments), and kubectl applies it to a real
-// kube-apiserver without error; the Deployment there has 2 replicas.
+// kube-apiserver without error; the Deployment there has 2 replicas, and
+// the agents' service account may use Leases (their import locks) in their
+// namespace only.
 func TestInstallRegistryMode(t *testing.T) {
 	ctx := testenv.WaitCtx(t, 2*time.Minute)
 	k := testenv.SharedKube(t)
@@ -509,6 +701,21 @@ func TestInstallRegistryMode(t *testing.T) {
 	}
 	if got := kubectl(ctx, t, k, "get", "-n", ns, "deployment", "crpe-agent", "-o", "jsonpath={.spec.replicas}"); got != "2" {
 		t.Errorf("the applied Deployment has %q replicas, want 2", got)
+	}
+	// the import locks: the agents' service account may get, create,
+	// update and delete Leases in their namespace (RBAC is on), not
+	// elsewhere
+	sa := "system:serviceaccount:" + ns + ":crpe-agent"
+	for _, verb := range []string{"get", "create", "update", "delete"} {
+		if out, err := k.Kubectl(ctx, "auth", "can-i", verb, "leases.coordination.k8s.io", "-n", ns, "--as", sa); err != nil || strings.TrimSpace(out) != "yes" {
+			t.Errorf("the agent may not %s leases in %s: %q %v", verb, ns, out, err)
+		}
+	}
+	if out, _ := k.Kubectl(ctx, "auth", "can-i", "update", "leases.coordination.k8s.io", "-n", "kube-system", "--as", sa); strings.TrimSpace(out) != "no" {
+		t.Errorf("the agent may update leases in kube-system: %q", out)
+	}
+	if !strings.Contains(podJSON, `{"name":"POD_NAME","valueFrom":{"fieldRef":{"fieldPath":"metadata.name"}}}`) {
+		t.Errorf("agent pod lacks POD_NAME (its holder identity in the leases):\n%s", podJSON)
 	}
 	// more than one agent with its own store is refused
 	if r := crpe(ctx, t, "install", "--replicas", "2"); r.code == 0 || !strings.Contains(r.stderr, "--registry") {

@@ -1,7 +1,8 @@
 // Package kubeclient owns how crpe reaches a Kubernetes cluster and the
 // KubePkg object as the cluster holds it: the REST configuration (a
 // kubeconfig or the pod's in-cluster identity, client-side throttling off),
-// a controller-runtime client for unstructured objects, the KubePkg group,
+// a controller-runtime client for unstructured objects (and typed
+// coordination.k8s.io/v1 Leases: the agent's import locks), the KubePkg group,
 // version and kind with the names put on KubePkg objects, and Upsert, the
 // semver-gated create-or-update of a KubePkg object that the agent does
 // after an import. The agent and the operator share it; it applies nothing

@@ -229,3 +229,35 @@ func TestSpooledPush(t *testing.T) {
 		t.Errorf("the spool folder holds %d files after the push", len(left))
 	}
 }
+
+// TestBeforeTags: BeforeTags is asked once every image is complete in the
+// registry (every manifest put by digest), before the first tag; its error
+// stops the push with no tag set.
+func TestBeforeTags(t *testing.T) {
+	reg, tg := start(t)
+	p := fullDemo("demo", 4)
+	stop := errors.New("the lock is lost (the test)")
+	asked := 0
+	o := registrypush.Options{Target: tg, Backoff: 1, BeforeTags: func(context.Context) error {
+		asked++
+		if n := reg.count("PUT", "/manifests/sha256:"); n != 4 {
+			t.Errorf("BeforeTags asked after %d manifests put by digest, want all 4", n)
+		}
+		return stop
+	}}
+	_, err := registrypush.Push(context.Background(), bytes.NewReader(testenv.CrpeArchive(t, p)), o)
+	if !errors.Is(err, stop) || !strings.Contains(err.Error(), "nothing was tagged") || asked != 1 {
+		t.Fatalf("err = %v (asked %d times), want BeforeTags' error, once", err, asked)
+	}
+	for _, im := range p.Images {
+		if n := reg.count("PUT", "/manifests/"+im.Tag); n != 0 {
+			t.Errorf("tag %s was put", im.Tag)
+		}
+	}
+	// a nil answer lets the tags be set
+	o.BeforeTags = func(context.Context) error { return nil }
+	res, err := registrypush.Push(context.Background(), bytes.NewReader(testenv.CrpeArchive(t, p)), o)
+	if err != nil || len(res.TagsSet) != 2 {
+		t.Fatalf("err = %v, tags %v", err, res)
+	}
+}

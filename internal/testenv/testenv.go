@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -284,4 +285,60 @@ func Eventually(t testing.TB, d time.Duration, what string, check func() (bool, 
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// Result is a finished crpe command, its output kept apart.
+type Result struct {
+	Args           []string
+	Stdout, Stderr string
+	Code           int
+	Err            error
+}
+
+// String says what ran and how it ended, for failure messages.
+func (r Result) String() string {
+	cut := func(s string) string {
+		if len(s) > 3000 {
+			return s[:3000] + "…"
+		}
+		return s
+	}
+	return fmt.Sprintf("crpe %s: exit %d (%v)\nstdout: %s\nstderr: %s", strings.Join(r.Args, " "), r.Code, r.Err, cut(r.Stdout), cut(r.Stderr))
+}
+
+// CrpeOptions shape a crpe command's environment and input.
+type CrpeOptions struct {
+	// Drop names variables of the test's environment left out besides
+	// every CRPE_ one (a developer's settings never reach the command):
+	// "SOURCE_DATE_EPOCH", "HOME", "KUBECONFIG"...
+	Drop []string
+	// Env is added (KEY=VALUE).
+	Env []string
+	// Stdin, when set, is the command's input.
+	Stdin string
+}
+
+// RunCrpe runs the crpe binary to completion with o's environment and
+// returns its output apart and its exit code.
+func RunCrpe(ctx context.Context, t testing.TB, o CrpeOptions, args ...string) Result {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, Crpe(t), args...)
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(k, "CRPE_") && !slices.Contains(o.Drop, k) {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, o.Env...)
+	if o.Stdin != "" {
+		cmd.Stdin = strings.NewReader(o.Stdin)
+	}
+	var so, se bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &so, &se
+	err := cmd.Run()
+	r := Result{Args: args, Stdout: so.String(), Stderr: se.String(), Err: err}
+	if cmd.ProcessState != nil {
+		r.Code = cmd.ProcessState.ExitCode()
+	}
+	return r
 }

@@ -87,14 +87,14 @@ func TestDeltaOnTheWire(t *testing.T) {
 			Namespace, Name, Version string
 		} `json:"packages"`
 	}
-	if err := json.Unmarshal([]byte(invRes.stdout), &invDoc); err != nil {
+	if err := json.Unmarshal([]byte(invRes.Stdout), &invDoc); err != nil {
 		t.Fatalf("agent inventory: %v\n%s", err, invRes)
 	}
 	if len(invDoc.Digests) != 12 || len(invDoc.Packages) != 1 || invDoc.Packages[0].Version != "1.0.0" {
 		t.Errorf("agent inventory after v1: %d digests, packages %+v; want 12 digests and app@1.0.0", len(invDoc.Digests), invDoc.Packages)
 	}
 	inv := filepath.Join(t.TempDir(), "inv.json")
-	if err := os.WriteFile(inv, []byte(invRes.stdout), 0o644); err != nil {
+	if err := os.WriteFile(inv, []byte(invRes.Stdout), 0o644); err != nil {
 		t.Fatal(err)
 	}
 
@@ -132,7 +132,7 @@ func TestDeltaOnTheWire(t *testing.T) {
 		partial := filepath.Join(t.TempDir(), "partial.kubepkg.tgz")
 		src := writeFile(t, "pkg.yaml", appYAML("app", "default", "2.0.0", map[string]digest.Digest{ref: im2.Manifest.Desc.Digest}))
 		r := crpe(ctx, t, "export", "-f", src, "-o", partial, "--data", cache, "--registry-endpoint", "docker.io="+reg.URL, "--since", inv)
-		if r.code != 0 {
+		if r.Code != 0 {
 			t.Fatalf("%s", r)
 		}
 		checkPartial(ctx, t, partial, want)
@@ -176,7 +176,7 @@ func checkPartial(ctx context.Context, t *testing.T, partial string, w handover)
 	}
 	t.Run("inspect-verify", func(t *testing.T) {
 		r := crpe(ctx, t, "inspect", "--verify", partial)
-		if r.code != 0 {
+		if r.Code != 0 {
 			t.Fatalf("inspect --verify of the partial archive: %s", r)
 		}
 		absent := 0
@@ -184,12 +184,12 @@ func checkPartial(ctx context.Context, t *testing.T, partial string, w handover)
 			if l.Desc.Digest == w.changed.Desc.Digest {
 				continue
 			}
-			if strings.Contains(r.stdout, "absent\t"+string(l.Desc.Digest)+"\t(partial archive: expected)") {
+			if strings.Contains(r.Stdout, "absent\t"+string(l.Desc.Digest)+"\t(partial archive: expected)") {
 				absent++
 			}
 		}
-		if absent != 9 || strings.Contains(r.stdout, "PROBLEM") {
-			t.Errorf("inspect --verify lists %d of the 9 left-out layers as expected, want all:\n%s", absent, r.stdout)
+		if absent != 9 || strings.Contains(r.Stdout, "PROBLEM") {
+			t.Errorf("inspect --verify lists %d of the 9 left-out layers as expected, want all:\n%s", absent, r.Stdout)
 		}
 	})
 
@@ -213,19 +213,19 @@ func checkPartial(ctx context.Context, t *testing.T, partial string, w handover)
 	// a fresh agent C lacks what the partial archive leaves out
 	c := testenv.StartAgent(t, testenv.AgentOptions{})
 	r := crpe(ctx, t, "import", partial, "--to", c.URL, "--token", c.Token)
-	if r.code == 0 {
+	if r.Code == 0 {
 		t.Fatalf("partial archive into a fresh agent succeeded: %s", r)
 	}
 	named := ""
 	for _, l := range w.layers {
-		if l.Desc.Digest != w.changed.Desc.Digest && (strings.Contains(r.stderr, string(l.Desc.Digest)) || strings.Contains(r.stderr, "blobs/sha256/"+l.Desc.Digest.Encoded())) {
+		if l.Desc.Digest != w.changed.Desc.Digest && (strings.Contains(r.Stderr, string(l.Desc.Digest)) || strings.Contains(r.Stderr, "blobs/sha256/"+l.Desc.Digest.Encoded())) {
 			named = string(l.Desc.Digest)
 		}
 	}
-	if named == "" || !status4xx.MatchString(r.stderr) {
+	if named == "" || !status4xx.MatchString(r.Stderr) {
 		t.Errorf("partial archive into a fresh agent: want a 4xx naming a missing layer, got %s", r)
 	}
-	t.Logf("a fresh agent refuses the partial archive: %s", strings.TrimSpace(r.stderr))
+	t.Logf("a fresh agent refuses the partial archive: %s", strings.TrimSpace(r.Stderr))
 	if code, _, _ := get(t, c.URL+"/v2/docker.io/library/app/manifests/stable"); code != http.StatusNotFound {
 		t.Errorf("app:stable on C after the refused import: %d, want 404", code)
 	}

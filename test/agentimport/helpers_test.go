@@ -16,7 +16,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -48,30 +47,13 @@ func ctxFor(t *testing.T, d time.Duration) context.Context {
 	return testenv.WaitCtx(t, d)
 }
 
-// cleanEnv is the test's environment without any CRPE_ variable, so a
-// developer's settings cannot leak into the commands under test.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "CRPE_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
+type result = testenv.Result
 
-// result is a finished crpe command.
-type result struct {
-	args   []string
-	stdout string
-	stderr string
-	code   int
-	err    error
-}
-
-func (r result) String() string {
-	return fmt.Sprintf("crpe %s: exit %d (%v)\nstdout: %s\nstderr: %s", strings.Join(r.args, " "), r.code, r.err,
-		truncate(r.stdout, 2000), truncate(r.stderr, 2000))
+// crpe runs the crpe binary to completion with stdout and stderr apart,
+// none of the test's CRPE_ variables reaching it.
+func crpe(ctx context.Context, t *testing.T, args ...string) result {
+	t.Helper()
+	return testenv.RunCrpe(ctx, t, testenv.CrpeOptions{}, args...)
 }
 
 func truncate(s string, n int) string {
@@ -81,26 +63,11 @@ func truncate(s string, n int) string {
 	return s
 }
 
-// crpe runs the crpe binary to completion with stdout and stderr apart.
-func crpe(ctx context.Context, t *testing.T, args ...string) result {
-	t.Helper()
-	cmd := exec.CommandContext(ctx, testenv.Crpe(t), args...)
-	cmd.Env = cleanEnv()
-	var so, se bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &so, &se
-	err := cmd.Run()
-	r := result{args: args, stdout: so.String(), stderr: se.String(), err: err}
-	if cmd.ProcessState != nil {
-		r.code = cmd.ProcessState.ExitCode()
-	}
-	return r
-}
-
 // mustCrpe is crpe that fails the test unless the command exits 0.
 func mustCrpe(ctx context.Context, t *testing.T, args ...string) result {
 	t.Helper()
 	r := crpe(ctx, t, args...)
-	if r.err != nil {
+	if r.Err != nil {
 		t.Fatalf("%s", r)
 	}
 	return r
@@ -167,7 +134,7 @@ func importTo(ctx context.Context, t *testing.T, file, url, token string, extra 
 	args := append([]string{"import", file, "--to", url, "--token", token, "--json"}, extra...)
 	r := mustCrpe(ctx, t, args...)
 	var s importSummary
-	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
+	if err := json.Unmarshal([]byte(r.Stdout), &s); err != nil {
 		t.Fatalf("import --json output: %v\n%s", err, r)
 	}
 	return s

@@ -183,7 +183,7 @@ func TestStorageLifecycle(t *testing.T) {
 	// fsck on the data folder once the agent is stopped
 	stopAgent(t, a)
 	r := crpe(ctx, t, "fsck", "--data", a.Data)
-	if r.code != 0 || !strings.Contains(r.stdout, ": 0 problems") {
+	if r.Code != 0 || !strings.Contains(r.Stdout, ": 0 problems") {
 		t.Errorf("fsck after GC: %s", r)
 	}
 }

@@ -72,8 +72,8 @@ spec:
 	certs := filepath.Join(t.TempDir(), "certs.d")
 	r := mustCrpe(ctx, t, "mirror-config", "--agent", px.URL, "--hosts", "docker.io", "-o", certs)
 	hostsFile := filepath.Join(certs, "docker.io", "hosts.toml")
-	if strings.TrimSpace(r.stdout) != hostsFile {
-		t.Errorf("mirror-config printed %q, want %q", r.stdout, hostsFile)
+	if strings.TrimSpace(r.Stdout) != hostsFile {
+		t.Errorf("mirror-config printed %q, want %q", r.Stdout, hostsFile)
 	}
 	toml, err := os.ReadFile(hostsFile)
 	if err != nil {
@@ -149,11 +149,11 @@ spec:
 			Endpoint []string `json:"endpoint"`
 		} `json:"mirrors"`
 	}
-	if err := yaml.UnmarshalStrict([]byte(r.stdout), &reg3s); err != nil {
-		t.Fatalf("k3s registries.yaml does not parse: %v\n%s", err, r.stdout)
+	if err := yaml.UnmarshalStrict([]byte(r.Stdout), &reg3s); err != nil {
+		t.Fatalf("k3s registries.yaml does not parse: %v\n%s", err, r.Stdout)
 	}
 	if m, ok := reg3s.Mirrors["*"]; !ok || len(m.Endpoint) != 1 || m.Endpoint[0] != agent.URL {
-		t.Errorf("registries.yaml mirrors = %+v, want \"*\": endpoint [%s]\n%s", reg3s.Mirrors, agent.URL, r.stdout)
+		t.Errorf("registries.yaml mirrors = %+v, want \"*\": endpoint [%s]\n%s", reg3s.Mirrors, agent.URL, r.Stdout)
 	}
 }
 

@@ -8,7 +8,6 @@
 package agentregistry
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -21,7 +20,6 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -41,40 +39,19 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-type result struct {
-	args           []string
-	stdout, stderr string
-	code           int
-	err            error
-}
+type result = testenv.Result
 
-func (r result) String() string {
-	return fmt.Sprintf("crpe %s: exit %d (%v)\nstdout: %s\nstderr: %s", strings.Join(r.args, " "), r.code, r.err, r.stdout, r.stderr)
-}
-
+// crpe runs the binary with HOME an empty folder (no Docker credentials but
+// the test's) and none of the test's CRPE_ or DOCKER_CONFIG variables.
 func crpe(ctx context.Context, t *testing.T, args ...string) result {
 	t.Helper()
-	cmd := exec.CommandContext(ctx, testenv.Crpe(t), args...)
-	for _, e := range os.Environ() {
-		if !strings.HasPrefix(e, "CRPE_") && !strings.HasPrefix(e, "DOCKER_CONFIG=") && !strings.HasPrefix(e, "HOME=") {
-			cmd.Env = append(cmd.Env, e)
-		}
-	}
-	cmd.Env = append(cmd.Env, "HOME="+t.TempDir())
-	var so, se bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &so, &se
-	err := cmd.Run()
-	r := result{args: args, stdout: so.String(), stderr: se.String(), err: err}
-	if cmd.ProcessState != nil {
-		r.code = cmd.ProcessState.ExitCode()
-	}
-	return r
+	return testenv.RunCrpe(ctx, t, testenv.CrpeOptions{Drop: []string{"DOCKER_CONFIG", "HOME"}, Env: []string{"HOME=" + t.TempDir()}}, args...)
 }
 
 func mustCrpe(ctx context.Context, t *testing.T, args ...string) result {
 	t.Helper()
 	r := crpe(ctx, t, args...)
-	if r.err != nil {
+	if r.Err != nil {
 		t.Fatalf("%s", r)
 	}
 	return r
@@ -318,7 +295,7 @@ func TestAgentRegistryMode(t *testing.T) {
 	decode := func(r result) importOut {
 		t.Helper()
 		var out importOut
-		if err := json.Unmarshal([]byte(r.stdout), &out); err != nil {
+		if err := json.Unmarshal([]byte(r.Stdout), &out); err != nil {
 			t.Fatalf("%s: %v", r, err)
 		}
 		return out
@@ -327,7 +304,7 @@ func TestAgentRegistryMode(t *testing.T) {
 	// 1.0.0 through A: everything pushed, the object created
 	p1, f1 := fixture(t, ns, "1.0.0", "", 1)
 	r := importTo(a, f1)
-	if r.err != nil {
+	if r.Err != nil {
 		t.Fatalf("%s\nagent A:\n%s", r, a.Logs())
 	}
 	out := decode(r)
@@ -344,7 +321,7 @@ func TestAgentRegistryMode(t *testing.T) {
 	p2, f2 := fixture(t, ns, "2.0.0", "-two", 1)
 	ls, lbytes := layers(p2)
 	r = importTo(b, f2)
-	if r.err != nil {
+	if r.Err != nil {
 		t.Fatalf("%s\nagent B:\n%s", r, b.Logs())
 	}
 	out = decode(r)
@@ -386,7 +363,7 @@ func TestAgentRegistryMode(t *testing.T) {
 
 	// B refuses a downgrade; nothing changes
 	r = importTo(b, f1)
-	if r.code == 0 || !strings.Contains(r.stderr, "VERSION_CONFLICT") {
+	if r.Code == 0 || !strings.Contains(r.Stderr, "VERSION_CONFLICT") {
 		t.Errorf("1.0.0 after 2.0.0 through B: want refused with VERSION_CONFLICT:\n%s", r)
 	}
 	if v := str(kpkg(ctx, t, k, ns, "demo"), "spec", "version"); v != "2.0.0" {
@@ -401,7 +378,7 @@ func TestAgentRegistryMode(t *testing.T) {
 	c := testenv.StartAgent(t, testenv.AgentOptions{Args: agentArgs(proxyHost, proxyCA)})
 	_, f3 := fixture(t, ns, "3.0.0", "", 3)
 	r = importTo(c, f3)
-	if r.code == 0 || !strings.Contains(r.stderr, "REGISTRY_REFUSED") || !strings.Contains(r.stderr, prefix+"/ghcr.io/octohelm/app") {
+	if r.Code == 0 || !strings.Contains(r.Stderr, "REGISTRY_REFUSED") || !strings.Contains(r.Stderr, prefix+"/ghcr.io/octohelm/app") {
 		t.Errorf("3.0.0 through a registry refusing the app repository: want refused, naming it:\n%s\nagent C:\n%s", r, c.Logs())
 	}
 	for _, im := range p2.Images {
@@ -434,7 +411,7 @@ spec:
 	pocket := t.TempDir()
 	webTgz := filepath.Join(t.TempDir(), "web.kubepkg.tgz")
 	mustCrpe(ctx, t, "export", "-f", webYAML, "-o", webTgz, "--data", pocket, "--registry-endpoint", "docker.io="+src.URL)
-	if r := importTo(a, webTgz); r.err != nil {
+	if r := importTo(a, webTgz); r.Err != nil {
 		t.Fatalf("%s\nagent A:\n%s", r, a.Logs())
 	}
 	testenv.Eventually(t, 60*time.Second, "the operator applied web 1.0.0", func() (bool, string) {
@@ -449,7 +426,7 @@ spec:
 		Digests  []string `json:"digests"`
 		Packages []struct{ Namespace, Name, Version string }
 	}
-	if err := json.Unmarshal([]byte(r.stdout), &inv); err != nil {
+	if err := json.Unmarshal([]byte(r.Stdout), &inv); err != nil {
 		t.Fatalf("%s: %v", r, err)
 	}
 	have := map[string]bool{}
@@ -476,7 +453,7 @@ spec:
 		t.Errorf("inventory packages %v, want %s/demo 2.0.0 and %s/web 1.0.0", inv.Packages, ns, ns)
 	}
 	invFile := filepath.Join(t.TempDir(), "inv.json")
-	if err := os.WriteFile(invFile, []byte(r.stdout), 0o644); err != nil {
+	if err := os.WriteFile(invFile, []byte(r.Stdout), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	// export --since leaves out the layers the registry holds
@@ -485,7 +462,7 @@ spec:
 	var sum struct {
 		Excluded int `json:"excluded"`
 	}
-	_ = json.Unmarshal([]byte(r.stdout), &sum)
+	_ = json.Unmarshal([]byte(r.Stdout), &sum)
 	if sum.Excluded != len(img.Layers) {
 		t.Errorf("export --since left out %d layers, want %d:\n%s", sum.Excluded, len(img.Layers), r)
 	}
@@ -555,7 +532,7 @@ func TestAgentRegistryImportLock(t *testing.T) {
 
 	// 1.0.0 through B
 	p1, f1 := fixture(t, ns, "1.0.0", "", 1)
-	if r := importTo(b, f1); r.err != nil {
+	if r := importTo(b, f1); r.Err != nil {
 		t.Fatalf("%s\nagent B:\n%s", r, b.Logs())
 	}
 	before := tags(p1)
@@ -583,7 +560,7 @@ func TestAgentRegistryImportLock(t *testing.T) {
 	// 3.0.0 through B meanwhile: 409 naming A, nothing sent or moved
 	p3, f3 := fixture(t, ns, "3.0.0", "", 3)
 	r := importTo(b, f3)
-	if r.code == 0 || !strings.Contains(r.stderr, "IMPORT_IN_PROGRESS") || !strings.Contains(r.stderr, holder) {
+	if r.Code == 0 || !strings.Contains(r.Stderr, "IMPORT_IN_PROGRESS") || !strings.Contains(r.Stderr, holder) {
 		t.Errorf("3.0.0 through B during A's import: want IMPORT_IN_PROGRESS naming %q:\n%s\nagent B:\n%s", holder, r, b.Logs())
 	}
 	for im, d := range tags(p1) {
@@ -612,7 +589,7 @@ func TestAgentRegistryImportLock(t *testing.T) {
 
 	// A ends: 2.0.0 written, the lease gone
 	hold.resume()
-	if r := <-aDone; r.err != nil {
+	if r := <-aDone; r.Err != nil {
 		t.Fatalf("A's import: %s\nagent A:\n%s", r, a.Logs())
 	}
 	checkImages(t, reg.Client, reg.URL, prefix, p2)
@@ -625,7 +602,7 @@ func TestAgentRegistryImportLock(t *testing.T) {
 
 	// and B's import of 3.0.0 now succeeds
 	r = importTo(b, f3)
-	if r.err != nil {
+	if r.Err != nil {
 		t.Fatalf("3.0.0 through B after A's import: %s\nagent B:\n%s", r, b.Logs())
 	}
 	checkImages(t, reg.Client, reg.URL, prefix, p3)
@@ -654,7 +631,7 @@ func TestInstallRegistryMode(t *testing.T) {
 	r := mustCrpe(ctx, t, "install", "--namespace", ns, "--registry", "harbor.lan/crpe", "--replicas", "2",
 		"--registry-username", "ci", "--registry-password", "s3cret", "--registry-ca-file", caFile, "--image", "crpe.local/crpe:test")
 	docs := map[string]map[string]any{}
-	for _, doc := range strings.Split(r.stdout, "\n---\n") {
+	for _, doc := range strings.Split(r.Stdout, "\n---\n") {
 		var m map[string]any
 		if err := yaml.Unmarshal([]byte(doc), &m); err != nil {
 			t.Fatalf("%v:\n%s", err, doc)
@@ -696,7 +673,7 @@ func TestInstallRegistryMode(t *testing.T) {
 			t.Errorf("agent pod in registry mode has %s:\n%s", bad, podJSON)
 		}
 	}
-	if _, err := k.KubectlInput(ctx, r.stdout, "apply", "-f", "-"); err != nil {
+	if _, err := k.KubectlInput(ctx, r.Stdout, "apply", "-f", "-"); err != nil {
 		t.Fatalf("kubectl apply of crpe install --registry: %v", err)
 	}
 	if got := kubectl(ctx, t, k, "get", "-n", ns, "deployment", "crpe-agent", "-o", "jsonpath={.spec.replicas}"); got != "2" {
@@ -718,7 +695,7 @@ func TestInstallRegistryMode(t *testing.T) {
 		t.Errorf("agent pod lacks POD_NAME (its holder identity in the leases):\n%s", podJSON)
 	}
 	// more than one agent with its own store is refused
-	if r := crpe(ctx, t, "install", "--replicas", "2"); r.code == 0 || !strings.Contains(r.stderr, "--registry") {
+	if r := crpe(ctx, t, "install", "--replicas", "2"); r.Code == 0 || !strings.Contains(r.Stderr, "--registry") {
 		t.Errorf("install --replicas 2 without --registry: %s", r)
 	}
 }

@@ -100,7 +100,7 @@ metadata:
 
 	// first import: the object is created and applied
 	r := importTo(v100)
-	if r.err != nil {
+	if r.Err != nil {
 		t.Fatalf("%s\nagent:\n%s", r, agent.Logs())
 	}
 	// `crpe import --to --json` prints the agent's kubepkgObjects (it once
@@ -128,7 +128,7 @@ metadata:
 	}
 
 	// a lower version: refused by the import, the object untouched
-	if r := importTo(v090); r.code == 0 {
+	if r := importTo(v090); r.Code == 0 {
 		t.Errorf("import of 0.9.0 after 1.0.0 without --force succeeded:\n%s", r)
 	}
 	if got := str(kpkg(ctx, t, k, ns, "shop"), "spec", "version"); got != "1.0.0" {
@@ -136,7 +136,7 @@ metadata:
 	}
 
 	// forced: the object follows with the annotation, and the operator too
-	if r := importTo(v090, "--force"); r.err != nil {
+	if r := importTo(v090, "--force"); r.Err != nil {
 		t.Fatalf("%s", r)
 	}
 	obj = kpkg(ctx, t, k, ns, "shop")
@@ -152,7 +152,7 @@ metadata:
 	}
 
 	// the next ordinary import drops the annotation
-	if r := importTo(v110); r.err != nil {
+	if r := importTo(v110); r.Err != nil {
 		t.Fatalf("%s", r)
 	}
 	obj = kpkg(ctx, t, k, ns, "shop")
@@ -179,7 +179,7 @@ metadata:
 	// a package without metadata.namespace goes to the agent's --namespace
 	// (its manifest keys name "default": that is what Validate asks of a
 	// package without a namespace at export)
-	if r := importTo(export("bare", "1.0.0", false)); r.err != nil {
+	if r := importTo(export("bare", "1.0.0", false)); r.Err != nil {
 		t.Fatalf("%s", r)
 	}
 	if obj := kpkg(ctx, t, k, ns, "bare"); obj == nil {

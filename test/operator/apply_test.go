@@ -41,7 +41,7 @@ func TestCrpeApply(t *testing.T) {
 	v1 := writeFile(t, "v1.yaml", pkgDoc(t, ns, "direct", "1.0.0", nil,
 		configMap("a", map[string]string{"k": "1"}), configMap("b", map[string]string{"k": "1"}), service("svc", 80)))
 	r := mustCrpe(ctx, t, "", "apply", "-f", v1, "--kubeconfig", kc)
-	lines, sum := applyLines(r.stdout)
+	lines, sum := applyLines(r.Stdout)
 	want := []string{"ConfigMap/" + ns + "/a created", "ConfigMap/" + ns + "/b created", "Service/" + ns + "/svc created"}
 	if !slices.Equal(lines, want) {
 		t.Errorf("first apply printed %q, want %q", lines, want)
@@ -54,8 +54,8 @@ func TestCrpeApply(t *testing.T) {
 	}
 
 	r = mustCrpe(ctx, t, "", "apply", "-f", v1, "--kubeconfig", kc)
-	if _, sum := applyLines(r.stdout); !strings.Contains(sum, "0 created, 0 configured, 3 unchanged") {
-		t.Errorf("second apply: %q, want 3 unchanged", r.stdout)
+	if _, sum := applyLines(r.Stdout); !strings.Contains(sum, "0 created, 0 configured, 3 unchanged") {
+		t.Errorf("second apply: %q, want 3 unchanged", r.Stdout)
 	}
 
 	// v2: a changed, b dropped, c new
@@ -63,7 +63,7 @@ func TestCrpeApply(t *testing.T) {
 		configMap("a", map[string]string{"k": "2"}), configMap("c", map[string]string{"k": "2"}), service("svc", 80)))
 	before := kubectl(ctx, t, k, "get", "configmaps,services", "-n", ns, "-o", "jsonpath={range .items[*]}{.kind}/{.metadata.name}@{.metadata.resourceVersion} {end}")
 	r = mustCrpe(ctx, t, "", "apply", "-f", v2, "--kubeconfig", kc, "--dry-run=server", "--prune")
-	lines, sum = applyLines(r.stdout)
+	lines, sum = applyLines(r.Stdout)
 	want = []string{"ConfigMap/" + ns + "/a configured (server dry run)", "ConfigMap/" + ns + "/b pruned (server dry run)",
 		"ConfigMap/" + ns + "/c created (server dry run)", "Service/" + ns + "/svc unchanged (server dry run)"}
 	if !slices.Equal(lines, want) {
@@ -79,14 +79,14 @@ func TestCrpeApply(t *testing.T) {
 
 	// without --prune nothing is pruned
 	r = mustCrpe(ctx, t, "", "apply", "-f", v2, "--kubeconfig", kc)
-	if _, sum := applyLines(r.stdout); !strings.Contains(sum, "1 created, 1 configured, 1 unchanged, 0 pruned") {
-		t.Errorf("apply v2 without --prune: %q", r.stdout)
+	if _, sum := applyLines(r.Stdout); !strings.Contains(sum, "1 created, 1 configured, 1 unchanged, 0 pruned") {
+		t.Errorf("apply v2 without --prune: %q", r.Stdout)
 	}
 	if getObj(ctx, t, k, "-n", ns, "configmap", "b") == nil {
 		t.Error("b deleted without --prune")
 	}
 	r = mustCrpe(ctx, t, "", "apply", "-f", v2, "--kubeconfig", kc, "--prune")
-	lines, _ = applyLines(r.stdout)
+	lines, _ = applyLines(r.Stdout)
 	if !slices.Contains(lines, "ConfigMap/"+ns+"/b pruned") {
 		t.Errorf("--prune printed %q, want b pruned", lines)
 	}
@@ -108,8 +108,8 @@ func TestCrpeApply(t *testing.T) {
 			Inventory []struct{ Kind, Namespace, Name string }
 		}
 	}
-	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil || len(res) != 1 {
-		t.Fatalf("--json: %v\n%s", err, r.stdout)
+	if err := json.Unmarshal([]byte(r.Stdout), &res); err != nil || len(res) != 1 {
+		t.Fatalf("--json: %v\n%s", err, r.Stdout)
 	}
 	if len(res[0].Result.Changes) != 3 || len(res[0].Result.Inventory) != 3 || res[0].Version != "2.0.0" {
 		t.Errorf("--json: %+v", res[0])
@@ -124,17 +124,17 @@ func TestCrpeApply(t *testing.T) {
 	bad := writeFile(t, "bad.yaml", pkgDoc(t, ns, "bad", "1.0.0", nil,
 		configMap("Not_Valid", nil), configMap("valid-one", nil)))
 	r = crpe(ctx, t, "", "apply", "-f", bad, "--kubeconfig", kc)
-	if r.code != 1 {
-		t.Errorf("apply with a refused object: exit %d, want 1\n%s", r.code, r)
+	if r.Code != 1 {
+		t.Errorf("apply with a refused object: exit %d, want 1\n%s", r.Code, r)
 	}
-	if !strings.Contains(r.stdout, "ConfigMap/"+ns+"/Not_Valid FAILED: ") || !strings.Contains(r.stdout, "Invalid value") {
+	if !strings.Contains(r.Stdout, "ConfigMap/"+ns+"/Not_Valid FAILED: ") || !strings.Contains(r.Stdout, "Invalid value") {
 		t.Errorf("refused object not printed with the API error:\n%s", r)
 	}
-	if !strings.Contains(r.stdout, "ConfigMap/"+ns+"/valid-one created") || getObj(ctx, t, k, "-n", ns, "configmap", "valid-one") == nil {
+	if !strings.Contains(r.Stdout, "ConfigMap/"+ns+"/valid-one created") || getObj(ctx, t, k, "-n", ns, "configmap", "valid-one") == nil {
 		t.Errorf("the valid object beside a refused one not applied:\n%s", r)
 	}
-	if !strings.Contains(r.stderr, "1 objects were refused") {
-		t.Errorf("stderr %q", r.stderr)
+	if !strings.Contains(r.Stderr, "1 objects were refused") {
+		t.Errorf("stderr %q", r.Stderr)
 	}
 
 	// an immutable field: refused without --force, recreated with it
@@ -146,7 +146,7 @@ func TestCrpeApply(t *testing.T) {
 	mustCrpe(ctx, t, "", "apply", "-f", imm("1"), "--kubeconfig", kc)
 	uid := str(getObj(ctx, t, k, "-n", ns, "secret", "imm"), "metadata", "uid")
 	r = crpe(ctx, t, "", "apply", "-f", imm("2"), "--kubeconfig", kc)
-	if r.code != 1 || !strings.Contains(r.stdout, "Secret/"+ns+"/imm FAILED: ") || !strings.Contains(r.stdout, "immutable") {
+	if r.Code != 1 || !strings.Contains(r.Stdout, "Secret/"+ns+"/imm FAILED: ") || !strings.Contains(r.Stdout, "immutable") {
 		t.Errorf("a change to an immutable Secret without --force:\n%s", r)
 	}
 	r = mustCrpe(ctx, t, "", "apply", "-f", imm("2"), "--kubeconfig", kc, "--force")
@@ -156,7 +156,7 @@ func TestCrpeApply(t *testing.T) {
 	}
 
 	// only server dry runs exist
-	if r := crpe(ctx, t, "", "apply", "-f", v2, "--kubeconfig", kc, "--dry-run=client"); r.code == 0 {
+	if r := crpe(ctx, t, "", "apply", "-f", v2, "--kubeconfig", kc, "--dry-run=client"); r.Code == 0 {
 		t.Errorf("--dry-run=client accepted:\n%s", r)
 	}
 }
@@ -178,7 +178,7 @@ func TestCrpeApplyCRD(t *testing.T) {
 	// the custom resource is named with its namespace although its kind is
 	// not served yet (once printed as "Widget/w")
 	r := mustCrpe(ctx, t, "", "apply", "-f", src, "--kubeconfig", k.Kubeconfig, "--dry-run=server")
-	lines, _ := applyLines(r.stdout)
+	lines, _ := applyLines(r.Stdout)
 	want := []string{"CustomResourceDefinition/widgets." + group + " created (server dry run)", "Widget/" + ns + "/w created (server dry run)"}
 	if !slices.Equal(lines, want) {
 		t.Errorf("dry run printed %q, want %q", lines, want)
@@ -188,7 +188,7 @@ func TestCrpeApplyCRD(t *testing.T) {
 	}
 
 	r = mustCrpe(ctx, t, "", "apply", "-f", src, "--kubeconfig", k.Kubeconfig)
-	lines, _ = applyLines(r.stdout)
+	lines, _ = applyLines(r.Stdout)
 	want = []string{"CustomResourceDefinition/widgets." + group + " created", "Widget/" + ns + "/w created"}
 	if !slices.Equal(lines, want) {
 		t.Errorf("apply printed %q, want %q", lines, want)
@@ -200,7 +200,7 @@ func TestCrpeApplyCRD(t *testing.T) {
 	}
 	// --prune finds nothing to prune (the CRD and widget are still wanted)
 	r = mustCrpe(ctx, t, "", "apply", "-f", src, "--kubeconfig", k.Kubeconfig, "--prune")
-	if _, sum := applyLines(r.stdout); !strings.Contains(sum, "0 created, 0 configured, 2 unchanged, 0 pruned, 0 failed") {
+	if _, sum := applyLines(r.Stdout); !strings.Contains(sum, "0 created, 0 configured, 2 unchanged, 0 pruned, 0 failed") {
 		t.Errorf("re-apply with --prune: %s", fmt.Sprint(r))
 	}
 }
@@ -243,7 +243,7 @@ func TestApplyRequests(t *testing.T) {
 	r := mustCrpe(ctx, t, "", "apply", "-f", src, "--kubeconfig", kc)
 	took := time.Since(begin)
 	t.Logf("kubectl apply --server-side of 40 ConfigMaps: %s; crpe apply of %d objects: %s", ref.Round(time.Millisecond), n, took.Round(time.Millisecond))
-	if _, sum := applyLines(r.stdout); !strings.Contains(sum, fmt.Sprintf("%d created, 0 configured, 0 unchanged", n)) {
+	if _, sum := applyLines(r.Stdout); !strings.Contains(sum, fmt.Sprintf("%d created, 0 configured, 0 unchanged", n)) {
 		t.Errorf("first apply: %s", sum)
 	}
 	fresh := api.take().on(ns)
@@ -252,7 +252,7 @@ func TestApplyRequests(t *testing.T) {
 	}
 
 	r = mustCrpe(ctx, t, "", "apply", "-f", src, "--kubeconfig", kc)
-	if _, sum := applyLines(r.stdout); !strings.Contains(sum, fmt.Sprintf("0 created, 0 configured, %d unchanged", n)) {
+	if _, sum := applyLines(r.Stdout); !strings.Contains(sum, fmt.Sprintf("0 created, 0 configured, %d unchanged", n)) {
 		t.Errorf("second apply: %s", sum)
 	}
 	again := api.take().on(ns)

@@ -11,7 +11,6 @@
 package operator
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -24,7 +23,6 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -273,46 +271,19 @@ func pkgDoc(t *testing.T, ns, name, version string, annotations map[string]strin
 	return string(b)
 }
 
+type result = testenv.Result
+
 // crpe runs the crpe binary to completion, without CRPE_ variables or
 // $KUBECONFIG, and returns stdout, stderr and the exit code.
-type result struct {
-	args           []string
-	stdout, stderr string
-	code           int
-	err            error
-}
-
-func (r result) String() string {
-	return fmt.Sprintf("crpe %s: exit %d (%v)\nstdout: %s\nstderr: %s", strings.Join(r.args, " "), r.code, r.err, r.stdout, r.stderr)
-}
-
 func crpe(ctx context.Context, t *testing.T, stdin string, args ...string) result {
 	t.Helper()
-	cmd := exec.CommandContext(ctx, testenv.Crpe(t), args...)
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "CRPE_") && !strings.HasPrefix(kv, "KUBECONFIG=") {
-			env = append(env, kv)
-		}
-	}
-	cmd.Env = env
-	if stdin != "" {
-		cmd.Stdin = strings.NewReader(stdin)
-	}
-	var so, se bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &so, &se
-	err := cmd.Run()
-	r := result{args: args, stdout: so.String(), stderr: se.String(), err: err}
-	if cmd.ProcessState != nil {
-		r.code = cmd.ProcessState.ExitCode()
-	}
-	return r
+	return testenv.RunCrpe(ctx, t, testenv.CrpeOptions{Drop: []string{"KUBECONFIG"}, Stdin: stdin}, args...)
 }
 
 func mustCrpe(ctx context.Context, t *testing.T, stdin string, args ...string) result {
 	t.Helper()
 	r := crpe(ctx, t, stdin, args...)
-	if r.err != nil {
+	if r.Err != nil {
 		t.Fatalf("%s", r)
 	}
 	return r

@@ -327,17 +327,17 @@ func TestCrpeApplyHooks(t *testing.T) {
 	}
 	finishJob(ctx, t, k, ns, "migrate", true)
 	r := <-done
-	if r.err != nil {
+	if r.Err != nil {
 		t.Fatalf("%s", r)
 	}
 	for _, w := range []string{"Job/" + ns + "/migrate pre-install hook Succeeded\n", "ConfigMap/" + ns + "/app created\n",
 		"ConfigMap/" + ns + "/marker post-install hook Succeeded\n"} {
-		if !strings.Contains(r.stdout, w) {
-			t.Errorf("crpe apply printed:\n%s\nwant %q", r.stdout, w)
+		if !strings.Contains(r.Stdout, w) {
+			t.Errorf("crpe apply printed:\n%s\nwant %q", r.Stdout, w)
 		}
 	}
-	if !strings.Contains(r.stderr, "warning: Job/"+ns+"/cleanup: pre-delete hook not run") {
-		t.Errorf("stderr %q: want a warning about the pre-delete hook", r.stderr)
+	if !strings.Contains(r.Stderr, "warning: Job/"+ns+"/cleanup: pre-delete hook not run") {
+		t.Errorf("stderr %q: want a warning about the pre-delete hook", r.Stderr)
 	}
 	if getObj(ctx, t, k, "-n", ns, "job", "cleanup") != nil {
 		t.Error("a pre-delete hook was applied")
@@ -349,10 +349,10 @@ func TestCrpeApplyHooks(t *testing.T) {
 
 	// again, with --prune: no hook runs, none is pruned
 	r = mustCrpe(ctx, t, "", "apply", "-f", doc("1.0.0"), "--kubeconfig", kc, "--prune")
-	if strings.Contains(r.stdout, " hook ") {
-		t.Errorf("the same version again ran hooks:\n%s", r.stdout)
+	if strings.Contains(r.Stdout, " hook ") {
+		t.Errorf("the same version again ran hooks:\n%s", r.Stdout)
 	}
-	if _, sum := applyLines(r.stdout); !strings.HasSuffix(sum, "0 created, 0 configured, 1 unchanged, 0 pruned, 0 failed") {
+	if _, sum := applyLines(r.Stdout); !strings.HasSuffix(sum, "0 created, 0 configured, 1 unchanged, 0 pruned, 0 failed") {
 		t.Errorf("summary %q", sum)
 	}
 	if uid(ctx, t, k, ns, "job", "migrate") != first || getObj(ctx, t, k, "-n", ns, "configmap", "marker") == nil {
@@ -361,8 +361,8 @@ func TestCrpeApplyHooks(t *testing.T) {
 
 	// the upgrade: a dry run first
 	r = mustCrpe(ctx, t, "", "apply", "-f", doc("2.0.0"), "--kubeconfig", kc, "--dry-run=server")
-	if !strings.Contains(r.stdout, "Job/"+ns+"/migrate pre-upgrade hook would run (server dry run)\n") {
-		t.Errorf("dry run printed:\n%s", r.stdout)
+	if !strings.Contains(r.Stdout, "Job/"+ns+"/migrate pre-upgrade hook would run (server dry run)\n") {
+		t.Errorf("dry run printed:\n%s", r.Stdout)
 	}
 	if uid(ctx, t, k, ns, "job", "migrate") != first {
 		t.Error("a dry run ran a hook")
@@ -371,8 +371,8 @@ func TestCrpeApplyHooks(t *testing.T) {
 	waitUID(ctx, t, k, ns, "job", "migrate", first)
 	finishJob(ctx, t, k, ns, "migrate", false)
 	r = <-done
-	if r.code != 1 || !strings.Contains(r.stdout, "Job/"+ns+"/migrate FAILED: pre-upgrade hook: Job failed: BackoffLimitExceeded") ||
-		!strings.Contains(r.stderr, "1 hooks failed") {
+	if r.Code != 1 || !strings.Contains(r.Stdout, "Job/"+ns+"/migrate FAILED: pre-upgrade hook: Job failed: BackoffLimitExceeded") ||
+		!strings.Contains(r.Stderr, "1 hooks failed") {
 		t.Errorf("a failed pre-upgrade hook: %s", r)
 	}
 	if v := str(getObj(ctx, t, k, "-n", ns, "configmap", "app"), "data", "v"); v != "1.0.0" {
@@ -429,7 +429,7 @@ metadata:
 	mustCrpe(ctx, t, "", "package", chart, "--namespace", ns, "-o", pkgFile)
 	r := mustCrpe(ctx, t, "", "apply", "-f", pkgFile, "--kubeconfig", k.Kubeconfig)
 	var hookLines []string
-	for _, l := range strings.Split(r.stdout, "\n") {
+	for _, l := range strings.Split(r.Stdout, "\n") {
 		if strings.Contains(l, " hook ") {
 			hookLines = append(hookLines, l)
 		}
@@ -439,7 +439,7 @@ metadata:
 	if !slices.Equal(hookLines, want) {
 		t.Errorf("hooks run %q, want %q\n%s", hookLines, want, r)
 	}
-	if !strings.Contains(r.stdout, "ConfigMap/"+ns+"/app created\n") {
+	if !strings.Contains(r.Stdout, "ConfigMap/"+ns+"/app created\n") {
 		t.Errorf("the chart's object not applied:\n%s", r)
 	}
 	if getObj(ctx, t, k, "-n", ns, "configmap", "seed") != nil {

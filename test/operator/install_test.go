@@ -60,7 +60,7 @@ func TestInstallDryRun(t *testing.T) {
 
 	img := filepath.Join(t.TempDir(), "crpe-image.tar")
 	r := mustCrpe(ctx, t, "", "install", "--image-archive", img)
-	objs := installDocs(t, r.stdout)
+	objs := installDocs(t, r.Stdout)
 	var kinds []string
 	for _, o := range objs {
 		kinds = append(kinds, str(o, "kind")+"/"+str(o, "metadata", "name"))
@@ -99,7 +99,7 @@ func TestInstallDryRun(t *testing.T) {
 	// the Namespace for real, then a server dry run of everything
 	nsDoc, _ := json.Marshal(objs[0])
 	kubectlApply(ctx, t, k, string(nsDoc))
-	out, err := k.KubectlInput(ctx, r.stdout, "apply", "--dry-run=server", "-f", "-")
+	out, err := k.KubectlInput(ctx, r.Stdout, "apply", "--dry-run=server", "-f", "-")
 	if err != nil {
 		t.Fatalf("kubectl apply --dry-run=server of crpe install: %v\n%s", err, out)
 	}
@@ -114,8 +114,8 @@ func TestInstallDryRun(t *testing.T) {
 	}
 
 	// --image-archive: an OCI layout tar
-	if !strings.Contains(r.stderr, "wrote "+img) {
-		t.Errorf("--image-archive: stderr %q", r.stderr)
+	if !strings.Contains(r.Stderr, "wrote "+img) {
+		t.Errorf("--image-archive: stderr %q", r.Stderr)
 	}
 	f, err := os.Open(img)
 	if err != nil {
@@ -173,7 +173,7 @@ func TestInstallRBAC(t *testing.T) {
 	k := kube(t)
 	sys := newNS(ctx, t, k) + "-sys"
 	r := mustCrpe(ctx, t, "", "install", "--namespace", sys, "--token", "agent-token", "--image", "example.com/crpe:test", "--node-port", "30661")
-	kubectlApply(ctx, t, k, r.stdout)
+	kubectlApply(ctx, t, k, r.Stdout)
 
 	agentSA := "system:serviceaccount:" + sys + ":crpe-agent"
 	opSA := "system:serviceaccount:" + sys + ":crpe-operator"
@@ -264,9 +264,9 @@ type importSummary struct {
 func importJSON(t *testing.T, r result) importSummary {
 	t.Helper()
 	var s importSummary
-	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
+	if err := json.Unmarshal([]byte(r.Stdout), &s); err != nil {
 		t.Fatalf("import --json: %v\n%s", err, r)
 	}
-	s.raw = r.stdout
+	s.raw = r.Stdout
 	return s
 }

@@ -8,17 +8,14 @@
 package split
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
-	"strings"
 	"testing"
 	"time"
 
@@ -46,51 +43,19 @@ func ctxFor(t *testing.T, d time.Duration) context.Context {
 	return testenv.WaitCtx(t, d)
 }
 
-// result is a finished crpe command.
-type result struct {
-	args           []string
-	stdout, stderr string
-	code           int
-	err            error
-}
-
-func (r result) String() string {
-	return fmt.Sprintf("crpe %s: exit %d (%v)\nstdout: %s\nstderr: %s", strings.Join(r.args, " "), r.code, r.err,
-		truncate(r.stdout, 3000), truncate(r.stderr, 3000))
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "…"
-	}
-	return s
-}
+type result = testenv.Result
 
 // crpe runs the binary to completion with env added to the test's
 // environment, less its SOURCE_DATE_EPOCH and CRPE_* variables.
 func crpe(ctx context.Context, t *testing.T, env []string, args ...string) result {
 	t.Helper()
-	cmd := exec.CommandContext(ctx, testenv.Crpe(t), args...)
-	for _, e := range os.Environ() {
-		if !strings.HasPrefix(e, "SOURCE_DATE_EPOCH=") && !strings.HasPrefix(e, "CRPE_") {
-			cmd.Env = append(cmd.Env, e)
-		}
-	}
-	cmd.Env = append(cmd.Env, env...)
-	var so, se bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &so, &se
-	err := cmd.Run()
-	r := result{args: args, stdout: so.String(), stderr: se.String(), err: err}
-	if cmd.ProcessState != nil {
-		r.code = cmd.ProcessState.ExitCode()
-	}
-	return r
+	return testenv.RunCrpe(ctx, t, testenv.CrpeOptions{Drop: []string{"SOURCE_DATE_EPOCH"}, Env: env}, args...)
 }
 
 func mustCrpe(ctx context.Context, t *testing.T, args ...string) result {
 	t.Helper()
 	r := crpe(ctx, t, nil, args...)
-	if r.err != nil {
+	if r.Err != nil {
 		t.Fatalf("%s", r)
 	}
 	return r

@@ -50,7 +50,7 @@ func TestExportSplit(t *testing.T) {
 	a := pushApp(t, reg, "app", 4, 300*KiB)
 	data := t.TempDir()
 	plain := filepath.Join(t.TempDir(), "app.kubepkg.tgz")
-	if r := export(ctx, t, reg, a, plain, data); r.err != nil {
+	if r := export(ctx, t, reg, a, plain, data); r.Err != nil {
 		t.Fatalf("%s", r)
 	}
 	whole, err := os.ReadFile(plain)
@@ -88,11 +88,11 @@ func TestExportSplit(t *testing.T) {
 			} else {
 				r = export(ctx, t, reg, a, out, cache, "--split", tc.split, "--json")
 			}
-			if r.err != nil {
+			if r.Err != nil {
 				t.Fatalf("%s", r)
 			}
 			var sum exportSummary
-			if err := json.Unmarshal([]byte(r.stdout), &sum); err != nil {
+			if err := json.Unmarshal([]byte(r.Stdout), &sum); err != nil {
 				t.Fatalf("--json: %v\n%s", err, r)
 			}
 			pf := readParts(t, out+".parts")
@@ -139,11 +139,11 @@ func TestExportSplit(t *testing.T) {
 	t.Run("refused", func(t *testing.T) {
 		dir := t.TempDir()
 		r := crpe(ctx, t, nil, "export", "-f", a.src, "-o", "-", "--data", data, "--registry-endpoint", "docker.io="+reg.URL, "--split", "1MiB")
-		if r.err == nil || !strings.Contains(r.stderr, "--split") || !strings.Contains(r.stderr, "stdout") || r.stdout != "" {
+		if r.Err == nil || !strings.Contains(r.Stderr, "--split") || !strings.Contains(r.Stderr, "stdout") || r.Stdout != "" {
 			t.Errorf("a split export to stdout: %s", r)
 		}
 		r = export(ctx, t, reg, a, filepath.Join(dir, "a.tgz"), data, "--split", "4GB")
-		if r.err == nil || !strings.Contains(r.stderr, "--split") || !strings.Contains(r.stderr, "GiB") {
+		if r.Err == nil || !strings.Contains(r.Stderr, "--split") || !strings.Contains(r.Stderr, "GiB") {
 			t.Errorf("--split 4GB: %s", r)
 		}
 		// an export that fails (an image the registry lacks) leaves
@@ -152,7 +152,7 @@ func TestExportSplit(t *testing.T) {
 			"sha256:0000000000000000000000000000000000000000000000000000000000000001"))
 		r = crpe(ctx, t, nil, "export", "-f", missing, "-o", filepath.Join(dir, "m.tgz"), "--data", data,
 			"--registry-endpoint", "docker.io="+reg.URL, "--split", "64KiB")
-		if r.err == nil {
+		if r.Err == nil {
 			t.Errorf("an export of an image the registry lacks: %s", r)
 		}
 		if got := files(t, dir); len(got) != 0 {
@@ -179,11 +179,11 @@ func newFixture(t *testing.T, ctx context.Context) *fixture {
 	f := &fixture{reg: testenv.StartDistribution(t), name: "app.kubepkg.tgz", dir: t.TempDir()}
 	f.a = pushApp(t, f.reg, "app", 4, 300*KiB)
 	data := t.TempDir()
-	if r := export(ctx, t, f.reg, f.a, filepath.Join(f.dir, f.name), data, "--split", "256KiB"); r.err != nil {
+	if r := export(ctx, t, f.reg, f.a, filepath.Join(f.dir, f.name), data, "--split", "256KiB"); r.Err != nil {
 		t.Fatalf("%s", r)
 	}
 	plain := filepath.Join(t.TempDir(), f.name)
-	if r := export(ctx, t, f.reg, f.a, plain, data); r.err != nil {
+	if r := export(ctx, t, f.reg, f.a, plain, data); r.Err != nil {
 		t.Fatalf("%s", r)
 	}
 	var err error
@@ -232,9 +232,9 @@ func TestSplitReadBack(t *testing.T) {
 		"all parts, 2 dirs": all,
 		"all and the list":  append([]string{filepath.Join(f.dir, f.name+".parts")}, all...),
 	}
-	want := mustCrpe(ctx, t, "inspect", plain, "--verify", "--json").stdout
+	want := mustCrpe(ctx, t, "inspect", plain, "--verify", "--json").Stdout
 	for way, args := range ways {
-		got := mustCrpe(ctx, t, append([]string{"inspect", "--verify", "--json"}, args...)...).stdout
+		got := mustCrpe(ctx, t, append([]string{"inspect", "--verify", "--json"}, args...)...).Stdout
 		if got != want {
 			t.Errorf("inspect by the %s:\n%s\nwant (the whole archive):\n%s", way, got, want)
 		}
@@ -244,7 +244,7 @@ func TestSplitReadBack(t *testing.T) {
 	if err := os.Remove(filepath.Join(noList, f.name+".parts")); err != nil {
 		t.Fatal(err)
 	}
-	if got := mustCrpe(ctx, t, "inspect", "--verify", "--json", filepath.Join(noList, f.part(0))).stdout; got != want {
+	if got := mustCrpe(ctx, t, "inspect", "--verify", "--json", filepath.Join(noList, f.part(0))).Stdout; got != want {
 		t.Errorf("inspect by the first part, no parts file:\n%s", got)
 	}
 
@@ -264,7 +264,7 @@ func TestSplitReadBack(t *testing.T) {
 		BytesSent int64 `json:"bytesSent"`
 		Attempts  int   `json:"attempts"`
 	}
-	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
+	if err := json.Unmarshal([]byte(r.Stdout), &s); err != nil {
 		t.Fatalf("import --json: %v\n%s", err, r)
 	}
 	if s.BytesSent != int64(len(f.whole)) || s.Attempts != 1 {
@@ -386,7 +386,7 @@ func TestSplitHostile(t *testing.T) {
 	// another package's export, split the same way
 	other := pushApp(t, f.reg, "other", 4, 300*KiB)
 	f.otherDir = t.TempDir()
-	if r := export(ctx, t, f.reg, other, filepath.Join(f.otherDir, f.name), t.TempDir(), "--split", "256KiB"); r.err != nil {
+	if r := export(ctx, t, f.reg, other, filepath.Join(f.otherDir, f.name), t.TempDir(), "--split", "256KiB"); r.Err != nil {
 		t.Fatalf("%s", r)
 	}
 	data := t.TempDir()
@@ -398,14 +398,14 @@ func TestSplitHostile(t *testing.T) {
 			want := h.want(f)
 			check := func(what string, r result) {
 				t.Helper()
-				ok := r.err != nil
+				ok := r.Err != nil
 				for _, w := range want {
-					ok = ok && strings.Contains(r.stderr, w)
+					ok = ok && strings.Contains(r.Stderr, w)
 				}
 				if !ok {
 					t.Errorf("%s: want a refusal saying %q:\n%s", what, want, r)
 				}
-				t.Logf("%s: %s", what, strings.TrimSpace(r.stderr))
+				t.Logf("%s: %s", what, strings.TrimSpace(r.Stderr))
 			}
 			check("inspect --verify", crpe(ctx, t, nil, append([]string{"inspect", "--verify"}, args...)...))
 			check("import --data", crpe(ctx, t, nil, append(append([]string{"import"}, args...), "--data", data)...))
@@ -438,7 +438,7 @@ func TestSplitResumeCutUpload(t *testing.T) {
 	const layerSize = 4 * MiB
 	a := pushApp(t, reg, "big", 6, layerSize)
 	dir := t.TempDir()
-	if r := export(ctx, t, reg, a, filepath.Join(dir, "big.kubepkg.tgz"), t.TempDir(), "--split", "5MiB"); r.err != nil {
+	if r := export(ctx, t, reg, a, filepath.Join(dir, "big.kubepkg.tgz"), t.TempDir(), "--split", "5MiB"); r.Err != nil {
 		t.Fatalf("%s", r)
 	}
 	pf := readParts(t, filepath.Join(dir, "big.kubepkg.tgz.parts"))
@@ -454,7 +454,7 @@ func TestSplitResumeCutUpload(t *testing.T) {
 		BytesOmitted int64 `json:"bytesOmitted"`
 		Attempts     int   `json:"attempts"`
 	}
-	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
+	if err := json.Unmarshal([]byte(r.Stdout), &s); err != nil {
 		t.Fatalf("import --json: %v\n%s", err, r)
 	}
 	total := px.Up.Load()
@@ -570,7 +570,7 @@ func TestAgentSplitUpload(t *testing.T) {
 	f := newFixture(t, ctx)
 	other := pushApp(t, f.reg, "other", 4, 300*KiB)
 	f.otherDir = t.TempDir()
-	if r := export(ctx, t, f.reg, other, filepath.Join(f.otherDir, f.name), t.TempDir(), "--split", "256KiB"); r.err != nil {
+	if r := export(ctx, t, f.reg, other, filepath.Join(f.otherDir, f.name), t.TempDir(), "--split", "256KiB"); r.Err != nil {
 		t.Fatalf("%s", r)
 	}
 	var names []string

@@ -7,7 +7,6 @@
 package toregistry
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -17,7 +16,6 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -32,16 +30,7 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 
-type result struct {
-	args           []string
-	stdout, stderr string
-	code           int
-	err            error
-}
-
-func (r result) String() string {
-	return fmt.Sprintf("crpe %s: exit %d (%v)\nstdout: %s\nstderr: %s", strings.Join(r.args, " "), r.code, r.err, r.stdout, r.stderr)
-}
+type result = testenv.Result
 
 // crpe runs the binary with env added to the test's environment, less its
 // CRPE_* and DOCKER_CONFIG variables, and HOME set to an empty folder (no
@@ -49,33 +38,19 @@ func (r result) String() string {
 func crpe(t *testing.T, env []string, args ...string) result {
 	t.Helper()
 	ctx := testenv.WaitCtx(t, 3*time.Minute)
-	cmd := exec.CommandContext(ctx, testenv.Crpe(t), args...)
-	for _, e := range os.Environ() {
-		if !strings.HasPrefix(e, "CRPE_") && !strings.HasPrefix(e, "DOCKER_CONFIG=") && !strings.HasPrefix(e, "HOME=") {
-			cmd.Env = append(cmd.Env, e)
-		}
-	}
-	cmd.Env = append(cmd.Env, "HOME="+t.TempDir())
-	cmd.Env = append(cmd.Env, env...)
-	var so, se bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &so, &se
-	err := cmd.Run()
-	r := result{args: args, stdout: so.String(), stderr: se.String(), err: err}
-	if cmd.ProcessState != nil {
-		r.code = cmd.ProcessState.ExitCode()
-	}
-	return r
+	return testenv.RunCrpe(ctx, t, testenv.CrpeOptions{Drop: []string{"DOCKER_CONFIG", "HOME"},
+		Env: append([]string{"HOME=" + t.TempDir()}, env...)}, args...)
 }
 
 // push runs crpe import FILE --to-registry ... --json and decodes its summary.
 func push(t *testing.T, env []string, args ...string) registrypush.Result {
 	t.Helper()
 	r := crpe(t, env, append([]string{"import"}, append(args, "--json")...)...)
-	if r.err != nil {
+	if r.Err != nil {
 		t.Fatalf("%s", r)
 	}
 	var res registrypush.Result
-	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil {
+	if err := json.Unmarshal([]byte(r.Stdout), &res); err != nil {
 		t.Fatalf("%s: %v", r, err)
 	}
 	return res

@@ -20,7 +20,7 @@ func TestContainerdPullsThroughMirrorConfig(t *testing.T) {
 	push(t, nil, file, "--to-registry", reg.Addr+"/site", "--ca-file", reg.CAFile)
 	certs := filepath.Join(t.TempDir(), "certs.d")
 	r := crpe(t, nil, "mirror-config", "--registry", reg.Addr+"/site", "--hosts", "docker.io,ghcr.io", "--ca-file", reg.CAFile, "-o", certs)
-	if r.err != nil {
+	if r.Err != nil {
 		t.Fatalf("%s", r)
 	}
 	toml, _ := os.ReadFile(filepath.Join(certs, "docker.io", "hosts.toml"))

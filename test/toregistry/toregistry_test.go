@@ -45,7 +45,7 @@ func TestDistributionV3AuthTLS(t *testing.T) {
 	}
 	// without credentials the registry says no, and crpe says so
 	r := crpe(t, nil, "import", file, "--to-registry", reg.Addr+"/site", "--ca-file", reg.CAFile)
-	if r.err == nil || !strings.Contains(r.stderr, "401") && !strings.Contains(strings.ToLower(r.stderr), "unauthorized") {
+	if r.Err == nil || !strings.Contains(r.Stderr, "401") && !strings.Contains(strings.ToLower(r.Stderr), "unauthorized") {
 		t.Errorf("no credentials: %s", r)
 	}
 }
@@ -131,7 +131,7 @@ func TestRefusedRepositoryThenRerun(t *testing.T) {
 	})
 	p, file := fixture(t, 15)
 	r := crpe(t, nil, "import", file, "--to-registry", f.Host+"/site")
-	if r.err == nil || !strings.Contains(r.stderr, `"site/ghcr.io/octohelm/app"`) || !strings.Contains(r.stderr, "create the project") {
+	if r.Err == nil || !strings.Contains(r.Stderr, `"site/ghcr.io/octohelm/app"`) || !strings.Contains(r.Stderr, "create the project") {
 		t.Fatalf("want a refusal naming site/ghcr.io/octohelm/app: %s", r)
 	}
 	if f.count("PUT", "/manifests/alpine")+f.count("PUT", "/manifests/v1") != 0 {
@@ -165,7 +165,7 @@ func TestOutOfSpaceThenRerun(t *testing.T) {
 		return 0, ""
 	})
 	r := crpe(t, nil, "import", file, "--to-registry", f.Host)
-	if r.err == nil || !strings.Contains(r.stderr, "507") {
+	if r.Err == nil || !strings.Contains(r.Stderr, "507") {
 		t.Fatalf("want a failure naming the 507: %s", r)
 	}
 	for _, im := range p.Images {

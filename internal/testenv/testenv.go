@@ -342,3 +342,25 @@ func RunCrpe(ctx context.Context, t testing.TB, o CrpeOptions, args ...string) R
 	}
 	return r
 }
+
+// StartOperator runs `crpe operator --kubeconfig KC [--namespace NS]
+// --health-addr 0 --log-format text` with extra flags (ns "": every
+// namespace), and waits until its workers run (failing the test if it
+// exits first).
+func StartOperator(t testing.TB, kubeconfig, ns string, extra ...string) *Proc {
+	t.Helper()
+	args := []string{"operator", "--kubeconfig", kubeconfig, "--health-addr", "0", "--log-format", "text"}
+	if ns != "" {
+		args = append(args, "--namespace", ns)
+	}
+	op := Start(t, append(args, extra...)...)
+	Eventually(t, 30*time.Second, "crpe operator started", func() (bool, string) {
+		select {
+		case <-op.Stopped():
+			t.Fatalf("crpe operator exited:\n%s", op.Logs())
+		default:
+		}
+		return strings.Contains(op.Logs(), "Starting workers"), op.Logs()
+	})
+	return op
+}

@@ -130,8 +130,30 @@ func tagDigest(t *testing.T, c *http.Client, base, repo, tag string) string {
 	return testenv.TagDigest(t, c, base, repo, tag)
 }
 
+// prefix is where the agents put the packages' images in the site registry.
+const prefix = "site"
+
+// siteSetup is what the registry-mode tests share: a bounded context, the
+// shared kube-apiserver, distribution v3 with htpasswd and TLS, a fresh
+// namespace (named after base) watched by an operator (which installs the
+// KubePkg CRD and applies the objects), and the flags of an agent in
+// registry mode reaching the registry at host with the CA in caFile.
+func siteSetup(t *testing.T, base string) (context.Context, *testenv.Kube, *testenv.Registry3, string, func(host, caFile string) []string) {
+	t.Helper()
+	ctx := testenv.WaitCtx(t, 5*time.Minute)
+	k := testenv.SharedKube(t)
+	reg := testenv.StartRegistry3(t, testenv.Registry3Options{Auth: true, TLS: true})
+	ns := base + "-" + fmt.Sprint(time.Now().UnixNano()%1000000)
+	kubectl(ctx, t, k, "create", "namespace", ns)
+	testenv.StartOperator(t, k.Kubeconfig, ns)
+	return ctx, k, reg, ns, func(host, caFile string) []string {
+		return []string{"--registry", host + "/" + prefix, "--username", reg.User, "--password", reg.Password,
+			"--ca-file", caFile, "--kubeconfig", k.Kubeconfig, "--namespace", ns}
+	}
+}
+
 // checkImages is testenv.CheckImages under prefix.
-func checkImages(t *testing.T, c *http.Client, base, prefix string, p *seedtest.Package) {
+func checkImages(t *testing.T, c *http.Client, base string, p *seedtest.Package) {
 	t.Helper()
 	testenv.CheckImages(t, c, base, func(name string) string { return prefix + "/" + name }, p)
 }
@@ -263,28 +285,7 @@ func siteProxy(t *testing.T, reg *testenv.Registry3, intercept func(http.Respons
 // layers out. The agents' /v2 says where the images are, and their data
 // folders stay empty.
 func TestAgentRegistryMode(t *testing.T) {
-	ctx := testenv.WaitCtx(t, 5*time.Minute)
-	k := testenv.SharedKube(t)
-	reg := testenv.StartRegistry3(t, testenv.Registry3Options{Auth: true, TLS: true})
-	ns := "agentregistry-" + fmt.Sprint(time.Now().UnixNano()%1000000)
-	kubectl(ctx, t, k, "create", "namespace", ns)
-
-	// the operator installs the CRD and applies the KubePkg objects of ns
-	op := testenv.Start(t, "operator", "--kubeconfig", k.Kubeconfig, "--health-addr", "0", "--namespace", ns, "--log-format", "text")
-	testenv.Eventually(t, 30*time.Second, "crpe operator started", func() (bool, string) {
-		select {
-		case <-op.Stopped():
-			t.Fatalf("crpe operator exited:\n%s", op.Logs())
-		default:
-		}
-		return strings.Contains(op.Logs(), "Starting workers"), op.Logs()
-	})
-
-	const prefix = "site"
-	agentArgs := func(host, caFile string) []string {
-		return []string{"--registry", host + "/" + prefix, "--username", reg.User, "--password", reg.Password,
-			"--ca-file", caFile, "--kubeconfig", k.Kubeconfig, "--namespace", ns}
-	}
+	ctx, k, reg, ns, agentArgs := siteSetup(t, "agentregistry")
 	dataA := t.TempDir()
 	a := testenv.StartAgent(t, testenv.AgentOptions{Data: dataA, Args: agentArgs(reg.Addr, reg.CAFile)})
 	b := testenv.StartAgent(t, testenv.AgentOptions{Args: agentArgs(reg.Addr, reg.CAFile)})
@@ -311,7 +312,7 @@ func TestAgentRegistryMode(t *testing.T) {
 	if out.Import.KubePkgObjects[ns+"/demo"] != "created" || out.BlobsOmitted != 0 {
 		t.Errorf("first import: objects %v, %d layers left out, want created and 0:\n%s", out.Import.KubePkgObjects, out.BlobsOmitted, r)
 	}
-	checkImages(t, reg.Client, reg.URL, prefix, p1)
+	checkImages(t, reg.Client, reg.URL, p1)
 	if v := str(kpkg(ctx, t, k, ns, "demo"), "spec", "version"); v != "1.0.0" {
 		t.Fatalf("KubePkg %s/demo at %q after the import, want 1.0.0", ns, v)
 	}
@@ -334,7 +335,7 @@ func TestAgentRegistryMode(t *testing.T) {
 	if out.Import.KubePkgObjects[ns+"/demo"] != "updated" {
 		t.Errorf("2.0.0: objects %v, want updated", out.Import.KubePkgObjects)
 	}
-	checkImages(t, reg.Client, reg.URL, prefix, p2)
+	checkImages(t, reg.Client, reg.URL, p2)
 	obj := kpkg(ctx, t, k, ns, "demo")
 	if v := str(obj, "spec", "version"); v != "2.0.0" {
 		t.Fatalf("KubePkg at %q, want 2.0.0", v)
@@ -495,27 +496,7 @@ spec:
 // crpe-import.NS.demo names A. Once A's import ends (2.0.0 written, the
 // lease deleted), B's import of 3.0.0 succeeds.
 func TestAgentRegistryImportLock(t *testing.T) {
-	ctx := testenv.WaitCtx(t, 5*time.Minute)
-	k := testenv.SharedKube(t)
-	reg := testenv.StartRegistry3(t, testenv.Registry3Options{Auth: true, TLS: true})
-	ns := "agentlock-" + fmt.Sprint(time.Now().UnixNano()%1000000)
-	kubectl(ctx, t, k, "create", "namespace", ns)
-	// the KubePkg CRD (the operator installs it)
-	op := testenv.Start(t, "operator", "--kubeconfig", k.Kubeconfig, "--health-addr", "0", "--namespace", ns, "--log-format", "text")
-	testenv.Eventually(t, 30*time.Second, "crpe operator started", func() (bool, string) {
-		select {
-		case <-op.Stopped():
-			t.Fatalf("crpe operator exited:\n%s", op.Logs())
-		default:
-		}
-		return strings.Contains(op.Logs(), "Starting workers"), op.Logs()
-	})
-
-	const prefix = "site"
-	agentArgs := func(host, caFile string) []string {
-		return []string{"--registry", host + "/" + prefix, "--username", reg.User, "--password", reg.Password,
-			"--ca-file", caFile, "--kubeconfig", k.Kubeconfig, "--namespace", ns}
-	}
+	ctx, k, reg, ns, agentArgs := siteSetup(t, "agentlock")
 	proxyHost, proxyCA, hold := pausingProxy(t, reg)
 	a := testenv.StartAgent(t, testenv.AgentOptions{Args: agentArgs(proxyHost, proxyCA)})
 	b := testenv.StartAgent(t, testenv.AgentOptions{Args: agentArgs(reg.Addr, reg.CAFile)})
@@ -592,7 +573,7 @@ func TestAgentRegistryImportLock(t *testing.T) {
 	if r := <-aDone; r.Err != nil {
 		t.Fatalf("A's import: %s\nagent A:\n%s", r, a.Logs())
 	}
-	checkImages(t, reg.Client, reg.URL, prefix, p2)
+	checkImages(t, reg.Client, reg.URL, p2)
 	if v := str(kpkg(ctx, t, k, ns, "demo"), "spec", "version"); v != "2.0.0" {
 		t.Errorf("after A's import the object is at %q, want 2.0.0", v)
 	}
@@ -605,7 +586,7 @@ func TestAgentRegistryImportLock(t *testing.T) {
 	if r.Err != nil {
 		t.Fatalf("3.0.0 through B after A's import: %s\nagent B:\n%s", r, b.Logs())
 	}
-	checkImages(t, reg.Client, reg.URL, prefix, p3)
+	checkImages(t, reg.Client, reg.URL, p3)
 	if v := str(kpkg(ctx, t, k, ns, "demo"), "spec", "version"); v != "3.0.0" {
 		t.Errorf("after B's import the object is at %q, want 3.0.0", v)
 	}

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -107,30 +106,8 @@ func TestChartStory(t *testing.T) {
 
 	// internet side: the images through the pocket, the charts packaged,
 	// the archives exported from the cache alone
-	reg := testenv.StartDistribution(t)
 	work := t.TempDir()
-	im, err := kit.Build(ctx, work)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := im.Push(ctx, reg.Addr); err != nil {
-		t.Fatal(err)
-	}
-	pocketData := filepath.Join(work, "pocket")
-	pocketAddr := testenv.FreeAddr(t)
-	pocket := testenv.Start(t, "serve", "--addr", pocketAddr, "--data", pocketData, "--log-format", "text",
-		"--registry-endpoint", "docker.io="+reg.URL, "--registry-endpoint", "registry.k8s.io="+reg.URL)
-	pocket.Addr = pocketAddr
-	testenv.WaitHealthy(t, pocket)
-	if _, err := kit.PullThrough(ctx, pocketAddr, im.Refs()); err != nil {
-		t.Fatalf("%v\npocket:\n%s", err, pocket.Logs())
-	}
-	if err := im.WaitCached(ctx, pocketData, 20*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	_ = pocket.Cmd.Process.Signal(syscall.SIGTERM)
-	<-pocket.Stopped()
-	reg.Stop()
+	_, pocketData := fillPocket(ctx, t, work)
 
 	archives := map[string]string{}
 	for v, image := range map[string]string{"0.1.0": kit.HelloV1, "0.2.0": kit.HelloV2} {
@@ -153,11 +130,7 @@ func TestChartStory(t *testing.T) {
 	// intranet side
 	node := waitNode()
 	agent := testenv.StartAgent(t, testenv.AgentOptions{Args: []string{"--kubeconfig", node.Kubeconfig, "--namespace", kit.PkgNamespace}})
-	operator := testenv.Start(t, "operator", "--kubeconfig", node.Kubeconfig, "--namespace", kit.PkgNamespace,
-		"--health-addr", "0", "--resync", "1m", "--log-format", "text")
-	testenv.Eventually(t, 30*time.Second, "crpe operator started", func() (bool, string) {
-		return strings.Contains(operator.Logs(), "Starting workers"), operator.Logs()
-	})
+	operator := testenv.StartOperator(t, node.Kubeconfig, kit.PkgNamespace, "--resync", "1m")
 	if out, err := crpe(ctx, t, "mirror-config", "--agent", agent.URL, "--hosts", "docker.io,registry.k8s.io", "-o", node.CertsD); err != nil {
 		t.Fatalf("crpe mirror-config: %v\n%s", err, out)
 	}

@@ -14,8 +14,10 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -219,4 +221,46 @@ func launchNode(t *testing.T, bins testenv.NodeBins) func() *testenv.Node {
 		}
 	})
 	return wait
+}
+
+// fillPocket is the internet side the stories share: a docker-registry
+// holds the story's images (built into work), a `crpe serve` with its data
+// folder in work caches them as a client pulls through it, then the
+// registry and the pocket stop, so that what follows exports from the
+// cache alone.
+func fillPocket(ctx context.Context, t *testing.T, work string) (*kit.Images, string) {
+	t.Helper()
+	reg := testenv.StartDistribution(t)
+	im, err := kit.Build(ctx, work)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := im.Push(ctx, reg.Addr); err != nil {
+		t.Fatal(err)
+	}
+	pocketData := filepath.Join(work, "pocket")
+	pocketAddr := testenv.FreeAddr(t)
+	pocket := testenv.Start(t, "serve", "--addr", pocketAddr, "--data", pocketData, "--log-format", "text",
+		"--registry-endpoint", "docker.io="+reg.URL, "--registry-endpoint", "registry.k8s.io="+reg.URL)
+	pocket.Addr = pocketAddr
+	testenv.WaitHealthy(t, pocket)
+	pulled, err := kit.PullThrough(ctx, pocketAddr, im.Refs())
+	if err != nil {
+		t.Fatalf("%v\npocket:\n%s", err, pocket.Logs())
+	}
+	t.Logf("pulled %d bytes of %v through the pocket", pulled, im.Refs())
+	// crpe serve commits a blob to its cache after its client has it all;
+	// stopping it before that loses the blob (see kit.WaitCached)
+	if err := im.WaitCached(ctx, pocketData, 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	_ = pocket.Cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-pocket.Stopped():
+	case <-time.After(30 * time.Second):
+		t.Fatal("crpe serve did not stop on SIGTERM")
+	}
+	reg.Stop()
+	t.Log("the upstream registry and the pocket are gone")
+	return im, pocketData
 }

@@ -55,11 +55,7 @@ func TestRegistryModeStory(t *testing.T) {
 	node := waitNode()
 	agent := testenv.StartAgent(t, testenv.AgentOptions{Args: []string{"--registry", site.Addr + "/site", "--ca-file", site.CAFile,
 		"--kubeconfig", node.Kubeconfig, "--namespace", kit.PkgNamespace}})
-	operator := testenv.Start(t, "operator", "--kubeconfig", node.Kubeconfig, "--namespace", kit.PkgNamespace,
-		"--health-addr", "0", "--resync", "1m", "--log-format", "text")
-	testenv.Eventually(t, 30*time.Second, "crpe operator started", func() (bool, string) {
-		return strings.Contains(operator.Logs(), "Starting workers"), operator.Logs()
-	})
+	testenv.StartOperator(t, node.Kubeconfig, kit.PkgNamespace, "--resync", "1m")
 	if out, err := crpe(ctx, t, "mirror-config", "--registry", site.Addr+"/site", "--ca-file", site.CAFile,
 		"--hosts", "docker.io,registry.k8s.io", "-o", node.CertsD); err != nil {
 		t.Fatalf("crpe mirror-config --registry: %v\n%s", err, out)

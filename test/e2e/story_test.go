@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -64,39 +63,8 @@ func TestStory(t *testing.T) {
 	waitNode := launchNode(t, bins)
 
 	// 1. internet side
-	reg := testenv.StartDistribution(t)
 	work := t.TempDir()
-	im, err := kit.Build(ctx, work)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := im.Push(ctx, reg.Addr); err != nil {
-		t.Fatal(err)
-	}
-	pocketData := filepath.Join(work, "pocket")
-	pocketAddr := testenv.FreeAddr(t)
-	pocket := testenv.Start(t, "serve", "--addr", pocketAddr, "--data", pocketData, "--log-format", "text",
-		"--registry-endpoint", "docker.io="+reg.URL, "--registry-endpoint", "registry.k8s.io="+reg.URL)
-	pocket.Addr = pocketAddr
-	testenv.WaitHealthy(t, pocket)
-	pulled, err := kit.PullThrough(ctx, pocketAddr, im.Refs())
-	if err != nil {
-		t.Fatalf("%v\npocket:\n%s", err, pocket.Logs())
-	}
-	t.Logf("pulled %d bytes of %v through the pocket", pulled, im.Refs())
-	// crpe serve commits a blob to its cache after its client has it all;
-	// stopping it before that loses the blob (see kit.WaitCached)
-	if err := im.WaitCached(ctx, pocketData, 20*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	_ = pocket.Cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-pocket.Stopped():
-	case <-time.After(30 * time.Second):
-		t.Fatal("crpe serve did not stop on SIGTERM")
-	}
-	reg.Stop()
-	t.Log("the upstream registry and the pocket are gone")
+	im, pocketData := fillPocket(ctx, t, work)
 
 	archives := map[string]string{}
 	for _, v := range []string{"v1", "v2"} {
@@ -128,16 +96,7 @@ func TestStory(t *testing.T) {
 	node := waitNode()
 	fig.NodeStart = node.Started
 	agent := testenv.StartAgent(t, testenv.AgentOptions{Args: []string{"--kubeconfig", node.Kubeconfig, "--namespace", kit.PkgNamespace}})
-	operator := testenv.Start(t, "operator", "--kubeconfig", node.Kubeconfig, "--namespace", kit.PkgNamespace,
-		"--health-addr", "0", "--resync", "1m", "--log-format", "text")
-	testenv.Eventually(t, 30*time.Second, "crpe operator started", func() (bool, string) {
-		select {
-		case <-operator.Stopped():
-			t.Fatalf("crpe operator exited:\n%s", operator.Logs())
-		default:
-		}
-		return strings.Contains(operator.Logs(), "Starting workers"), operator.Logs()
-	})
+	operator := testenv.StartOperator(t, node.Kubeconfig, kit.PkgNamespace, "--resync", "1m")
 	if out, err := crpe(ctx, t, "mirror-config", "--agent", agent.URL, "--hosts", "docker.io,registry.k8s.io", "-o", node.CertsD); err != nil {
 		t.Fatalf("crpe mirror-config: %v\n%s", err, out)
 	}

@@ -215,22 +215,7 @@ func startOperator(ctx context.Context, t *testing.T, k *testenv.Kube, ns string
 // startOperatorWith is startOperator with a kubeconfig of the test's.
 func startOperatorWith(ctx context.Context, t *testing.T, kubeconfig, ns string, extra ...string) *testenv.Proc {
 	t.Helper()
-	args := []string{"operator", "--kubeconfig", kubeconfig, "--health-addr", "0", "--resync", "5s",
-		"--log-format", "text", "--log-level", "debug"}
-	if ns != "" {
-		args = append(args, "--namespace", ns)
-	}
-	p := testenv.Start(t, append(args, extra...)...)
-	testenv.Eventually(t, 30*time.Second, "crpe operator started", func() (bool, string) {
-		select {
-		case <-p.Stopped():
-			t.Fatalf("crpe operator exited:\n%s", p.Logs())
-		default:
-		}
-		logs := p.Logs()
-		return strings.Contains(logs, "Starting workers"), logs
-	})
-	return p
+	return testenv.StartOperator(t, kubeconfig, ns, append([]string{"--resync", "5s", "--log-level", "debug"}, extra...)...)
 }
 
 // manifests of test packages

@@ -54,39 +54,19 @@ docker.io/library/nginx:alpine; nothing is mutated. Names pushed with
 			if (o.Agent == "") == (site.URL == "") {
 				return fmt.Errorf("give one of --agent URL or --registry HOST/PREFIX")
 			}
+			// the agent as the nodes' mirror, or the site registry
+			writeContainerd := func(dir string) ([]string, error) { return mirrorconfig.WriteContainerd(o, dir) }
+			registriesYAML := func() (string, error) { return mirrorconfig.RegistriesYAML(o) }
 			if site.URL != "" {
-				switch format {
-				case "containerd":
-					if out == "" {
-						return fmt.Errorf("-o DIR is required for --format containerd (the certs.d folder)")
-					}
-					files, err := mirrorconfig.WriteRegistryContainerd(o, site, out)
-					if err != nil {
-						return err
-					}
-					for _, f := range files {
-						fmt.Fprintln(cmd.OutOrStdout(), f)
-					}
-					return nil
-				case "k3s":
-					s, err := mirrorconfig.RegistryRegistriesYAML(o, site)
-					if err != nil {
-						return err
-					}
-					if out == "" || out == "-" {
-						_, err = fmt.Fprint(cmd.OutOrStdout(), s)
-						return err
-					}
-					return atomicfile.WriteFile(out, []byte(s), 0o600)
-				}
-				return fmt.Errorf("--format %q: want containerd or k3s", format)
+				writeContainerd = func(dir string) ([]string, error) { return mirrorconfig.WriteRegistryContainerd(o, site, dir) }
+				registriesYAML = func() (string, error) { return mirrorconfig.RegistryRegistriesYAML(o, site) }
 			}
 			switch format {
 			case "containerd":
 				if out == "" {
 					return fmt.Errorf("-o DIR is required for --format containerd (the certs.d folder)")
 				}
-				files, err := mirrorconfig.WriteContainerd(o, out)
+				files, err := writeContainerd(out)
 				if err != nil {
 					return err
 				}
@@ -95,7 +75,7 @@ docker.io/library/nginx:alpine; nothing is mutated. Names pushed with
 				}
 				return nil
 			case "k3s":
-				s, err := mirrorconfig.RegistriesYAML(o)
+				s, err := registriesYAML()
 				if err != nil {
 					return err
 				}

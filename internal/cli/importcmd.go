@@ -105,17 +105,9 @@ crpe mirror-config --registry HOST/PREFIX.`,
 				}
 				defer f.Close()
 				imp := importer.New(st.Store, st.DB, importer.Options{Namespace: namespace, KeepVersions: keep, Dir: data})
-				var r io.Reader = f
-				var p *mpb.Progress
-				if isTerminal(cmd.ErrOrStderr()) && !asJSON {
-					p = mpb.New(mpb.WithOutput(cmd.ErrOrStderr()), mpb.WithWidth(40))
-					pr, _ := bytesBar(p, "import", set.Size).ProxyReader(f)
-					r = pr
-				}
+				r, done := readBar(cmd, asJSON, "import", set.Size, f)
 				res, err := imp.Import(ctx, r, importer.ImportOptions{Force: force})
-				if p != nil {
-					p.Shutdown()
-				}
+				done()
 				if err != nil {
 					if pr, ok := f.(*parts.Reader); ok {
 						// the part at fault, else the part the error arose in

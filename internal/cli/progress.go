@@ -5,6 +5,7 @@ import (
 	"os"
 	"sync"
 
+	"github.com/spf13/cobra"
 	"github.com/vbauerster/mpb/v8"
 	"github.com/vbauerster/mpb/v8/decor"
 	"golang.org/x/term"
@@ -83,4 +84,15 @@ func (b *barProgress) done() {
 	}
 	b.mu.Unlock()
 	b.p.Wait()
+}
+
+// readBar reads r through a progress bar of total bytes on a terminal (none
+// with --json, or when stderr is not a terminal); done ends the bar.
+func readBar(cmd *cobra.Command, asJSON bool, label string, total int64, r io.Reader) (_ io.Reader, done func()) {
+	if !isTerminal(cmd.ErrOrStderr()) || asJSON {
+		return r, func() {}
+	}
+	p := mpb.New(mpb.WithOutput(cmd.ErrOrStderr()), mpb.WithWidth(40))
+	pr, _ := bytesBar(p, label, total).ProxyReader(r)
+	return pr, p.Shutdown
 }

@@ -4,13 +4,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"github.com/vbauerster/mpb/v8"
 
 	"github.com/octohelm/crpe/internal/archive"
 	"github.com/octohelm/crpe/internal/auth"
@@ -97,17 +95,9 @@ func importToRegistry(cmd *cobra.Command, set *parts.Set, file string, r *regist
 		return err
 	}
 	defer f.Close()
-	var rd io.Reader = f
-	var p *mpb.Progress
-	if isTerminal(cmd.ErrOrStderr()) && !asJSON {
-		p = mpb.New(mpb.WithOutput(cmd.ErrOrStderr()), mpb.WithWidth(40))
-		pr, _ := bytesBar(p, "push", set.Size).ProxyReader(f)
-		rd = pr
-	}
+	rd, done := readBar(cmd, asJSON, "push", set.Size, f)
 	res, err := registrypush.Push(cmd.Context(), rd, o)
-	if p != nil {
-		p.Shutdown()
-	}
+	done()
 	if err != nil {
 		if pr, ok := f.(*parts.Reader); ok {
 			if pe := pr.Fault(err); pe != nil {

@@ -24,13 +24,12 @@ type Distribution struct {
 	logged
 }
 
-// StartDistribution starts docker-registry and waits until it answers.
-func StartDistribution(t testing.TB) *Distribution {
-	t.Helper()
-	bin := Peer(t, "docker-registry", "apt-get install docker-registry")
-	dir := t.TempDir()
-	addr := FreeAddr(t)
-	cfg := fmt.Sprintf(`version: 0.1
+// registryConfig is the configuration CNCF distribution (2.8 and v3)
+// starts with here: info logs with the access log, filesystem storage in
+// root with deletes allowed, listening on addr; http: comes last, so that
+// more of its keys may follow.
+func registryConfig(root, addr string) string {
+	return fmt.Sprintf(`version: 0.1
 log:
   level: info
   accesslog:
@@ -42,7 +41,16 @@ storage:
     enabled: true
 http:
   addr: %s
-`, filepath.Join(dir, "data"), addr)
+`, root, addr)
+}
+
+// StartDistribution starts docker-registry and waits until it answers.
+func StartDistribution(t testing.TB) *Distribution {
+	t.Helper()
+	bin := Peer(t, "docker-registry", "apt-get install docker-registry")
+	dir := t.TempDir()
+	addr := FreeAddr(t)
+	cfg := registryConfig(filepath.Join(dir, "data"), addr)
 	cfgPath := filepath.Join(dir, "config.yml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

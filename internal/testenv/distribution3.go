@@ -73,20 +73,7 @@ func StartRegistry3(t testing.TB, o Registry3Options) *Registry3 {
 		}
 		authCfg = fmt.Sprintf("auth:\n  htpasswd:\n    realm: crpe-test\n    path: %s\n", hp)
 	}
-	cfg := fmt.Sprintf(`version: 0.1
-log:
-  level: info
-  accesslog:
-    disabled: false
-storage:
-  filesystem:
-    rootdirectory: %s
-  delete:
-    enabled: true
-http:
-  addr: %s
-  secret: crpe-test-secret
-%s%s`, filepath.Join(dir, "data"), r.Addr, extra, authCfg)
+	cfg := registryConfig(filepath.Join(dir, "data"), r.Addr) + "  secret: crpe-test-secret\n" + extra + authCfg
 	cfgPath := filepath.Join(dir, "config.yml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

@@ -76,18 +76,7 @@ crpe_has_flags agent --addr --data --token-file
 
 # ---------------------------------------------------------------- archive ---
 
-dist_start "$TMP/upstream"
-log "docker-registry (upstream) on $DIST_URL; pushing library/{a,b,c}:1 (${ARCHIVE_MIB} MiB of random gzip layers)"
-PKG="$TMP/pkg.json"
-fix="$(timeout 180 "$TMP/imagefix" import -registry "$DIST_URL" -pkg "$PKG" -tmp "$TMP" -mib "$ARCHIVE_MIB")" \
-  || die "fixture push failed"
-log "fixtures pushed: $fix"
-ARCHIVE="$TMP/bench.kubepkg.tgz"
-timeout 180 "$CRPE_BIN" export -f "$PKG" -o "$ARCHIVE" --data "$TMP/export-cache" --platform "$PLATFORM" \
-  --registry-endpoint "docker.io=$DIST_URL" --json >"$TMP/export.json" 2>"$TMP/export.err" \
-  || { tail -20 "$TMP/export.err" >&2; die "crpe export failed"; }
-rm -rf "$TMP/export-cache"
-stop_pid "$DIST_PID"; DIST_PID=""; rm -rf "$TMP/upstream"
+fixture_archive "$ARCHIVE_MIB"
 timeout 120 "$CRPE_BIN" inspect "$ARCHIVE" --verify >"$TMP/inspect.txt" 2>&1 \
   || { tail -20 "$TMP/inspect.txt" >&2; die "crpe inspect --verify refused the archive"; }
 ARCHIVE_BYTES=$(stat -c %s "$ARCHIVE")

@@ -182,6 +182,53 @@ wait_http() { # url [seconds]
 rand_hex() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 
 # dist_start ROOT [PORT] [ACCESS_LOG] -> DIST_PID, DIST_PORT, DIST_URL:
+# registry_config ROOT ADDR ACCESSLOG_DISABLED: the configuration CNCF
+# distribution (Debian's 2.8 and v3) runs with here: warn logs, filesystem
+# storage in ROOT, blob descriptors cached in memory, no upload purging, no
+# redirects, listening on ADDR
+registry_config() {
+  cat <<EOF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: $3
+storage:
+  filesystem:
+    rootdirectory: $1
+  cache:
+    blobdescriptor: inmemory
+  maintenance:
+    uploadpurging:
+      enabled: false
+  redirect:
+    disable: true
+http:
+  addr: $2
+  secret: bench-$(rand_hex 8)
+EOF
+}
+
+# fixture_archive MIB -> PKG, ARCHIVE: bench/imagefix pushes library/{a,b,c}:1
+# (MIB MiB of random gzip layers) into a fresh docker-registry, and crpe
+# export writes them for $PLATFORM into $TMP/bench.kubepkg.tgz; the registry
+# and the export's cache are gone afterwards
+fixture_archive() {
+  dist_start "$TMP/upstream"
+  log "docker-registry (upstream) on $DIST_URL; pushing library/{a,b,c}:1 ($1 MiB of random gzip layers)"
+  PKG="$TMP/pkg.json"
+  local fix
+  fix="$(timeout 180 "$TMP/imagefix" import -registry "$DIST_URL" -pkg "$PKG" -tmp "$TMP" -mib "$1")" \
+    || die "fixture push failed"
+  log "fixtures pushed: $fix"
+  ARCHIVE="$TMP/bench.kubepkg.tgz"
+  timeout 180 "$CRPE_BIN" export -f "$PKG" -o "$ARCHIVE" --data "$TMP/export-cache" --platform "$PLATFORM" \
+    --registry-endpoint "docker.io=$DIST_URL" --json >"$TMP/export.json" 2>"$TMP/export.err" \
+    || { tail -20 "$TMP/export.err" >&2; die "crpe export failed"; }
+  rm -rf "$TMP/export-cache"
+  stop_pid "$DIST_PID"; DIST_PID=""; rm -rf "$TMP/upstream"
+}
+
 # docker-registry ($DIST_BIN) with filesystem storage in ROOT and its config
 # in ROOT.yml, on $HOST:PORT (a fresh free port when PORT is empty). With
 # ACCESS_LOG, the access log (combined format, on its stdout) goes there;
@@ -192,26 +239,7 @@ dist_start() {
   DIST_PORT=${2:-$(free_port)}
   DIST_URL="http://$HOST:$DIST_PORT"
   mkdir -p "$root"
-  cat >"$root.yml" <<EOF
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: $disabled
-storage:
-  filesystem:
-    rootdirectory: $root
-  cache:
-    blobdescriptor: inmemory
-  maintenance:
-    uploadpurging:
-      enabled: false
-  redirect:
-    disable: true
-http:
-  addr: $HOST:$DIST_PORT
-  secret: bench-$(rand_hex 8)
-EOF
+  registry_config "$root" "$HOST:$DIST_PORT" "$disabled" >"$root.yml"
   if [ -n "$access" ]; then
     "$DIST_BIN" serve "$root.yml" >>"$access" 2>>"$TMP/dist.log" &
   else

@@ -87,18 +87,7 @@ crpe_has_flags export --file --output --data --platform --registry-endpoint --js
 
 # ---------------------------------------------------------------- fixture ---
 
-dist_start "$TMP/upstream"
-log "docker-registry (upstream) on $DIST_URL; pushing library/{a,b,c}:1 (${ARCHIVE_MIB} MiB of random gzip layers)"
-PKG="$TMP/pkg.json"
-fix="$(timeout 180 "$TMP/imagefix" import -registry "$DIST_URL" -pkg "$PKG" -tmp "$TMP" -mib "$ARCHIVE_MIB")" \
-  || die "fixture push failed"
-log "fixtures pushed: $fix"
-ARCHIVE="$TMP/bench.kubepkg.tgz"
-timeout 180 "$CRPE_BIN" export -f "$PKG" -o "$ARCHIVE" --data "$TMP/export-cache" --platform "$PLATFORM" \
-  --registry-endpoint "docker.io=$DIST_URL" --json >"$TMP/export.json" 2>"$TMP/export.err" \
-  || { tail -20 "$TMP/export.err" >&2; die "crpe export failed"; }
-rm -rf "$TMP/export-cache"
-stop_pid "$DIST_PID"; DIST_PID=""; rm -rf "$TMP/upstream"
+fixture_archive "$ARCHIVE_MIB"
 ARCHIVE_BYTES=$(stat -c %s "$ARCHIVE")
 
 # the same images as an OCI image layout: the archive untarred
@@ -127,26 +116,7 @@ reg3_start() {
   local root=$1
   REG3_ADDR="$HOST:$(free_port)"
   mkdir -p "$root/data"
-  cat >"$root/config.yml" <<EOF
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $root/data
-  cache:
-    blobdescriptor: inmemory
-  maintenance:
-    uploadpurging:
-      enabled: false
-  redirect:
-    disable: true
-http:
-  addr: $REG3_ADDR
-  secret: bench-$(rand_hex 8)
-EOF
+  registry_config "$root/data" "$REG3_ADDR" true >"$root/config.yml"
   OTEL_TRACES_EXPORTER=none OTEL_SDK_DISABLED=true "$REG3" serve "$root/config.yml" >>"$TMP/reg3.log" 2>&1 &
   REG3_PID=$!
   wait_http "http://$REG3_ADDR/v2/" 20 || { tail -20 "$TMP/reg3.log" >&2; die "distribution v3 did not start"; }

@@ -124,7 +124,18 @@ type Summary struct {
 // When Read fails, h may already have taken blobs (each of them verified):
 // the caller decides what to do with them.
 func Read(ctx context.Context, r io.Reader, h Handler, lim Limits) (*Summary, error) {
-	rd := &reader{
+	rd := newReader(ctx, h, lim)
+	if err := rd.run(r); err != nil {
+		if cerr := ctx.Err(); cerr != nil && !isViolation(err) {
+			return nil, cerr
+		}
+		return nil, err
+	}
+	return rd.sum, nil
+}
+
+func newReader(ctx context.Context, h Handler, lim Limits) *reader {
+	return &reader{
 		ctx:      ctx,
 		h:        h,
 		lim:      lim.withDefaults(),
@@ -134,13 +145,6 @@ func Read(ctx context.Context, r io.Reader, h Handler, lim Limits) (*Summary, er
 		required: map[digest.Digest]string{},
 		sum:      &Summary{},
 	}
-	if err := rd.run(r); err != nil {
-		if cerr := ctx.Err(); cerr != nil && !isViolation(err) {
-			return nil, cerr
-		}
-		return nil, err
-	}
-	return rd.sum, nil
 }
 
 func isViolation(err error) bool {
@@ -178,6 +182,7 @@ type reader struct {
 
 	cnt *countingReader
 	mem *memberReader
+	loc *locStream // ReadAt's stream, which knows where the bytes are in the file
 	tr  *tar.Reader
 	buf []byte
 
@@ -222,6 +227,7 @@ func (rd *reader) run(r io.Reader) error {
 		return entryErr("", nil, "not a gzip stream or a tar archive")
 	}
 	var src io.Reader = br
+	rest := func() io.Reader { return br }
 	if rd.gzipped {
 		gz, err := gzip.NewReader(br)
 		if err != nil {
@@ -230,7 +236,17 @@ func (rd *reader) run(r io.Reader) error {
 		gz.Multistream(false)
 		rd.mem = &memberReader{ctx: rd.ctx, br: br, gz: gz}
 		src = rd.mem
+		rest = func() io.Reader {
+			rd.mem.stop = true
+			return rd.mem
+		}
 	}
+	return rd.readTar(src, rest)
+}
+
+// readTar reads the tar stream src; rest is what follows its end marker in
+// the gzip member holding it (or the plain tar's padding).
+func (rd *reader) readTar(src io.Reader, rest func() io.Reader) error {
 	rd.cnt = &countingReader{r: src}
 	rd.tr = tar.NewReader(rd.cnt)
 	rd.buf = make([]byte, copyBufferSize)
@@ -326,12 +342,7 @@ func (rd *reader) run(r io.Reader) error {
 	// follows (padding, more members) is ignored. A plain tar is read to
 	// its end (the padding of its last record).
 	rd.entry = ""
-	var rest io.Reader = br
-	if rd.gzipped {
-		rd.mem.stop = true
-		rest = rd.mem
-	}
-	n, err := io.CopyBuffer(io.Discard, io.LimitReader(rest, maxTrailing+1), rd.buf)
+	n, err := io.CopyBuffer(io.Discard, io.LimitReader(rest(), maxTrailing+1), rd.buf)
 	if err != nil {
 		return rd.streamErr("", "reading to the end of the gzip stream", err)
 	}
@@ -645,6 +656,13 @@ func (rd *reader) readBlob(entry string, d digest.Digest, size int64) error {
 // streamBlob gives the handler blob k, a config or a layer, whose bytes r
 // reads from the tar stream.
 func (rd *reader) streamBlob(entry string, k *knownBlob, kind oci.Kind, r io.Reader) error {
+	if br, ok := r.(*blobReader); ok && br.left == k.desc.Size && rd.loc != nil {
+		// its bytes are next, in a file: an ExtentHandler may take them
+		// from there (archive/tar then skips the entry)
+		if took, err := rd.offerExtent(entry, k, kind); took || err != nil {
+			return err
+		}
+	}
 	// the handler gets a cas.VerifyingReader (a store takes its clean end as
 	// proof of the digest) over exactly the entry's bytes
 	vr, err := cas.NewVerifyingReader(r, cas.Info{Digest: k.desc.Digest, Size: k.desc.Size})
@@ -965,4 +983,25 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// Seek moves forward from the current offset when the stream under it can
+// (ReadAt's, in place): archive/tar then skips an entry left unread without
+// reading it. Elsewhere it fails, and archive/tar reads instead.
+func (c *countingReader) Seek(off int64, whence int) (int64, error) {
+	s, ok := c.r.(io.Seeker)
+	if !ok || whence != io.SeekCurrent {
+		return 0, errors.New("archive: not seekable")
+	}
+	before := c.n
+	pos, err := s.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return 0, err
+	}
+	to, err := s.Seek(off, io.SeekCurrent)
+	if err != nil {
+		return 0, err
+	}
+	c.n = before + (to - pos)
+	return c.n, nil
 }

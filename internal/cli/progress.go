@@ -96,3 +96,25 @@ func readBar(cmd *cobra.Command, asJSON bool, label string, total int64, r io.Re
 	pr, _ := bytesBar(p, label, total).ProxyReader(r)
 	return pr, p.Shutdown
 }
+
+// readAtBar is readBar for an archive read at offsets: the bar counts the
+// bytes read, from wherever (several readers at once, a resumed upload
+// reading some again).
+func readAtBar(cmd *cobra.Command, asJSON bool, label string, total int64, ra io.ReaderAt) (_ io.ReaderAt, done func()) {
+	if !isTerminal(cmd.ErrOrStderr()) || asJSON {
+		return ra, func() {}
+	}
+	p := mpb.New(mpb.WithOutput(cmd.ErrOrStderr()), mpb.WithWidth(40))
+	return &barReaderAt{ra: ra, bar: bytesBar(p, label, total)}, p.Shutdown
+}
+
+type barReaderAt struct {
+	ra  io.ReaderAt
+	bar *mpb.Bar
+}
+
+func (b *barReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	n, err := b.ra.ReadAt(p, off)
+	b.bar.IncrBy(n)
+	return n, err
+}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -43,7 +44,7 @@ func (r *registryFlags) addAs(f *pflag.FlagSet, target, help string) {
 	f.StringVar(&r.caFile, "ca-file", "", w+"PEM CA bundle the registry's certificate chains to (a site CA)")
 	f.BoolVar(&r.plainHTTP, "plain-http", false, w+"allow plain HTTP (loopback registries always may)")
 	f.IntVar(&r.jobs, "jobs", registrypush.DefaultJobs, w+"blobs uploaded (and HEADs asked) at once")
-	f.IntVar(&r.chunkMiB, "chunk-size", registrypush.DefaultChunkSize>>20, w+"MiB per upload chunk of a big layer (a broken chunk resumes; at most jobs × chunk-size MiB are held in memory)")
+	f.IntVar(&r.chunkMiB, "chunk-size", registrypush.DefaultChunkSize>>20, w+"MiB per upload chunk of a big layer read from a stream (a broken chunk resumes; at most jobs × chunk-size MiB are held in memory); given, it also bounds each request of a layer sent from an archive file (else one request per layer)")
 	f.StringVar(&r.spoolDir, "spool-dir", "", w+"folder where big layers wait for an upload slot as the archive is read (unlinked temp files), so that jobs uploads run at once (for a registry far away; on loopback it is slower: bench/toregistry.sh); default none: each big layer is sent as it is read")
 	f.IntVar(&r.maxSpoolMiB, "max-spool", registrypush.DefaultMaxSpool>>20, w+"MiB of big layers spooled at most (the read waits beyond)")
 }
@@ -90,14 +91,25 @@ func importToRegistry(cmd *cobra.Command, set *parts.Set, file string, r *regist
 	if err != nil {
 		return err
 	}
+	if cmd.Flags().Changed("chunk-size") {
+		o.MaxPatch = o.ChunkSize // a proxy's limit on request bodies, say
+	}
 	f, err := set.Open()
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	rd, done := readBar(cmd, asJSON, "push", set.Size, f)
-	res, err := registrypush.Push(cmd.Context(), rd, o)
-	done()
+	var res *registrypush.Result
+	if osf, ok := f.(*os.File); ok && isRegular(osf) {
+		// one file: its big layers are read from their places, several at once
+		ra, done := readAtBar(cmd, asJSON, "push", set.Size, osf)
+		res, err = registrypush.PushAt(cmd.Context(), ra, set.Size, o)
+		done()
+	} else {
+		rd, done := readBar(cmd, asJSON, "push", set.Size, f)
+		res, err = registrypush.Push(cmd.Context(), rd, o)
+		done()
+	}
 	if err != nil {
 		if pr, ok := f.(*parts.Reader); ok {
 			if pe := pr.Fault(err); pe != nil {
@@ -123,4 +135,10 @@ func importToRegistry(cmd *cobra.Command, set *parts.Set, file string, r *regist
 		fmt.Fprintf(out, "%s → %s@%s\n", im.Ref, im.Repository, im.Digest)
 	}
 	return nil
+}
+
+// isRegular tells whether f is a regular file (not a pipe or a device).
+func isRegular(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode().IsRegular()
 }

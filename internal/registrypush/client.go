@@ -102,11 +102,15 @@ func (c *client) wait(ctx context.Context, i int) error {
 
 // once sends one request; body may be nil.
 func (c *client) once(ctx context.Context, method, u string, hdr http.Header, body []byte) (*http.Response, error) {
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
+	if body == nil {
+		return c.send(ctx, method, u, hdr, nil, 0)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+	return c.send(ctx, method, u, hdr, bytes.NewReader(body), int64(len(body)))
+}
+
+// send sends one request whose body (nil: none) is n bytes.
+func (c *client) send(ctx context.Context, method, u string, hdr http.Header, body io.Reader, n int64) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, u, body)
 	if err != nil {
 		return nil, err
 	}
@@ -114,8 +118,8 @@ func (c *client) once(ctx context.Context, method, u string, hdr http.Header, bo
 		req.Header[k] = v
 	}
 	if body != nil {
-		req.ContentLength = int64(len(body))
-		c.sent.Add(int64(len(body)))
+		req.ContentLength = n
+		c.sent.Add(n)
 	}
 	return c.hc.Do(req)
 }
@@ -297,12 +301,12 @@ func (c *client) uploadStatus(ctx context.Context, repo, loc string) (offset int
 
 // patch sends chunk as the bytes from offset of the session loc, once, and
 // returns the next location.
-func (c *client) patch(ctx context.Context, repo, loc string, offset int64, chunk []byte) (string, error) {
+func (c *client) patch(ctx context.Context, repo, loc string, offset int64, body io.Reader, n int64) (string, error) {
 	hdr := http.Header{
 		"Content-Type":  {"application/octet-stream"},
-		"Content-Range": {fmt.Sprintf("%d-%d", offset, offset+int64(len(chunk))-1)},
+		"Content-Range": {fmt.Sprintf("%d-%d", offset, offset+n-1)},
 	}
-	resp, err := c.once(ctx, http.MethodPatch, loc, hdr, chunk)
+	resp, err := c.send(ctx, http.MethodPatch, loc, hdr, body, n)
 	if err != nil {
 		return "", err
 	}

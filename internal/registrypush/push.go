@@ -12,6 +12,14 @@
 // Options.MaxBuffer bytes of chunks held: nothing is spooled to disk. The
 // registry checks the digest on the final PUT too.
 //
+// From a file (PushAt, archive.ReadAt), the blobs larger than a chunk that
+// lie in the file as they are (crpe's stored member, a plain tar) are not
+// read by the archive reader: each is uploaded from its place, Jobs at once,
+// in PATCHes of Options.MaxPatch (default the whole blob) read straight from
+// the file and hashed as they go, and completed only when the hash matches;
+// a broken PATCH resumes by reading the file again from where the session
+// stands. The reader meanwhile checks everything else.
+//
 // Once the whole archive is read and valid, every image is checked complete
 // for its package's platforms, every blob of an image is put in its
 // repository (mounted, `?mount=&from=`, from the repository of the import
@@ -27,6 +35,7 @@
 package registrypush
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -82,6 +91,12 @@ type Options struct {
 	// ChunkSize is the size of each PATCH of a blob larger than it (default
 	// 8 MiB); smaller blobs go in one PUT.
 	ChunkSize int64
+	// MaxPatch bounds the bytes of one PATCH of a blob PushAt reads from
+	// the archive file (nothing is held for those: a broken PATCH resumes
+	// by reading the file again); 0: the whole blob in one PATCH, as crane
+	// and skopeo send it (fewer requests, and each resumed session costs
+	// the registry a restored hash state).
+	MaxPatch int64
 	// Jobs is how many blobs upload at once (default 4); MaxBuffer bounds
 	// the bytes of chunks held for them (default Jobs × ChunkSize).
 	Jobs      int
@@ -183,6 +198,22 @@ type pusher struct {
 
 // Push reads the archive from r and pushes it to o.Target.
 func Push(ctx context.Context, r io.Reader, o Options) (*Result, error) {
+	return push(ctx, o, func(ctx context.Context, h archive.Handler, lim archive.Limits) (*archive.Summary, error) {
+		return archive.Read(ctx, r, h, lim)
+	})
+}
+
+// PushAt pushes the archive of size bytes in ra (a file) to o.Target: as
+// Push, but the big layers of crpe's layout or of a plain tar are read from
+// their places in the file, Jobs uploads at once, while the rest of the
+// archive is read and checked (archive.ReadAt).
+func PushAt(ctx context.Context, ra io.ReaderAt, size int64, o Options) (*Result, error) {
+	return push(ctx, o, func(ctx context.Context, h archive.Handler, lim archive.Limits) (*archive.Summary, error) {
+		return archive.ReadAt(ctx, ra, size, h, lim)
+	})
+}
+
+func push(ctx context.Context, o Options, read func(context.Context, archive.Handler, archive.Limits) (*archive.Summary, error)) (*Result, error) {
 	o = o.withDefaults()
 	pctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -208,7 +239,10 @@ func Push(ctx context.Context, r io.Reader, o Options) (*Result, error) {
 		}
 		return false
 	}
-	sum, err := archive.Read(pctx, r, p, archive.Limits{Have: have})
+	sum, err := read(pctx, p, archive.Limits{Have: have})
+	if err != nil {
+		p.cancel(err) // uploads still running stop
+	}
 	p.wg.Wait()
 	if cerr := context.Cause(pctx); cerr != nil && cerr != context.Canceled && !errors.Is(err, cerr) {
 		err = cerr // the failed upload, not the reader's "context canceled"
@@ -728,15 +762,24 @@ func (p *pusher) sendChunks(repo string, desc ocispec.Descriptor, ch <-chan []by
 	return p.c.finish(p.ctx, repo, loc, desc.Digest)
 }
 
-// sendChunk PATCHes buf at off; on a network error or a 5xx it asks the
-// session where it stands and sends the rest of the chunk from there, or
-// (when the session holds nothing of worth: off is 0) starts a new one.
-// retried tells whether a failed request read buf (its transport may still
-// be reading it).
+// sendChunk PATCHes buf, the blob's bytes at off, resuming as sendRange
+// does. retried tells whether a failed request read buf (its transport may
+// still be reading it).
 func (p *pusher) sendChunk(repo string, desc ocispec.Descriptor, loc string, off int64, buf []byte) (_ string, retried bool, _ error) {
-	start := off
+	return p.sendRange(repo, desc, loc, off, int64(len(buf)), func(from int64) io.Reader {
+		return bytes.NewReader(buf[from-off:])
+	})
+}
+
+// sendRange PATCHes the n bytes of the blob at start, read by open(from)
+// from offset from; on a network error or a 5xx it asks the session where
+// it stands and sends the rest from there, or (when the session holds
+// nothing of worth: start is 0) starts a new one. retried tells whether a
+// request failed.
+func (p *pusher) sendRange(repo string, desc ocispec.Descriptor, loc string, start, n int64, open func(from int64) io.Reader) (_ string, retried bool, _ error) {
+	off := start
 	for i := 1; ; i++ {
-		next, err := p.c.patch(p.ctx, repo, loc, off, buf[off-start:])
+		next, err := p.c.patch(p.ctx, repo, loc, off, open(off), start+n-off)
 		if err == nil {
 			return next, i > 1, nil
 		}
@@ -754,13 +797,13 @@ func (p *pusher) sendChunk(repo string, desc ocispec.Descriptor, loc string, off
 		}
 		got, nloc, ambiguous, serr := p.c.uploadStatus(p.ctx, repo, loc)
 		switch {
-		case serr == nil && !ambiguous && got >= start && got <= start+int64(len(buf)):
+		case serr == nil && !ambiguous && got >= start && got <= start+n:
 			loc, off = nloc, got
-			if off == start+int64(len(buf)) {
+			if off == start+n {
 				return loc, true, nil // the registry had it all
 			}
 		case start == 0:
-			// the session holds nothing that is not in buf: a new one
+			// the session holds nothing that is not in this range: a new one
 			p.c.cancel(loc)
 			nloc, _, err := p.c.startUpload(p.ctx, repo, desc.Digest, "")
 			if err != nil {
@@ -777,6 +820,70 @@ func (p *pusher) sendChunk(repo string, desc ocispec.Descriptor, loc string, off
 		p.res.UploadsResumed++
 		p.mu.Unlock()
 	}
+}
+
+// BlobAt takes a blob larger than a chunk (that the registry lacks) from
+// its place in the archive file: it is uploaded in the background, Jobs at
+// once, in PATCHes read straight from the file (no buffer held),
+// hashed as it is sent, and completed only when its bytes match its digest
+// (else its session is cancelled). The archive reader moves on without
+// reading it.
+func (p *pusher) BlobAt(ctx context.Context, desc ocispec.Descriptor, kind oci.Kind, e *archive.Extent) (bool, error) {
+	if err := p.failed(); err != nil {
+		return false, err
+	}
+	if desc.Size <= p.o.ChunkSize || kind == oci.KindManifest {
+		return false, nil // the stream path (a small blob is read into one request anyway)
+	}
+	repo := p.home(desc.Digest)
+	if ok, err := p.has(p.ctx, repo, desc.Digest); err != nil || ok {
+		return false, err // present: Blob counts it, the reader verifies it
+	}
+	v, err := archive.NewExtentVerifier(e, desc)
+	if err != nil {
+		return false, err
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		select {
+		case p.jobs <- struct{}{}:
+		case <-p.ctx.Done():
+			return
+		}
+		p.done(repo, desc, p.sendExtent(repo, desc, v))
+	}()
+	return true, nil
+}
+
+// sendExtent uploads a blob from the archive file through v, in PATCHes of
+// at most MaxPatch bytes (default: one), resuming as sendRange does, and
+// completes it once v verified it.
+func (p *pusher) sendExtent(repo string, desc ocispec.Descriptor, v *archive.ExtentVerifier) (err error) {
+	var loc string
+	defer func() {
+		if err != nil {
+			p.c.cancel(loc)
+		}
+	}()
+	if loc, _, err = p.c.startUpload(p.ctx, repo, desc.Digest, ""); err != nil {
+		return err
+	}
+	for off := int64(0); off < desc.Size; {
+		n := desc.Size - off
+		if p.o.MaxPatch > 0 {
+			n = min(n, p.o.MaxPatch)
+		}
+		end := off + n
+		if loc, _, err = p.sendRange(repo, desc, loc, off, n, func(from int64) io.Reader { return v.Section(from, end) }); err != nil {
+			return err
+		}
+		off = end
+	}
+	if err := v.Verify(); err != nil {
+		return err
+	}
+	return p.c.finish(p.ctx, repo, loc, desc.Digest)
 }
 
 // bufPool recycles the chunk buffers (ChunkSize each): a fresh 8 MiB

@@ -92,6 +92,27 @@ func TestCutMidLayerResumes(t *testing.T) {
 	}
 }
 
+// The same cut with the archive's layers each sent in one request (the
+// default from a file): the upload resumes from what the registry kept, or
+// in a new session, reading the file again, and the import completes with
+// the right bytes.
+func TestCutOneRequestLayerResumes(t *testing.T) {
+	reg := testenv.StartRegistry3(t, testenv.Registry3Options{})
+	p, file := fixture(t, 14)
+	px := testenv.StartProxy(t, reg.Addr, 3<<20, 0)
+	res := push(t, nil, file, "--to-registry", strings.TrimPrefix(px.URL, "http://")+"/site", "--jobs", "1")
+	if !px.Cut.Load() {
+		t.Fatal("the proxy did not cut")
+	}
+	checkImages(t, reg.Client, reg.URL, "site", registrypush.Nested, p)
+	if res.UploadsResumed+int(res.RequestsRetried) == 0 {
+		t.Errorf("nothing resumed or retried: %+v", res)
+	}
+	if up, max := px.Up.Load(), layerBytes(p)+(4<<20); up > max {
+		t.Errorf("%d bytes sent, more than the blobs (%d) and what the cut lost", up, layerBytes(p))
+	}
+}
+
 // 5xx for a while: retried, and the import completes.
 func TestServerErrorsRetried(t *testing.T) {
 	reg := testenv.StartDistribution(t)

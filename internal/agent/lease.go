@@ -44,10 +44,15 @@ type importLocks struct {
 	holder   string // this replica
 	duration time.Duration
 	now      func() time.Time
+	// started is when this process started: a lease of this replica's
+	// name acquired before it is a dead process's (a container restarted
+	// in the same pod keeps its POD_NAME), taken over at once rather than
+	// waited out
+	started time.Time
 }
 
 func newImportLocks(c client.Client, ns, holder string) *importLocks {
-	return &importLocks{c: c, ns: ns, holder: holder, duration: DefaultLeaseDuration, now: time.Now}
+	return &importLocks{c: c, ns: ns, holder: holder, duration: DefaultLeaseDuration, now: time.Now, started: time.Now()}
 }
 
 // replicaIdentity names this replica in the leases it holds: the pod's
@@ -212,9 +217,14 @@ func (l *importLocks) take(ctx context.Context, p pkgKey, name string) (*coordin
 
 // busy tells whether a lease is held (by whom): it names a holder and was
 // renewed within its duration. The holder may be this replica too (another
-// import of the same package through it).
+// import of the same package through it), but not an earlier process of
+// it: a lease of this replica's name acquired before this process started
+// was left by one that died (its container restarted) and is free.
 func (l *importLocks) busy(lease *coordinationv1.Lease) (string, bool) {
 	if holderOf(lease) == "" {
+		return "", false
+	}
+	if holderOf(lease) == l.holder && lease.Spec.AcquireTime != nil && lease.Spec.AcquireTime.Time.Before(l.started) {
 		return "", false
 	}
 	until := renewed(lease).Add(time.Duration(leaseSeconds(lease)) * time.Second)

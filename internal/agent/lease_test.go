@@ -24,7 +24,7 @@ func (c *clock) now() time.Time { return c.t }
 
 func newLocks(c client.Client, holder string, clk *clock) *importLocks {
 	l := newImportLocks(c, "crpe-system", holder)
-	l.now = clk.now
+	l.now, l.started = clk.now, clk.now()
 	return l
 }
 
@@ -185,6 +185,36 @@ func TestImportLocks(t *testing.T) {
 	if getLease(t, c, "team", "other") != nil || getLease(t, c, "team", "demo") != nil {
 		t.Error("leases left after release")
 	}
+}
+
+// TestImportLocksRestartedReplica: a lease left by this replica's name
+// (POD_NAME) by a process that died (its container restarted) is taken over
+// at once by the new process, without waiting out its duration; one the
+// new process took itself stays busy, and another replica's stays busy.
+func TestImportLocksRestartedReplica(t *testing.T) {
+	ctx := context.Background()
+	c := fakeClient(nil)
+	clk := &clock{t: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}
+	old := newLocks(c, "agent-a-7d9f", clk)
+	demo := pkgKey{"team", "demo"}
+	if _, err := old.acquire(ctx, []pkgKey{demo}, nil); err != nil {
+		t.Fatal(err)
+	}
+	clk.t = clk.t.Add(5 * time.Second) // the container restarts
+	restarted := newLocks(c, "agent-a-7d9f", clk)
+	other := newLocks(c, "agent-b-x2c4", clk)
+	_, err := other.acquire(ctx, []pkgKey{demo}, nil)
+	wantCode(t, err, "IMPORT_IN_PROGRESS", "agent-a-7d9f")
+	h, err := restarted.acquire(ctx, []pkgKey{demo}, nil)
+	if err != nil {
+		t.Fatalf("the restarted replica waits on its dead process's lease: %v", err)
+	}
+	if l := getLease(t, c, "team", "demo"); l.Spec.LeaseTransitions == nil || *l.Spec.LeaseTransitions != 1 {
+		t.Fatalf("lease after the takeover: %+v", l.Spec)
+	}
+	_, err = restarted.acquire(ctx, []pkgKey{demo}, nil)
+	wantCode(t, err, "IMPORT_IN_PROGRESS", "agent-a-7d9f")
+	h.release()
 }
 
 // TestImportLocksRace: two replicas writing the lease at once. The one

@@ -80,7 +80,7 @@ func (u *uiAPI) mirrorConfig(w http.ResponseWriter, r *http.Request) {
 	var site *mirrorconfig.SiteRegistry
 	if u.registry != nil {
 		// registry mode: the nodes pull from the site registry
-		site = &mirrorconfig.SiteRegistry{URL: u.registry.push.Target.String(), Flat: u.registry.push.Naming == registrypush.Flat}
+		site = siteRegistry(u.registry.push)
 	}
 	var out strings.Builder
 	switch q.Get("format") {
@@ -128,6 +128,18 @@ func (u *uiAPI) mirrorConfig(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	_, _ = w.Write([]byte(out.String()))
+}
+
+// siteRegistry is the registry the agent imports into, as the nodes reach
+// it: over plain HTTP when the agent was told --plain-http (a site registry
+// on a loopback address is reached over HTTPS by the nodes, as by
+// containerd, unless told so).
+func siteRegistry(o registrypush.Options) *mirrorconfig.SiteRegistry {
+	url := o.Target.String()
+	if o.PlainHTTP {
+		url = "http://" + url
+	}
+	return &mirrorconfig.SiteRegistry{URL: url, Flat: o.Naming == registrypush.Flat}
 }
 
 // ClusterPackage is a KubePkg object's state in the cluster.

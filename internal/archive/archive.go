@@ -34,6 +34,7 @@ import (
 	"strings"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/octohelm/crpe/internal/oci"
 )
@@ -58,7 +59,26 @@ const (
 	// AnnotationImageName is the annotation containerd (and k3s) read when
 	// importing an archive.
 	AnnotationImageName = "io.containerd.image.name"
+	// AnnotationSubject marks an index.json entry as an artifact carried
+	// with an image of the archive rather than an image of spec.images: a
+	// cosign signature, attestation or SBOM, or an OCI 1.1 referrer. Its
+	// value is the digest of the manifest the artifact is about (an
+	// image's top manifest or one of its children); its ref.name is the
+	// artifact's tag in that image's repository (cosign's
+	// sha256-<hex>.sig), or REPOSITORY@DIGEST for a referrer found by its
+	// subject, which has no tag.
+	AnnotationSubject = "octohelm.tech/subject"
 )
+
+// ArtifactOf tells whether an index.json entry is an artifact carried with
+// an image (AnnotationSubject), and the digest it is about.
+func ArtifactOf(m ocispec.Descriptor) (digest.Digest, bool) {
+	s, ok := m.Annotations[AnnotationSubject]
+	if !ok {
+		return "", false
+	}
+	return digest.Digest(s), true
+}
 
 // layoutJSON is the exact content of the oci-layout entry.
 const layoutJSON = `{"imageLayoutVersion":"1.0.0"}`

@@ -549,6 +549,11 @@ func (rd *reader) readIndex(entry string, size int64) error {
 		if m.Annotations[AnnotationImageName] == "" && m.Annotations[AnnotationRefName] == "" {
 			return entryErr(entry, nil, "manifests[%d]: the annotation %s or %s is required", i, AnnotationImageName, AnnotationRefName)
 		}
+		if s, ok := ArtifactOf(m); ok {
+			if _, err := oci.ParseDigest(string(s)); err != nil {
+				return entryErr(entry, err, "manifests[%d]: %s is not a digest", i, AnnotationSubject)
+			}
+		}
 		if err := rd.announce(entry, m, oci.KindManifest); err != nil {
 			return err
 		}

@@ -34,6 +34,12 @@ type Blob struct {
 type Image struct {
 	Ref  string
 	Desc ocispec.Descriptor
+	// Subject, when set, makes the entry an artifact carried with an image
+	// of the archive (a signature, an attestation, an SBOM): the digest of
+	// the manifest it is about. Ref is then its tag in that image's
+	// repository (cosign's sha256-<hex>.sig) or, for an untagged OCI
+	// referrer, REPOSITORY@DIGEST (ReferrerRef). See AnnotationSubject.
+	Subject digest.Digest
 }
 
 // Options tune Write.
@@ -527,15 +533,18 @@ func (p *writePlan) indexJSON() ([]byte, error) {
 		if mt == "" {
 			mt = p.manifests[img.Desc.Digest].pm.MediaType
 		}
+		ann := map[string]string{AnnotationRefName: img.Ref, AnnotationImageName: img.Ref}
+		if img.Subject != "" {
+			// an artifact: no image for containerd to name
+			ann = map[string]string{AnnotationRefName: img.Ref, AnnotationSubject: string(img.Subject)}
+		}
 		idx.Manifests = append(idx.Manifests, ocispec.Descriptor{
-			MediaType: mt,
-			Digest:    img.Desc.Digest,
-			Size:      img.Desc.Size,
-			Platform:  img.Desc.Platform,
-			Annotations: map[string]string{
-				AnnotationRefName:   img.Ref,
-				AnnotationImageName: img.Ref,
-			},
+			MediaType:    mt,
+			ArtifactType: img.Desc.ArtifactType,
+			Digest:       img.Desc.Digest,
+			Size:         img.Desc.Size,
+			Platform:     img.Desc.Platform,
+			Annotations:  ann,
 		})
 	}
 	data, err := json.Marshal(idx)

@@ -26,6 +26,7 @@ import (
 func newExportCmd(g *globals) *cobra.Command {
 	var (
 		src, out, data, platforms, sourceToken, since, split string
+		artifacts                                            string
 		asJSON, fsync                                        bool
 		parallel                                             int
 		up                                                   upstreamFlags
@@ -81,7 +82,7 @@ part or all the parts.`,
 					return fmt.Errorf("--split: %w", err)
 				}
 			}
-			opts, err := exportOptions(platforms, since, parallel)
+			opts, err := exportOptions(platforms, since, artifacts, parallel)
 			if err != nil {
 				return err
 			}
@@ -173,6 +174,7 @@ part or all the parts.`,
 	f.StringVar(&split, "split", "", "cut the archive into OUT.000, OUT.001, … of at most this size (bytes, 64MiB, 1GiB, fat32) and OUT.parts")
 	f.StringVar(&sourceToken, "source-token", "", "bearer token for a deployments center URL")
 	f.IntVar(&parallel, "parallel", 4, "blobs fetched at once")
+	f.StringVar(&artifacts, "artifacts", "all", "what is carried with each image: all (its signatures, attestations and SBOMs: OCI referrers and cosign's sha256-<hex>.sig/.att/.sbom tags), none, or kinds and types: signature,sbom,application/spdx+json")
 	f.StringVar(&since, "since", "", "an agent inventory (crpe agent inventory): leave out the layers it holds")
 	f.BoolVar(&asJSON, "json", false, "print a machine-readable summary")
 	up.register(cmd)
@@ -180,8 +182,12 @@ part or all the parts.`,
 }
 
 // exportOptions reads the export flags that shape the archive.
-func exportOptions(platforms, since string, parallel int) (export.Options, error) {
+func exportOptions(platforms, since, artifacts string, parallel int) (export.Options, error) {
 	opts := export.Options{Parallel: parallel, ModTime: time.Unix(0, 0).UTC()}
+	var err error
+	if opts.Artifacts, err = export.ParseArtifacts(artifacts); err != nil {
+		return opts, err
+	}
 	if platforms != "" {
 		var err error
 		if opts.Platforms, err = oci.ParsePlatforms(platforms); err != nil {

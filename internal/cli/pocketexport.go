@@ -84,7 +84,7 @@ func exportThroughPocket(ctx context.Context, g *globals, p *pocketclient.Pocket
 		return nil, err
 	}
 	epoch := opts.ModTime.Unix()
-	req := &pocketclient.ExportRequest{KubePkg: doc, SourceDateEpoch: &epoch, Offline: &offline, Parallel: opts.Parallel}
+	req := &pocketclient.ExportRequest{KubePkg: doc, SourceDateEpoch: &epoch, Offline: &offline, Parallel: opts.Parallel, Artifacts: opts.Artifacts.String()}
 	if len(opts.Platforms) > 0 {
 		req.Platform = oci.JoinPlatforms(opts.Platforms)
 	}

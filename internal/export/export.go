@@ -56,6 +56,9 @@ type Options struct {
 	Progress Progress
 	// Warn receives warnings (images added from manifests); may be nil.
 	Warn func(msg string)
+	// Artifacts choose the signatures, attestations and SBOMs carried with
+	// each image (the zero value: all of them).
+	Artifacts Artifacts
 	// Summary, if set, is called with the summary Export returns as soon as
 	// the archive's content is known: before its first byte is written
 	// (a server sends it ahead of the archive).
@@ -82,13 +85,24 @@ type ImageResult struct {
 	Bytes     int64    `json:"bytes"`
 }
 
+// ArtifactResult describes one artifact carried with an image.
+type ArtifactResult struct {
+	Ref          string `json:"ref"`
+	Digest       string `json:"digest"`
+	Subject      string `json:"subject"`
+	ArtifactType string `json:"artifactType"`
+	Kind         string `json:"kind"`
+	Bytes        int64  `json:"bytes"`
+}
+
 // Result summarizes an export.
 type Result struct {
-	Packages []PackageResult `json:"packages"`
-	Images   []ImageResult   `json:"images"`
-	Blobs    int             `json:"blobs"`
-	Bytes    int64           `json:"bytes"`
-	Excluded int             `json:"excluded,omitempty"`
+	Packages  []PackageResult  `json:"packages"`
+	Images    []ImageResult    `json:"images"`
+	Artifacts []ArtifactResult `json:"artifacts,omitempty"`
+	Blobs     int              `json:"blobs"`
+	Bytes     int64            `json:"bytes"`
+	Excluded  int              `json:"excluded,omitempty"`
 }
 
 // PackageResult names one exported package.
@@ -115,6 +129,11 @@ type image struct {
 	platforms []ocispec.Platform
 	blobs     []archive.Blob
 	exported  map[string]bool
+	// artifacts are the signatures, attestations and SBOMs carried with
+	// the image; subject and artifactType are set on an artifact
+	artifacts    []*image
+	subject      digest.Digest
+	artifactType string
 }
 
 // Export resolves and fetches everything pkgs need, then writes the archive
@@ -140,7 +159,7 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 		return (o.Exclude[b.Desc.Digest] && b.Kind == oci.KindLayer) || len(b.Desc.URLs) > 0
 	}, progressFetched)
 	defer fetch.cancel()
-	if err := resolve(ctx, cache, images, fetch, o.Parallel); err != nil {
+	if err := resolve(ctx, cache, images, fetch, o.Parallel, o.Artifacts, o.Warn); err != nil {
 		return nil, err
 	}
 	for _, p := range pkgs {
@@ -242,27 +261,31 @@ func setStatusDigests(pkgs []*kubepkg.KubePkg, images *imageSet, blobs []archive
 			if im == nil {
 				continue
 			}
-			tag := ""
-			if r, err := oci.ParseReference(ref); err == nil {
-				tag = r.Tag
-			}
-			for i, b := range im.blobs {
-				d := b.Desc.Digest
-				if !inArchive[d] || listed[d] {
-					continue
+			// the image, then what is carried with it (a tagged artifact
+			// with its tag, as the seed's importers tag what they import)
+			for _, x := range append([]*image{im}, im.artifacts...) {
+				tag := ""
+				if r, err := oci.ParseReference(x.ref); err == nil {
+					tag = r.Tag
 				}
-				listed[d] = true
-				e := kubepkg.DigestMeta{Digest: d, Type: kubepkg.DigestTypeBlob, Name: im.repo, Size: b.Desc.Size}
-				if b.Kind == oci.KindManifest {
-					e.Type = kubepkg.DigestTypeManifest
+				for i, b := range x.blobs {
+					d := b.Desc.Digest
+					if !inArchive[d] || listed[d] {
+						continue
+					}
+					listed[d] = true
+					e := kubepkg.DigestMeta{Digest: d, Type: kubepkg.DigestTypeBlob, Name: x.repo, Size: b.Desc.Size}
+					if b.Kind == oci.KindManifest {
+						e.Type = kubepkg.DigestTypeManifest
+					}
+					if i == 0 {
+						e.Tag = tag
+					}
+					if b.Desc.Platform != nil && i > 0 {
+						e.Platform = oci.FormatPlatform(*b.Desc.Platform)
+					}
+					entries = append(entries, e)
 				}
-				if i == 0 {
-					e.Tag = tag
-				}
-				if b.Desc.Platform != nil && i > 0 {
-					e.Platform = oci.FormatPlatform(*b.Desc.Platform)
-				}
-				entries = append(entries, e)
 			}
 		}
 		p.SetStatusDigests(entries)
@@ -348,7 +371,20 @@ func gather(pkgs []*kubepkg.KubePkg, o Options) (*imageSet, error) {
 
 // resolve resolves and walks every image for its platforms (export.Walk),
 // handing each image's blobs to fetch as soon as they are known.
-func resolve(ctx context.Context, cache *pullthrough.Cache, images *imageSet, fetch *fetcher, parallel int) error {
+func resolve(ctx context.Context, cache *pullthrough.Cache, images *imageSet, fetch *fetcher, parallel int, sel Artifacts, warn func(string)) error {
+	// with the upstream out of reach, an artifact's tag the cache lacks is
+	// taken as absent, as the image's own tag falls back to the cache: the
+	// export carries what the cache holds, and says so
+	artifactSrc := func(ctx context.Context, repo, ref string) (ocispec.Descriptor, []byte, error) {
+		desc, body, err := CacheManifests(cache)(ctx, repo, ref)
+		if err != nil && pullthrough.IsUnreachable(err) && !oci.IsDigestRef(ref) {
+			if warn != nil {
+				warn(fmt.Sprintf("%s:%s: the upstream cannot be reached and the cache does not hold it: the export carries no such artifact (%v)", repo, ref, err))
+			}
+			return desc, nil, fmt.Errorf("%w: %s:%s", pullthrough.ErrNotCached, repo, ref)
+		}
+		return desc, body, err
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(parallel)
 	for _, im := range images.list {
@@ -359,11 +395,44 @@ func resolve(ctx context.Context, cache *pullthrough.Cache, images *imageSet, fe
 			}
 			im.repo, im.top, im.blobs, im.exported = wk.Repo, wk.Top, wk.Blobs, wk.Platforms
 			fetch.start(im.repo, im.ref, im.blobs)
+			// what is carried with it: the artifacts of its manifests
+			var subjects []digest.Digest
+			for _, b := range wk.Blobs {
+				if b.Kind == oci.KindManifest {
+					subjects = append(subjects, b.Desc.Digest)
+				}
+			}
+			arts, err := WalkArtifacts(gctx, im.repo, subjects, artifactSrc, CacheReferrers(cache), sel)
+			if err != nil {
+				return fmt.Errorf("image %s: %w", im.ref, err)
+			}
+			for _, a := range arts {
+				art := &image{ref: a.Ref, repo: a.Repo, top: a.Top, blobs: a.Blobs, subject: a.Subject, artifactType: a.ArtifactType}
+				im.artifacts = append(im.artifacts, art)
+				fetch.start(art.repo, im.ref, art.blobs)
+			}
 			return nil
 		})
 	}
 	if err := g.Wait(); err != nil {
 		return err
+	}
+	// the artifacts go into the archive as images do, once each
+	for _, im := range append([]*image(nil), images.list...) {
+		kept := im.artifacts[:0]
+		for _, a := range im.artifacts {
+			if prev := images.byRef[a.ref]; prev != nil {
+				if prev.top.Digest != a.top.Digest {
+					return fmt.Errorf("artifact %s changed while the export looked for it (%s, then %s)", a.ref, prev.top.Digest, a.top.Digest)
+				}
+				kept = append(kept, prev)
+				continue
+			}
+			images.byRef[a.ref] = a
+			images.list = append(images.list, a)
+			kept = append(kept, a)
+		}
+		im.artifacts = kept
 	}
 	sort.Slice(images.list, func(i, j int) bool { return images.list[i].ref < images.list[j].ref })
 	return nil
@@ -392,6 +461,14 @@ func plan(ctx context.Context, store cas.Store, images []*image, o Options) (*Re
 		}
 	}
 	for _, im := range images {
+		if im.subject != "" {
+			ar := ArtifactResult{Ref: im.ref, Digest: string(im.top.Digest), Subject: string(im.subject), ArtifactType: im.artifactType, Kind: oci.ArtifactKind(im.artifactType)}
+			for _, b := range im.blobs {
+				ar.Bytes += b.Desc.Size
+			}
+			res.Artifacts = append(res.Artifacts, ar)
+			continue
+		}
 		ir := ImageResult{Ref: im.ref, Digest: string(im.top.Digest), MediaType: im.top.MediaType, Blobs: len(im.blobs)}
 		for _, b := range im.blobs {
 			ir.Bytes += b.Desc.Size
@@ -428,7 +505,7 @@ func plan(ctx context.Context, store cas.Store, images []*image, o Options) (*Re
 func write(ctx context.Context, w io.Writer, cache *pullthrough.Cache, store cas.Store, pkgJSON []byte, images []*image, blobs []archive.Blob, sources map[digest.Digest]*source, o Options) error {
 	var archImages []archive.Image
 	for _, im := range images {
-		archImages = append(archImages, archive.Image{Ref: im.ref, Desc: im.top})
+		archImages = append(archImages, archive.Image{Ref: im.ref, Desc: im.top, Subject: im.subject})
 	}
 	open := func(ctx context.Context, d digest.Digest) (io.ReadCloser, error) {
 		src := sources[d]

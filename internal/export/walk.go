@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -47,6 +48,11 @@ type Walked struct {
 	// Platforms are the platforms found ("unknown" for an image whose
 	// config names none).
 	Platforms map[string]bool
+	// Subject is set for an artifact carried with an image (WalkArtifacts):
+	// the manifest it is about; ArtifactType is its type
+	// (oci.ArtifactType).
+	Subject      digest.Digest
+	ArtifactType string
 }
 
 // Walk resolves ref (to pinned when it is set, checking that it is what
@@ -154,4 +160,159 @@ func CacheConfigPlatform(cache *pullthrough.Cache) ConfigPlatform {
 		}
 		return oci.ConfigPlatform(body), nil
 	}
+}
+
+// ReferrersSource lists the referrers (OCI 1.1) of manifest d of
+// repository repo.
+type ReferrersSource func(ctx context.Context, repo string, d digest.Digest) ([]ocispec.Descriptor, error)
+
+// CacheReferrers lists referrers through the pull-through cache.
+func CacheReferrers(cache *pullthrough.Cache) ReferrersSource {
+	return cache.Referrers
+}
+
+// Artifacts choose what an export carries with each image besides its own
+// graph: its signatures, attestations and SBOMs.
+type Artifacts struct {
+	// None carries none.
+	None bool
+	// Types keeps only the artifacts of these types or kinds
+	// (oci.MatchArtifactType: "signature", "attestation", "sbom", or a full
+	// artifact type); empty keeps all.
+	Types []string
+}
+
+// ParseArtifacts reads the artifacts to carry as the --artifacts flag and
+// the pocket's export request give them: "all" (or ""), "none", or a
+// comma-separated list of kinds (signature, attestation, sbom; sig, att) or
+// artifact types.
+func ParseArtifacts(s string) (Artifacts, error) {
+	switch strings.TrimSpace(s) {
+	case "", "all":
+		return Artifacts{}, nil
+	case "none":
+		return Artifacts{None: true}, nil
+	}
+	var a Artifacts
+	for _, t := range strings.Split(s, ",") {
+		t = strings.TrimSpace(t)
+		switch {
+		case t == "":
+		case t == "sig", t == "signature", t == "att", t == "attestation", t == "sbom", strings.Contains(t, "/"):
+			a.Types = append(a.Types, t)
+		default:
+			return a, fmt.Errorf("artifacts: %q is neither all, none, a kind (signature, attestation, sbom) nor a media type", t)
+		}
+	}
+	return a, nil
+}
+
+// String is the value ParseArtifacts reads back.
+func (a Artifacts) String() string {
+	switch {
+	case a.None:
+		return "none"
+	case len(a.Types) == 0:
+		return "all"
+	}
+	return strings.Join(a.Types, ",")
+}
+
+// maxArtifacts bounds the artifacts carried for one manifest.
+const maxArtifacts = 64
+
+// WalkArtifacts finds what is carried with the manifests subjects of
+// repository repo: their OCI 1.1 referrers (refs) and the artifacts of
+// cosign's tag scheme (sha256-<hex>.sig, .att, .sbom, read through src),
+// keeps those sel chooses, and walks each whole (an artifact has no
+// platform: all of it goes). A tag the upstream lacks is no artifact; any
+// other failure is an error: an export does not leave out a signature it
+// could not look for. Each artifact is named as index.json names it:
+// REPO:TAG for a tag, REPO@DIGEST for an untagged referrer.
+func WalkArtifacts(ctx context.Context, repo string, subjects []digest.Digest, src ManifestSource, refs ReferrersSource, sel Artifacts) ([]*Walked, error) {
+	if sel.None {
+		return nil, nil
+	}
+	var out []*Walked
+	seen := map[digest.Digest]bool{}
+	take := func(ref string, subject digest.Digest, top ocispec.Descriptor, body []byte, tag string) error {
+		if seen[top.Digest] {
+			return nil
+		}
+		pm, err := oci.ParseManifest(top.MediaType, body)
+		if err != nil {
+			return fmt.Errorf("artifact %s: %w", ref, err)
+		}
+		at := oci.ArtifactType(tag, pm)
+		if !oci.MatchArtifactType(at, sel.Types) {
+			return nil
+		}
+		seen[top.Digest] = true
+		w := &Walked{Ref: ref, Repo: repo, Subject: subject, ArtifactType: at, Platforms: map[string]bool{}}
+		fetch := func(ctx context.Context, d ocispec.Descriptor) ([]byte, error) {
+			if d.Digest == top.Digest {
+				return body, nil
+			}
+			_, b, err := src(ctx, repo, string(d.Digest))
+			return b, err
+		}
+		err = oci.Walk(ctx, top, fetch, func(ctx context.Context, n *oci.Node) error {
+			if n.Err != nil {
+				return n.Err
+			}
+			desc := ocispec.Descriptor{MediaType: n.Desc.MediaType, Digest: n.Desc.Digest, Size: n.Desc.Size, URLs: n.Desc.URLs}
+			if n.Manifest != nil {
+				desc.MediaType, desc.Platform = n.Manifest.MediaType, n.Desc.Platform
+			}
+			if n.Depth == 0 {
+				desc.ArtifactType = pm.ArtifactType
+				w.Top = desc
+			}
+			w.Blobs = append(w.Blobs, archive.Blob{Desc: desc, Kind: n.Kind})
+			return nil
+		}, oci.WalkOptions{NoSubject: true})
+		if err != nil {
+			return fmt.Errorf("artifact %s: %w", ref, err)
+		}
+		out = append(out, w)
+		return nil
+	}
+	for _, subject := range subjects {
+		list, err := refs(ctx, repo, subject)
+		if err != nil {
+			return nil, fmt.Errorf("referrers of %s@%s: %w", repo, subject, err)
+		}
+		if len(list) > maxArtifacts {
+			return nil, fmt.Errorf("referrers of %s@%s: %d, more than the %d an export carries", repo, subject, len(list), maxArtifacts)
+		}
+		for _, r := range list {
+			if !oci.MatchArtifactType(r.ArtifactType, sel.Types) && r.ArtifactType != "" {
+				continue // told by the list: not fetched
+			}
+			if _, err := oci.ParseDigest(string(r.Digest)); err != nil {
+				return nil, fmt.Errorf("referrers of %s@%s: %w", repo, subject, err)
+			}
+			top, body, err := src(ctx, repo, string(r.Digest))
+			if err != nil {
+				return nil, fmt.Errorf("referrer %s@%s: %w", repo, r.Digest, err)
+			}
+			if err := take(repo+"@"+string(top.Digest), subject, top, body, ""); err != nil {
+				return nil, err
+			}
+		}
+		for _, suffix := range oci.CosignSuffixes {
+			tag := oci.CosignTag(subject, suffix)
+			top, body, err := src(ctx, repo, tag)
+			if pullthrough.IsNotFound(err) {
+				continue
+			}
+			if err != nil {
+				return nil, fmt.Errorf("artifact %s:%s: %w", repo, tag, err)
+			}
+			if err := take(repo+":"+tag, subject, top, body, tag); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return out, nil
 }

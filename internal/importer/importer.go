@@ -138,8 +138,11 @@ type PackageResult struct {
 
 // Result summarizes an import.
 type Result struct {
-	Packages      []PackageResult   `json:"packages"`
-	Images        map[string]string `json:"images"`
+	Packages []PackageResult   `json:"packages"`
+	Images   map[string]string `json:"images"`
+	// Artifacts are the signatures, attestations and SBOMs carried with
+	// the images (archive.AnnotationSubject): reference → digest.
+	Artifacts     map[string]string `json:"artifacts,omitempty"`
 	BlobsReceived int               `json:"blobsReceived"`
 	BlobsPresent  int               `json:"blobsPresent"`
 	BytesReceived int64             `json:"bytesReceived"`
@@ -154,6 +157,9 @@ type image struct {
 	tag       string
 	desc      ocispec.Descriptor
 	platforms []ocispec.Platform
+	// subject is set for an artifact carried with an image: the manifest
+	// it is about
+	subject digest.Digest
 }
 
 // stager is a store that can verify a blob now and publish it later
@@ -264,6 +270,21 @@ func (h *handler) Index(idx ocispec.Index) error {
 		if ref == "" {
 			ref = m.Annotations[archive.AnnotationRefName]
 		}
+		if subject, ok := archive.ArtifactOf(m); ok {
+			// a signature, attestation or SBOM of an image: checked once
+			// the images are (importLocked)
+			if seen[ref] {
+				return badRequest(archive.IndexEntry, "index.json lists %s twice", ref)
+			}
+			seen[ref] = true
+			im, err := parseRef(ref)
+			if err != nil {
+				return badRequest(archive.IndexEntry, "%s: %v", ref, err)
+			}
+			im.desc, im.subject = m, subject
+			h.images = append(h.images, im)
+			continue
+		}
 		if !h.refs[ref] {
 			return badRequest(archive.IndexEntry, "index.json lists %s, which spec.images does not", ref)
 		}
@@ -286,7 +307,7 @@ func (h *handler) Index(idx ocispec.Index) error {
 	for _, p := range h.pkgs {
 		for ref, d := range p.Spec.Images {
 			for _, im := range h.images {
-				if im.ref == ref && string(im.desc.Digest) != d {
+				if im.subject == "" && im.ref == ref && string(im.desc.Digest) != d {
 					return badRequest(archive.IndexEntry, "%s is %s in index.json but %s in spec.images", ref, im.desc.Digest, d)
 				}
 			}
@@ -456,8 +477,12 @@ func (im *Importer) importLocked(ctx context.Context, r io.Reader, o ImportOptio
 		_, err := im.store.Stat(ctxBG, d)
 		return err == nil
 	}
+	subjects := inspect.Subjects{}
 	for _, img := range h.images {
 		ps := plats[img.ref]
+		if img.subject != "" {
+			ps = nil // an artifact is carried whole
+		}
 		cl := inspect.Closure(ctxBG, img.desc, ps, getManifest, has)
 		if len(cl.Missing) > 0 {
 			what := oci.JoinPlatforms(ps)
@@ -469,7 +494,23 @@ func (im *Importer) importLocked(ctx context.Context, r io.Reader, o ImportOptio
 		if len(cl.Problems) > 0 {
 			return nil, false, badRequest("", "image %s: %s", img.ref, strings.Join(cl.Problems, "; "))
 		}
+		if img.subject != "" {
+			continue
+		}
+		subjects.Add(img.repo, cl)
 		h.res.Images[img.ref] = string(img.desc.Digest)
+	}
+	for _, img := range h.images {
+		if img.subject == "" {
+			continue
+		}
+		if err := subjects.Check(img.ref, img.repo, img.subject); err != nil {
+			return nil, false, badRequest(archive.IndexEntry, "%v", err)
+		}
+		if h.res.Artifacts == nil {
+			h.res.Artifacts = map[string]string{}
+		}
+		h.res.Artifacts[img.ref] = string(img.desc.Digest)
 	}
 	expired, err := im.publish(ctxBG, h, o)
 	if err != nil {

@@ -189,6 +189,33 @@ type ClosureResult struct {
 	// Config is the config of a single image (top is an image manifest):
 	// its platform is there, not in an index.
 	Config digest.Digest
+	// Manifests are the manifests walked and at hand (top, the chosen
+	// children): what an artifact carried with the image may be about.
+	Manifests []digest.Digest
+}
+
+// Subjects are, by repository, the manifests the archive's images hold:
+// what the artifacts carried with them (archive.AnnotationSubject) may be
+// about.
+type Subjects map[string]map[digest.Digest]bool
+
+// Add records the manifests of an image of repository repo.
+func (s Subjects) Add(repo string, cl ClosureResult) {
+	if s[repo] == nil {
+		s[repo] = map[digest.Digest]bool{}
+	}
+	for _, d := range cl.Manifests {
+		s[repo][d] = true
+	}
+}
+
+// Check tells whether artifact ref (of repository repo) is about a manifest
+// an image of its repository holds.
+func (s Subjects) Check(ref, repo string, subject digest.Digest) error {
+	if !s[repo][subject] {
+		return fmt.Errorf("artifact %s is about %s, which no image of %s in the archive holds", ref, subject, repo)
+	}
+	return nil
 }
 
 // errAbsent is what Closure's fetch says of a manifest not at hand.
@@ -222,11 +249,15 @@ func Closure(ctx context.Context, top ocispec.Descriptor, plats []ocispec.Platfo
 		case n.Err != nil:
 			res.Problems = append(res.Problems, n.Err.Error())
 		case n.Depth == 0 && !n.Manifest.IsIndex():
+			res.Manifests = append(res.Manifests, n.Desc.Digest)
 			if n.Manifest.Config != nil {
 				res.Config = n.Manifest.Config.Digest
 			}
-		case n.Desc.Platform != nil:
-			platSeen[oci.FormatPlatform(*n.Desc.Platform)] = true
+		default:
+			res.Manifests = append(res.Manifests, n.Desc.Digest)
+			if n.Desc.Platform != nil {
+				platSeen[oci.FormatPlatform(*n.Desc.Platform)] = true
+			}
 		}
 		return nil
 	}, oci.WalkOptions{Platforms: plats})

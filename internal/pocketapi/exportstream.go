@@ -63,6 +63,10 @@ type ExportRequest struct {
 	// Exclude lists layers to leave out (an agent's inventory): the
 	// archive is then partial.
 	Exclude []string `json:"exclude,omitempty"`
+	// Artifacts are the signatures, attestations and SBOMs carried with
+	// each image: all (default), none, or kinds and types
+	// (export.ParseArtifacts).
+	Artifacts string `json:"artifacts,omitempty"`
 }
 
 // ExportWarnings are the warnings of an export: images added from the
@@ -298,6 +302,14 @@ func exportRequestOptions(w http.ResponseWriter, r *http.Request, req *ExportReq
 				}
 			}
 		}
+	}
+	arts := q.Get("artifacts")
+	if req.Artifacts != "" {
+		arts = req.Artifacts
+	}
+	var err error
+	if o.Artifacts, err = export.ParseArtifacts(arts); err != nil {
+		return bad("artifacts", err.Error())
 	}
 	if len(exclude) > 0 {
 		o.Exclude = map[digest.Digest]bool{}

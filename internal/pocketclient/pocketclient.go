@@ -213,6 +213,7 @@ type ExportRequest struct {
 	Offline         *bool           `json:"offline,omitempty"`
 	Parallel        int             `json:"parallel,omitempty"`
 	Exclude         []string        `json:"exclude,omitempty"`
+	Artifacts       string          `json:"artifacts,omitempty"`
 }
 
 // Fallback is a tag the pocket served from its cache because the upstream

@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/octohelm/crpe/internal/cas"
@@ -754,3 +755,70 @@ func blobHeaders(w http.ResponseWriter, d digest.Digest, size int64) {
 	}
 	w.WriteHeader(http.StatusOK)
 }
+
+// Referrers lists the manifests of repository full whose subject is d (OCI
+// 1.1 referrers): as the upstream lists them (its referrers API, or where
+// it has none its fallback tag, oci.ReferrersTag), or as the cache holds
+// them offline, for a repository of no upstream, or when the upstream
+// cannot be reached. The referrers' manifests are not fetched: Manifest
+// fetches each by digest.
+func (c *Cache) Referrers(ctx context.Context, full string, d digest.Digest) ([]ocispec.Descriptor, error) {
+	if _, err := oci.ParseDigest(string(d)); err != nil {
+		return nil, err
+	}
+	local := func() ([]ocispec.Descriptor, error) {
+		var out []ocispec.Descriptor
+		err := c.db.View(func(tx *repodb.Tx) error {
+			refs, err := tx.Referrers(full, d)
+			for _, r := range refs {
+				out = append(out, ocispec.Descriptor{MediaType: r.MediaType, Digest: r.Digest, Size: r.Size, ArtifactType: r.ArtifactType, Annotations: r.Annotations})
+			}
+			return err
+		})
+		return out, err
+	}
+	repo, ok := upstream.SplitRepo(full)
+	if !ok || c.o.Offline {
+		return local()
+	}
+	idx, err := c.client().Referrers(ctx, repo, d)
+	switch {
+	case err == nil:
+		return idx.Manifests, nil
+	case errors.Is(err, upstream.ErrNoReferrersAPI):
+		// the fallback tag: an index of the referrers, kept up by the
+		// clients that push them
+		m, err := c.Manifest(ctx, full, oci.ReferrersTag(d))
+		if errors.Is(err, upstream.ErrNotFound) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		pm, err := oci.ParseManifest(m.MediaType, m.Body)
+		if err != nil || !pm.IsIndex() {
+			return nil, fmt.Errorf("%w: %s:%s is not an index of referrers", ErrUpstreamInvalid, full, oci.ReferrersTag(d))
+		}
+		return pm.Manifests, nil
+	case upstream.IsTemporary(err):
+		refs, lerr := local()
+		if lerr != nil {
+			return nil, err
+		}
+		c.fallback(ctx, full, "referrers", d, err)
+		return refs, nil
+	default:
+		return nil, err
+	}
+}
+
+// IsNotFound tells whether err says the content does not exist: the
+// upstream lacks it, or the cache does offline.
+func IsNotFound(err error) bool {
+	return errors.Is(err, upstream.ErrNotFound) || errors.Is(err, ErrNotCached) || errors.Is(err, cas.ErrNotFound) ||
+		errors.Is(err, repodb.ErrRepoNotFound) || errors.Is(err, repodb.ErrTagNotFound) || errors.Is(err, repodb.ErrManifestNotFound)
+}
+
+// IsUnreachable tells whether err says the upstream could not be reached
+// (nothing authoritative was answered).
+func IsUnreachable(err error) bool { return upstream.IsTemporary(err) }

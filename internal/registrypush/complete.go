@@ -60,19 +60,42 @@ func (p *pusher) complete(ctx context.Context, sum *archive.Summary) error {
 		}
 		return m.body, true
 	}
-	var plans []*plan
+	// the images, then the artifacts carried with them (a referrer's
+	// manifest goes after its subject's)
+	ordered := make([]*image, 0, len(p.images))
 	for _, im := range p.images {
+		if im.subject == "" {
+			ordered = append(ordered, im)
+		}
+	}
+	for _, im := range p.images {
+		if im.subject != "" {
+			ordered = append(ordered, im)
+		}
+	}
+	subjects := inspect.Subjects{}
+	var plans []*plan
+	for _, im := range ordered {
 		has := func(d digest.Digest) bool {
 			ok, _ := p.has(ctx, im.repo, d)
 			return ok || p.anywhere(d) != ""
 		}
 		ps := plats[im.ref]
+		if im.subject != "" {
+			ps = nil // an artifact is carried whole
+			if err := subjects.Check(im.ref, im.src, im.subject); err != nil {
+				return fmt.Errorf("%s: %w; nothing was tagged", archive.IndexEntry, err)
+			}
+		}
 		cl := inspect.Closure(ctx, im.desc, ps, getManifest, has)
 		if len(cl.Missing) > 0 {
 			return fmt.Errorf("image %s is incomplete for %s: %s is neither in the archive nor in the registry; nothing was tagged", im.ref, platformsText(ps), strings.Join(cl.Missing, ", "))
 		}
 		if len(cl.Problems) > 0 {
 			return fmt.Errorf("image %s: %s; nothing was tagged", im.ref, strings.Join(cl.Problems, "; "))
+		}
+		if im.subject == "" {
+			subjects.Add(im.src, cl)
 		}
 		pl := &plan{im: im}
 		fetch := func(_ context.Context, d ocispec.Descriptor) ([]byte, error) {
@@ -167,7 +190,12 @@ func (p *pusher) complete(ctx context.Context, sum *archive.Summary) error {
 			}
 			p.res.TagsSet = append(p.res.TagsSet, full+":"+im.tag)
 		}
-		p.res.Images = append(p.res.Images, ImageResult{Ref: im.ref, Repository: full, Tag: im.tag, Digest: string(im.desc.Digest)})
+		ir := ImageResult{Ref: im.ref, Repository: full, Tag: im.tag, Digest: string(im.desc.Digest)}
+		if im.subject != "" {
+			p.res.Artifacts = append(p.res.Artifacts, ir)
+			continue
+		}
+		p.res.Images = append(p.res.Images, ir)
 	}
 	return nil
 }

@@ -140,8 +140,11 @@ type ImageResult struct {
 
 // Result summarizes a push.
 type Result struct {
-	Registry          string        `json:"registry"`
-	Images            []ImageResult `json:"images"`
+	Registry string        `json:"registry"`
+	Images   []ImageResult `json:"images"`
+	// Artifacts are the signatures, attestations and SBOMs carried with the
+	// images (archive.AnnotationSubject), pushed beside them.
+	Artifacts         []ImageResult `json:"artifacts,omitempty"`
 	BlobsPushed       int           `json:"blobsPushed"`
 	BlobsSkipped      int           `json:"blobsSkipped"`
 	BlobsMounted      int           `json:"blobsMounted"`
@@ -162,6 +165,9 @@ type Result struct {
 type image struct {
 	ref, src, repo, tag string // src: docker.io/library/nginx; repo: in the registry
 	desc                ocispec.Descriptor
+	// subject is set for an artifact carried with an image: the manifest
+	// it is about
+	subject digest.Digest
 }
 
 type manifest struct {
@@ -460,7 +466,8 @@ func (p *pusher) Index(idx ocispec.Index) error {
 		}
 		flat[repo] = r.Repository
 		p.srcRepo[r.Repository] = repo
-		p.images = append(p.images, &image{ref: ref, src: r.Repository, repo: repo, tag: r.Tag, desc: m})
+		subject, _ := archive.ArtifactOf(m)
+		p.images = append(p.images, &image{ref: ref, src: r.Repository, repo: repo, tag: r.Tag, desc: m, subject: subject})
 		p.own(m.Digest, repo)
 	}
 	// status.digests names repositories too: they must map (they are the

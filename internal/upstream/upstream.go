@@ -27,6 +27,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/octohelm/crpe/internal/cas"
 	"github.com/octohelm/crpe/internal/oci"
@@ -521,4 +522,45 @@ func DefaultTransport() *http.Transport {
 	t.ResponseHeaderTimeout = 60 * time.Second
 	t.MaxIdleConnsPerHost = 16
 	return t
+}
+
+// ErrNoReferrersAPI is returned by Referrers when the upstream does not
+// serve the OCI 1.1 referrers API (404): its referrers, if any, are listed
+// by the fallback tag (oci.ReferrersTag).
+var ErrNoReferrersAPI = errors.New("the upstream has no referrers API")
+
+// Referrers lists the manifests of r whose subject is d (GET
+// /v2/<name>/referrers/<digest>, OCI 1.1), bounded to oci.MaxIndexSize.
+func (c *Client) Referrers(ctx context.Context, r Repo, d digest.Digest) (*ocispec.Index, error) {
+	resp, err := c.do(ctx, r, "list referrers", string(d), func(scheme, host string) (*http.Request, error) {
+		req, err := http.NewRequest(http.MethodGet, scheme+"://"+host+"/v2/"+r.Path+"/referrers/"+string(d), nil)
+		if err == nil {
+			req.Header.Set("Accept", ocispec.MediaTypeImageIndex)
+		}
+		return req, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	switch {
+	case resp.StatusCode == http.StatusNotFound:
+		// a registry with the API answers an empty index for a digest
+		// without referrers; 404 is a registry without it
+		return nil, &Error{Op: "list referrers", Repo: r, Ref: string(d), Status: resp.StatusCode, Err: ErrNoReferrersAPI}
+	case resp.StatusCode != http.StatusOK:
+		return nil, statusErr(resp, "list referrers", r, string(d))
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, oci.MaxIndexSize+1))
+	if err != nil {
+		return nil, &Error{Op: "list referrers", Repo: r, Ref: string(d), Err: err, Temporary: true}
+	}
+	if len(body) > oci.MaxIndexSize {
+		return nil, &Error{Op: "list referrers", Repo: r, Ref: string(d), Err: fmt.Errorf("referrers list exceeds %d bytes", oci.MaxIndexSize)}
+	}
+	var idx ocispec.Index
+	if err := json.Unmarshal(body, &idx); err != nil {
+		return nil, &Error{Op: "list referrers", Repo: r, Ref: string(d), Err: fmt.Errorf("not an image index: %w", err)}
+	}
+	return &idx, nil
 }

@@ -10,6 +10,7 @@ CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
 CRANE_VERSION=v0.22.1
 HELM_VERSION=v4.3.2
 DISTRIBUTION_VERSION=v3.1.2
+COSIGN_VERSION=v2.6.5
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -28,6 +29,11 @@ fi
 # binary is named `registry`, so its module path is checked, not just its name
 if ! go version -m "$(go env GOPATH)/bin/registry" 2>/dev/null | grep -q "github.com/distribution/distribution/v3[[:space:]]*${DISTRIBUTION_VERSION}"; then
   GOFLAGS=-mod=mod go install "github.com/distribution/distribution/v3/cmd/registry@${DISTRIBUTION_VERSION}"
+fi
+# cosign, the signer and judge of signatures, attestations and SBOMs next to an image
+# (test/cosignpeer, internal/testenv/cosign.go): a heavy build (minutes), so its version is checked
+if ! go version -m "$(go env GOPATH)/bin/cosign" 2>/dev/null | grep -q "github.com/sigstore/cosign/v2[[:space:]]*${COSIGN_VERSION}"; then
+  GOFLAGS=-mod=mod go install "github.com/sigstore/cosign/v2/cmd/cosign@${COSIGN_VERSION}"
 fi
 if ! command -v conformance-ro >/dev/null; then
   bash test/peers/conformance-ro.sh "${CONFORMANCE_VERSION}"

@@ -1,7 +1,7 @@
 // Package testenv owns what tests need of the real world: the crpe binary
 // ($CRPE_BIN, or built once per test process and removed by Main), free loopback ports, running `crpe agent`
 // until the test ends, and finding real peers (docker-registry, crane,
-// skopeo, containerd, the OCI conformance suite). A missing peer skips the
+// skopeo, containerd, cosign, the OCI conformance suite). A missing peer skips the
 // test with a message naming it, except under CI=true, where it fails.
 package testenv
 

@@ -20,6 +20,7 @@ import (
 	"github.com/octohelm/crpe/internal/importer"
 	"github.com/octohelm/crpe/internal/registry"
 	"github.com/octohelm/crpe/internal/registrypush"
+	"github.com/octohelm/crpe/internal/sigverify"
 	"github.com/octohelm/crpe/internal/storage"
 	"github.com/octohelm/crpe/internal/webui"
 )
@@ -52,6 +53,10 @@ type Config struct {
 	// in-cluster identity is required; --token-file too, shared by the
 	// replicas). /v2 answers 404: the nodes pull from the site registry.
 	Registry *registrypush.Options
+	// Verify, when set, checks the cosign signatures carried with every
+	// image of an import, offline, before anything is published: keys
+	// (--verify-key) or a policy file (--verify-policy).
+	Verify *sigverify.Policy
 }
 
 // Run serves until ctx is done.
@@ -85,7 +90,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Namespace == "" {
 		cfg.Namespace = ownNamespace()
 	}
-	imp := importer.New(st.Store, st.DB, importer.Options{Namespace: cfg.Namespace, KeepVersions: cfg.KeepVersions, Dir: cfg.Data})
+	imp := importer.New(st.Store, st.DB, importer.Options{Namespace: cfg.Namespace, KeepVersions: cfg.KeepVersions, Dir: cfg.Data, Verify: cfg.Verify})
 	gc := newCollector(log, imp, cfg.GCGrace, reg)
 	imp.OnExpired = gc.trigger
 	go gc.run(rctx, cfg.GCInterval)

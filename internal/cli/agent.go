@@ -16,6 +16,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 	cfg := agent.Config{}
 	var reg registryFlags
 	var regTokenFile string
+	var vf verifyFlags
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Serve the intranet registry that the nodes use as their containerd mirror",
@@ -43,7 +44,16 @@ so registry mode needs --kubeconfig (or runs in a pod) and --token-file,
 and any number of replicas behind one Service answer alike. The delta
 (POST /api/v1/blobs/missing) and the inventory are asked of the site
 registry (HEAD in the repositories of the packages' images). /v2 answers
-404: the nodes pull from the site registry (crpe mirror-config --registry).`,
+404: the nodes pull from the site registry (crpe mirror-config --registry).
+
+Signatures (--verify-key FILE, repeatable, or --verify-policy FILE): every
+image of an import must carry a cosign signature (exported with it from the
+pocket: crpe export --artifacts) that verifies, offline, with one of the
+keys over a payload naming the image's digest; else the whole import is
+refused (403 SIGNATURE_REFUSED, naming the image and why) and nothing is
+published. A policy file says which keys for which repositories, required
+or optional (docs/signatures.md). The verdicts are kept in each package's
+status.signatures and its import history.`,
 		Example: `  # on defaults: listen on :36060, data in ./crpe-data, token created there
   crpe agent
 
@@ -54,12 +64,19 @@ registry (HEAD in the repositories of the packages' images). /v2 answers
   # the same through the environment
   CRPE_DATA=/var/lib/crpe CRPE_ALLOW_PUSH=true crpe agent
 
+  # every image must carry a cosign signature by this key (checked offline at import)
+  crpe agent --verify-key /etc/crpe/cosign.pub
+
   # registry mode: import into the site registry, package records as KubePkg objects
   CRPE_PASSWORD=... crpe agent --registry harbor.lan/crpe --username ci --ca-file /etc/ssl/site-ca.pem \
     --kubeconfig ~/.kube/config --token-file /etc/crpe/token`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg.Log = g.log
+			var err error
+			if cfg.Verify, err = vf.policy(); err != nil {
+				return err
+			}
 			if reg.target != "" {
 				token := ""
 				if regTokenFile != "" {
@@ -73,6 +90,7 @@ registry (HEAD in the repositories of the packages' images). /v2 answers
 				if err != nil {
 					return err
 				}
+				o.Verify = cfg.Verify
 				cfg.Registry = &o
 			}
 			serverGC()
@@ -80,6 +98,7 @@ registry (HEAD in the repositories of the packages' images). /v2 answers
 		},
 	}
 	f := cmd.Flags()
+	vf.register(cmd)
 	listenerFlags(f, &cfg.Listener, ":36060")
 	f.StringVar(&cfg.Data, "data", "crpe-data", "data folder (blobs and index)")
 	f.StringVar(&cfg.TokenFile, "token-file", "", "file of accepted tokens, one per line (default: <data>/token, created on first start)")

@@ -26,6 +26,7 @@ func newImportCmd(g *globals) *cobra.Command {
 		force, full, asJSON                   bool
 		keep                                  int
 		reg                                   registryFlags
+		vf                                    verifyFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "import FILE | PARTS...",
@@ -90,8 +91,15 @@ crpe mirror-config --registry HOST/PREFIX.`,
 				file = set.Paths[0]
 			}
 			out := cmd.OutOrStdout()
+			verify, err := vf.policy()
+			if err != nil {
+				return err
+			}
+			if verify != nil && to != "" {
+				return errors.New("--verify-key and --verify-policy check an import into --data or --to-registry; an agent (--to) checks with its own")
+			}
 			if reg.target != "" {
-				return importToRegistry(cmd, set, file, &reg, token, tokenFile, asJSON)
+				return importToRegistry(cmd, set, file, &reg, token, tokenFile, asJSON, verify)
 			}
 			if data != "" {
 				st, err := storage.Open(ctx, data, g.log, nil)
@@ -104,7 +112,7 @@ crpe mirror-config --registry HOST/PREFIX.`,
 					return err
 				}
 				defer f.Close()
-				imp := importer.New(st.Store, st.DB, importer.Options{Namespace: namespace, KeepVersions: keep, Dir: data})
+				imp := importer.New(st.Store, st.DB, importer.Options{Namespace: namespace, KeepVersions: keep, Dir: data, Verify: verify})
 				r, done := readBar(cmd, asJSON, "import", set.Size, f)
 				res, err := imp.Import(ctx, r, importer.ImportOptions{Force: force})
 				done()
@@ -197,6 +205,7 @@ crpe mirror-config --registry HOST/PREFIX.`,
 		},
 	}
 	f := cmd.Flags()
+	vf.register(cmd)
 	f.StringVar(&data, "data", "", "import into this local data folder")
 	f.StringVar(&to, "to", "", "hand the archive to the agent at this URL")
 	f.StringVar(&token, "token", "", "the agent's token (with --to-registry: the registry's bearer token)")

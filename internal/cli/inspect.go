@@ -70,6 +70,9 @@ its digest at its end, each naming the part.`,
 				for _, im := range rep.Images {
 					fmt.Fprintf(out, "image\t%s\t%s\t%s\n", im.Ref, im.Digest, strings.Join(im.Platforms, ","))
 				}
+				for _, a := range rep.Artifacts {
+					fmt.Fprintf(out, "%s\t%s\t%s\tof %s\n", a.Kind, a.Ref, a.Digest, a.Subject)
+				}
 				fmt.Fprintf(out, "blobs\t%d\t%s\n", rep.Blobs, humanBytes(rep.Bytes))
 				for _, a := range rep.Absent {
 					fmt.Fprintf(out, "absent\t%s\t(partial archive: expected)\n", a)

@@ -15,6 +15,7 @@ import (
 	"github.com/octohelm/crpe/internal/auth"
 	"github.com/octohelm/crpe/internal/parts"
 	"github.com/octohelm/crpe/internal/registrypush"
+	"github.com/octohelm/crpe/internal/sigverify"
 )
 
 // registryFlags are crpe import's flags for a site registry.
@@ -79,7 +80,7 @@ func (r *registryFlags) options(token string) (registrypush.Options, error) {
 }
 
 // importToRegistry is crpe import --to-registry.
-func importToRegistry(cmd *cobra.Command, set *parts.Set, file string, r *registryFlags, token, tokenFile string, asJSON bool) error {
+func importToRegistry(cmd *cobra.Command, set *parts.Set, file string, r *registryFlags, token, tokenFile string, asJSON bool, verify *sigverify.Policy) error {
 	if token == "" && tokenFile != "" {
 		toks, err := auth.LoadTokens(tokenFile)
 		if err != nil {
@@ -91,6 +92,7 @@ func importToRegistry(cmd *cobra.Command, set *parts.Set, file string, r *regist
 	if err != nil {
 		return err
 	}
+	o.Verify = verify
 	if cmd.Flags().Changed("chunk-size") {
 		o.MaxPatch = o.ChunkSize // a proxy's limit on request bodies, say
 	}

@@ -41,14 +41,16 @@ var allowed = map[string][]string{
 	"upstream": {"cas", "oci"},
 	"archive":  {"cas", "kubepkg", "oci"},
 	// what builds on them: none of these imports registry (the HTTP server)
-	"inspect":     {"archive", "kubepkg", "oci"},
+	"inspect": {"archive", "kubepkg", "oci"},
+	// the signatures carried with an archive's images, checked offline
+	"sigverify":   {"archive", "kubepkg", "oci"},
 	"pullthrough": {"cas", "httpx", "oci", "registry", "repodb", "upstream"},
 	"export":      {"archive", "cas", "kubepkg", "oci", "pullthrough"},
-	"importer":    {"archive", "cas", "casfs", "diskfree", "inspect", "kubepkg", "oci", "repodb"},
+	"importer":    {"archive", "cas", "casfs", "diskfree", "inspect", "kubepkg", "oci", "repodb", "sigverify"},
 	"fsck":        {"cas", "casfs", "oci", "repodb"},
 	"agentclient": {"archive", "kubepkg", "oci"},
 	// crpe import --to-registry: an archive into a site registry
-	"registrypush": {"archive", "inspect", "kubepkg", "oci"},
+	"registrypush": {"archive", "inspect", "kubepkg", "oci", "sigverify"},
 	// a client of the pocket that holds a data folder (crpe export)
 	"pocketclient": {"auth", "httpx", "storage"},
 	// Kubernetes: the client the agent and the operator share, the operator
@@ -58,7 +60,7 @@ var allowed = map[string][]string{
 	"applyorder": {"kubepkg"},
 	// servers: the agent does not import the operator; the pocket's JSON API
 	// does not serve /v2 (pocket wires the registry and the cache)
-	"agent":     {"auth", "cas", "diskfree", "httpx", "importer", "kubeclient", "kubepkg", "mirrorconfig", "oci", "parts", "registry", "registrypush", "repodb", "storage", "version", "webui"},
+	"agent":     {"auth", "cas", "diskfree", "httpx", "importer", "kubeclient", "kubepkg", "mirrorconfig", "oci", "parts", "registry", "registrypush", "repodb", "sigverify", "storage", "version", "webui"},
 	"pocketapi": {"agentclient", "auth", "cas", "chart", "diskfree", "export", "httpx", "kubepkg", "oci", "pullthrough", "repodb", "storage", "upstream"},
 	"chart":     {"atomicfile", "cas", "kubepkg", "oci", "repodb"},
 	"pocket":    {"auth", "httpx", "pocketapi", "pullthrough", "registry", "storage", "upstream", "version", "webui"},
@@ -71,7 +73,7 @@ var allowed = map[string][]string{
 }
 
 // dataPath are the packages that must link no Kubernetes library.
-var dataPath = []string{"oci", "cas", "casfs", "repodb", "registry", "upstream", "archive", "inspect", "pullthrough", "export", "importer", "fsck", "agentclient", "registrypush", "storage", "kubepkg"}
+var dataPath = []string{"oci", "cas", "casfs", "repodb", "registry", "upstream", "archive", "inspect", "pullthrough", "export", "importer", "fsck", "agentclient", "registrypush", "storage", "kubepkg", "sigverify"}
 
 // kubernetes are import path prefixes of the Kubernetes libraries.
 var kubernetes = []string{"k8s.io/", "sigs.k8s.io/controller-runtime", "github.com/fluxcd/"}

@@ -37,6 +37,7 @@ import (
 	"github.com/octohelm/crpe/internal/kubepkg"
 	"github.com/octohelm/crpe/internal/oci"
 	"github.com/octohelm/crpe/internal/repodb"
+	"github.com/octohelm/crpe/internal/sigverify"
 )
 
 // Error is an import failure with the HTTP status it deserves.
@@ -93,6 +94,12 @@ type Options struct {
 	// Dir is the data folder, whose free space is checked before blobs are
 	// written.
 	Dir string
+	// Verify, when set, checks the cosign signatures carried with every
+	// image against it before anything is published (sigverify): an image
+	// refused refuses the whole import (403 SIGNATURE_REFUSED), and the
+	// verdicts are recorded in each package's status.signatures and in its
+	// import history.
+	Verify *sigverify.Policy
 }
 
 // Importer imports archives into a store and index.
@@ -142,13 +149,15 @@ type Result struct {
 	Images   map[string]string `json:"images"`
 	// Artifacts are the signatures, attestations and SBOMs carried with
 	// the images (archive.AnnotationSubject): reference → digest.
-	Artifacts     map[string]string `json:"artifacts,omitempty"`
-	BlobsReceived int               `json:"blobsReceived"`
-	BlobsPresent  int               `json:"blobsPresent"`
-	BytesReceived int64             `json:"bytesReceived"`
-	BytesPresent  int64             `json:"bytesPresent"`
-	Partial       bool              `json:"partial,omitempty"`
-	Expired       []string          `json:"expired,omitempty"`
+	Artifacts map[string]string `json:"artifacts,omitempty"`
+	// Signatures are the verdicts of the signature check (Options.Verify).
+	Signatures    []kubepkg.Signature `json:"signatures,omitempty"`
+	BlobsReceived int                 `json:"blobsReceived"`
+	BlobsPresent  int                 `json:"blobsPresent"`
+	BytesReceived int64               `json:"bytesReceived"`
+	BytesPresent  int64               `json:"bytesPresent"`
+	Partial       bool                `json:"partial,omitempty"`
+	Expired       []string            `json:"expired,omitempty"`
 }
 
 type image struct {
@@ -437,7 +446,13 @@ func (im *Importer) importLocked(ctx context.Context, r io.Reader, o ImportOptio
 		_, err := im.store.Stat(ctx, d)
 		return err == nil
 	}
-	sum, err := archive.Read(ctx, r, h, archive.Limits{Have: have})
+	var rh archive.Handler = h
+	var sigs *sigverify.Collector
+	if im.o.Verify != nil {
+		sigs = sigverify.NewCollector(h)
+		rh = sigs
+	}
+	sum, err := archive.Read(ctx, r, rh, archive.Limits{Have: have})
 	// blobs staged before an error are verified: they are published too
 	if cerr := h.commits.wait(); err == nil {
 		err = cerr
@@ -511,6 +526,22 @@ func (im *Importer) importLocked(ctx context.Context, r io.Reader, o ImportOptio
 			h.res.Artifacts = map[string]string{}
 		}
 		h.res.Artifacts[img.ref] = string(img.desc.Digest)
+	}
+	if sigs != nil {
+		verdicts, err := sigs.Verify(im.o.Verify, time.Now())
+		if err != nil {
+			return nil, false, &Error{Status: http.StatusForbidden, Code: "SIGNATURE_REFUSED", Reason: err.Error() + "; nothing was published"}
+		}
+		h.res.Signatures = verdicts
+		for _, p := range h.pkgs {
+			var mine []kubepkg.Signature
+			for _, v := range verdicts {
+				if _, ok := p.Spec.Images[v.Image]; ok {
+					mine = append(mine, v)
+				}
+			}
+			p.SetStatusSignatures(mine)
+		}
 	}
 	expired, err := im.publish(ctxBG, h, o)
 	if err != nil {
@@ -646,7 +677,11 @@ func (im *Importer) recordPackage(tx *repodb.Tx, p *kubepkg.KubePkg, force bool,
 				kept = append(kept, v)
 			}
 		}
-		np.History = append(kept, repodb.PackageVersion{Version: p.Spec.Version, Images: p.Spec.Images, Platforms: np.Platforms, ImportedAt: now, Forced: pr.Forced})
+		pv := repodb.PackageVersion{Version: p.Spec.Version, Images: p.Spec.Images, Platforms: np.Platforms, ImportedAt: now, Forced: pr.Forced}
+		if sigs, _ := p.StatusSignatures(); sigs != nil {
+			pv.Signatures, _ = json.Marshal(sigs)
+		}
+		np.History = append(kept, pv)
 		// keep the newest versions (by import order)
 		live := 0
 		for i := len(np.History) - 1; i >= 0; i-- {

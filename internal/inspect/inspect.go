@@ -24,6 +24,9 @@ import (
 type Report struct {
 	Packages []Package `json:"packages"`
 	Images   []Image   `json:"images"`
+	// Artifacts are the signatures, attestations and SBOMs carried with
+	// the images (archive.AnnotationSubject).
+	Artifacts []Artifact `json:"artifacts,omitempty"`
 	Blobs    int       `json:"blobs"`
 	Bytes    int64     `json:"bytes"`
 	Partial  bool      `json:"partial,omitempty"`
@@ -46,6 +49,16 @@ type Image struct {
 	Digest    string   `json:"digest"`
 	MediaType string   `json:"mediaType"`
 	Platforms []string `json:"platforms"`
+}
+
+// Artifact is one artifact carried with an image.
+type Artifact struct {
+	Ref          string `json:"ref"`
+	Digest       string `json:"digest"`
+	Subject      string `json:"subject"`
+	ArtifactType string `json:"artifactType"`
+	// Kind is signature, attestation, sbom, or the type.
+	Kind string `json:"kind"`
 }
 
 type collector struct {
@@ -119,10 +132,16 @@ func Read(ctx context.Context, r io.Reader, verify bool) (*Report, error) {
 		}
 	}
 	seen := map[string]bool{}
+	subjects := Subjects{}
+	var artifacts []ocispec.Descriptor
 	for _, m := range sum.Index.Manifests {
 		ref := m.Annotations[archive.AnnotationImageName]
 		if ref == "" {
 			ref = m.Annotations[archive.AnnotationRefName]
+		}
+		if _, ok := archive.ArtifactOf(m); ok {
+			artifacts = append(artifacts, m)
+			continue
 		}
 		seen[ref] = true
 		if verify {
@@ -142,6 +161,9 @@ func Read(ctx context.Context, r io.Reader, verify bool) (*Report, error) {
 			im.Platforms = []string{oci.FormatPlatform(c.platforms[cl.Config])}
 		}
 		rep.Images = append(rep.Images, im)
+		if r, err := oci.ParseReference(ref); err == nil {
+			subjects.Add(r.Repository, cl)
+		}
 		if verify {
 			if rep.Partial {
 				rep.Absent = append(rep.Absent, cl.Missing...)
@@ -151,6 +173,35 @@ func Read(ctx context.Context, r io.Reader, verify bool) (*Report, error) {
 				}
 			}
 			rep.Problems = append(rep.Problems, prefix("image "+ref+": ", cl.Problems)...)
+		}
+	}
+	for _, m := range artifacts {
+		ref := m.Annotations[archive.AnnotationRefName]
+		subject, _ := archive.ArtifactOf(m)
+		tag := ""
+		var pm *oci.Manifest
+		if r, err := oci.ParseReference(ref); err == nil {
+			tag = r.Tag
+			if verify {
+				if err := subjects.Check(ref, r.Repository, subject); err != nil {
+					rep.Problems = append(rep.Problems, err.Error())
+				}
+			}
+		}
+		if b, ok := c.manifests[m.Digest]; ok {
+			pm, _ = oci.ParseManifest(m.MediaType, b)
+		}
+		at := oci.ArtifactType(tag, pm)
+		rep.Artifacts = append(rep.Artifacts, Artifact{Ref: ref, Digest: string(m.Digest), Subject: string(subject), ArtifactType: at, Kind: oci.ArtifactKind(at)})
+		if verify {
+			cl := Closure(ctx, m, nil, func(d digest.Digest) ([]byte, bool) { b, ok := c.manifests[d]; return b, ok },
+				func(d digest.Digest) bool { return c.present[d] })
+			for _, d := range cl.Missing {
+				if !rep.Partial {
+					rep.Problems = append(rep.Problems, fmt.Sprintf("artifact %s: blob %s is missing", ref, d))
+				}
+			}
+			rep.Problems = append(rep.Problems, prefix("artifact "+ref+": ", cl.Problems)...)
 		}
 	}
 	if verify {

@@ -60,6 +60,7 @@ import (
 	"github.com/octohelm/crpe/internal/archive"
 	"github.com/octohelm/crpe/internal/kubepkg"
 	"github.com/octohelm/crpe/internal/oci"
+	"github.com/octohelm/crpe/internal/sigverify"
 )
 
 // Defaults of Options.
@@ -91,6 +92,10 @@ type Options struct {
 	// ChunkSize is the size of each PATCH of a blob larger than it (default
 	// 8 MiB); smaller blobs go in one PUT.
 	ChunkSize int64
+	// Verify, when set, checks the cosign signatures carried with every
+	// image against it once the archive is read, before any manifest is
+	// put (sigverify): a refused image fails the push with nothing tagged.
+	Verify *sigverify.Policy
 	// MaxPatch bounds the bytes of one PATCH of a blob PushAt reads from
 	// the archive file (nothing is held for those: a broken PATCH resumes
 	// by reading the file again); 0: the whole blob in one PATCH, as crane
@@ -142,6 +147,8 @@ type ImageResult struct {
 type Result struct {
 	Registry string        `json:"registry"`
 	Images   []ImageResult `json:"images"`
+	// Signatures are the verdicts of the signature check (Options.Verify).
+	Signatures []kubepkg.Signature `json:"signatures,omitempty"`
 	// Artifacts are the signatures, attestations and SBOMs carried with the
 	// images (archive.AnnotationSubject), pushed beside them.
 	Artifacts         []ImageResult `json:"artifacts,omitempty"`
@@ -245,7 +252,13 @@ func push(ctx context.Context, o Options, read func(context.Context, archive.Han
 		}
 		return false
 	}
-	sum, err := read(pctx, p, archive.Limits{Have: have})
+	var h archive.Handler = p
+	var sigs *sigverify.Collector
+	if o.Verify != nil {
+		sigs = sigverify.NewCollector(p)
+		h = sigs
+	}
+	sum, err := read(pctx, h, archive.Limits{Have: have})
 	if err != nil {
 		p.cancel(err) // uploads still running stop
 	}
@@ -262,6 +275,13 @@ func push(ctx context.Context, o Options, read func(context.Context, archive.Han
 		return nil, fmt.Errorf("%s: missing", archive.PackageEntry)
 	}
 	p.res.ArchiveBlobs, p.res.ArchiveBlobsBytes = len(sum.Blobs), sum.Bytes
+	if sigs != nil {
+		verdicts, err := sigs.Verify(o.Verify, time.Now())
+		if err != nil {
+			return nil, fmt.Errorf("%w; nothing was tagged", err)
+		}
+		p.res.Signatures = verdicts
+	}
 	if err := p.complete(ctx, sum); err != nil {
 		return nil, err
 	}

@@ -429,6 +429,9 @@ type PackageVersion struct {
 	// Expired marks a version past --keep-versions: its images may be
 	// garbage-collected.
 	Expired bool `json:"expired,omitempty"`
+	// Signatures are the verdicts of the import's signature check, as the
+	// importer wrote them (kubepkg.Signature JSON).
+	Signatures json.RawMessage `json:"signatures,omitempty"`
 }
 
 // Package is an imported package: its current version and its history

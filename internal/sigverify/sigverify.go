@@ -40,6 +40,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/octohelm/crpe/internal/archive"
+	"github.com/octohelm/crpe/internal/kubepkg"
 	"github.com/octohelm/crpe/internal/oci"
 )
 
@@ -179,22 +180,9 @@ func (p *Policy) rule(repo string) *Rule {
 	return nil
 }
 
-// Verdict is what Verify found of one image.
-type Verdict struct {
-	Image  string `json:"image"`
-	Digest string `json:"digest"`
-	// Verified: a signature by Key verified over a payload naming Digest.
-	Verified bool `json:"verified"`
-	// Key is the fingerprint of the key that verified it, KeyName its file.
-	Key     string `json:"key,omitempty"`
-	KeyName string `json:"keyName,omitempty"`
-	// Signature is the digest of the signature's manifest.
-	Signature string `json:"signature,omitempty"`
-	// Reason says why an image was let through unverified (no rule, or an
-	// optional rule and no signature).
-	Reason string    `json:"reason,omitempty"`
-	Time   time.Time `json:"time"`
-}
+// Verdict is what Verify found of one image, as the package records it
+// (status.signatures).
+type Verdict = kubepkg.Signature
 
 // Error is an image refused: Image names it, Reason says why.
 type Error struct {

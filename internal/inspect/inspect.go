@@ -27,9 +27,9 @@ type Report struct {
 	// Artifacts are the signatures, attestations and SBOMs carried with
 	// the images (archive.AnnotationSubject).
 	Artifacts []Artifact `json:"artifacts,omitempty"`
-	Blobs    int       `json:"blobs"`
-	Bytes    int64     `json:"bytes"`
-	Partial  bool      `json:"partial,omitempty"`
+	Blobs     int        `json:"blobs"`
+	Bytes     int64      `json:"bytes"`
+	Partial   bool       `json:"partial,omitempty"`
 	// Absent lists blobs a partial archive leaves out on purpose.
 	Absent   []string `json:"absent,omitempty"`
 	Problems []string `json:"problems,omitempty"`

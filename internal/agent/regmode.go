@@ -23,6 +23,7 @@ import (
 	"github.com/octohelm/crpe/internal/kubepkg"
 	"github.com/octohelm/crpe/internal/oci"
 	"github.com/octohelm/crpe/internal/registrypush"
+	"github.com/octohelm/crpe/internal/sigverify"
 )
 
 // AnnotationImportedAt is when the agent in registry mode wrote a KubePkg
@@ -226,6 +227,13 @@ func (m *regMode) importArchive(ctx context.Context, body io.Reader, force bool)
 	for _, im := range pushed.Images {
 		res.Images[im.Ref] = im.Digest
 	}
+	for _, a := range pushed.Artifacts {
+		if res.Artifacts == nil {
+			res.Artifacts = map[string]string{}
+		}
+		res.Artifacts[a.Ref] = a.Digest
+	}
+	res.Signatures = pushed.Signatures
 	now := time.Now().UTC().Format(time.RFC3339)
 	for _, p := range pkgs {
 		prev := previous[p]
@@ -237,6 +245,16 @@ func (m *regMode) importArchive(ctx context.Context, body io.Reader, force bool)
 			}
 		}
 		placed.Metadata.Annotations[AnnotationImportedAt] = now
+		if pushed.Signatures != nil {
+			placed.Status = cloneStatus(p.Status)
+			var mine []kubepkg.Signature
+			for _, v := range pushed.Signatures {
+				if _, ok := p.Spec.Images[v.Image]; ok {
+					mine = append(mine, v)
+				}
+			}
+			placed.SetStatusSignatures(mine)
+		}
 		b, err := kubepkg.Marshal([]*kubepkg.KubePkg{&placed})
 		if err != nil {
 			return nil, err
@@ -267,6 +285,10 @@ func registryError(err error) error {
 	var ie *importer.Error
 	if errors.As(err, &ie) {
 		return ie
+	}
+	var se *sigverify.Error
+	if errors.As(err, &se) {
+		return &importer.Error{Status: http.StatusForbidden, Code: "SIGNATURE_REFUSED", Reason: err.Error()}
 	}
 	var re *registrypush.RefusedError
 	if errors.As(err, &re) {
@@ -380,4 +402,16 @@ func (m *regMode) noV2(w http.ResponseWriter, r *http.Request) {
 	httpx.WriteError(w, r, http.StatusNotFound, "UNSUPPORTED",
 		fmt.Sprintf("this crpe agent runs in registry mode: images are in %s, and the nodes pull from it (crpe mirror-config --registry %s)",
 			m.push.Target, m.push.Target), nil)
+}
+
+// cloneStatus copies a status map (one level: its values are replaced, not
+// changed in place).
+func cloneStatus(s *kubepkg.Status) *kubepkg.Status {
+	out := kubepkg.Status{}
+	if s != nil {
+		for k, v := range *s {
+			out[k] = v
+		}
+	}
+	return &out
 }

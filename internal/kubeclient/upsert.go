@@ -2,9 +2,11 @@ package kubeclient
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/octohelm/crpe/internal/kubepkg"
@@ -47,7 +49,7 @@ func Upsert(ctx context.Context, c client.Client, pkg *kubepkg.KubePkg, ns strin
 		if err := c.Create(ctx, want); err != nil {
 			return "", err
 		}
-		return "created", nil
+		return "created", patchSignatures(ctx, c, want, pkg)
 	case err != nil:
 		return "", err
 	}
@@ -81,7 +83,25 @@ func Upsert(ctx context.Context, c client.Client, pkg *kubepkg.KubePkg, ns strin
 	if err := c.Patch(ctx, cur, patch); err != nil {
 		return "", err
 	}
-	return "updated", nil
+	return "updated", patchSignatures(ctx, c, cur, pkg)
+}
+
+// patchSignatures records the import's signature verdicts (the package's
+// status.signatures) in the object's status, a merge patch of that field
+// alone: the operator's fields are left as they are.
+func patchSignatures(ctx context.Context, c client.Client, obj *unstructured.Unstructured, pkg *kubepkg.KubePkg) error {
+	sigs, err := pkg.StatusSignatures()
+	if err != nil || sigs == nil {
+		return err
+	}
+	b, err := json.Marshal(map[string]any{"status": map[string]any{"signatures": sigs}})
+	if err != nil {
+		return err
+	}
+	if err := c.Status().Patch(ctx, obj, client.RawPatch(types.MergePatchType, b)); err != nil {
+		return fmt.Errorf("recording the signature verdicts in its status: %w", err)
+	}
+	return nil
 }
 
 func setAnnotation(u *unstructured.Unstructured, k, v string) {

@@ -144,11 +144,13 @@ func InstallManifests(o InstallOptions) ([]byte, error) {
 		nil, // the CRD
 		{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": map[string]any{"name": "crpe-agent", "namespace": ns, "labels": labels("agent")}},
 		{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": map[string]any{"name": "crpe-operator", "namespace": ns, "labels": labels("operator")}},
-		// the agent only creates and updates KubePkg objects
+		// the agent only creates and updates KubePkg objects (and records
+		// its signature verdicts in their status)
 		{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": map[string]any{"name": "crpe-agent", "labels": labels("agent")},
 			"rules": []any{
 				map[string]any{"apiGroups": []any{"octohelm.tech"}, "resources": []any{"kubepkgs"}, "verbs": []any{"get", "list", "watch", "create", "update", "patch"}},
-				map[string]any{"apiGroups": []any{"octohelm.tech"}, "resources": []any{"kubepkgs/status"}, "verbs": []any{"get"}},
+				// the import's signature verdicts (status.signatures)
+				map[string]any{"apiGroups": []any{"octohelm.tech"}, "resources": []any{"kubepkgs/status"}, "verbs": []any{"get", "patch"}},
 			}},
 		{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": map[string]any{"name": "crpe-agent", "labels": labels("agent")},
 			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "crpe-agent"},

@@ -43,6 +43,15 @@ import (
 const (
 	// PackageEntry is the first entry: the package JSON.
 	PackageEntry = "kubepkg.json"
+	// PackageSignatureEntry, right after kubepkg.json when the package is
+	// signed (crpe export --sign-key), is the base64 signature of
+	// kubepkg.json's bytes, as cosign sign-blob writes it: cosign
+	// verify-blob --key K --signature kubepkg.json.sig kubepkg.json checks
+	// it. kubepkg.json pins every image's digest, and every blob is checked
+	// against its digest: the signature covers the whole archive.
+	PackageSignatureEntry = "kubepkg.json.sig"
+	// MaxPackageSignature bounds it.
+	MaxPackageSignature = 16 << 10
 	// LayoutEntry is the OCI Image Layout marker.
 	LayoutEntry = "oci-layout"
 	// IndexEntry is the OCI image index listing the images of the package.

@@ -92,8 +92,12 @@ type ManifestBlob struct {
 
 // Summary is what Read took from a valid archive.
 type Summary struct {
-	// Package is kubepkg.json's content.
-	Package []byte
+	// Package is kubepkg.json's content (as a seed layout's status.digests
+	// completes it); PackageRaw its bytes as they are in the archive.
+	Package    []byte
+	PackageRaw []byte
+	// PackageSignature is kubepkg.json.sig's content, if any.
+	PackageSignature []byte
 	// Index is the parsed index.json.
 	Index ocispec.Index
 	// Blobs are the blobs given to the handler, in the order they were.
@@ -424,6 +428,10 @@ func (rd *reader) entryHeader(hdr *tar.Header) error {
 	var d digest.Digest
 	switch name {
 	case PackageEntry, LayoutEntry, IndexEntry:
+	case PackageSignatureEntry:
+		if rd.sum.Package == nil || rd.sawLayout || rd.sawIndex || rd.sawBlob || rd.sum.PackageSignature != nil {
+			return entryErr(raw, nil, "unexpected entry: %s is only allowed once, right after %s", PackageSignatureEntry, PackageEntry)
+		}
 	case DockerManifestEntry:
 		if !rd.seed {
 			return entryErr(raw, nil, "unexpected entry: %s is only allowed after the blobs of an archive typed by status.digests", DockerManifestEntry)
@@ -446,6 +454,13 @@ func (rd *reader) entryHeader(hdr *tar.Header) error {
 	switch name {
 	case PackageEntry:
 		return rd.readPackage(raw, hdr.Size)
+	case PackageSignatureEntry:
+		b, err := rd.readSmall(raw, hdr.Size, MaxPackageSignature)
+		if err != nil {
+			return err
+		}
+		rd.sum.PackageSignature = b
+		return nil
 	case LayoutEntry:
 		return rd.readLayout(raw, hdr.Size)
 	case IndexEntry:
@@ -476,6 +491,7 @@ func (rd *reader) readPackage(entry string, size int64) error {
 	if err != nil {
 		return err
 	}
+	rd.sum.PackageRaw = data
 	if data, err = rd.readStatus(entry, data); err != nil {
 		return err
 	}

@@ -48,6 +48,10 @@ type Options struct {
 	// SOURCE_DATE_EPOCH or the Unix epoch. The zero time means the Unix
 	// epoch. It is rounded to the second.
 	ModTime time.Time
+	// PackageSignature, when set, is written as kubepkg.json.sig right
+	// after kubepkg.json: the base64 signature of pkgJSON's bytes
+	// (PackageSignatureEntry).
+	PackageSignature []byte
 	// Progress, if set, is called as blob d streams with the number of its
 	// bytes written so far.
 	Progress func(d digest.Digest, n int64)
@@ -121,6 +125,11 @@ func Write(ctx context.Context, w io.Writer, pkgJSON []byte, images []Image, blo
 	}
 	if err := small(PackageEntry, pkgJSON); err != nil {
 		return err
+	}
+	if o.PackageSignature != nil {
+		if err := small(PackageSignatureEntry, o.PackageSignature); err != nil {
+			return err
+		}
 	}
 	if err := small(LayoutEntry, []byte(layoutJSON)); err != nil {
 		return err

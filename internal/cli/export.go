@@ -12,9 +12,11 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/sigstore/sigstore/pkg/signature"
 	"github.com/spf13/cobra"
 
 	"github.com/octohelm/crpe/internal/atomicfile"
+	"github.com/octohelm/crpe/internal/cosignkey"
 	"github.com/octohelm/crpe/internal/export"
 	"github.com/octohelm/crpe/internal/kubepkg"
 	"github.com/octohelm/crpe/internal/oci"
@@ -26,7 +28,7 @@ import (
 func newExportCmd(g *globals) *cobra.Command {
 	var (
 		src, out, data, platforms, sourceToken, since, split string
-		artifacts                                            string
+		artifacts, signKey                                   string
 		asJSON, fsync                                        bool
 		parallel                                             int
 		up                                                   upstreamFlags
@@ -83,6 +85,12 @@ part or all the parts.`,
 				}
 			}
 			opts, err := exportOptions(platforms, since, artifacts, parallel)
+			if err == nil && signKey != "" {
+				var sv signature.SignerVerifier
+				if sv, err = cosignkey.Load(signKey, []byte(os.Getenv("COSIGN_PASSWORD"))); err == nil {
+					opts.SignPackage = func(b []byte) ([]byte, error) { return cosignkey.SignBlob(sv, b) }
+				}
+			}
 			if err != nil {
 				return err
 			}
@@ -104,6 +112,9 @@ part or all the parts.`,
 			}
 			if st != nil {
 				defer st.Close()
+			}
+			if pocket != nil && opts.SignPackage != nil {
+				return errors.New("--sign-key: a running crpe serve holds --data and streams the archive; signing happens where the archive is written, so stop the pocket (or give another --data) to export a signed package")
 			}
 
 			// the archive goes to a temp file renamed at the end, or to temp
@@ -175,6 +186,7 @@ part or all the parts.`,
 	f.StringVar(&sourceToken, "source-token", "", "bearer token for a deployments center URL")
 	f.IntVar(&parallel, "parallel", 4, "blobs fetched at once")
 	f.StringVar(&artifacts, "artifacts", "all", "what is carried with each image: all (its signatures, attestations and SBOMs: OCI referrers and cosign's sha256-<hex>.sig/.att/.sbom tags), none, or kinds and types: signature,sbom,application/spdx+json")
+	f.StringVar(&signKey, "sign-key", "", "sign the package with this cosign private key (its password in COSIGN_PASSWORD): kubepkg.json.sig, checked by crpe inspect --verify --key or cosign verify-blob")
 	f.StringVar(&since, "since", "", "an agent inventory (crpe agent inventory): leave out the layers it holds")
 	f.BoolVar(&asJSON, "json", false, "print a machine-readable summary")
 	up.register(cmd)

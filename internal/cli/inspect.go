@@ -10,10 +10,12 @@ import (
 
 	"github.com/octohelm/crpe/internal/inspect"
 	"github.com/octohelm/crpe/internal/parts"
+	"github.com/octohelm/crpe/internal/sigverify"
 )
 
 func newInspectCmd(g *globals) *cobra.Command {
 	var verify, asJSON bool
+	var keyFiles []string
 	cmd := &cobra.Command{
 		Use:   "inspect FILE | PARTS...",
 		Short: "Show what a kubepkg.tgz holds, and verify it",
@@ -31,7 +33,8 @@ its digest at its end, each naming the part.`,
 		Example: `  crpe inspect demo-0.0.1.kubepkg.tgz
   crpe inspect demo-0.0.1.kubepkg.tgz --verify --json
   curl -s https://pocket/api/v1/kubepkgs/demo/kubepkg.tgz | crpe inspect - --verify
-  crpe inspect /media/usb/demo-0.0.1.kubepkg.tgz.parts --verify`,
+  crpe inspect /media/usb/demo-0.0.1.kubepkg.tgz.parts --verify
+  crpe inspect demo-0.0.1.kubepkg.tgz --verify --key site.pub`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var in io.Reader = cmd.InOrStdin()
@@ -48,7 +51,15 @@ its digest at its end, each naming the part.`,
 				defer src.Close()
 				in, name = src, set.Name
 			}
-			rep, err := inspect.Read(cmd.Context(), in, verify)
+			o := inspect.Options{Verify: verify}
+			for _, f := range keyFiles {
+				k, err := sigverify.LoadKey(f)
+				if err != nil {
+					return err
+				}
+				o.Keys = append(o.Keys, k)
+			}
+			rep, err := inspect.Read(cmd.Context(), in, o)
 			if err != nil {
 				return fmt.Errorf("%s: %w", name, explainPart(src, err))
 			}
@@ -70,6 +81,16 @@ its digest at its end, each naming the part.`,
 				for _, im := range rep.Images {
 					fmt.Fprintf(out, "image\t%s\t%s\t%s\n", im.Ref, im.Digest, strings.Join(im.Platforms, ","))
 				}
+				if ps := rep.PackageSignature; ps != nil && ps.Verified {
+					fmt.Fprintf(out, "signed\tpackage\t%s\t%s\n", ps.Key, ps.KeyName)
+				}
+				for _, v := range rep.Signatures {
+					if v.Verified {
+						fmt.Fprintf(out, "signed\t%s\t%s\t%s\n", v.Image, v.Key, v.KeyName)
+					} else {
+						fmt.Fprintf(out, "unsigned\t%s\t%s\n", v.Image, v.Reason)
+					}
+				}
 				for _, a := range rep.Artifacts {
 					fmt.Fprintf(out, "%s\t%s\t%s\tof %s\n", a.Kind, a.Ref, a.Digest, a.Subject)
 				}
@@ -88,6 +109,7 @@ its digest at its end, each naming the part.`,
 		},
 	}
 	cmd.Flags().BoolVar(&verify, "verify", false, "check every image's closure for its platforms")
+	cmd.Flags().StringArrayVar(&keyFiles, "key", nil, "a cosign public key: check the package's signature (kubepkg.json.sig) and the images' (repeatable: any one of them)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
 	return cmd
 }

@@ -64,7 +64,7 @@ CRPE_LOG_LEVEL=debug or CRPE_TOKEN_FILE=/etc/crpe/token.`,
 	}
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "", "log format: text or json (default: text on a terminal, json otherwise)")
-	root.AddCommand(newAgentCmd(g), newServeCmd(g), newExportCmd(g), newInspectCmd(g), newImportCmd(g), newMirrorConfigCmd(), newOperatorCmd(g), newApplyCmd(g), newInstallCmd(), newFsckCmd(g), newVersionCmd(), newPackageCmd(g), newManifestsCmd(g))
+	root.AddCommand(newAgentCmd(g), newServeCmd(g), newExportCmd(g), newInspectCmd(g), newImportCmd(g), newMirrorConfigCmd(), newOperatorCmd(g), newApplyCmd(g), newInstallCmd(), newFsckCmd(g), newVersionCmd(), newPackageCmd(g), newManifestsCmd(g), newKeygenCmd())
 	return root
 }
 

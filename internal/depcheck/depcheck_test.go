@@ -41,7 +41,9 @@ var allowed = map[string][]string{
 	"upstream": {"cas", "oci"},
 	"archive":  {"cas", "kubepkg", "oci"},
 	// what builds on them: none of these imports registry (the HTTP server)
-	"inspect": {"archive", "kubepkg", "oci"},
+	"inspect": {"archive", "kubepkg", "oci", "sigverify"},
+	// cosign's key pair format (crpe keygen, export --sign-key)
+	"cosignkey": {},
 	// the signatures carried with an archive's images, checked offline
 	"sigverify":   {"archive", "kubepkg", "oci"},
 	"pullthrough": {"cas", "httpx", "oci", "registry", "repodb", "upstream"},

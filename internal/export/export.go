@@ -59,6 +59,10 @@ type Options struct {
 	// Artifacts choose the signatures, attestations and SBOMs carried with
 	// each image (the zero value: all of them).
 	Artifacts Artifacts
+	// SignPackage, when set, signs kubepkg.json's bytes (a base64
+	// signature, as cosign sign-blob makes it): the archive then carries
+	// kubepkg.json.sig (archive.PackageSignatureEntry).
+	SignPackage func(pkgJSON []byte) ([]byte, error)
 	// Summary, if set, is called with the summary Export returns as soon as
 	// the archive's content is known: before its first byte is written
 	// (a server sends it ahead of the archive).
@@ -534,6 +538,13 @@ func write(ctx context.Context, w io.Writer, cache *pullthrough.Cache, store cas
 			mu.Unlock()
 			o.Progress.Written(delta)
 		}
+	}
+	if o.SignPackage != nil {
+		sig, err := o.SignPackage(pkgJSON)
+		if err != nil {
+			return fmt.Errorf("signing the package: %w", err)
+		}
+		aopts.PackageSignature = sig
 	}
 	return archive.Write(ctx, w, pkgJSON, archImages, blobs, open, aopts)
 }

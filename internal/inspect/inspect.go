@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strings"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -18,6 +20,7 @@ import (
 	"github.com/octohelm/crpe/internal/archive"
 	"github.com/octohelm/crpe/internal/kubepkg"
 	"github.com/octohelm/crpe/internal/oci"
+	"github.com/octohelm/crpe/internal/sigverify"
 )
 
 // Report is what inspect found.
@@ -30,6 +33,10 @@ type Report struct {
 	Blobs     int        `json:"blobs"`
 	Bytes     int64      `json:"bytes"`
 	Partial   bool       `json:"partial,omitempty"`
+	// Package signature (kubepkg.json.sig) and the images' signatures, as
+	// checked with the keys given (Options.Keys).
+	PackageSignature *PackageSignature   `json:"packageSignature,omitempty"`
+	Signatures       []kubepkg.Signature `json:"signatures,omitempty"`
 	// Absent lists blobs a partial archive leaves out on purpose.
 	Absent   []string `json:"absent,omitempty"`
 	Problems []string `json:"problems,omitempty"`
@@ -49,6 +56,26 @@ type Image struct {
 	Digest    string   `json:"digest"`
 	MediaType string   `json:"mediaType"`
 	Platforms []string `json:"platforms"`
+}
+
+// PackageSignature is what inspect found of kubepkg.json.sig.
+type PackageSignature struct {
+	Signed   bool   `json:"signed"`
+	Verified bool   `json:"verified"`
+	Key      string `json:"key,omitempty"`
+	KeyName  string `json:"keyName,omitempty"`
+}
+
+// Options tune Read.
+type Options struct {
+	// Verify checks every image's closure and spec.images against
+	// index.json.
+	Verify bool
+	// Keys, when set, check the package's signature (kubepkg.json.sig: a
+	// problem when it is missing or verifies with none of them) and report
+	// the images' cosign signatures (Report.Signatures: what an agent's
+	// policy makes of them is its own business).
+	Keys []*sigverify.Key
 }
 
 // Artifact is one artifact carried with an image.
@@ -100,15 +127,48 @@ func (c *collector) Blob(ctx context.Context, desc ocispec.Descriptor, kind oci.
 
 // Read inspects the archive in r (verifying every blob's digest as it
 // streams) and, with verify, checks every image's closure.
-func Read(ctx context.Context, r io.Reader, verify bool) (*Report, error) {
+func Read(ctx context.Context, r io.Reader, o Options) (*Report, error) {
+	verify := o.Verify
 	c := &collector{manifests: map[digest.Digest][]byte{}, present: map[digest.Digest]bool{}, platforms: map[digest.Digest]ocispec.Platform{}}
+	var h archive.Handler = c
+	var sigs *sigverify.Collector
+	if len(o.Keys) > 0 {
+		sigs = sigverify.NewCollector(c)
+		h = sigs
+	}
 	// a partial archive leaves out blobs the receiver holds: the reader lets
 	// them be absent, the closure check below lists them
-	sum, err := archive.Read(ctx, r, c, archive.Limits{Have: func(digest.Digest) bool { return c.partial }})
+	sum, err := archive.Read(ctx, r, h, archive.Limits{Have: func(digest.Digest) bool { return c.partial }})
 	if err != nil {
 		return nil, err
 	}
 	rep := &Report{Blobs: len(sum.Blobs), Bytes: sum.Bytes, Partial: c.partial}
+	if sigs != nil {
+		ps := &PackageSignature{Signed: sum.PackageSignature != nil}
+		var why []string
+		for _, k := range o.Keys {
+			if !ps.Signed {
+				break
+			}
+			err := k.VerifyBlob(sum.PackageSignature, sum.PackageRaw)
+			if err == nil {
+				ps.Verified, ps.Key, ps.KeyName = true, k.Fingerprint, k.Name
+				break
+			}
+			why = append(why, err.Error())
+		}
+		rep.PackageSignature = ps
+		switch {
+		case !ps.Signed:
+			rep.Problems = append(rep.Problems, "the package is not signed (no "+archive.PackageSignatureEntry+")")
+		case !ps.Verified:
+			rep.Problems = append(rep.Problems, "the package's signature ("+archive.PackageSignatureEntry+") "+strings.Join(why, "; "))
+		}
+		// the images' signatures, reported (an agent's policy decides)
+		p := sigverify.KeysPolicy(o.Keys)
+		p.Rules[0].Required = false
+		rep.Signatures = sigs.Check(p, time.Now())
+	}
 	var plats []ocispec.Platform
 	refs := map[string]bool{}
 	for _, p := range c.pkgs {

@@ -291,9 +291,24 @@ type simpleSigning struct {
 // matches needs a cosign signature, carried with it, by one of the rule's
 // keys, over a payload naming the image's digest (the one spec.images
 // pins). It returns a Verdict per image, in index.json's order, or an
-// *Error naming the first image refused (unsigned where required, or any
-// signature carried with it that does not verify).
+// *Error naming the first image refused (unsigned where required, or
+// carrying signatures of which none verifies).
 func (c *Collector) Verify(p *Policy, now time.Time) ([]Verdict, error) {
+	vs, refused := c.judge(p, now)
+	if len(refused) > 0 {
+		return nil, refused[0]
+	}
+	return vs, nil
+}
+
+// Check is Verify for a report: every image's verdict, a refused one
+// unverified with the reason.
+func (c *Collector) Check(p *Policy, now time.Time) []Verdict {
+	vs, _ := c.judge(p, now)
+	return vs
+}
+
+func (c *Collector) judge(p *Policy, now time.Time) ([]Verdict, []*Error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	// the signatures carried with each subject
@@ -315,6 +330,12 @@ func (c *Collector) Verify(p *Policy, now time.Time) ([]Verdict, error) {
 		}
 	}
 	var out []Verdict
+	var refused []*Error
+	refuse := func(v Verdict, reason string) {
+		v.Reason = reason
+		out = append(out, v)
+		refused = append(refused, &Error{Image: v.Image, Reason: reason})
+	}
 	for _, m := range c.index.Manifests {
 		if _, ok := archive.ArtifactOf(m); ok {
 			continue
@@ -323,11 +344,12 @@ func (c *Collector) Verify(p *Policy, now time.Time) ([]Verdict, error) {
 		if ref == "" {
 			ref = m.Annotations[archive.AnnotationImageName]
 		}
+		v := Verdict{Image: ref, Digest: string(m.Digest), Time: now.UTC()}
 		r, err := oci.ParseReference(ref)
 		if err != nil {
-			return nil, &Error{Image: ref, Reason: err.Error()}
+			refuse(v, err.Error())
+			continue
 		}
-		v := Verdict{Image: ref, Digest: string(m.Digest), Time: now.UTC()}
 		rule := p.rule(r.Repository)
 		if rule == nil {
 			v.Reason = "no rule of the policy matches its repository"
@@ -337,9 +359,10 @@ func (c *Collector) Verify(p *Policy, now time.Time) ([]Verdict, error) {
 		carried := sigs[m.Digest]
 		if len(carried) == 0 {
 			if rule.Required {
-				return nil, &Error{Image: ref, Reason: fmt.Sprintf("not signed: the archive carries no cosign signature of %s, and the policy requires one (rule %q)", m.Digest, rule.Match)}
+				refuse(v, fmt.Sprintf("not signed: the archive carries no cosign signature of %s, and the policy requires one (rule %q)", m.Digest, rule.Match))
+				continue
 			}
-			v.Reason = "not signed (the policy's rule " + fmt.Sprintf("%q", rule.Match) + " does not require it)"
+			v.Reason = fmt.Sprintf("not signed (the policy's rule %q does not require it)", rule.Match)
 			out = append(out, v)
 			continue
 		}
@@ -358,13 +381,14 @@ func (c *Collector) Verify(p *Policy, now time.Time) ([]Verdict, error) {
 			// signed, but by no trusted key or not over this image: refused,
 			// whether the rule requires a signature or not
 			sort.Strings(failures)
-			return nil, &Error{Image: ref, Reason: "no signature carried with it verifies: " + strings.Join(failures, "; ")}
+			refuse(v, "no signature carried with it verifies: "+strings.Join(failures, "; "))
+			continue
 		}
 		// others may not verify (a vendor's key the site does not trust
 		// beside its own): one verified signature is enough, as for cosign
 		out = append(out, v)
 	}
-	return out, nil
+	return out, refused
 }
 
 // verifySignature checks every signature layer of the signature manifest
@@ -421,4 +445,17 @@ func noKeyReason(keys []*Key) string {
 		names = append(names, k.Name+" ("+k.Fingerprint+")")
 	}
 	return "signed with another key, or its bytes changed: it does not verify with " + strings.Join(names, ", ")
+}
+
+// VerifyBlob checks sigB64 (a base64 signature, as cosign sign-blob writes
+// it) over data.
+func (k *Key) VerifyBlob(sigB64, data []byte) error {
+	sig, err := base64.StdEncoding.DecodeString(string(bytes.TrimSpace(sigB64)))
+	if err != nil {
+		return fmt.Errorf("the signature is not base64: %w", err)
+	}
+	if err := k.v.VerifySignature(bytes.NewReader(sig), bytes.NewReader(data)); err != nil {
+		return fmt.Errorf("it does not verify with %s (%s): %w", k.Name, k.Fingerprint, err)
+	}
+	return nil
 }

@@ -110,7 +110,8 @@ func (w *world) export(t *testing.T, paths []string, extra ...string) (string, e
 
 func crpe(t *testing.T, args ...string) testenv.Result {
 	t.Helper()
-	return testenv.RunCrpe(testenv.WaitCtx(t, 2*time.Minute), t, testenv.CrpeOptions{}, args...)
+	// the keys' password, as cosign and crpe read it
+	return testenv.RunCrpe(testenv.WaitCtx(t, 2*time.Minute), t, testenv.CrpeOptions{Env: []string{"COSIGN_PASSWORD=" + testenv.CosignPassword}}, args...)
 }
 
 // importTo hands file to agent and decodes the answer.
@@ -345,4 +346,62 @@ func TestRefused(t *testing.T) {
 		_, r := importTo(t, agent, file)
 		wantRefused(t, r, "SIGNATURE_REFUSED", "not signed")
 	})
+}
+
+// TestSignedPackageFile: crpe keygen makes a key pair cosign uses, and a key
+// pair cosign made signs a package too; crpe export --sign-key signs
+// kubepkg.json; crpe inspect --verify --key checks it (and the images'
+// signatures), and cosign verify-blob checks kubepkg.json.sig as it is in
+// the archive.
+func TestSignedPackageFile(t *testing.T) {
+	w := newWorld(t)
+	w.push(t, "library/nginx")
+	w.cs.Sign(t, w.ref("library/nginx"), w.siteKey)
+
+	dir := t.TempDir()
+	prefix := filepath.Join(dir, "crpe")
+	r := testenv.RunCrpe(testenv.WaitCtx(t, time.Minute), t, testenv.CrpeOptions{Env: []string{"COSIGN_PASSWORD=" + testenv.CosignPassword}}, "keygen", "--output-key-prefix", prefix)
+	if r.Err != nil {
+		t.Fatalf("%s", r)
+	}
+	for _, c := range []struct{ name, key, pub string }{
+		{"crpe keygen's key", prefix + ".key", prefix + ".pub"},
+		{"cosign's key", w.siteKey, w.sitePub},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			file, _ := w.export(t, []string{"library/nginx"}, "--sign-key", c.key)
+			r := crpe(t, "inspect", file, "--verify", "--key", c.pub, "--json")
+			if r.Err != nil {
+				t.Fatalf("%s", r)
+			}
+			var rep inspect.Report
+			if err := json.Unmarshal([]byte(r.Stdout), &rep); err != nil {
+				t.Fatal(err)
+			}
+			if ps := rep.PackageSignature; ps == nil || !ps.Verified || len(rep.Problems) != 0 {
+				t.Fatalf("inspect --key: %+v", rep)
+			}
+			// another key: a problem, exit 1
+			if r := crpe(t, "inspect", file, "--verify", "--key", w.otherPub); r.Err == nil || !strings.Contains(r.Stdout, "package's signature") {
+				t.Fatalf("inspect with another key: %s", r)
+			}
+			// cosign checks kubepkg.json.sig against kubepkg.json as they are
+			// in the archive
+			x := t.TempDir()
+			if out, err := exec.Command("tar", "-xzf", file, "-C", x, "kubepkg.json", "kubepkg.json.sig").CombinedOutput(); err != nil {
+				t.Fatalf("tar: %v\n%s", err, out)
+			}
+			if err := w.cs.VerifyBlob(c.pub, filepath.Join(x, "kubepkg.json.sig"), filepath.Join(x, "kubepkg.json")); err != nil {
+				t.Fatalf("cosign verify-blob: %v", err)
+			}
+			if err := w.cs.VerifyBlob(w.otherPub, filepath.Join(x, "kubepkg.json.sig"), filepath.Join(x, "kubepkg.json")); err == nil {
+				t.Fatal("cosign verify-blob passed with another key")
+			}
+		})
+	}
+	// an unsigned package: a problem for inspect --key
+	file, _ := w.export(t, []string{"library/nginx"})
+	if r := crpe(t, "inspect", file, "--verify", "--key", w.sitePub); r.Err == nil || !strings.Contains(r.Stdout, "not signed") {
+		t.Fatalf("inspect of an unsigned package with --key: %s", r)
+	}
 }

@@ -286,8 +286,8 @@ func WalkArtifacts(ctx context.Context, repo string, subjects []digest.Digest, s
 			return nil, fmt.Errorf("referrers of %s@%s: %d, more than the %d an export carries", repo, subject, len(list), maxArtifacts)
 		}
 		for _, r := range list {
-			if !oci.MatchArtifactType(r.ArtifactType, sel.Types) && r.ArtifactType != "" {
-				continue // told by the list: not fetched
+			if r.ArtifactType != "" && r.ArtifactType != ocispec.MediaTypeEmptyJSON && !oci.MatchArtifactType(r.ArtifactType, sel.Types) {
+				continue // told by the list: not fetched (the empty type, a config's, tells nothing)
 			}
 			if _, err := oci.ParseDigest(string(r.Digest)); err != nil {
 				return nil, fmt.Errorf("referrers of %s@%s: %w", repo, subject, err)

@@ -104,6 +104,10 @@ func ArtifactType(tag string, m *Manifest) string {
 	if m == nil {
 		return ""
 	}
+	if m.ArtifactType == MediaTypeSigstoreBundle && m.Annotations["dev.sigstore.bundle.content"] == "dsse-envelope" {
+		// a bundle of an attestation (cosign attest --new-bundle-format)
+		return m.ArtifactType + "; content=dsse-envelope"
+	}
 	if m.ArtifactType != "" {
 		return m.ArtifactType
 	}
@@ -117,11 +121,11 @@ func ArtifactType(tag string, m *Manifest) string {
 // sbom, or the type itself.
 func ArtifactKind(artifactType string) string {
 	switch {
+	case artifactType == ArtifactTypeCosignAttestation, strings.Contains(artifactType, "in-toto"), strings.Contains(artifactType, "dsse"):
+		return "attestation"
 	case artifactType == ArtifactTypeCosignSignature, artifactType == MediaTypeSigstoreBundle,
 		strings.Contains(artifactType, "signature"):
 		return "signature"
-	case artifactType == ArtifactTypeCosignAttestation, strings.Contains(artifactType, "in-toto"), strings.Contains(artifactType, "dsse"):
-		return "attestation"
 	case artifactType == ArtifactTypeCosignSBOM, strings.Contains(artifactType, "spdx"), strings.Contains(artifactType, "cyclonedx"),
 		strings.Contains(artifactType, "sbom"):
 		return "sbom"

@@ -405,3 +405,87 @@ func TestSignedPackageFile(t *testing.T) {
 		t.Fatalf("inspect of an unsigned package with --key: %s", r)
 	}
 }
+
+// TestReferrersMode: cosign's OCI 1.1 mode (a signature and an SBOM as
+// referrers, an attestation as a Sigstore bundle; the upstream lists them
+// in the fallback tag, having no referrers API): exported with the image,
+// imported into an agent that verifies the signature, served by the
+// agent's referrers API (artifactType filter included), and checked again
+// by cosign against the agent.
+func TestReferrersMode(t *testing.T) {
+	w := newWorld(t)
+	w.push(t, "library/nginx")
+	ref := w.ref("library/nginx")
+	x := *w.cs
+	x.Env = append(append([]string(nil), w.cs.Env...), "COSIGN_EXPERIMENTAL=1")
+	x.Sign(t, ref, w.siteKey, "--registry-referrers-mode=oci-1-1")
+	x.AttachSBOM(t, ref, w.sbomFile(t), "spdx", "--registry-referrers-mode=oci-1-1")
+	x.Attest(t, ref, w.siteKey, w.predicate, "https://example.invalid/provenance", "--new-bundle-format")
+
+	file, res := w.export(t, []string{"library/nginx"})
+	kinds := map[string]int{}
+	for _, a := range res.Artifacts {
+		kinds[a.Kind]++
+		if !strings.Contains(a.Ref, "@sha256:") {
+			t.Errorf("a referrer named %s, not by its digest", a.Ref)
+		}
+	}
+	if kinds["signature"] != 1 || kinds["sbom"] != 1 || kinds["attestation"] != 1 {
+		t.Fatalf("exported artifacts %+v", res.Artifacts)
+	}
+	// the attestations alone
+	_, only := w.export(t, []string{"library/nginx"}, "--artifacts", "attestation")
+	if len(only.Artifacts) != 1 || only.Artifacts[0].Kind != "attestation" {
+		t.Fatalf("--artifacts attestation carried %+v", only.Artifacts)
+	}
+
+	agent := testenv.StartAgent(t, testenv.AgentOptions{Args: []string{"--verify-key", w.sitePub}})
+	ir, r := importTo(t, agent, file)
+	if r.Err != nil {
+		t.Fatalf("%s", r)
+	}
+	if len(ir.Signatures) != 1 || !ir.Signatures[0].Verified {
+		t.Fatalf("verdicts %+v", ir.Signatures)
+	}
+	d := string(w.images["library/nginx"].Manifest.Desc.Digest)
+	list := func(query string) (ocispec.Index, http.Header) {
+		resp, err := http.Get(agent.URL + "/v2/docker.io/library/nginx/referrers/" + d + query)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var idx ocispec.Index
+		if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&idx) != nil {
+			t.Fatalf("referrers%s: %d", query, resp.StatusCode)
+		}
+		return idx, resp.Header
+	}
+	if idx, _ := list(""); len(idx.Manifests) != 3 {
+		t.Fatalf("the agent lists %d referrers: %+v", len(idx.Manifests), idx.Manifests)
+	}
+	idx, hdr := list("?artifactType=application/vnd.dev.cosign.artifact.sig.v1%2Bjson")
+	if len(idx.Manifests) != 1 || hdr.Get("OCI-Filters-Applied") != "artifactType" {
+		t.Fatalf("filtered referrers: %+v %v", idx.Manifests, hdr)
+	}
+
+	aref := agentRef(agent, w, "library/nginx")
+	tree, err := x.Tree(aref, "--experimental-oci11")
+	if err != nil {
+		t.Fatalf("cosign tree against the agent: %v\n%s", err, tree)
+	}
+	for _, want := range []string{"application/vnd.dev.cosign.artifact.sig.v1+json", "application/vnd.dev.cosign.artifact.sbom.v1+json"} {
+		if !strings.Contains(tree, want) {
+			t.Errorf("cosign tree against the agent lacks %s:\n%s", want, tree)
+		}
+	}
+	// with a bundle attached, cosign verifies bundles (with a trusted root)
+	if out, err := x.Verify(aref, w.sitePub, "--experimental-oci11"); err != nil {
+		t.Errorf("cosign verify --experimental-oci11 against the agent: %v\n%s", err, out)
+	}
+	if out, err := x.VerifyAttestation(aref, w.sitePub, "https://example.invalid/provenance"); err != nil {
+		t.Errorf("cosign verify-attestation against the agent: %v\n%s", err, out)
+	}
+	if out, err := x.Verify(aref, w.otherPub, "--experimental-oci11"); err == nil {
+		t.Errorf("cosign verify with another key passed against the agent:\n%s", out)
+	}
+}

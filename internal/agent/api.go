@@ -241,10 +241,18 @@ func (a *api) listKubePkgs(w http.ResponseWriter, r *http.Request) {
 		ImportedAt string            `json:"importedAt"`
 		Images     map[string]string `json:"images"`
 		Platforms  string            `json:"platforms,omitempty"`
+		// Signatures are the verdicts of the current version's import
+		Signatures json.RawMessage `json:"signatures,omitempty"`
 	}
 	items := []item{}
 	for _, p := range pkgs {
-		items = append(items, item{p.Namespace, p.Name, p.Version, p.ImportedAt.Format("2006-01-02T15:04:05Z07:00"), p.Images, p.Platforms})
+		var sigs json.RawMessage
+		for _, v := range p.History {
+			if v.Version == p.Version {
+				sigs = v.Signatures
+			}
+		}
+		items = append(items, item{p.Namespace, p.Name, p.Version, p.ImportedAt.Format("2006-01-02T15:04:05Z07:00"), p.Images, p.Platforms, sigs})
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"items": items})
 }

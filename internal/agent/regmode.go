@@ -377,8 +377,12 @@ func (m *regMode) inventory(ctx context.Context) (*Inventory, error) {
 // packageItem is an item of GET /api/v1/kubepkgs in registry mode (the
 // same fields as the data folder's records).
 func (r record) item() map[string]any {
-	return map[string]any{"namespace": r.ns, "name": r.pkg.Metadata.Name, "version": r.pkg.Spec.Version,
+	it := map[string]any{"namespace": r.ns, "name": r.pkg.Metadata.Name, "version": r.pkg.Spec.Version,
 		"importedAt": r.at, "images": r.pkg.Spec.Images, "platforms": r.pkg.Metadata.Annotations[kubepkg.AnnotationPlatform]}
+	if sigs, err := r.pkg.StatusSignatures(); err == nil && sigs != nil {
+		it["signatures"] = sigs
+	}
+	return it
 }
 
 // detail is GET /api/v1/kubepkgs/{namespace}/{name} in registry mode: the
@@ -392,7 +396,7 @@ func (r record) detail() (map[string]any, error) {
 	it := r.item()
 	it["object"] = json.RawMessage(b)
 	it["history"] = []map[string]any{{"version": r.pkg.Spec.Version, "images": r.pkg.Spec.Images,
-		"platforms": it["platforms"], "importedAt": r.at}}
+		"platforms": it["platforms"], "importedAt": r.at, "signatures": it["signatures"]}}
 	return it, nil
 }
 

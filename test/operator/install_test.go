@@ -186,7 +186,10 @@ func TestInstallRBAC(t *testing.T) {
 		{agentSA, []string{"patch", "kubepkgs.octohelm.tech", "-n", "default"}, true},
 		{agentSA, []string{"get", "kubepkgs.octohelm.tech", "-n", "default"}, true},
 		{agentSA, []string{"delete", "kubepkgs.octohelm.tech", "-n", "default"}, false},
-		{agentSA, []string{"patch", "kubepkgs.octohelm.tech", "--subresource", "status", "-n", "default"}, false},
+		// the agent records its signature verdicts (status.signatures) with a
+		// merge patch of that field; it never updates the whole status
+		{agentSA, []string{"patch", "kubepkgs.octohelm.tech", "--subresource", "status", "-n", "default"}, true},
+		{agentSA, []string{"update", "kubepkgs.octohelm.tech", "--subresource", "status", "-n", "default"}, false},
 		{agentSA, []string{"get", "secrets", "-n", sys}, false},
 		{agentSA, []string{"create", "configmaps", "-n", "default"}, false},
 		{agentSA, []string{"create", "customresourcedefinitions.apiextensions.k8s.io"}, false},

@@ -1,6 +1,7 @@
 package webui
 
 import (
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -140,4 +141,46 @@ func TestAgentUICluster(t *testing.T) {
 	}
 	b.CheckPhoneLayout("agent with cluster state")
 	b.Shot("agent-cluster")
+}
+
+// TestAgentUISignatures: an agent that checks signatures (--verify-key)
+// shows, after an upload from the browser, how many images were verified
+// and with which key, on the upload's status, the package's card and its
+// history.
+func TestAgentUISignatures(t *testing.T) {
+	testenv.Crpe(t)
+	f := pt.NewFixture(t, 64*kib)
+	cs := testenv.StartCosign(t)
+	key, pub := cs.KeyPair(t, "site")
+	host := strings.TrimPrefix(f.Up.URL, "http://")
+	d := testenv.TagDigest(t, http.DefaultClient, f.Up.URL, "library/app", "1.0")
+	cs.Sign(t, host+"/library/app@"+d, key)
+
+	p := pt.StartPocket(t, f.Proxy.URL)
+	ag := testenv.StartAgent(t, testenv.AgentOptions{Args: []string{"--verify-key", pub}})
+	pt.Call(t, "POST", p.URL+"/api/v1/kubepkgs", pt.Package("demo", "1.0.0", "docker.io/library/app:1.0", "linux/amd64")).Must(t, 201)
+	archive := pt.Call(t, "GET", p.URL+"/api/v1/kubepkgs/demo/kubepkg.tgz", nil).Must(t, 200)
+	file := filepath.Join(t.TempDir(), "demo-1.0.0.kubepkg.tgz")
+	if err := os.WriteFile(file, archive.Body, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	b := NewBrowser(t, 2*time.Minute)
+	b.Load(ag.URL + "/")
+	b.Run("token", chromedp.Evaluate(`localStorage.setItem('crpe.agent.token', '`+ag.Token+`')`, nil))
+	b.Load(ag.URL + "/")
+	b.WaitText(`#packages`, "No package imported yet", 5*time.Second)
+	b.Run("upload",
+		chromedp.SetUploadFiles(`#upload-file`, []string{file}, chromedp.ByQuery),
+		chromedp.Click(`#upload-submit`, chromedp.ByQuery))
+	b.WaitText(`#upload-status`, "Signatures: 1/1 images verified", 60*time.Second)
+	card := `#packages article[data-name="demo"]`
+	b.WaitText(card+" .signatures-state", "Signed: 1/1 images", 10*time.Second)
+	b.WaitText(card+" .signatures-state", "site.pub", 10*time.Second)
+	b.Run("history", chromedp.Click(card+" summary", chromedp.ByQuery))
+	b.WaitText(card+" details", "signatures: docker.io/library/app:1.0 ✓ sha256:", 10*time.Second)
+	b.CheckPhoneLayout("agent with a signed package")
+	if probs := b.Problems(); len(probs) > 0 {
+		t.Fatalf("problems: %v", probs)
+	}
 }

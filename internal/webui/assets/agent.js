@@ -17,6 +17,19 @@
     return el('span', { class: 'badge ' + cls, title: c.message || '', text: label + ': ' + (ok ? 'yes' : (c.reason || 'no')) });
   }
 
+  // sigBadge sums up an import's signature verdicts: every image verified
+  // (naming the keys), or which were let through unsigned.
+  function sigBadge(sigs) {
+    if (!sigs || !sigs.length) return null;
+    const ok = sigs.filter((v) => v.verified);
+    const keys = [...new Set(ok.map((v) => (v.keyName || '').split('/').pop() + ' ' + (v.key || '').slice(0, 19)))];
+    const title = sigs.map((v) => v.image + ': ' + (v.verified ? 'signed, key ' + v.key : v.reason)).join('\n');
+    if (ok.length === sigs.length) {
+      return el('span', { class: 'badge ok signatures', title, text: 'Signed: ' + ok.length + '/' + sigs.length + ' images · ' + keys.join(', ') });
+    }
+    return el('span', { class: 'badge warn signatures', title, text: 'Signed: ' + ok.length + '/' + sigs.length + ' images (the rest let through unsigned by the policy)' });
+  }
+
   function packageCard(p) {
     const key = p.namespace + '/' + p.name;
     const cs = cluster[key];
@@ -28,7 +41,8 @@
         details.dataset.loaded = '1';
         hist.replaceChildren(...(full.history || []).slice().reverse().map((v) => el('li', {},
           el('strong', { text: v.version }), ' · ', when(v.importedAt),
-          v.forced ? ' · forced' : '', v.expired ? ' · expired' : '')));
+          v.forced ? ' · forced' : '', v.expired ? ' · expired' : '',
+          v.signatures && v.signatures.length ? ' · signatures: ' + v.signatures.map((s) => s.image + (s.verified ? ' ✓ ' + (s.key || '').slice(0, 19) : ' — ' + s.reason)).join('; ') : '')));
       } catch (e) {
         hist.replaceChildren(el('li', {}, errorList(e)));
       }
@@ -39,6 +53,7 @@
       cs ? el('p', { class: 'cluster-state' },
         condBadge('Applied', cs.applied), ' ', condBadge('Ready', cs.ready),
         cs.appliedVersion && cs.appliedVersion !== p.version ? el('span', { class: 'meta', text: ' applied ' + cs.appliedVersion }) : null) : null,
+      sigBadge(p.signatures) ? el('p', { class: 'signatures-state' }, sigBadge(p.signatures)) : null,
       el('ul', { class: 'plain' }, Object.keys(p.images || {}).sort().map((r) => el('li', { class: 'ref', text: r }))),
       details);
   }
@@ -233,7 +248,9 @@
         res = await upload(what, $('upload-force').checked);
       }
       const names = (res.packages || []).map((p) => p.name + ' ' + p.version + (p.previous ? ' (was ' + p.previous + ')' : '')).join(', ');
-      $('upload-status').textContent = 'Imported ' + names + ': ' + res.blobsReceived + ' blobs received (' + bytes(res.bytesReceived) + '), ' + res.blobsPresent + ' already here.';
+      const sigs = res.signatures || [];
+      const signed = sigs.length ? ' Signatures: ' + sigs.filter((v) => v.verified).length + '/' + sigs.length + ' images verified.' : '';
+      $('upload-status').textContent = 'Imported ' + names + ': ' + res.blobsReceived + ' blobs received (' + bytes(res.bytesReceived) + '), ' + res.blobsPresent + ' already here.' + signed;
       toast('Imported ' + names);
       loadPackages();
     } catch (e) {

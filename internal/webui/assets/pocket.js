@@ -66,8 +66,12 @@
     }
     if (j.state === 'done') {
       const r = j.result || {};
-      return el('p', { class: 'status ok send-result', text: 'Sent to ' + j.agent + ': ' + bytes(r.bytesSent) + ' sent, ' +
-        bytes(r.bytesOmitted) + ' saved by the delta (' + (r.blobsOmitted || 0) + (r.blobsOmitted === 1 ? ' layer' : ' layers') + ' the agent had)' });
+      // the agent's verdicts on the images' signatures, when it checks them
+      const sigs = (r.import && r.import.signatures) || [];
+      const signed = sigs.length ? '; signatures verified by the agent: ' + sigs.filter((v) => v.verified).length + '/' + sigs.length + ' images' : '';
+      return el('p', { class: 'status ok send-result', title: sigs.map((v) => v.image + ': ' + (v.verified ? 'signed, key ' + v.key : v.reason)).join('\n'),
+        text: 'Sent to ' + j.agent + ': ' + bytes(r.bytesSent) + ' sent, ' +
+        bytes(r.bytesOmitted) + ' saved by the delta (' + (r.blobsOmitted || 0) + (r.blobsOmitted === 1 ? ' layer' : ' layers') + ' the agent had)' + signed });
     }
     return el('div', { class: 'send-result' },
       el('p', { class: 'status failed', role: 'alert', text: 'Send to ' + j.agent + ' failed: ' + j.error }),

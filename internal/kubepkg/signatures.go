@@ -20,6 +20,9 @@ type Signature struct {
 	Key       string `json:"key,omitempty"`
 	KeyName   string `json:"keyName,omitempty"`
 	Signature string `json:"signature,omitempty"`
+	// Identity is a keyless signer's issuer and subject (a Sigstore bundle
+	// verified with the policy's trusted root).
+	Identity string `json:"identity,omitempty"`
 	// Reason says why the image was let through unverified.
 	Reason string `json:"reason,omitempty"`
 	// Time is when it was checked.

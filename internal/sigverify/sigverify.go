@@ -33,8 +33,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sigstore/sigstore-go/pkg/bundle"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/sigstore/sigstore-go/pkg/root"
+	"github.com/sigstore/sigstore-go/pkg/verify"
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
 	"github.com/sigstore/sigstore/pkg/signature"
 	"sigs.k8s.io/yaml"
@@ -100,6 +103,13 @@ type Rule struct {
 	Match string `json:"match"`
 	// Keys are public key files (any one of them suffices).
 	Keys []string `json:"keys"`
+	// Keyless are the signers trusted without a key: a Sigstore bundle
+	// (cosign's --new-bundle-format, carried as an OCI 1.1 referrer) whose
+	// certificate chains to the policy's trusted root, whose transparency
+	// log entry the root's log signed, and whose identity is one of these
+	// (any one suffices), over an in-toto statement naming the image's
+	// digest: checked offline by sigstore-go.
+	Keyless []Identity `json:"keyless"`
 	// Required refuses an image without a valid signature; otherwise an
 	// image carrying no signature is let through (and so recorded), while
 	// one carrying signatures of which none verifies is still refused.
@@ -108,10 +118,26 @@ type Rule struct {
 	keys []*Key
 }
 
+// Identity is a keyless signer: the OIDC issuer and the certificate's
+// subject (SAN: an email, a URI of a CI workflow), each exact or a regular
+// expression.
+type Identity struct {
+	Issuer        string `json:"issuer"`
+	IssuerRegExp  string `json:"issuerRegExp"`
+	Subject       string `json:"subject"`
+	SubjectRegExp string `json:"subjectRegExp"`
+}
+
 // Policy is which signatures an import requires: the first rule matching
 // an image's repository decides; an image no rule matches needs none.
 type Policy struct {
-	Rules []Rule `json:"rules"`
+	// TrustedRoot is a Sigstore trusted root file (trusted_root.json: the
+	// certificate authorities and transparency logs a keyless signature
+	// must chain to), required by keyless rules; relative to the policy.
+	TrustedRoot string `json:"trustedRoot"`
+	Rules       []Rule `json:"rules"`
+
+	trusted root.TrustedMaterial
 }
 
 // KeysPolicy requires a valid signature by one of keys on every image.
@@ -149,8 +175,30 @@ func LoadPolicy(file string) (*Policy, error) {
 				return nil, fmt.Errorf("policy %s: rules[%d].match %q: %w", file, i, r.Match, err)
 			}
 		}
-		if len(r.Keys) == 0 {
-			return nil, fmt.Errorf("policy %s: rules[%d] names no key", file, i)
+		if len(r.Keys) == 0 && len(r.Keyless) == 0 {
+			return nil, fmt.Errorf("policy %s: rules[%d] names no key and no keyless signer", file, i)
+		}
+		for j, id := range r.Keyless {
+			if id.Issuer == "" && id.IssuerRegExp == "" || id.Subject == "" && id.SubjectRegExp == "" {
+				return nil, fmt.Errorf("policy %s: rules[%d].keyless[%d]: give issuer (or issuerRegExp) and subject (or subjectRegExp)", file, i, j)
+			}
+			if _, err := verify.NewShortCertificateIdentity(id.Issuer, id.IssuerRegExp, id.Subject, id.SubjectRegExp); err != nil {
+				return nil, fmt.Errorf("policy %s: rules[%d].keyless[%d]: %w", file, i, j, err)
+			}
+		}
+		if len(r.Keyless) > 0 && p.trusted == nil {
+			if p.TrustedRoot == "" {
+				return nil, fmt.Errorf("policy %s: rules[%d] trusts keyless signers: the policy needs trustedRoot (a Sigstore trusted_root.json)", file, i)
+			}
+			f := p.TrustedRoot
+			if !strings.HasPrefix(f, "/") {
+				f = path.Join(path.Dir(file), f)
+			}
+			tr, err := root.NewTrustedRootFromPath(f)
+			if err != nil {
+				return nil, fmt.Errorf("policy %s: trustedRoot %s: %w", file, f, err)
+			}
+			p.trusted = tr
 		}
 		for _, k := range r.Keys {
 			if !strings.HasPrefix(k, "/") {
@@ -269,9 +317,10 @@ func (c *Collector) BlobAt(ctx context.Context, desc ocispec.Descriptor, kind oc
 	return eh.BlobAt(ctx, desc, kind, e)
 }
 
-// isSignatureLayer tells a cosign signature layer.
+// isSignatureLayer tells a cosign signature layer, or a Sigstore bundle
+// (keyless).
 func isSignatureLayer(l ocispec.Descriptor) bool {
-	return l.MediaType == oci.MediaTypeCosignSimpleSigning
+	return l.MediaType == oci.MediaTypeCosignSimpleSigning || l.MediaType == oci.MediaTypeSigstoreBundle
 }
 
 // simpleSigning is cosign's signed payload.
@@ -368,13 +417,17 @@ func (c *Collector) judge(p *Policy, now time.Time) ([]Verdict, []*Error) {
 		}
 		var failures []string
 		for _, s := range carried {
-			key, err := c.verifySignature(s, m.Digest, rule.keys)
+			key, identity, err := c.verifySignature(s, m.Digest, rule, p.trusted)
 			if err != nil {
 				failures = append(failures, fmt.Sprintf("signature %s: %v", s.Digest, err))
 				continue
 			}
 			if !v.Verified {
-				v.Verified, v.Key, v.KeyName, v.Signature = true, key.Fingerprint, key.Name, string(s.Digest)
+				v.Verified, v.Signature = true, string(s.Digest)
+				if key != nil {
+					v.Key, v.KeyName = key.Fingerprint, key.Name
+				}
+				v.Identity = identity
 			}
 		}
 		if !v.Verified {
@@ -391,9 +444,11 @@ func (c *Collector) judge(p *Policy, now time.Time) ([]Verdict, []*Error) {
 	return out, refused
 }
 
-// verifySignature checks every signature layer of the signature manifest
-// s over its payload with keys, and that the payload names d.
-func (c *Collector) verifySignature(s ocispec.Descriptor, d digest.Digest, keys []*Key) (*Key, error) {
+// verifySignature checks the signature manifest s of the image d: its
+// cosign signature layers with the rule's keys (every layer must verify,
+// its payload naming d), or its Sigstore bundle with the rule's keyless
+// signers and the trusted root. It returns the key, or the identity.
+func (c *Collector) verifySignature(s ocispec.Descriptor, d digest.Digest, rule *Rule, trusted root.TrustedMaterial) (*Key, string, error) {
 	pm := c.manifests[s.Digest]
 	var found *Key
 	for _, l := range pm.Layers {
@@ -402,41 +457,85 @@ func (c *Collector) verifySignature(s ocispec.Descriptor, d digest.Digest, keys 
 		}
 		payload, ok := c.payloads[l.Digest]
 		if !ok {
-			return nil, fmt.Errorf("its payload %s is not in the archive (or over %d bytes)", l.Digest, MaxPayload)
+			return nil, "", fmt.Errorf("its payload %s is not in the archive (or over %d bytes)", l.Digest, MaxPayload)
+		}
+		if l.MediaType == oci.MediaTypeSigstoreBundle {
+			id, err := verifyBundle(payload, d, rule.Keyless, trusted)
+			return nil, id, err
 		}
 		b64 := l.Annotations[oci.AnnotationCosignSignature]
 		if b64 == "" {
-			return nil, fmt.Errorf("its layer %s has no %s annotation", l.Digest, oci.AnnotationCosignSignature)
+			return nil, "", fmt.Errorf("its layer %s has no %s annotation", l.Digest, oci.AnnotationCosignSignature)
 		}
 		sig, err := base64.StdEncoding.DecodeString(b64)
 		if err != nil {
-			return nil, fmt.Errorf("its signature is not base64: %w", err)
+			return nil, "", fmt.Errorf("its signature is not base64: %w", err)
 		}
 		var key *Key
-		for _, k := range keys {
+		for _, k := range rule.keys {
 			if k.v.VerifySignature(bytes.NewReader(sig), bytes.NewReader(payload)) == nil {
 				key = k
 				break
 			}
 		}
 		if key == nil {
-			return nil, errors.New(noKeyReason(keys))
+			return nil, "", errors.New(noKeyReason(rule.keys))
 		}
 		var ss simpleSigning
 		if err := json.Unmarshal(payload, &ss); err != nil {
-			return nil, fmt.Errorf("its payload is not cosign's simple signing JSON: %w", err)
+			return nil, "", fmt.Errorf("its payload is not cosign's simple signing JSON: %w", err)
 		}
 		if got := ss.Critical.Image.DockerManifestDigest; got != string(d) {
-			return nil, fmt.Errorf("its payload names %s, not the image's %s", got, d)
+			return nil, "", fmt.Errorf("its payload names %s, not the image's %s", got, d)
 		}
 		if found == nil {
 			found = key
 		}
 	}
 	if found == nil {
-		return nil, errors.New("no signature layer")
+		return nil, "", errors.New("no signature layer")
 	}
-	return found, nil
+	return found, "", nil
+}
+
+// verifyBundle checks a Sigstore bundle over the image d, offline, with
+// sigstore-go: its certificate chains to trusted's certificate
+// authorities, its transparency log entry is signed by one of its logs (and
+// dates the signature within the certificate's life), its signature covers
+// an in-toto statement whose subject is d, and its identity is one of ids.
+func verifyBundle(raw []byte, d digest.Digest, ids []Identity, trusted root.TrustedMaterial) (string, error) {
+	if len(ids) == 0 || trusted == nil {
+		return "", errors.New("a keyless (Sigstore bundle) signature, and the policy trusts no keyless signer for this repository")
+	}
+	var b bundle.Bundle
+	if err := b.UnmarshalJSON(raw); err != nil {
+		return "", fmt.Errorf("not a Sigstore bundle: %w", err)
+	}
+	v, err := verify.NewVerifier(trusted, verify.WithTransparencyLog(1), verify.WithIntegratedTimestamps(1))
+	if err != nil {
+		return "", err
+	}
+	want, err := hex.DecodeString(d.Encoded())
+	if err != nil {
+		return "", err
+	}
+	var failures []string
+	for _, id := range ids {
+		ci, err := verify.NewShortCertificateIdentity(id.Issuer, id.IssuerRegExp, id.Subject, id.SubjectRegExp)
+		if err != nil {
+			return "", err
+		}
+		res, err := v.Verify(&b, verify.NewPolicy(verify.WithArtifactDigest(d.Algorithm().String(), want), verify.WithCertificateIdentity(ci)))
+		if err != nil {
+			failures = append(failures, err.Error())
+			continue
+		}
+		if res.Signature != nil && res.Signature.Certificate != nil {
+			return res.Signature.Certificate.Issuer + " " + res.Signature.Certificate.SubjectAlternativeName, nil
+		}
+		return id.Issuer + " " + id.Subject, nil
+	}
+	return "", fmt.Errorf("the keyless signature does not verify: %s", strings.Join(failures, "; "))
 }
 
 func noKeyReason(keys []*Key) string {

@@ -291,6 +291,22 @@ func TestRefused(t *testing.T) {
 		wantRefused(t, r, "SIGNATURE_REFUSED", "docker.io/library/bare:1", "not signed")
 		nothingPublished(t, agent, "library/nginx", "library/bare")
 	})
+	t.Run("tag moved to an unsigned digest", func(t *testing.T) {
+		// library/moved:1 is signed, then pushed again: the tag now names an
+		// image nobody signed, which is what the export resolves
+		w.push(t, "library/moved")
+		w.cs.Sign(t, w.ref("library/moved"), w.siteKey)
+		signed := w.images["library/moved"].Manifest.Desc.Digest
+		w.push(t, "library/moved")
+		file, _ := w.export(t, []string{"library/moved"})
+		agent := testenv.StartAgent(t, testenv.AgentOptions{Args: []string{"--verify-key", w.sitePub}})
+		_, r := importTo(t, agent, file)
+		wantRefused(t, r, "SIGNATURE_REFUSED", "docker.io/library/moved:1", "not signed", string(w.images["library/moved"].Manifest.Desc.Digest))
+		if strings.Contains(r.Stderr, string(signed)) {
+			t.Errorf("the refusal names the old, signed digest: %s", r.Stderr)
+		}
+		nothingPublished(t, agent, "library/moved")
+	})
 	t.Run("signed by another key", func(t *testing.T) {
 		agent := testenv.StartAgent(t, testenv.AgentOptions{Args: []string{"--verify-key", w.otherPub}})
 		_, r := importTo(t, agent, good)
@@ -487,5 +503,50 @@ func TestReferrersMode(t *testing.T) {
 	}
 	if out, err := x.Verify(aref, w.otherPub, "--experimental-oci11"); err == nil {
 		t.Errorf("cosign verify with another key passed against the agent:\n%s", out)
+	}
+}
+
+// TestToRegistry: crpe import --to-registry checks signatures too: a signed
+// archive lands in the site registry (distribution v3) with its signatures
+// beside the images; an unsigned one is refused and nothing is tagged.
+func TestToRegistry(t *testing.T) {
+	w := newWorld(t)
+	w.push(t, "library/nginx")
+	w.push(t, "library/bare")
+	w.cs.Sign(t, w.ref("library/nginx"), w.siteKey)
+	good, _ := w.export(t, []string{"library/nginx"})
+	bad, _ := w.export(t, []string{"library/nginx", "library/bare"})
+	site := testenv.StartRegistry3(t, testenv.Registry3Options{})
+	target := site.Addr + "/site"
+
+	r := crpe(t, "import", good, "--to-registry", target, "--plain-http", "--verify-key", w.sitePub, "--json")
+	if r.Err != nil {
+		t.Fatalf("%s", r)
+	}
+	var res struct {
+		Signatures []kubepkg.Signature `json:"signatures"`
+		Artifacts  []struct {
+			Tag string `json:"tag"`
+		} `json:"artifacts"`
+	}
+	if err := json.Unmarshal([]byte(r.Stdout), &res); err != nil || len(res.Signatures) != 1 || !res.Signatures[0].Verified || len(res.Artifacts) != 1 {
+		t.Fatalf("%v %+v\n%s", err, res, r.Stdout)
+	}
+	// cosign checks it in the site registry
+	if out, err := w.cs.Verify(target+"/docker.io/library/nginx@"+string(w.images["library/nginx"].Manifest.Desc.Digest), w.sitePub); err != nil {
+		t.Fatalf("cosign verify in the site registry: %v\n%s", err, out)
+	}
+
+	r = crpe(t, "import", bad, "--to-registry", target, "--plain-http", "--verify-key", w.sitePub)
+	if r.Err == nil || !strings.Contains(r.Stderr, "docker.io/library/bare:1") || !strings.Contains(r.Stderr, "nothing was tagged") {
+		t.Fatalf("an unsigned image was not refused: %s", r)
+	}
+	resp, err := http.Get(site.URL + "/v2/site/docker.io/library/bare/manifests/1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("the refused image is tagged in the site registry (%d)", resp.StatusCode)
 	}
 }

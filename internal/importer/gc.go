@@ -35,7 +35,8 @@ func (im *Importer) GC(ctx context.Context, grace time.Duration) (GCResult, erro
 	defer im.lock.Unlock()
 	var res GCResult
 
-	// roots: every tag, and every image of a kept version; candidates: the
+	// roots: every tag (but cosign's artifact tags, which live and go with
+	// their subject), and every image of a kept version; candidates: the
 	// images of expired versions
 	live := map[string]map[digest.Digest]bool{}    // repo → roots
 	expired := map[string]map[digest.Digest]bool{} // repo → candidates
@@ -47,8 +48,10 @@ func (im *Importer) GC(ctx context.Context, grace time.Duration) (GCResult, erro
 	}
 	err := im.db.View(func(tx *repodb.Tx) error {
 		if err := tx.ForEachRepo(func(repo string) error {
-			return tx.ForEachTag(repo, func(_ string, d digest.Digest) error {
-				add(live, repo, d)
+			return tx.ForEachTag(repo, func(tag string, d digest.Digest) error {
+				if _, _, ok := oci.CosignTagOf(tag); !ok {
+					add(live, repo, d)
+				}
 				return nil
 			})
 		}); err != nil {
@@ -93,6 +96,10 @@ func (im *Importer) GC(ctx context.Context, grace time.Duration) (GCResult, erro
 				return res, fmt.Errorf("garbage collection stopped, nothing deleted: live image %s@%s: %w (crpe fsck tells more)", repo, d, err)
 			}
 		}
+		// what is carried with a kept manifest (its signatures, SBOMs) is kept
+		if err := im.withArtifacts(ctx, repo, keepM, keepB); err != nil {
+			return res, fmt.Errorf("garbage collection stopped, nothing deleted: the artifacts of %s: %w", repo, err)
+		}
 		dm, db := map[digest.Digest]bool{}, map[digest.Digest]bool{}
 		for d := range cands {
 			if live[repo][d] {
@@ -102,6 +109,8 @@ func (im *Importer) GC(ctx context.Context, grace time.Duration) (GCResult, erro
 			// what is read is dropped
 			_ = im.closure(ctx, d, dm, db)
 		}
+		// and goes with an expired one
+		_ = im.withArtifacts(ctx, repo, dm, db)
 		for d := range dm {
 			if keepM[d] {
 				delete(dm, d)
@@ -198,4 +207,47 @@ func (im *Importer) closure(ctx context.Context, root digest.Digest, manifests, 
 		}
 		return nil
 	}, oci.WalkOptions{})
+}
+
+// withArtifacts adds to manifests and blobs what is carried with each
+// manifest of manifests in repository repo: its referrers (repodb) and
+// cosign's tags of it (sha256-<hex>.sig, .att, .sbom), with their closures,
+// and theirs in turn.
+func (im *Importer) withArtifacts(ctx context.Context, repo string, manifests, blobs map[digest.Digest]bool) error {
+	queue := make([]digest.Digest, 0, len(manifests))
+	for d := range manifests {
+		queue = append(queue, d)
+	}
+	for len(queue) > 0 {
+		d := queue[0]
+		queue = queue[1:]
+		var arts []digest.Digest
+		if err := im.db.View(func(tx *repodb.Tx) error {
+			refs, err := tx.Referrers(repo, d)
+			if err != nil {
+				return err
+			}
+			for _, r := range refs {
+				arts = append(arts, r.Digest)
+			}
+			for _, suffix := range oci.CosignSuffixes {
+				if a, err := tx.Tag(repo, oci.CosignTag(d, suffix)); err == nil {
+					arts = append(arts, a)
+				}
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, a := range arts {
+			if manifests[a] {
+				continue
+			}
+			if err := im.closure(ctx, a, manifests, blobs); err != nil {
+				return err
+			}
+			queue = append(queue, a)
+		}
+	}
+	return nil
 }

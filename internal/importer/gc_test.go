@@ -17,6 +17,7 @@ import (
 	"github.com/octohelm/crpe/internal/cas"
 	"github.com/octohelm/crpe/internal/importer"
 	"github.com/octohelm/crpe/internal/oci"
+	"github.com/octohelm/crpe/internal/repodb"
 )
 
 // imageSharing is one version of registry.test/demo/app:latest: its own
@@ -120,4 +121,80 @@ func TestGCFailsClosed(t *testing.T) {
 	if _, err := s.Store.Stat(ctx, od); err == nil {
 		t.Error("an unreferenced blob past the grace period was kept")
 	}
+}
+
+// withArtifacts adds to c a cosign signature of its image (tagged
+// sha256-<hex>.sig) and an SBOM referrer (subject, untagged), each unique
+// to the version.
+func withArtifacts(t *testing.T, c *content, version string) (sig, sbom digest.Digest) {
+	t.Helper()
+	top := c.images[0].Desc
+	emptyCfg := c.add(t, oci.KindConfig, ocispec.MediaTypeEmptyJSON, []byte(`{}`))
+	payload := c.add(t, oci.KindLayer, oci.MediaTypeCosignSimpleSigning, []byte(`{"critical":{"image":{"docker-manifest-digest":"`+string(top.Digest)+`"}},"v":"`+version+`"}`))
+	m, _ := json.Marshal(ocispec.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageManifest, Config: emptyCfg, Layers: []ocispec.Descriptor{payload}})
+	sd := c.add(t, oci.KindManifest, ocispec.MediaTypeImageManifest, m)
+	c.images = append(c.images, archive.Image{Ref: "registry.test/demo/app:" + oci.CosignTag(top.Digest, ".sig"), Desc: sd, Subject: top.Digest})
+	doc := c.add(t, oci.KindLayer, "application/spdx+json", []byte(`{"spdxVersion":"SPDX-2.3","v":"`+version+`"}`))
+	m, _ = json.Marshal(ocispec.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageManifest, ArtifactType: "application/spdx+json",
+		Config: emptyCfg, Layers: []ocispec.Descriptor{doc}, Subject: &top})
+	bd := c.add(t, oci.KindManifest, ocispec.MediaTypeImageManifest, m)
+	c.images = append(c.images, archive.Image{Ref: "registry.test/demo/app@" + string(bd.Digest), Desc: bd, Subject: top.Digest})
+	return sd.Digest, bd.Digest
+}
+
+// TestGCArtifacts: the signatures and SBOMs carried with an image are
+// imported beside it (the cosign tag set, the referrer listed), kept while
+// it lives, and dropped with it when its version expires, tag included.
+func TestGCArtifacts(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s := newStore(t)
+	s.im = importer.New(s.Store, s.DB, importer.Options{Dir: s.Dir, KeepVersions: 1})
+	shared := bytes.Repeat([]byte("shared layer "), 1000)
+	v1, v2 := imageSharing(t, "1.0.0", shared), imageSharing(t, "2.0.0", shared)
+	sig1, sbom1 := withArtifacts(t, v1, "1.0.0")
+	sig2, sbom2 := withArtifacts(t, v2, "2.0.0")
+	const repo = "registry.test/demo/app"
+	top1, top2 := v1.images[0].Desc.Digest, v2.images[0].Desc.Digest
+
+	res, err := s.im.Import(ctx, bytes.NewReader(v1.archive(ctx, t, "1.0.0")), importer.ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Artifacts) != 2 || len(res.Images) != 1 {
+		t.Fatalf("import result %+v", res)
+	}
+	check := func(top, sig, sbom digest.Digest, present bool) {
+		t.Helper()
+		_ = s.DB.View(func(tx *repodb.Tx) error {
+			d, err := tx.Tag(repo, oci.CosignTag(top, ".sig"))
+			if present != (err == nil && d == sig) {
+				t.Errorf("tag %s: %s %v, want present %v", oci.CosignTag(top, ".sig"), d, err, present)
+			}
+			refs, _ := tx.Referrers(repo, top)
+			if present != (len(refs) == 1 && refs[0].Digest == sbom && refs[0].ArtifactType == "application/spdx+json") {
+				t.Errorf("referrers of %s: %+v, want present %v", top, refs, present)
+			}
+			return nil
+		})
+		for _, d := range []digest.Digest{sig, sbom} {
+			if _, err := s.Store.Stat(ctx, d); (err == nil) != present {
+				t.Errorf("%s stored: %v, want %v", d, err, present)
+			}
+		}
+	}
+	check(top1, sig1, sbom1, true)
+	if _, err := s.im.GC(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	check(top1, sig1, sbom1, true) // v1 is live
+
+	if _, err := s.im.Import(ctx, bytes.NewReader(v2.archive(ctx, t, "2.0.0")), importer.ImportOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.im.GC(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	check(top1, sig1, sbom1, false) // gone with v1
+	check(top2, sig2, sbom2, true)
 }

@@ -95,7 +95,9 @@ func (c *content) archive(ctx context.Context, t *testing.T, version string) []b
 	t.Helper()
 	images := map[string]string{}
 	for _, im := range c.images {
-		images[im.Ref] = string(im.Desc.Digest)
+		if im.Subject == "" { // an artifact carried with an image is not one of spec.images
+			images[im.Ref] = string(im.Desc.Digest)
+		}
 	}
 	pkg, _ := json.Marshal(map[string]any{
 		"apiVersion": "octohelm.tech/v1alpha1", "kind": "KubePkg",

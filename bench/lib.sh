@@ -221,6 +221,9 @@ fixture_archive() {
   fix="$(timeout 180 "$TMP/imagefix" import -registry "$DIST_URL" -pkg "$PKG" -tmp "$TMP" -mib "$1")" \
     || die "fixture push failed"
   log "fixtures pushed: $fix"
+  # a script may change the upstream before the export (bench/signatures.sh
+  # signs the images)
+  if declare -F fixture_before_export >/dev/null; then fixture_before_export; fi
   ARCHIVE="$TMP/bench.kubepkg.tgz"
   timeout 180 "$CRPE_BIN" export -f "$PKG" -o "$ARCHIVE" --data "$TMP/export-cache" --platform "$PLATFORM" \
     --registry-endpoint "docker.io=$DIST_URL" --json >"$TMP/export.json" 2>"$TMP/export.err" \

@@ -69,27 +69,19 @@ cosign() {
 }
 mkdir -p "$TMP/cosign-home/.docker"
 
-# fixture_archive, with the images signed between the push and the export
-dist_start "$TMP/upstream"
-log "docker-registry (upstream) on $DIST_URL; pushing library/{a,b,c}:1 ($ARCHIVE_MIB MiB of random gzip layers)"
-PKG="$TMP/pkg.json"
-timeout 180 "$TMP/imagefix" import -registry "$DIST_URL" -pkg "$PKG" -tmp "$TMP" -mib "$ARCHIVE_MIB" >/dev/null \
-  || die "fixture push failed"
-(cd "$TMP" && cosign generate-key-pair >/dev/null 2>"$TMP/cosign.err") || { cat "$TMP/cosign.err" >&2; die "cosign generate-key-pair failed"; }
-ACCEPT='application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json'
-for i in "${IMAGES[@]}"; do
-  d=$(curl -sSI --max-time 5 -H "Accept: $ACCEPT" "$DIST_URL/v2/library/$i/manifests/1" | tr -d '\r' | awk -F': ' 'tolower($1)=="docker-content-digest"{print $2}')
-  [ -n "$d" ] || die "no digest for library/$i:1"
-  cosign sign --key "$TMP/cosign.key" --tlog-upload=false --yes --allow-http-registry --allow-insecure-registry \
-    "${DIST_URL#http://}/library/$i@$d" >/dev/null 2>>"$TMP/cosign.err" || { tail -20 "$TMP/cosign.err" >&2; die "cosign sign library/$i failed"; }
-done
-log "signed library/{a,b,c}:1 with cosign"
-ARCHIVE="$TMP/bench.kubepkg.tgz"
-timeout 180 "$CRPE_BIN" export -f "$PKG" -o "$ARCHIVE" --data "$TMP/export-cache" --platform "$PLATFORM" \
-  --registry-endpoint "docker.io=$DIST_URL" --json >"$TMP/export.json" 2>"$TMP/export.err" \
-  || { tail -20 "$TMP/export.err" >&2; die "crpe export failed"; }
-rm -rf "$TMP/export-cache"
-stop_pid "$DIST_PID"; DIST_PID=""; rm -rf "$TMP/upstream"
+# fixture_archive, the images signed between the push and the export
+fixture_before_export() {
+  (cd "$TMP" && cosign generate-key-pair >/dev/null 2>"$TMP/cosign.err") || { cat "$TMP/cosign.err" >&2; die "cosign generate-key-pair failed"; }
+  local i d accept='application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json'
+  for i in "${IMAGES[@]}"; do
+    d=$(curl -sSI --max-time 5 -H "Accept: $accept" "$DIST_URL/v2/library/$i/manifests/1" | tr -d '\r' | awk -F': ' 'tolower($1)=="docker-content-digest"{print $2}')
+    [ -n "$d" ] || die "no digest for library/$i:1"
+    cosign sign --key "$TMP/cosign.key" --tlog-upload=false --yes --allow-http-registry --allow-insecure-registry \
+      "${DIST_URL#http://}/library/$i@$d" >/dev/null 2>>"$TMP/cosign.err" || { tail -20 "$TMP/cosign.err" >&2; die "cosign sign library/$i failed"; }
+  done
+  log "signed library/{a,b,c}:1 with cosign"
+}
+fixture_archive "$ARCHIVE_MIB"
 NSIG=$(grep -c '"kind": "signature"' "$TMP/export.json" || true)
 [ "$NSIG" = "${#IMAGES[@]}" ] || die "the archive carries $NSIG signatures, want ${#IMAGES[@]}"
 ARCHIVE_BYTES=$(stat -c %s "$ARCHIVE")

@@ -84,24 +84,14 @@ func Walk(ctx context.Context, ref string, pinned digest.Digest, plats []ocispec
 	if pinned != "" && top.Digest != pinned {
 		return nil, fmt.Errorf("image %s: resolved to %s, expected %s", ref, top.Digest, pinned)
 	}
-	fetch := func(ctx context.Context, d ocispec.Descriptor) ([]byte, error) {
-		if d.Digest == top.Digest {
-			return body, nil
-		}
-		_, b, err := src(ctx, w.Repo, string(d.Digest))
-		return b, err
-	}
+	fetch := fetchFrom(src, w.Repo, top, body)
 	single := false
 	var plat ocispec.Platform // a single image's, from its config
 	err = oci.Walk(ctx, top, fetch, func(ctx context.Context, n *oci.Node) error {
 		if n.Err != nil {
 			return n.Err
 		}
-		desc := ocispec.Descriptor{MediaType: n.Desc.MediaType, Digest: n.Desc.Digest, Size: n.Desc.Size, URLs: n.Desc.URLs}
-		if n.Manifest != nil {
-			// a child manifest keeps the platform its index gives it
-			desc.MediaType, desc.Platform = n.Manifest.MediaType, n.Desc.Platform
-		}
+		desc := nodeDescriptor(n)
 		w.Blobs = append(w.Blobs, archive.Blob{Desc: desc, Kind: n.Kind})
 		switch {
 		case n.Depth == 0:
@@ -134,6 +124,28 @@ func Walk(ctx context.Context, ref string, pinned digest.Digest, plats []ocispec
 	}
 	w.Platforms[oci.FormatPlatform(plat)] = true
 	return w, nil
+}
+
+// fetchFrom is the fetch of oci.Walk from src in repo, the top manifest
+// (body) already at hand.
+func fetchFrom(src ManifestSource, repo string, top ocispec.Descriptor, body []byte) func(context.Context, ocispec.Descriptor) ([]byte, error) {
+	return func(ctx context.Context, d ocispec.Descriptor) ([]byte, error) {
+		if d.Digest == top.Digest {
+			return body, nil
+		}
+		_, b, err := src(ctx, repo, string(d.Digest))
+		return b, err
+	}
+}
+
+// nodeDescriptor is how the archive describes a node of the walk: a child
+// manifest keeps the platform its index gives it, with its own media type.
+func nodeDescriptor(n *oci.Node) ocispec.Descriptor {
+	desc := ocispec.Descriptor{MediaType: n.Desc.MediaType, Digest: n.Desc.Digest, Size: n.Desc.Size, URLs: n.Desc.URLs}
+	if n.Manifest != nil {
+		desc.MediaType, desc.Platform = n.Manifest.MediaType, n.Desc.Platform
+	}
+	return desc
 }
 
 // CacheConfigPlatform reads an image config through the cache, as it
@@ -249,21 +261,11 @@ func WalkArtifacts(ctx context.Context, repo string, subjects []digest.Digest, s
 		}
 		seen[top.Digest] = true
 		w := &Walked{Ref: ref, Repo: repo, Subject: subject, ArtifactType: at, Platforms: map[string]bool{}}
-		fetch := func(ctx context.Context, d ocispec.Descriptor) ([]byte, error) {
-			if d.Digest == top.Digest {
-				return body, nil
-			}
-			_, b, err := src(ctx, repo, string(d.Digest))
-			return b, err
-		}
-		err = oci.Walk(ctx, top, fetch, func(ctx context.Context, n *oci.Node) error {
+		err = oci.Walk(ctx, top, fetchFrom(src, repo, top, body), func(ctx context.Context, n *oci.Node) error {
 			if n.Err != nil {
 				return n.Err
 			}
-			desc := ocispec.Descriptor{MediaType: n.Desc.MediaType, Digest: n.Desc.Digest, Size: n.Desc.Size, URLs: n.Desc.URLs}
-			if n.Manifest != nil {
-				desc.MediaType, desc.Platform = n.Manifest.MediaType, n.Desc.Platform
-			}
+			desc := nodeDescriptor(n)
 			if n.Depth == 0 {
 				desc.ArtifactType = pm.ArtifactType
 				w.Top = desc

@@ -279,22 +279,10 @@ func (h *handler) Index(idx ocispec.Index) error {
 		if ref == "" {
 			ref = m.Annotations[archive.AnnotationRefName]
 		}
-		if subject, ok := archive.ArtifactOf(m); ok {
-			// a signature, attestation or SBOM of an image: checked once
-			// the images are (importLocked)
-			if seen[ref] {
-				return badRequest(archive.IndexEntry, "index.json lists %s twice", ref)
-			}
-			seen[ref] = true
-			im, err := parseRef(ref)
-			if err != nil {
-				return badRequest(archive.IndexEntry, "%s: %v", ref, err)
-			}
-			im.desc, im.subject = m, subject
-			h.images = append(h.images, im)
-			continue
-		}
-		if !h.refs[ref] {
+		// an artifact (a signature, attestation or SBOM of an image) is
+		// checked once the images are (importLocked)
+		subject, artifact := archive.ArtifactOf(m)
+		if !artifact && !h.refs[ref] {
 			return badRequest(archive.IndexEntry, "index.json lists %s, which spec.images does not", ref)
 		}
 		if seen[ref] {
@@ -305,7 +293,7 @@ func (h *handler) Index(idx ocispec.Index) error {
 		if err != nil {
 			return badRequest(archive.IndexEntry, "%s: %v", ref, err)
 		}
-		im.desc = m
+		im.desc, im.subject = m, subject
 		h.images = append(h.images, im)
 	}
 	for ref := range h.refs {

@@ -884,9 +884,18 @@ func (p *pusher) BlobAt(ctx context.Context, desc ocispec.Descriptor, kind oci.K
 }
 
 // sendExtent uploads a blob from the archive file through v, in PATCHes of
-// at most MaxPatch bytes (default: one), resuming as sendRange does, and
-// completes it once v verified it.
-func (p *pusher) sendExtent(repo string, desc ocispec.Descriptor, v *archive.ExtentVerifier) (err error) {
+// at most MaxPatch bytes (default: one), and completes it once v verified
+// it.
+func (p *pusher) sendExtent(repo string, desc ocispec.Descriptor, v *archive.ExtentVerifier) error {
+	return p.sendFrom(repo, desc, p.o.MaxPatch, v.Section, v.Verify)
+}
+
+// sendFrom uploads a blob whose bytes open reads from any offset (the
+// archive file, a spooled copy), in PATCHes of at most patch bytes (0: one),
+// resuming a broken one as sendRange does (reading again from where the
+// session stands: nothing is held in memory); check, when set, must pass
+// before the upload is completed, else its session is cancelled.
+func (p *pusher) sendFrom(repo string, desc ocispec.Descriptor, patch int64, open func(from, end int64) io.Reader, check func() error) (err error) {
 	var loc string
 	defer func() {
 		if err != nil {
@@ -898,17 +907,19 @@ func (p *pusher) sendExtent(repo string, desc ocispec.Descriptor, v *archive.Ext
 	}
 	for off := int64(0); off < desc.Size; {
 		n := desc.Size - off
-		if p.o.MaxPatch > 0 {
-			n = min(n, p.o.MaxPatch)
+		if patch > 0 {
+			n = min(n, patch)
 		}
 		end := off + n
-		if loc, _, err = p.sendRange(repo, desc, loc, off, n, func(from int64) io.Reader { return v.Section(from, end) }); err != nil {
+		if loc, _, err = p.sendRange(repo, desc, loc, off, n, func(from int64) io.Reader { return open(from, end) }); err != nil {
 			return err
 		}
 		off = end
 	}
-	if err := v.Verify(); err != nil {
-		return err
+	if check != nil {
+		if err := check(); err != nil {
+			return err
+		}
 	}
 	return p.c.finish(p.ctx, repo, loc, desc.Digest)
 }
@@ -991,38 +1002,8 @@ func (p *pusher) spooled(repo string, desc ocispec.Descriptor, r io.Reader) erro
 	return nil
 }
 
-// sendFile uploads a spooled blob chunk by chunk (each chunk read from the
-// file into a buffer held within MaxBuffer), resuming as sendChunk does.
-func (p *pusher) sendFile(repo string, desc ocispec.Descriptor, f *os.File) (err error) {
-	var loc string
-	defer func() {
-		if err != nil {
-			p.c.cancel(loc)
-		}
-	}()
-	if loc, _, err = p.c.startUpload(p.ctx, repo, desc.Digest, ""); err != nil {
-		return err
-	}
-	for off := int64(0); off < desc.Size; {
-		n := min(p.o.ChunkSize, desc.Size-off)
-		if err := p.mem.Acquire(p.ctx, n); err != nil {
-			return p.failed()
-		}
-		buf := p.bufs.get(int(n))
-		if _, err := f.ReadAt(buf, off); err != nil {
-			p.mem.Release(n)
-			return fmt.Errorf("reading the spooled blob: %w", err)
-		}
-		var retried bool
-		loc, retried, err = p.sendChunk(repo, desc, loc, off, buf)
-		if err == nil && !retried {
-			p.bufs.put(buf)
-		}
-		p.mem.Release(n)
-		if err != nil {
-			return err
-		}
-		off += n
-	}
-	return p.c.finish(p.ctx, repo, loc, desc.Digest)
+// sendFile uploads a spooled blob in chunk-sized PATCHes read straight
+// from the file (sendFrom).
+func (p *pusher) sendFile(repo string, desc ocispec.Descriptor, f *os.File) error {
+	return p.sendFrom(repo, desc, p.o.ChunkSize, func(from, end int64) io.Reader { return io.NewSectionReader(f, from, end-from) }, nil)
 }

@@ -264,3 +264,24 @@ func fillPocket(ctx context.Context, t *testing.T, work string) (*kit.Images, st
 	t.Log("the upstream registry and the pocket are gone")
 	return im, pocketData
 }
+
+// exportStory writes the story's package of version v into work and exports
+// it from the registry src (serving docker.io and registry.k8s.io), with a
+// cache in work; it returns the archive.
+func exportStory(ctx context.Context, t *testing.T, src *testenv.Distribution, work, v string) string {
+	t.Helper()
+	doc, err := kit.Package(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkg := filepath.Join(work, "hello-"+v+".yaml")
+	if err := os.WriteFile(pkg, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	archive := filepath.Join(work, "hello-"+v+".kubepkg.tgz")
+	if out, err := crpe(ctx, t, "export", "-f", pkg, "-o", archive, "--data", filepath.Join(work, "cache"),
+		"--registry-endpoint", "docker.io="+src.URL, "--registry-endpoint", "registry.k8s.io="+src.URL); err != nil {
+		t.Fatalf("crpe export %s: %v\n%s", v, err, out)
+	}
+	return archive
+}

@@ -3,8 +3,6 @@
 package e2e
 
 import (
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -37,16 +35,7 @@ func TestRegistryModeStory(t *testing.T) {
 	if err := im.Push(ctx, src.Addr); err != nil {
 		t.Fatal(err)
 	}
-	doc, _ := kit.Package("v1")
-	pkg := filepath.Join(work, "hello.yaml")
-	if err := os.WriteFile(pkg, []byte(doc), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	archive := filepath.Join(work, "hello.kubepkg.tgz")
-	if out, err := crpe(ctx, t, "export", "-f", pkg, "-o", archive, "--data", filepath.Join(work, "cache"),
-		"--registry-endpoint", "docker.io="+src.URL, "--registry-endpoint", "registry.k8s.io="+src.URL); err != nil {
-		t.Fatalf("crpe export: %v\n%s", err, out)
-	}
+	archive := exportStory(ctx, t, src, work, "v1")
 	exported := exportedImages(t, archive)
 
 	// intranet side: the site registry, the agent in registry mode, the

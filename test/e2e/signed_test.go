@@ -4,8 +4,6 @@ package e2e
 
 import (
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -47,19 +45,7 @@ func TestSignedStory(t *testing.T) {
 		}
 		cs.Sign(t, src.Addr+"/"+repo+"@"+d.String(), key)
 	}
-	archives := map[string]string{}
-	for _, v := range []string{"v1", "v2"} {
-		doc, _ := kit.Package(v)
-		pkg := filepath.Join(work, "hello-"+v+".yaml")
-		if err := os.WriteFile(pkg, []byte(doc), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		archives[v] = filepath.Join(work, "hello-"+v+".kubepkg.tgz")
-		if out, err := crpe(ctx, t, "export", "-f", pkg, "-o", archives[v], "--data", filepath.Join(work, "cache"),
-			"--registry-endpoint", "docker.io="+src.URL, "--registry-endpoint", "registry.k8s.io="+src.URL); err != nil {
-			t.Fatalf("crpe export %s: %v\n%s", v, err, out)
-		}
-	}
+	archives := map[string]string{"v1": exportStory(ctx, t, src, work, "v1"), "v2": exportStory(ctx, t, src, work, "v2")}
 	v1 := exportedImages(t, archives["v1"])[kit.HelloV1]
 
 	// intranet side: the agent checks signatures with the public key

@@ -214,6 +214,23 @@ func Export(ctx context.Context, cache *pullthrough.Cache, store cas.Store, pkgs
 	return res, nil
 }
 
+// ArtifactSource is src for WalkArtifacts: with the upstream out of reach,
+// an artifact's tag the cache lacks is taken as absent (as an image's own
+// tag falls back to the cache), and warn (when set) is told: an export then
+// carries what the cache holds, and says so.
+func ArtifactSource(src ManifestSource, warn func(string)) ManifestSource {
+	return func(ctx context.Context, repo, ref string) (ocispec.Descriptor, []byte, error) {
+		desc, body, err := src(ctx, repo, ref)
+		if err != nil && pullthrough.IsUnreachable(err) && !oci.IsDigestRef(ref) {
+			if warn != nil {
+				warn(fmt.Sprintf("%s:%s: the upstream cannot be reached and the cache does not hold it: no such artifact is carried (%v)", repo, ref, err))
+			}
+			return desc, nil, fmt.Errorf("%w: %s:%s", pullthrough.ErrNotCached, repo, ref)
+		}
+		return desc, body, err
+	}
+}
+
 // checkCached fails, naming how much is missing and one missing blob, when
 // the store lacks any of blobs.
 func checkCached(ctx context.Context, store cas.Store, blobs []archive.Blob) error {
@@ -376,19 +393,7 @@ func gather(pkgs []*kubepkg.KubePkg, o Options) (*imageSet, error) {
 // resolve resolves and walks every image for its platforms (export.Walk),
 // handing each image's blobs to fetch as soon as they are known.
 func resolve(ctx context.Context, cache *pullthrough.Cache, images *imageSet, fetch *fetcher, parallel int, sel Artifacts, warn func(string)) error {
-	// with the upstream out of reach, an artifact's tag the cache lacks is
-	// taken as absent, as the image's own tag falls back to the cache: the
-	// export carries what the cache holds, and says so
-	artifactSrc := func(ctx context.Context, repo, ref string) (ocispec.Descriptor, []byte, error) {
-		desc, body, err := CacheManifests(cache)(ctx, repo, ref)
-		if err != nil && pullthrough.IsUnreachable(err) && !oci.IsDigestRef(ref) {
-			if warn != nil {
-				warn(fmt.Sprintf("%s:%s: the upstream cannot be reached and the cache does not hold it: the export carries no such artifact (%v)", repo, ref, err))
-			}
-			return desc, nil, fmt.Errorf("%w: %s:%s", pullthrough.ErrNotCached, repo, ref)
-		}
-		return desc, body, err
-	}
+	artifactSrc := ArtifactSource(CacheManifests(cache), warn)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(parallel)
 	for _, im := range images.list {

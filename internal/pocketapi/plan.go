@@ -13,6 +13,7 @@ import (
 	"github.com/octohelm/crpe/internal/export"
 	"github.com/octohelm/crpe/internal/kubepkg"
 	"github.com/octohelm/crpe/internal/oci"
+	"github.com/octohelm/crpe/internal/pullthrough"
 	"github.com/octohelm/crpe/internal/repodb"
 )
 
@@ -162,10 +163,11 @@ func (a *API) planPackage(ctx context.Context, rec *repodb.PocketPackage, pkg *k
 		}
 	}
 	src, config := export.ManifestSource(a.localManifest), export.ConfigPlatform(a.localConfigPlatform)
+	refs := export.ReferrersSource(a.localReferrers)
 	if mode != resolveLocal {
 		cache := a.ups.Cache()
 		fetchConfig := export.CacheConfigPlatform(cache)
-		src = export.CacheManifests(cache)
+		src, refs = export.CacheManifests(cache), export.CacheReferrers(cache)
 		config = func(ctx context.Context, repo string, desc ocispec.Descriptor) (ocispec.Platform, error) {
 			p, err := fetchConfig(ctx, repo, desc)
 			if err != nil {
@@ -177,43 +179,79 @@ func (a *API) planPackage(ctx context.Context, rec *repodb.PocketPackage, pkg *k
 		}
 	}
 	pl := &plan{Platforms: plats}
-	refs := map[string]string{}
+	pins := map[string]string{}
 	for _, key := range pkg.ImageRefs() {
 		ref, err := oci.NormalizeReference(key)
 		if err != nil {
 			return nil, fmt.Errorf("spec.images[%q]: %w", key, err)
 		}
-		if v := pkg.Spec.Images[key]; v != "" || refs[ref] == "" {
-			refs[ref] = v
+		if v := pkg.Spec.Images[key]; v != "" || pins[ref] == "" {
+			pins[ref] = v
 		}
 	}
 	var names []string
-	for ref := range refs {
+	for ref := range pins {
 		names = append(names, ref)
 	}
 	sort.Strings(names)
 	for _, ref := range names {
 		im := &planImage{Ref: ref}
 		pl.Images = append(pl.Images, im)
-		target := refs[ref]
+		target := pins[ref]
 		if target == "" && mode != resolveFresh && rec != nil {
 			target = rec.Resolved[ref]
 		}
-		im.Err = a.walkImage(ctx, src, config, im, target, plats)
+		im.Err = a.walkImage(ctx, src, refs, config, im, target, plats)
 	}
 	return pl, nil
 }
 
+// localReferrers lists the referrers the cache holds.
+func (a *API) localReferrers(_ context.Context, repo string, d digest.Digest) ([]ocispec.Descriptor, error) {
+	var out []ocispec.Descriptor
+	err := a.st.DB.View(func(tx *repodb.Tx) error {
+		refs, err := tx.Referrers(repo, d)
+		for _, r := range refs {
+			out = append(out, ocispec.Descriptor{MediaType: r.MediaType, Digest: r.Digest, Size: r.Size, ArtifactType: r.ArtifactType, Annotations: r.Annotations})
+		}
+		return err
+	})
+	return out, err
+}
+
 // walkImage resolves im (target: a digest to use, "" to resolve the
 // reference) and lists the blobs of its platforms, as an export walks it.
-func (a *API) walkImage(ctx context.Context, src export.ManifestSource, config export.ConfigPlatform, im *planImage, target string, plats []ocispec.Platform) error {
+func (a *API) walkImage(ctx context.Context, src export.ManifestSource, refs export.ReferrersSource, config export.ConfigPlatform, im *planImage, target string, plats []ocispec.Platform) error {
 	wk, err := export.Walk(ctx, im.Ref, digest.Digest(target), plats, src, config)
 	if err != nil {
 		return err
 	}
 	im.Repo, im.Digest = wk.Repo, wk.Top.Digest
-	seen := map[digest.Digest]bool{}
+	// what is carried with it (its signatures, attestations, SBOMs) is
+	// synced with it, so that an export offline carries it too
+	var subjects []digest.Digest
 	for _, b := range wk.Blobs {
+		if b.Kind == oci.KindManifest {
+			subjects = append(subjects, b.Desc.Digest)
+		}
+	}
+	local := func(ctx context.Context, repo, ref string) (ocispec.Descriptor, []byte, error) {
+		desc, body, err := src(ctx, repo, ref)
+		if errors.Is(err, errNotCached) {
+			err = fmt.Errorf("%w: %w", pullthrough.ErrNotCached, err)
+		}
+		return desc, body, err
+	}
+	arts, err := export.WalkArtifacts(ctx, wk.Repo, subjects, export.ArtifactSource(local, nil), refs, export.Artifacts{})
+	if err != nil {
+		return err
+	}
+	blobs := wk.Blobs
+	for _, x := range arts {
+		blobs = append(blobs, x.Blobs...)
+	}
+	seen := map[digest.Digest]bool{}
+	for _, b := range blobs {
 		d := b.Desc.Digest
 		if seen[d] || len(b.Desc.URLs) > 0 { // non-distributable: not fetched
 			continue

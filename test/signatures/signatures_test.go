@@ -25,6 +25,7 @@ import (
 	"github.com/octohelm/crpe/internal/kubepkg"
 	"github.com/octohelm/crpe/internal/repodb"
 	"github.com/octohelm/crpe/internal/testenv"
+	pt "github.com/octohelm/crpe/test/pockettest"
 )
 
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
@@ -548,5 +549,43 @@ func TestToRegistry(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusNotFound {
 		t.Errorf("the refused image is tagged in the site registry (%d)", resp.StatusCode)
+	}
+}
+
+// TestPocketSyncCarriesArtifacts: a pocket's sync caches what is carried
+// with the package's images (the signature, its layer), so that an export
+// with the upstream gone (--offline, through the running pocket) still
+// carries it, and an agent checking signatures takes the package.
+func TestPocketSyncCarriesArtifacts(t *testing.T) {
+	w := newWorld(t)
+	w.push(t, "library/nginx")
+	w.cs.Sign(t, w.ref("library/nginx"), w.siteKey)
+	p := pt.StartPocket(t, w.up.URL)
+	ev := pt.Subscribe(t, p.URL)
+	api := p.URL + "/api/v1/kubepkgs"
+	pt.Call(t, "POST", api, pt.Package("signed", "1.0.0", "docker.io/library/nginx:1", "linux/amd64")).Must(t, 201)
+	var j pt.Job
+	pt.Call(t, "POST", api+"/signed/sync", nil).Must(t, http.StatusAccepted).JSON(t, &j)
+	if done := ev.WaitJob(t, j.ID, 60*time.Second); done.State != "done" {
+		t.Fatalf("sync: %+v", done)
+	}
+	w.up.Stop() // the internet is gone
+
+	src := filepath.Join(t.TempDir(), "signed.yaml")
+	if err := os.WriteFile(src, []byte(pt.Package("signed", "1.0.0", "docker.io/library/nginx:1", "linux/amd64")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "signed.kubepkg.tgz")
+	r := crpe(t, "export", "-f", src, "-o", out, "--data", p.Data, "--offline", "--json")
+	if r.Err != nil {
+		t.Fatalf("%s", r)
+	}
+	var res export.Result
+	if err := json.Unmarshal([]byte(r.Stdout), &res); err != nil || len(res.Artifacts) != 1 || res.Artifacts[0].Kind != "signature" {
+		t.Fatalf("offline export: %v %+v", err, res.Artifacts)
+	}
+	agent := testenv.StartAgent(t, testenv.AgentOptions{Args: []string{"--verify-key", w.sitePub}})
+	if ir, r := importTo(t, agent, out); r.Err != nil || len(ir.Signatures) != 1 || !ir.Signatures[0].Verified {
+		t.Fatalf("%s %+v", r, ir.Signatures)
 	}
 }

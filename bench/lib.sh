@@ -323,3 +323,47 @@ mibps() { awk -v b="$1" -v s="$2" 'BEGIN{printf "%.1f", b/1048576/s}'; }
 verdict() { # expr over r (ratio) or v (crpe value)
   awk -v a="$2" -v b="$3" "BEGIN{ if (a==\"\" || b==\"\" || b+0==0) { print \"–\"; exit } r=a/b; v=a; print (($1) ? \"✅\" : \"❌\") }"
 }
+
+# ----------------------------------------------------------------- floors ---
+# What the machine allows for the bytes of FILE, measured in the same run as
+# the figures (issue 16), each into FLOOR[<kind>] (seconds, one value per
+# call; median them at the end):
+#   hash   openssl dgst -sha256 FILE (SHA-NI where the CPU has it)
+#   write  cp FILE DIR/copy && sync -f DIR/copy: writing the bytes durably
+#   read   cat DIR/copy > /dev/null: reading them back (page cache)
+#   net    curl of FILE from `imagefix serve` (net/http: sendfile) over
+#          loopback to /dev/null: moving them once between processes
+# floor_start FILE starts the server (needs build_fix imagefix); floors R DIR
+# measures all four once. The floor of an import is the slower of hash and
+# write: every byte must be hashed and written durably.
+declare -A FLOOR
+FLOOR_PID="" FLOOR_URL=""
+floor_start() {
+  local f=$1 out="$TMP/floor-serve.addr"
+  "$TMP/imagefix" serve -file "$f" >"$out" 2>>"$TMP/floor-serve.log" &
+  FLOOR_PID=$!
+  local i
+  for i in $(seq 1 100); do [ -s "$out" ] && break; sleep 0.05; done
+  FLOOR_URL="http://$(head -1 "$out")/"
+  wait_http "$FLOOR_URL" 10 || die "imagefix serve did not start"
+}
+floors() { # r dir file
+  local r=$1 dir=$2 f=$3 t0 t1 w
+  mkdir -p "$dir"
+  settle
+  t0=$(now); timeout 60 openssl dgst -sha256 "$f" >/dev/null; t1=$(now)
+  w=$(elapsed "$t0" "$t1"); FLOOR[hash]+=" $w"
+  settle
+  t0=$(now); timeout 120 cp "$f" "$dir/copy" && timeout 120 sync -f "$dir/copy"; t1=$(now)
+  w=$(elapsed "$t0" "$t1"); FLOOR[write]+=" $w"
+  t0=$(now); timeout 60 cat "$dir/copy" >/dev/null; t1=$(now)
+  w=$(elapsed "$t0" "$t1"); FLOOR[read]+=" $w"
+  rm -f "$dir/copy"
+  t0=$(now); timeout 60 curl -sS --fail -o /dev/null "$FLOOR_URL"; t1=$(now)
+  w=$(elapsed "$t0" "$t1"); FLOOR[net]+=" $w"
+  log "run $r floors: hash $(echo "${FLOOR[hash]}" | awk '{print $NF}') s, write+sync $(echo "${FLOOR[write]}" | awk '{print $NF}') s, read $(echo "${FLOOR[read]}" | awk '{print $NF}') s, loopback $(echo "${FLOOR[net]}" | awk '{print $NF}') s"
+}
+# floor_of KIND -> median seconds; floor_import -> the slower of hash and write
+floor_of() { # shellcheck disable=SC2086
+  median ${FLOOR[$1]}; }
+floor_import() { awk -v a="$(floor_of hash)" -v b="$(floor_of write)" 'BEGIN{print (a>b)?a:b}'; }

@@ -8,6 +8,10 @@
 //	imagefix import -registry http://127.0.0.1:5000 -pkg pkg.json -tmp DIR [-mib 400] [-seed 1]
 //	imagefix watch -o FILE -- COMMAND [ARGS...]
 //	imagefix sample -p PID -o FILE
+//	imagefix serve -file FILE [-addr 127.0.0.1:0]
+//
+// serve serves one file over HTTP on loopback (net/http: sendfile), the
+// address on stdout: the floor of moving bytes over loopback.
 //
 // export (bench/export.sh) pushes library/a:1, library/b:1 and library/c:1
 // as OCI indexes of linux/amd64 + linux/arm64 (a few gzip layers of random
@@ -63,6 +67,8 @@ func main() {
 		os.Exit(watch(os.Args[2:]))
 	case "sample":
 		os.Exit(sampleCmd(os.Args[2:]))
+	case "serve":
+		os.Exit(serveFile(os.Args[2:]))
 	default:
 		usage()
 	}
@@ -73,5 +79,6 @@ func usage() {
 	fmt.Fprintln(os.Stderr, "       imagefix import -registry URL -pkg FILE [-tmp DIR] [-seed N] [-mib 400 (≥ 8)]")
 	fmt.Fprintln(os.Stderr, "       imagefix watch -o FILE -- COMMAND [ARGS...]")
 	fmt.Fprintln(os.Stderr, "       imagefix sample -p PID -o FILE")
+	fmt.Fprintln(os.Stderr, "       imagefix serve -file FILE [-addr 127.0.0.1:0]")
 	os.Exit(2)
 }

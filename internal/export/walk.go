@@ -8,6 +8,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/octohelm/crpe/internal/archive"
 	"github.com/octohelm/crpe/internal/cas"
@@ -279,11 +280,48 @@ func WalkArtifacts(ctx context.Context, repo string, subjects []digest.Digest, s
 		out = append(out, w)
 		return nil
 	}
-	for _, subject := range subjects {
-		list, err := refs(ctx, repo, subject)
-		if err != nil {
-			return nil, fmt.Errorf("referrers of %s@%s: %w", repo, subject, err)
+	// the lookups of every subject at once (a round trip each, most of
+	// them answered 404), then taken in a fixed order
+	type probe struct {
+		list []ocispec.Descriptor // the referrers
+		tags [3]struct {
+			top   ocispec.Descriptor
+			body  []byte
+			found bool
 		}
+	}
+	probes := make([]probe, len(subjects))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for i, subject := range subjects {
+		g.Go(func() error {
+			list, err := refs(gctx, repo, subject)
+			if err != nil {
+				return fmt.Errorf("referrers of %s@%s: %w", repo, subject, err)
+			}
+			probes[i].list = list
+			return nil
+		})
+		for j, suffix := range oci.CosignSuffixes {
+			g.Go(func() error {
+				tag := oci.CosignTag(subject, suffix)
+				top, body, err := src(gctx, repo, tag)
+				if pullthrough.IsNotFound(err) {
+					return nil
+				}
+				if err != nil {
+					return fmt.Errorf("artifact %s:%s: %w", repo, tag, err)
+				}
+				probes[i].tags[j].top, probes[i].tags[j].body, probes[i].tags[j].found = top, body, true
+				return nil
+			})
+		}
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	for i, subject := range subjects {
+		list := probes[i].list
 		if len(list) > maxArtifacts {
 			return nil, fmt.Errorf("referrers of %s@%s: %d, more than the %d an export carries", repo, subject, len(list), maxArtifacts)
 		}
@@ -302,16 +340,13 @@ func WalkArtifacts(ctx context.Context, repo string, subjects []digest.Digest, s
 				return nil, err
 			}
 		}
-		for _, suffix := range oci.CosignSuffixes {
-			tag := oci.CosignTag(subject, suffix)
-			top, body, err := src(ctx, repo, tag)
-			if pullthrough.IsNotFound(err) {
+		for j, suffix := range oci.CosignSuffixes {
+			t := probes[i].tags[j]
+			if !t.found {
 				continue
 			}
-			if err != nil {
-				return nil, fmt.Errorf("artifact %s:%s: %w", repo, tag, err)
-			}
-			if err := take(repo+":"+tag, subject, top, body, tag); err != nil {
+			tag := oci.CosignTag(subject, suffix)
+			if err := take(repo+":"+tag, subject, t.top, t.body, tag); err != nil {
 				return nil, err
 			}
 		}

@@ -240,3 +240,60 @@ func runImport(ctx context.Context, seed uint64, totalMiB int, pkgOut string) er
 	sum.Seconds = time.Since(start).Seconds()
 	return json.NewEncoder(os.Stdout).Encode(sum)
 }
+
+// -------------------------------------------------------------------- many --
+
+const manySalt = 0x5a
+
+// cmdMany pushes -n single-layer linux/amd64 images library/img-NNNN:1, each
+// with one random layer of -layer-kib KiB, 8 at a time, and writes the
+// KubePkg listing them (bench/scale.sh: cost as the package grows).
+func cmdMany(args []string) int {
+	fs := flag.NewFlagSet("many", flag.ExitOnError)
+	c := newCommonFlags(fs)
+	n := fs.Int("n", 10, "how many images")
+	kib := fs.Int("layer-kib", 64, "KiB of each image's random layer")
+	_ = fs.Parse(args)
+	if *c.reg == "" || *c.pkgOut == "" || *n < 1 || *kib < 1 {
+		usage()
+	}
+	return c.runSet("many", func(ctx context.Context) error {
+		start := time.Now()
+		refs := make([]string, *n)
+		sem := make(chan struct{}, 8)
+		errs := make(chan error, *n)
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var total int64
+		for i := range *n {
+			repo := fmt.Sprintf("library/img-%04d", i)
+			refs[i] = "docker.io/" + repo + ":1"
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				rng := rand.NewChaCha8(seedBytes(manySalt, *c.seed, uint64(i)))
+				_, b, err := pushImage(ctx, repo, "1", "amd64", []int64{int64(*kib) << 10}, rng)
+				if err != nil {
+					errs <- fmt.Errorf("%s: %w", repo, err)
+					return
+				}
+				mu.Lock()
+				total += b
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		if err := <-errs; err != nil {
+			return err
+		}
+		metadata := map[string]any{"name": "bench-scale", "namespace": "default",
+			"annotations": map[string]string{"octohelm.tech/platform": "linux/amd64"}}
+		if err := writePkg(*c.pkgOut, metadata, refs); err != nil {
+			return err
+		}
+		return json.NewEncoder(os.Stdout).Encode(map[string]any{"images": *n, "bytes": total, "seconds": time.Since(start).Seconds()})
+	})
+}

@@ -9,6 +9,11 @@
 //	imagefix watch -o FILE -- COMMAND [ARGS...]
 //	imagefix sample -p PID -o FILE
 //	imagefix serve -file FILE [-addr 127.0.0.1:0]
+//	imagefix many -registry URL -pkg FILE [-n 10] [-layer-kib 64] [-seed N]
+//
+// many (bench/scale.sh) pushes -n single-layer linux/amd64 images
+// library/img-NNNN:1 (one random layer of -layer-kib KiB each) and writes
+// the KubePkg listing them.
 //
 // serve serves one file over HTTP on loopback (net/http: sendfile), the
 // address on stdout: the floor of moving bytes over loopback.
@@ -69,6 +74,8 @@ func main() {
 		os.Exit(sampleCmd(os.Args[2:]))
 	case "serve":
 		os.Exit(serveFile(os.Args[2:]))
+	case "many":
+		os.Exit(cmdMany(os.Args[2:]))
 	default:
 		usage()
 	}
@@ -80,5 +87,6 @@ func usage() {
 	fmt.Fprintln(os.Stderr, "       imagefix watch -o FILE -- COMMAND [ARGS...]")
 	fmt.Fprintln(os.Stderr, "       imagefix sample -p PID -o FILE")
 	fmt.Fprintln(os.Stderr, "       imagefix serve -file FILE [-addr 127.0.0.1:0]")
+	fmt.Fprintln(os.Stderr, "       imagefix many -registry URL -pkg FILE [-n 10] [-layer-kib 64] [-seed N]")
 	os.Exit(2)
 }

@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync"
 	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
@@ -179,7 +180,9 @@ func (s *Store) Stage(ctx context.Context, expected cas.Info, r io.Reader) (*Sta
 	if !trusted {
 		w = io.MultiWriter(v, f)
 	}
-	n, err := fillCopy(w, ctxReader{ctx, r}, make([]byte, copyBufSize))
+	buf, done := copyBuffer(expected.Size)
+	n, err := fillCopy(w, ctxReader{ctx, r}, buf)
+	done()
 	if err != nil {
 		return fail(err)
 	}
@@ -427,6 +430,20 @@ func fillCopy(w io.Writer, r io.Reader, buf []byte) (int64, error) {
 			return total, err
 		}
 	}
+}
+
+// copyBufs recycles the copy buffers of Stage: an import of thousands of
+// blobs allocated (and zeroed, and collected) a megabyte for each.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
+
+// copyBuffer is a buffer to copy a blob of size bytes (-1: unknown) with:
+// a small blob's own size, else a pooled megabyte; done returns it.
+func copyBuffer(size int64) (buf []byte, done func()) {
+	if size >= 0 && size < copyBufSize {
+		return make([]byte, max(size, 1)), func() {}
+	}
+	bp := copyBufs.Get().(*[]byte)
+	return *bp, func() { copyBufs.Put(bp) }
 }
 
 // ctxReader stops a copy once ctx is done.

@@ -285,3 +285,20 @@ func exportStory(ctx context.Context, t *testing.T, src *testenv.Distribution, w
 	}
 	return archive
 }
+
+// storyRegistry is the internet side of the stories that export straight
+// from a registry: a docker-registry holding the story's images (built into
+// a temp folder, which it returns too).
+func storyRegistry(ctx context.Context, t *testing.T) (*testenv.Distribution, *kit.Images, string) {
+	t.Helper()
+	src := testenv.StartDistribution(t)
+	work := t.TempDir()
+	im, err := kit.Build(ctx, work)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := im.Push(ctx, src.Addr); err != nil {
+		t.Fatal(err)
+	}
+	return src, im, work
+}

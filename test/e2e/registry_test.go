@@ -26,15 +26,7 @@ func TestRegistryModeStory(t *testing.T) {
 	waitNode := launchNode(t, bins)
 
 	// internet side: the images in a registry, the package exported
-	src := testenv.StartDistribution(t)
-	work := t.TempDir()
-	im, err := kit.Build(ctx, work)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := im.Push(ctx, src.Addr); err != nil {
-		t.Fatal(err)
-	}
+	src, _, work := storyRegistry(ctx, t)
 	archive := exportStory(ctx, t, src, work, "v1")
 	exported := exportedImages(t, archive)
 

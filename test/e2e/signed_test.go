@@ -27,15 +27,7 @@ func TestSignedStory(t *testing.T) {
 
 	// internet side: the images, signed but hello:v2, and both versions
 	// exported with what is carried with their images
-	src := testenv.StartDistribution(t)
-	work := t.TempDir()
-	im, err := kit.Build(ctx, work)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := im.Push(ctx, src.Addr); err != nil {
-		t.Fatal(err)
-	}
+	src, im, work := storyRegistry(ctx, t)
 	cs := testenv.StartCosign(t)
 	key, pub := cs.KeyPair(t, "site")
 	for ref, repo := range map[string]string{kit.HelloV1: "library/hello", kit.Pause: "pause"} {

@@ -12,6 +12,10 @@
 #   BENCH_RUNS=3            repetitions per measurement (median reported)
 #   BENCH_ARCHIVE_MIB=400   MiB of random gzip layers in the archive (3 images)
 #   BENCH_MAX_SECONDS=300   hard wall-clock cap for the whole script
+#   BENCH_PROFILE=1         keep CPU and allocation profiles of the first run's
+#                           agent, client and --data import in bench/profiles/
+#                           (crpe's CRPE_CPUPROFILE / CRPE_MEMPROFILE; read them
+#                           with go tool pprof -top BINARY FILE)
 #
 # The archive: library/{a,b,c}:1, linux/amd64 OCI images of 3–5 random gzip
 # layers each (BENCH_ARCHIVE_MIB in all), pushed into a docker-registry the
@@ -92,6 +96,18 @@ printf '%s\n' "$TOKEN" >"$TMP/token"; chmod 600 "$TMP/token"
 # ---------------------------------------------------------------- measure ---
 
 declare -A WALL TPUT RSS ANON CPU
+# prof_env RUN NAME cmd...: runs cmd through env(1) (so that `cmd &` gives
+# the command's own pid), with crpe's profiles asked for on the first run
+# when BENCH_PROFILE=1 (written to bench/profiles/import-NAME-*.pprof)
+PROFILES="$REPO_ROOT/bench/profiles"
+prof_env() {
+  local r=$1 name=$2 vars=(); shift 2
+  if [ "${BENCH_PROFILE:-}" = 1 ] && [ "$r" = 1 ]; then
+    mkdir -p "$PROFILES"
+    vars=("CRPE_CPUPROFILE=$PROFILES/import-$name-cpu.pprof" "CRPE_MEMPROFILE=$PROFILES/import-$name-allocs.pprof")
+  fi
+  exec env "${vars[@]}" "$@"
+}
 record() { # key seconds
   WALL[$1]+=" $2"; TPUT[$1]+=" $(mibps "$ARCHIVE_BYTES" "$2")"
 }
@@ -122,15 +138,17 @@ run_agent() { # r
   local r=$1 dir="$TMP/agent-$1" port url t0 t1 w c0 c1 hwm anon code sent sp
   mkdir -p "$dir"
   port=$(free_port); url="http://$HOST:$port"
+  (prof_env "$r" agent \
   "$CRPE_BIN" agent --addr "$HOST:$port" --data "$dir/data" --token-file "$TMP/token" \
-    --log-format json >"$dir/agent.log" 2>&1 &
+    --log-format json) >"$dir/agent.log" 2>&1 &
   AGENT_PID=$!
   wait_http "$url/healthz" 20 || { tail -20 "$dir/agent.log" >&2; die "crpe agent did not start"; }
   sample_start "$AGENT_PID" "$dir/agent-mem.json"; sp=$SAMPLER_PID; SAMPLERS=$sp
   settle
   c0=$(cpu_ticks "$AGENT_PID")
   t0=$(now)
-  tw "$dir/client-mem.json" 120 "$CRPE_BIN" import "$ARCHIVE" --to "$url" --token "$TOKEN" --full --json \
+  (prof_env "$r" client timeout 120 "$TMP/imagefix" watch -o "$dir/client-mem.json" -- \
+    "$CRPE_BIN" import "$ARCHIVE" --to "$url" --token "$TOKEN" --full --json) \
     >"$dir/out.json" 2>"$dir/err" || { tail -20 "$dir/err" "$dir/agent.log" >&2; die "crpe import --to run $r failed"; }
   t1=$(now)
   c1=$(cpu_ticks "$AGENT_PID")
@@ -158,7 +176,8 @@ run_local() { # r
   mkdir -p "$dir"
   settle
   t0=$(now)
-  tw "$dir/mem.json" 120 "$CRPE_BIN" import "$ARCHIVE" --data "$dir/data" --json >"$dir/out.json" 2>"$dir/err" \
+  (prof_env "$r" local timeout 120 "$TMP/imagefix" watch -o "$dir/mem.json" -- \
+    "$CRPE_BIN" import "$ARCHIVE" --data "$dir/data" --json) >"$dir/out.json" 2>"$dir/err" \
     || { tail -20 "$dir/err" >&2; die "crpe import --data run $r failed"; }
   t1=$(now)
   grep -q '"blobsReceived"' "$dir/out.json" || die "local run $r: no import summary: $(head -c 600 "$dir/out.json")"

@@ -112,6 +112,7 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 
 // Execute runs the command tree and returns the process exit code.
 func Execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	defer startProfiles(stderr)()
 	root := NewRoot()
 	root.SetArgs(args)
 	root.SetOut(stdout)

@@ -453,23 +453,16 @@ func (im *Importer) importLocked(ctx context.Context, r io.Reader, o ImportOptio
 	}
 	// the index the reader made for a seed layout learns each image's media
 	// type when its manifest arrives
+	mts := inspect.MediaTypes(sum.Index)
 	for _, img := range h.images {
-		for _, m := range sum.Index.Manifests {
-			if m.Digest == img.desc.Digest && img.desc.MediaType == "" {
-				img.desc.MediaType = m.MediaType
-			}
+		if img.desc.MediaType == "" {
+			img.desc.MediaType = mts[img.desc.Digest]
 		}
 	}
 	// every image complete for its package's platforms
-	plats := map[string][]ocispec.Platform{}
-	for _, p := range h.pkgs {
-		ps, err := p.Platforms() // nil without the annotation: every platform of the index
-		if err != nil {
-			return nil, false, badRequest(archive.PackageEntry, "%v", err)
-		}
-		for ref := range p.Spec.Images {
-			plats[ref] = append(plats[ref], ps...)
-		}
+	plats, err := inspect.RefPlatforms(h.pkgs)
+	if err != nil {
+		return nil, false, badRequest(archive.PackageEntry, "%v", err)
 	}
 	ctxBG := context.WithoutCancel(ctx)
 	getManifest := func(d digest.Digest) ([]byte, bool) {

@@ -305,6 +305,36 @@ type ClosureResult struct {
 	Manifests []digest.Digest
 }
 
+// RefPlatforms maps each image reference of pkgs to the platforms its
+// packages carry it for (octohelm.tech/platform; nil without the
+// annotation: every platform of its index), as an importer checks each
+// image complete.
+func RefPlatforms(pkgs []*kubepkg.KubePkg) (map[string][]ocispec.Platform, error) {
+	plats := map[string][]ocispec.Platform{}
+	for _, p := range pkgs {
+		ps, err := p.Platforms()
+		if err != nil {
+			return nil, err
+		}
+		for ref := range p.Spec.Images {
+			plats[ref] = append(plats[ref], ps...)
+		}
+	}
+	return plats, nil
+}
+
+// MediaTypes maps each manifest index.json lists to its media type: what
+// the index a seed layout's reader made learns once the manifest arrives.
+func MediaTypes(idx ocispec.Index) map[digest.Digest]string {
+	mts := make(map[digest.Digest]string, len(idx.Manifests))
+	for _, m := range idx.Manifests {
+		if m.MediaType != "" {
+			mts[m.Digest] = m.MediaType
+		}
+	}
+	return mts
+}
+
 // Subjects are, by repository, the manifests the archive's images hold:
 // what the artifacts carried with them (archive.AnnotationSubject) may be
 // about.

@@ -148,22 +148,33 @@ func (p *Pocket) newRequest(ctx context.Context, method, path string, body io.Re
 	return req, nil
 }
 
+// get sends GET path and returns the answer, an error unless it is 200 OK;
+// the caller closes its body.
+func (p *Pocket) get(ctx context.Context, path string) (*http.Response, error) {
+	req, err := p.newRequest(ctx, http.MethodGet, path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := p.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		return nil, responseError(resp)
+	}
+	return resp, nil
+}
+
 // probe checks that p answers as the pocket instance.
 func (p *Pocket) probe(ctx context.Context, instance string) error {
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
-	req, err := p.newRequest(ctx, http.MethodGet, "/api/v1/pocket", nil)
-	if err != nil {
-		return err
-	}
-	resp, err := p.client.Do(req)
+	resp, err := p.get(ctx, "/api/v1/pocket")
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return responseError(resp)
-	}
 	var info struct {
 		Instance string `json:"instance"`
 	}
@@ -341,18 +352,11 @@ type Job struct {
 
 // Job reads job id.
 func (p *Pocket) Job(ctx context.Context, id string) (*Job, error) {
-	req, err := p.newRequest(ctx, http.MethodGet, "/api/v1/jobs/"+url.PathEscape(id), nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := p.client.Do(req)
+	resp, err := p.get(ctx, "/api/v1/jobs/"+url.PathEscape(id))
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, responseError(resp)
-	}
 	var j Job
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 4<<20)).Decode(&j); err != nil {
 		return nil, err
@@ -388,18 +392,11 @@ func (p *Pocket) KeepChart(ctx context.Context, archive []byte) (ref, digest str
 // (GET /api/v1/events) tells, until ctx is done or the stream ends. ready,
 // if set, is called once the stream is open.
 func (p *Pocket) WatchJobs(ctx context.Context, ready func(), fn func(*Job)) error {
-	req, err := p.newRequest(ctx, http.MethodGet, "/api/v1/events", nil)
-	if err != nil {
-		return err
-	}
-	resp, err := p.client.Do(req)
+	resp, err := p.get(ctx, "/api/v1/events")
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return responseError(resp)
-	}
 	if ready != nil {
 		ready()
 	}

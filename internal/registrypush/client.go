@@ -252,10 +252,16 @@ func (c *client) startUpload(ctx context.Context, repo string, d digest.Digest, 
 	return "", false, e
 }
 
-// putMonolithic finishes the session loc with the whole blob as its body.
+// putMonolithic finishes the session loc with the whole blob as its body
+// (one try: the caller starts a new session for the next).
 func (c *client) putMonolithic(ctx context.Context, repo, loc string, d digest.Digest, body []byte) error {
-	hdr := http.Header{"Content-Type": {"application/octet-stream"}}
-	resp, err := c.once(ctx, http.MethodPut, withQuery(loc, "digest", string(d)), hdr, body)
+	return c.putDigest(ctx, c.once, repo, loc, d, body)
+}
+
+// putDigest completes the session loc with PUT ?digest=d, body its last
+// bytes, sent by send (once, or do).
+func (c *client) putDigest(ctx context.Context, send func(context.Context, string, string, http.Header, []byte) (*http.Response, error), repo, loc string, d digest.Digest, body []byte) error {
+	resp, err := send(ctx, http.MethodPut, withQuery(loc, "digest", string(d)), http.Header{"Content-Type": {"application/octet-stream"}}, body)
 	if err != nil {
 		return err
 	}
@@ -319,15 +325,7 @@ func (c *client) patch(ctx context.Context, repo, loc string, offset int64, body
 
 // finish closes the session loc, whose bytes are all sent, naming d.
 func (c *client) finish(ctx context.Context, repo, loc string, d digest.Digest) error {
-	resp, err := c.do(ctx, http.MethodPut, withQuery(loc, "digest", string(d)), http.Header{"Content-Type": {"application/octet-stream"}}, []byte{})
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode == http.StatusCreated {
-		drain(resp)
-		return nil
-	}
-	return asError(resp, "put blob "+string(d)+" to", repo)
+	return c.putDigest(ctx, c.do, repo, loc, d, []byte{})
 }
 
 // cancel drops the session loc (best effort).

@@ -36,22 +36,15 @@ func (p *pusher) complete(ctx context.Context, sum *archive.Summary) error {
 	if err != nil {
 		return err
 	}
+	mts := inspect.MediaTypes(sum.Index)
 	for _, im := range p.images {
-		for _, m := range sum.Index.Manifests {
-			if m.Digest == im.desc.Digest && im.desc.MediaType == "" {
-				im.desc.MediaType = m.MediaType
-			}
+		if im.desc.MediaType == "" {
+			im.desc.MediaType = mts[im.desc.Digest]
 		}
 	}
-	plats := map[string][]ocispec.Platform{}
-	for _, pk := range p.pkgs {
-		ps, err := pk.Platforms()
-		if err != nil {
-			return fmt.Errorf("%s: %w", archive.PackageEntry, err)
-		}
-		for ref := range pk.Spec.Images {
-			plats[ref] = append(plats[ref], ps...)
-		}
+	plats, err := inspect.RefPlatforms(p.pkgs)
+	if err != nil {
+		return fmt.Errorf("%s: %w", archive.PackageEntry, err)
 	}
 	getManifest := func(d digest.Digest) ([]byte, bool) {
 		m, ok := p.manifests[d]

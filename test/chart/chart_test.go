@@ -31,6 +31,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/octohelm/crpe/internal/chart/charttest"
 	"github.com/octohelm/crpe/internal/testenv"
 )
 
@@ -312,20 +313,7 @@ dependencies:
 	write(t, filepath.Join(c, "values.yaml"), "replicas: 2\nimage: nginx:1.27\nsub:\n  enabled: true\n  message: hello\ntags:\n  extras: false\n")
 	write(t, filepath.Join(c, "values.schema.json"), `{"$schema": "https://json-schema.org/draft-07/schema#", "type": "object",
  "properties": {"replicas": {"type": "integer", "minimum": 1}, "image": {"type": "string"}}, "required": ["replicas"]}`)
-	write(t, filepath.Join(c, "crds", "crontab.yaml"), `apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: crontabs.stable.example.com
-spec:
-  group: stable.example.com
-  names: {kind: CronTab, plural: crontabs, singular: crontab}
-  scope: Namespaced
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
-`)
+	write(t, filepath.Join(c, "crds", "crontab.yaml"), charttest.CronTabCRD)
 	write(t, filepath.Join(c, "templates", "deployment.yaml"), `apiVersion: apps/v1
 kind: Deployment
 metadata:

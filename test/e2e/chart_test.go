@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/octohelm/crpe/internal/chart/charttest"
 	"github.com/octohelm/crpe/internal/testenv"
 	"github.com/octohelm/crpe/test/e2e/kit"
 )
@@ -22,22 +23,9 @@ func writeChart(t *testing.T, dir, v, image string) string {
 	t.Helper()
 	c := filepath.Join(dir, "hello-chart-"+v)
 	files := map[string]string{
-		"Chart.yaml":  "apiVersion: v2\nname: hello-chart\nversion: " + v + "\n",
-		"values.yaml": "image: " + image + "\n",
-		"crds/crontab.yaml": `apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: crontabs.stable.example.com
-spec:
-  group: stable.example.com
-  names: {kind: CronTab, plural: crontabs, singular: crontab}
-  scope: Namespaced
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
-`,
+		"Chart.yaml":        "apiVersion: v2\nname: hello-chart\nversion: " + v + "\n",
+		"values.yaml":       "image: " + image + "\n",
+		"crds/crontab.yaml": charttest.CronTabCRD,
 		"templates/hook.yaml": `apiVersion: batch/v1
 kind: Job
 metadata:

@@ -133,3 +133,20 @@ func Serve(t testing.TB, charts ...Chart) string {
 	}
 	return srv.URL
 }
+
+// CronTabCRD is a CustomResourceDefinition the tests' charts carry in their
+// crds/ folder: stable.example.com's CronTab (its objects kept as they are).
+const CronTabCRD = `apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: crontabs.stable.example.com
+spec:
+  group: stable.example.com
+  names: {kind: CronTab, plural: crontabs, singular: crontab}
+  scope: Namespaced
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+`

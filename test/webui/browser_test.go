@@ -63,6 +63,7 @@ func NewBrowserWithRules(t *testing.T, timeout time.Duration, rules string) *Bro
 		}
 		t.Skip(msg)
 	}
+	profile := t.TempDir()
 	opts := []chromedp.ExecAllocatorOption{
 		chromedp.ExecPath(chromiumPath),
 		chromedp.Headless,
@@ -76,7 +77,7 @@ func NewBrowserWithRules(t *testing.T, timeout time.Duration, rules string) *Bro
 		chromedp.Flag("disable-dev-shm-usage", true),
 		chromedp.Flag("disable-features", "Translate,MediaRouter,OptimizationHints"),
 		chromedp.WindowSize(360, 740),
-		chromedp.UserDataDir(t.TempDir()),
+		chromedp.UserDataDir(profile),
 		// Chromium makes its singleton socket folder
 		// (org.chromium.Chromium.*) in TMPDIR and leaves it when killed
 		chromedp.Env("TMPDIR=" + t.TempDir()),
@@ -92,7 +93,24 @@ func NewBrowserWithRules(t *testing.T, timeout time.Duration, rules string) *Bro
 		}
 	}))
 	ctx, cancelT := context.WithTimeout(ctx, timeout)
-	t.Cleanup(func() { cancelT(); cancelC(); cancelA() })
+	t.Cleanup(func() {
+		cancelT()
+		cancelC()
+		cancelA()
+		// Chromium's helper processes may still write into the profile a
+		// moment after the browser is gone (TempDir's own removal then
+		// fails the test with "directory not empty"): empty it until it
+		// stays empty
+		for i := 0; i < 30; i++ {
+			if os.RemoveAll(profile) == nil {
+				time.Sleep(50 * time.Millisecond)
+				if _, err := os.Stat(profile); os.IsNotExist(err) {
+					return
+				}
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
 	b := &Browser{t: t, ctx: ctx, requests: map[network.RequestID]string{}, downloads: map[string]string{}, dlNames: map[string]string{}}
 	chromedp.ListenTarget(ctx, b.onEvent)
 	chromedp.ListenBrowser(ctx, b.onEvent)

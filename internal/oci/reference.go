@@ -126,6 +126,12 @@ func ParseReference(s string) (Reference, error) {
 	} else if !hasDigest {
 		r.Tag = name.DefaultTag
 	}
+	// Hosts are case-insensitive: fold the host before go-containerregistry
+	// decides whether it is Docker Hub (and adds "library/"), so that
+	// "doCker.io/x" and "docker.io/x" name one repository.
+	if host, rest, ok := strings.Cut(repoPart, "/"); ok && IsHost(host) {
+		repoPart = strings.ToLower(host) + "/" + rest
+	}
 	repo, err := name.NewRepository(repoPart)
 	if err != nil {
 		return r, fmt.Errorf("image reference %q: %w", s, err)

@@ -29,6 +29,10 @@ func TestNormalizeReference(t *testing.T) {
 		{"127.0.0.1:36060/docker.io/library/nginx:alpine", "127.0.0.1:36060/docker.io/library/nginx:alpine"},
 		{"registry.k8s.io/pause:3.9", "registry.k8s.io/pause:3.9"},
 		{"gcr.io/a/b/c/d:e", "gcr.io/a/b/c/d:e"},
+		// hosts are case-insensitive; Docker Hub's in any case gets library/
+		{"doCker.io/0", "docker.io/library/0:latest"},
+		{"GHCR.io/a/b:T", "ghcr.io/a/b:T"},
+		{"Index.Docker.IO/nginx", "docker.io/library/nginx:latest"},
 	}
 	for _, c := range cases {
 		got, err := NormalizeReference(c.in)
@@ -52,7 +56,7 @@ func TestNormalizeReference(t *testing.T) {
 
 // FuzzNormalizeReference checks that NormalizeReference never panics and is idempotent.
 func FuzzNormalizeReference(f *testing.F) {
-	for _, seed := range []string{"nginx", "nginx:alpine", "index.docker.io/x/y:1", "ghcr.io/a/b:t@" + "sha256:" + strings.Repeat("a", 64), "localhost:5000/a", "@", ":"} {
+	for _, seed := range []string{"nginx", "nginx:alpine", "index.docker.io/x/y:1", "ghcr.io/a/b:t@" + "sha256:" + strings.Repeat("a", 64), "localhost:5000/a", "@", ":", "doCker.io/0"} {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, s string) {

@@ -2,8 +2,10 @@
 // <root>/blobs/<alg>/<hex>, in-progress writes at <root>/ingest/.
 //
 // Every write goes to a temp file in <root>/ingest (same file system), is
-// hashed while streaming, fsynced, and renamed into place; the parent folder
-// is fsynced after the rename. A blob is therefore never visible
+// hashed while streaming, made durable, and linked into place; the parent
+// folder is fsynced after the link. A single write (Put, an upload) fsyncs
+// its file; a batch (Stage then Publish: an import) is made durable with
+// one sync of the file system. A blob is therefore never visible
 // half-written, and a crash leaves at most a temp file behind, which Check
 // reports as information and Clean removes.
 package casfs
@@ -95,63 +97,73 @@ func (s *Store) Open(_ context.Context, d digest.Digest) (io.ReadSeekCloser, cas
 }
 
 func (s *Store) Put(ctx context.Context, expected cas.Info, r io.Reader) (cas.Info, error) {
-	st, err := s.Stage(ctx, expected, r)
-	if err != nil {
+	f, info, err := s.write(ctx, expected, r)
+	if err != nil || f == nil {
+		return info, err
+	}
+	if err := s.publish(f, info); err != nil {
+		os.Remove(f.Name())
 		return cas.Info{}, err
 	}
-	if err := st.Commit(); err != nil {
-		return cas.Info{}, err
-	}
-	return st.Info, nil
+	return info, nil
 }
 
-// Staged is a verified blob in a temp file, not yet published: Commit
-// fsyncs it and publishes it, Abort discards it. An importer stages blob
-// after blob and commits them in the background, so the disk flushes one
-// while the next one streams in.
+// Staged is a verified blob in a closed temp file, not yet published:
+// Store.Publish makes a batch of them durable and visible, Abort discards
+// one. An importer stages blob after blob (the kernel starts writing each
+// one out as soon as it is staged) and publishes them all at the end with
+// one sync.
 type Staged struct {
-	s    *Store
-	f    *os.File
+	s *Store
+	// name is the temp file; "" for a blob that was already present, and
+	// once published or aborted
+	name string
 	Info cas.Info
 }
 
-// Commit fsyncs the blob and publishes it (nothing to do for a blob that
-// was already present).
-func (st *Staged) Commit() error {
-	if st.f == nil {
-		return nil
-	}
-	f := st.f
-	st.f = nil
-	if err := st.s.publish(f, st.Info); err != nil {
-		os.Remove(f.Name())
-		return err
-	}
-	return nil
-}
+// Commit publishes one staged blob: Publish of a batch of one.
+func (st *Staged) Commit() error { return st.s.Publish([]*Staged{st}) }
 
-// Abort discards a blob not committed.
+// Abort discards a blob not published.
 func (st *Staged) Abort() {
-	if st.f != nil {
-		st.f.Close()
-		os.Remove(st.f.Name())
-		st.f = nil
+	if st.name != "" {
+		os.Remove(st.name)
+		st.name = ""
 	}
 }
 
 // Stage does what Put does short of publishing: the bytes are verified
 // (or, from a *cas.VerifyingReader, whose clean end is the proof, not
-// hashed again) and written to a temp file.
+// hashed again) and written to a temp file, whose write-out to the disk is
+// started (not waited for) before it is closed.
 func (s *Store) Stage(ctx context.Context, expected cas.Info, r io.Reader) (*Staged, error) {
+	f, info, err := s.write(ctx, expected, r)
+	if err != nil {
+		return nil, err
+	}
+	if f == nil {
+		return &Staged{s: s, Info: info}, nil
+	}
+	startWriteback(f)
+	if err := f.Close(); err != nil {
+		os.Remove(f.Name())
+		return nil, err
+	}
+	return &Staged{s: s, name: f.Name(), Info: info}, nil
+}
+
+// write verifies r's bytes into a temp file. It returns a nil file (and
+// the stored blob's info) when the blob is already present.
+func (s *Store) write(ctx context.Context, expected cas.Info, r io.Reader) (*os.File, cas.Info, error) {
 	if expected.Digest != "" {
 		if _, err := oci.ParseDigest(string(expected.Digest)); err != nil {
-			return nil, err
+			return nil, cas.Info{}, err
 		}
 		if info, err := s.Stat(ctx, expected.Digest); err == nil {
 			if expected.Size >= 0 && info.Size != expected.Size {
-				return nil, fmt.Errorf("%w: %s is stored with %d bytes, expected %d", cas.ErrSizeMismatch, expected.Digest, info.Size, expected.Size)
+				return nil, cas.Info{}, fmt.Errorf("%w: %s is stored with %d bytes, expected %d", cas.ErrSizeMismatch, expected.Digest, info.Size, expected.Size)
 			}
-			return &Staged{s: s, Info: info}, nil
+			return nil, info, nil
 		}
 	} else {
 		expected.Size = -1
@@ -164,17 +176,17 @@ func (s *Store) Stage(ctx context.Context, expected cas.Info, r io.Reader) (*Sta
 	} else {
 		var err error
 		if v, err = cas.NewVerifier(expected, digest.SHA256); err != nil {
-			return nil, err
+			return nil, cas.Info{}, err
 		}
 	}
 	f, err := s.tempFile("put")
 	if err != nil {
-		return nil, err
+		return nil, cas.Info{}, err
 	}
-	fail := func(err error) (*Staged, error) {
+	fail := func(err error) (*os.File, cas.Info, error) {
 		f.Close()
 		os.Remove(f.Name())
-		return nil, err
+		return nil, cas.Info{}, err
 	}
 	var w io.Writer = f
 	if !trusted {
@@ -194,10 +206,69 @@ func (s *Store) Stage(ctx context.Context, expected cas.Info, r io.Reader) (*Sta
 	} else if info, err = v.Verify(); err != nil {
 		return fail(err)
 	}
-	return &Staged{s: s, f: f, Info: info}, nil
+	return f, info, nil
 }
 
-// publish fsyncs and closes f, then renames it into place.
+// Publish makes staged blobs durable, then visible, as one batch: their
+// bytes reach the disk with one sync of the store's file system (syncfs on
+// Linux, which the kernel had already started for each file when it was
+// staged; each file's fsync elsewhere), then each is linked into place and
+// each blob folder is fsynced once. What a per-blob fsync guarantees holds
+// for the batch: no blob is visible before its bytes are durable, and none
+// is reported published before its name is. Every blob is tried; the first
+// error is returned, and a blob that failed stays unpublished (its temp
+// file is removed).
+func (s *Store) Publish(staged []*Staged) error {
+	var names []string
+	for _, st := range staged {
+		if st.name != "" {
+			names = append(names, st.name)
+		}
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	if err := s.syncFiles(names); err != nil {
+		for _, st := range staged {
+			st.Abort()
+		}
+		return err
+	}
+	var first error
+	dirs := map[string]bool{}
+	var done []cas.Info
+	for _, st := range staged {
+		if st.name == "" {
+			continue
+		}
+		name := st.name
+		st.name = ""
+		created, err := s.link(name, st.Info)
+		if err != nil {
+			os.Remove(name)
+			if first == nil {
+				first = err
+			}
+			continue
+		}
+		if created {
+			dirs[filepath.Dir(s.Path(st.Info.Digest))] = true
+			done = append(done, st.Info)
+		}
+	}
+	for d := range dirs {
+		syncDir(d)
+	}
+	if s.OnCommit != nil {
+		for _, info := range done {
+			s.OnCommit(info)
+		}
+	}
+	return first
+}
+
+// publish fsyncs and closes f, then links it into place: one blob, as Put
+// and an upload's commit publish it.
 func (s *Store) publish(f *os.File, info cas.Info) error {
 	if err := f.Sync(); err != nil {
 		f.Close()
@@ -206,31 +277,43 @@ func (s *Store) publish(f *os.File, info cas.Info) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	dst := s.Path(info.Digest)
-	// A hard link publishes without replacing: of concurrent writers of the
-	// same blob exactly one creates it. File systems without hard links
-	// (FAT on a phone's card) fall back to an atomic rename.
-	err := os.Link(f.Name(), dst)
-	switch {
-	case err == nil:
-		os.Remove(f.Name())
-	case errors.Is(err, fs.ErrExist):
-		os.Remove(f.Name())
-		return nil // already present: same bytes by definition
-	default:
-		if _, serr := os.Stat(dst); serr == nil {
-			os.Remove(f.Name())
-			return nil
-		}
-		if err := os.Rename(f.Name(), dst); err != nil {
-			return err
-		}
+	created, err := s.link(f.Name(), info)
+	if err != nil || !created {
+		return err
 	}
-	syncDir(filepath.Dir(dst))
+	syncDir(filepath.Dir(s.Path(info.Digest)))
 	if s.OnCommit != nil {
 		s.OnCommit(info)
 	}
 	return nil
+}
+
+// link puts the durable temp file name in place as blob info.Digest and
+// removes the temp name. created is false when the blob was there already
+// (same bytes by definition).
+func (s *Store) link(name string, info cas.Info) (created bool, err error) {
+	dst := s.Path(info.Digest)
+	// A hard link publishes without replacing: of concurrent writers of the
+	// same blob exactly one creates it. File systems without hard links
+	// (FAT on a phone's card) fall back to an atomic rename.
+	err = os.Link(name, dst)
+	switch {
+	case err == nil:
+		os.Remove(name)
+		return true, nil
+	case errors.Is(err, fs.ErrExist):
+		os.Remove(name)
+		return false, nil
+	default:
+		if _, serr := os.Stat(dst); serr == nil {
+			os.Remove(name)
+			return false, nil
+		}
+		if err := os.Rename(name, dst); err != nil {
+			return false, err
+		}
+		return true, nil
+	}
 }
 
 func (s *Store) Delete(_ context.Context, d digest.Digest) error {

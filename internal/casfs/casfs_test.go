@@ -125,3 +125,70 @@ func TestPutTrustsOnlyVerifyingReaders(t *testing.T) {
 		t.Fatal("mismatching expectation accepted")
 	}
 }
+
+// TestPublishBatch stages blobs (nothing is visible), publishes them as one
+// batch (all visible, the temp files gone, OnCommit once per new blob) and
+// aborts one that is never published.
+func TestPublishBatch(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	s, _ := Open(root)
+	var committed []digest.Digest
+	s.OnCommit = func(i cas.Info) { committed = append(committed, i.Digest) }
+	if _, err := s.Put(ctx, cas.Info{Digest: digest.FromString("old"), Size: 3}, bytes.NewReader([]byte("old"))); err != nil {
+		t.Fatal(err)
+	}
+	committed = nil
+	var batch []*Staged
+	var want []digest.Digest
+	for i := range 20 {
+		b := bytes.Repeat([]byte{byte(i)}, 1000*i+1)
+		d := digest.FromBytes(b)
+		st, err := s.Stage(ctx, cas.Info{Digest: d, Size: int64(len(b))}, bytes.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Stat(ctx, d); err == nil {
+			t.Fatalf("blob %d visible before Publish", i)
+		}
+		batch = append(batch, st)
+		want = append(want, d)
+	}
+	// the same blob twice in a batch, and one already stored
+	dup, err := s.Stage(ctx, cas.Info{Digest: want[3], Size: 3001}, bytes.NewReader(bytes.Repeat([]byte{3}, 3001)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := s.Stage(ctx, cas.Info{Digest: digest.FromString("old"), Size: 3}, bytes.NewReader([]byte("old")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch = append(batch, dup, old)
+	aborted, err := s.Stage(ctx, cas.Info{Digest: digest.FromString("never"), Size: 5}, bytes.NewReader([]byte("never")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	aborted.Abort()
+	if err := s.Publish(batch); err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range want {
+		if info, err := s.Stat(ctx, d); err != nil || info.Size != int64(1000*i+1) {
+			t.Fatalf("blob %d after Publish: %+v, %v", i, info, err)
+		}
+	}
+	if _, err := s.Stat(ctx, digest.FromString("never")); err == nil {
+		t.Fatal("an aborted blob was published")
+	}
+	if len(committed) != len(want) {
+		t.Fatalf("OnCommit called %d times, want %d (once per new blob)", len(committed), len(want))
+	}
+	ents, _ := os.ReadDir(filepath.Join(root, "ingest"))
+	if len(ents) != 0 {
+		t.Fatalf("ingest holds %d files after the batch", len(ents))
+	}
+	// publishing again is a no-op
+	if err := s.Publish(batch); err != nil {
+		t.Fatal(err)
+	}
+}

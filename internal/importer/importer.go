@@ -171,47 +171,17 @@ type image struct {
 	subject digest.Digest
 }
 
-// stager is a store that can verify a blob now and publish it later
-// (casfs.Store).
+// stager is a store that can verify a blob now and publish it later, in
+// one batch (casfs.Store).
 type stager interface {
 	Stage(ctx context.Context, expected cas.Info, r io.Reader) (*casfs.Staged, error)
-}
-
-// committer publishes staged blobs in the background, two at a time.
-type committer struct {
-	wg  sync.WaitGroup
-	sem chan struct{}
-	mu  sync.Mutex
-	err error
-}
-
-func (c *committer) commit(st *casfs.Staged) {
-	if c.sem == nil {
-		c.sem = make(chan struct{}, 2)
-	}
-	c.wg.Add(1)
-	c.sem <- struct{}{}
-	go func() {
-		defer c.wg.Done()
-		defer func() { <-c.sem }()
-		if err := st.Commit(); err != nil {
-			c.mu.Lock()
-			if c.err == nil {
-				c.err = err
-			}
-			c.mu.Unlock()
-		}
-	}()
-}
-
-// wait waits for every commit and returns the first error.
-func (c *committer) wait() error {
-	c.wg.Wait()
-	return c.err
+	Publish(staged []*casfs.Staged) error
 }
 
 type handler struct {
-	commits committer
+	// staged are the blobs verified into temp files, published together
+	// once the archive is read (one sync for the whole import)
+	staged  []*casfs.Staged
 	// needed are the blobs the archive's manifests announce, with their
 	// sizes; checked against free space before the first config or layer
 	needed  map[digest.Digest]int64
@@ -329,13 +299,13 @@ func (h *handler) Blob(ctx context.Context, desc ocispec.Descriptor, kind oci.Ki
 		return nil // the archive reader still reads and verifies the bytes
 	}
 	if st, ok := h.im.store.(stager); ok {
-		// verified into a temp file now, fsynced and published in the
-		// background while the next blob streams in
+		// verified into a temp file now (the kernel starts writing it out),
+		// made durable and published with the others at the end
 		staged, err := st.Stage(ctx, cas.Info{Digest: desc.Digest, Size: desc.Size}, r)
 		if err != nil {
 			return err
 		}
-		h.commits.commit(staged)
+		h.staged = append(h.staged, staged)
 	} else if _, err := h.im.store.Put(ctx, cas.Info{Digest: desc.Digest, Size: desc.Size}, r); err != nil {
 		return err
 	}
@@ -442,8 +412,10 @@ func (im *Importer) importLocked(ctx context.Context, r io.Reader, o ImportOptio
 	}
 	sum, err := archive.Read(ctx, r, rh, archive.Limits{Have: have})
 	// blobs staged before an error are verified: they are published too
-	if cerr := h.commits.wait(); err == nil {
-		err = cerr
+	if st, ok := im.store.(stager); ok {
+		if perr := st.Publish(h.staged); err == nil {
+			err = perr
+		}
 	}
 	if err != nil {
 		return nil, false, err

@@ -181,7 +181,7 @@ type stager interface {
 type handler struct {
 	// staged are the blobs verified into temp files, published together
 	// once the archive is read (one sync for the whole import)
-	staged  []*casfs.Staged
+	staged []*casfs.Staged
 	// needed are the blobs the archive's manifests announce, with their
 	// sizes; checked against free space before the first config or layer
 	needed  map[digest.Digest]int64

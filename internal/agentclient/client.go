@@ -304,33 +304,63 @@ func (c *Client) sendOnce(ctx context.Context, open func() (io.ReadCloser, error
 		res.Import = raw
 		return res, nil
 	}
-	// Layers are left out: the archive is re-encoded, so it is verified
-	// here first, whole, lest a damaged file come out of the re-encoding
-	// as a valid one.
-	if _, err := layerSizes(ctx, open); err != nil {
-		return nil, &readError{err: err} // a damaged archive: no retry
-	}
+	// Layers are left out: the archive is re-encoded. Lest a damaged file
+	// come out of the re-encoding as a valid one, the file is verified,
+	// whole, by the archive reader in the same pass (each byte read once,
+	// fed to both), and the re-encoded stream's last bytes (its gzip
+	// trailer among them) are held back until the verification passed: a
+	// damaged archive breaks the upload before the agent has a complete
+	// archive, so it publishes nothing.
 	src, err := open()
 	if err != nil {
 		return nil, err
 	}
 	defer src.Close()
 	sr := &sourceReader{r: src}
+	vr, vw := io.Pipe()
+	verified := make(chan error, 1)
+	go func() {
+		h := &layerLister{layers: map[digest.Digest]int64{}}
+		_, err := archive.Read(ctx, vr, h, archive.Limits{Have: func(digest.Digest) bool { return h.partial }})
+		if err != nil {
+			err = &readError{err: err}
+		}
+		vr.CloseWithError(err)
+		verified <- err
+	}()
 	pr, pw := io.Pipe()
 	go func() {
+		tee := io.TeeReader(sr, vw)
 		cw := &countWriter{w: pw, progress: o.Progress}
-		err := archive.Filter(ctx, sr, cw, omit, func(b []byte) ([]byte, error) {
+		tw := &tailWriter{w: cw, hold: 4096}
+		err := archive.Filter(ctx, tee, tw, omit, func(b []byte) ([]byte, error) {
 			if len(omit) == 0 {
 				return b, nil
 			}
 			return markPartial(b)
 		})
+		if err == nil {
+			// the verifier reads to the file's end (the gzip trailer,
+			// anything after the tar's end), past where the filter stops
+			_, err = io.Copy(io.Discard, tee)
+		}
+		vw.CloseWithError(err)
+		if verr := <-verified; verr != nil {
+			err = verr // the archive is damaged: that is the error to report
+		}
+		if err == nil {
+			err = tw.flush()
+		}
 		res.BytesSent = cw.n
 		pw.CloseWithError(err)
 	}()
 	resp, err := c.do(ctx, http.MethodPut, path, pr, "application/gzip")
 	if err != nil {
 		pr.CloseWithError(err)
+		var re *readError
+		if errors.As(err, &re) {
+			return nil, re // the archive is damaged: no retry
+		}
 		return nil, sr.explain(err)
 	}
 	var raw json.RawMessage
@@ -394,6 +424,47 @@ type readError struct{ err error }
 
 func (e *readError) Error() string { return e.err.Error() }
 func (e *readError) Unwrap() error { return e.err }
+
+// tailWriter passes writes on but the last hold bytes, which flush writes:
+// what a stream's end depends on is sent only once it is known good.
+type tailWriter struct {
+	w    io.Writer
+	hold int
+	tail []byte
+}
+
+func (t *tailWriter) Write(p []byte) (int, error) {
+	emit := len(t.tail) + len(p) - t.hold
+	if emit <= 0 {
+		t.tail = append(t.tail, p...)
+		return len(p), nil
+	}
+	if emit <= len(t.tail) {
+		if _, err := t.w.Write(t.tail[:emit]); err != nil {
+			return 0, err
+		}
+		t.tail = append(t.tail[:copy(t.tail, t.tail[emit:])], p...)
+		return len(p), nil
+	}
+	if len(t.tail) > 0 {
+		if _, err := t.w.Write(t.tail); err != nil {
+			return 0, err
+		}
+	}
+	fromP := emit - len(t.tail)
+	if _, err := t.w.Write(p[:fromP]); err != nil {
+		return 0, err
+	}
+	t.tail = append(t.tail[:0], p[fromP:]...)
+	return len(p), nil
+}
+
+// flush writes the bytes held back.
+func (t *tailWriter) flush() error {
+	_, err := t.w.Write(t.tail)
+	t.tail = t.tail[:0]
+	return err
+}
 
 type countReader struct {
 	r        io.Reader

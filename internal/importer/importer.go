@@ -171,6 +171,10 @@ type image struct {
 	subject digest.Digest
 }
 
+// publishBatch is how many bytes of staged blobs an import publishes at
+// once: one sync per batch, so that a crash loses at most one batch.
+const publishBatch = 1 << 30
+
 // stager is a store that can verify a blob now and publish it later, in
 // one batch (casfs.Store).
 type stager interface {
@@ -180,8 +184,9 @@ type stager interface {
 
 type handler struct {
 	// staged are the blobs verified into temp files, published together
-	// once the archive is read (one sync for the whole import)
-	staged []*casfs.Staged
+	// (one sync for each publishBatch bytes, and one at the end)
+	staged      []*casfs.Staged
+	stagedBytes int64
 	// needed are the blobs the archive's manifests announce, with their
 	// sizes; checked against free space before the first config or layer
 	needed  map[digest.Digest]int64
@@ -306,6 +311,15 @@ func (h *handler) Blob(ctx context.Context, desc ocispec.Descriptor, kind oci.Ki
 			return err
 		}
 		h.staged = append(h.staged, staged)
+		h.stagedBytes += desc.Size
+		if h.stagedBytes >= publishBatch {
+			// a big archive's blobs are kept in batches, so that a rerun
+			// after a crash sends only what the last batch lost
+			if err := st.Publish(h.staged); err != nil {
+				return err
+			}
+			h.staged, h.stagedBytes = h.staged[:0], 0
+		}
 	} else if _, err := h.im.store.Put(ctx, cas.Info{Digest: desc.Digest, Size: desc.Size}, r); err != nil {
 		return err
 	}

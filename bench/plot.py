@@ -1,23 +1,33 @@
 #!/usr/bin/env python3
 """Plot bench/scale.sh's TSV as an SVG, with the standard library only.
 
-usage: bench/plot.py DATA.tsv OUT.svg TITLE
+usage: bench/plot.py DATA.tsv OUT.svg TITLE [--x COL] [--y COL] [--xlabel TEXT] [--ylabel TEXT]
 
-Columns: images, step, seconds, per_image_ms, ... One line per step: time per
-image (ms, y) against the number of images (x, log scale). A flat line is
-linear growth; a falling one is better than linear.
+Columns: step, and the x and y columns (default: images, per_image_ms, as
+bench/scale.sh writes them). One line per step: y (the cost per unit of
+work) against x (log scale). A flat line is linear growth; a falling one is
+better than linear.
 """
+import argparse
 import csv
 import math
-import sys
 
 
 def main() -> None:
-    data, out, title = sys.argv[1], sys.argv[2], sys.argv[3]
+    ap = argparse.ArgumentParser()
+    ap.add_argument("data")
+    ap.add_argument("out")
+    ap.add_argument("title")
+    ap.add_argument("--x", default="images")
+    ap.add_argument("--y", default="per_image_ms")
+    ap.add_argument("--xlabel", default="images in the package")
+    ap.add_argument("--ylabel", default="ms per image")
+    a = ap.parse_args()
+    data, out, title = a.data, a.out, a.title
     series: dict[str, list[tuple[float, float]]] = {}
     with open(data, newline="") as f:
         for row in csv.DictReader(f, delimiter="\t"):
-            series.setdefault(row["step"], []).append((float(row["images"]), float(row["per_image_ms"])))
+            series.setdefault(row["step"], []).append((float(row[a.x]), float(row[a.y])))
     xs = sorted({x for pts in series.values() for x, _ in pts})
     ymax = max(y for pts in series.values() for _, y in pts) * 1.15 or 1.0
     w, h, left, right, top, bottom = 640, 400, 70, 150, 40, 50
@@ -43,8 +53,8 @@ def main() -> None:
         y = ymax * i / 4
         parts.append(f'<line x1="{left - 5}" y1="{py(y):.1f}" x2="{left + pw}" y2="{py(y):.1f}" stroke="#ddd"/>')
         parts.append(f'<text x="{left - 8}" y="{py(y) + 4:.1f}" text-anchor="end">{y:.2f}</text>')
-    parts.append(f'<text x="{left + pw / 2}" y="{h - 10}" text-anchor="middle">images in the package (log scale)</text>')
-    parts.append(f'<text x="16" y="{top + ph / 2}" text-anchor="middle" transform="rotate(-90 16 {top + ph / 2})">ms per image</text>')
+    parts.append(f'<text x="{left + pw / 2}" y="{h - 10}" text-anchor="middle">{a.xlabel} (log scale)</text>')
+    parts.append(f'<text x="16" y="{top + ph / 2}" text-anchor="middle" transform="rotate(-90 16 {top + ph / 2})">{a.ylabel}</text>')
     for k, (step, pts) in enumerate(sorted(series.items())):
         c = colors[k % len(colors)]
         pts.sort()

@@ -10,6 +10,12 @@
 //	imagefix sample -p PID -o FILE
 //	imagefix serve -file FILE [-addr 127.0.0.1:0]
 //	imagefix many -registry URL -pkg FILE [-n 10] [-layer-kib 64] [-seed N]
+//	imagefix big -registry URL -pkg FILE -mib N [-seed N]
+//
+// big (bench/scale-archive.sh) pushes library/big:1, one image whose one
+// random layer is half of -mib, and library/small-NNN:1 images of up to 32
+// random 4 MiB layers (the other half), each layer streamed as generated
+// (no staging file), and writes the KubePkg listing them.
 //
 // many (bench/scale.sh) pushes -n single-layer linux/amd64 images
 // library/img-NNNN:1 (one random layer of -layer-kib KiB each) and writes
@@ -74,6 +80,8 @@ func main() {
 		os.Exit(sampleCmd(os.Args[2:]))
 	case "serve":
 		os.Exit(serveFile(os.Args[2:]))
+	case "big":
+		os.Exit(cmdBig(os.Args[2:]))
 	case "many":
 		os.Exit(cmdMany(os.Args[2:]))
 	default:

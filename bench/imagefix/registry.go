@@ -4,9 +4,7 @@ package main
 // and import fixtures.
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -19,7 +17,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"path/filepath"
 	"time"
 )
 
@@ -71,11 +68,20 @@ func seedBytes(salt byte, seed, n uint64) [32]byte {
 // returns the manifest's descriptor and the bytes pushed (layers + config +
 // manifest).
 func pushImage(ctx context.Context, repo, tag, arch string, sizes []int64, rng *rand.ChaCha8) (descriptor, int64, error) {
+	return pushImageWith(ctx, repo, tag, arch, sizes, rng, pushLayer)
+}
+
+// layerPusher pushes one generated layer (pushLayer stages it in a file,
+// pushLayerStream streams it).
+type layerPusher func(ctx context.Context, repo, name string, n int64, rng *rand.ChaCha8) (descriptor, string, error)
+
+// pushImageWith is pushImage with the layers pushed by push.
+func pushImageWith(ctx context.Context, repo, tag, arch string, sizes []int64, rng *rand.ChaCha8, push layerPusher) (descriptor, int64, error) {
 	var layers []descriptor
 	var diffIDs []string
 	var total int64
 	for i, n := range sizes {
-		d, diff, err := pushLayer(ctx, repo, fmt.Sprintf("layer-%d.bin", i), n, rng)
+		d, diff, err := push(ctx, repo, fmt.Sprintf("layer-%d.bin", i), n, rng)
 		if err != nil {
 			return descriptor{}, 0, err
 		}
@@ -112,31 +118,17 @@ func pushLayer(ctx context.Context, repo, name string, n int64, rng *rand.ChaCha
 	}
 	defer os.Remove(f.Name())
 	defer f.Close()
-	compressed, diff := sha256.New(), sha256.New()
-	cw := &countWriter{w: io.MultiWriter(f, compressed)}
-	// random bytes do not compress: store them (fast), still a valid gzip
-	zw, _ := gzip.NewWriterLevel(cw, gzip.NoCompression)
-	tw := tar.NewWriter(io.MultiWriter(zw, diff))
-	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: filepath.Join("data", name), Size: n, Mode: 0o644, ModTime: time.Unix(0, 0)}); err != nil {
+	d, diff, err := writeLayer(f, name, n, rng)
+	if err != nil {
 		return descriptor{}, "", err
 	}
-	if _, err := io.CopyN(tw, rng, n); err != nil {
-		return descriptor{}, "", err
-	}
-	if err := tw.Close(); err != nil {
-		return descriptor{}, "", err
-	}
-	if err := zw.Close(); err != nil {
-		return descriptor{}, "", err
-	}
-	d := descriptor{MediaType: mtLayerGz, Digest: "sha256:" + hex.EncodeToString(compressed.Sum(nil)), Size: cw.n}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return descriptor{}, "", err
 	}
 	if err := pushBlob(ctx, repo, d.Digest, f, d.Size); err != nil {
 		return descriptor{}, "", err
 	}
-	return d, "sha256:" + hex.EncodeToString(diff.Sum(nil)), nil
+	return d, diff, nil
 }
 
 type countWriter struct {

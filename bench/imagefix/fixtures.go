@@ -8,7 +8,9 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -245,55 +247,118 @@ func runImport(ctx context.Context, seed uint64, totalMiB int, pkgOut string) er
 
 const manySalt = 0x5a
 
-// cmdMany pushes -n single-layer linux/amd64 images library/img-NNNN:1, each
-// with one random layer of -layer-kib KiB, 8 at a time, and writes the
-// KubePkg listing them (bench/scale.sh: cost as the package grows).
+// cmdMany pushes -n single-layer linux/amd64 images, each with one random
+// layer of -layer-kib KiB, -jobs at a time (bench/scale.sh: cost as the
+// package grows; bench/scale-agent.sh: an agent holding many blobs). By
+// default image i is library/img-NNNN:1; with -repos R the images are
+// spread over R repositories library/rep-NNN, image i being tag i/R+1 of
+// repository i%R. -pkg writes the KubePkg listing them, -refs the
+// "repo:tag" of each, one a line; -token sends "Authorization: Bearer T".
 func cmdMany(args []string) int {
 	fs := flag.NewFlagSet("many", flag.ExitOnError)
 	c := newCommonFlags(fs)
 	n := fs.Int("n", 10, "how many images")
 	kib := fs.Int("layer-kib", 64, "KiB of each image's random layer")
+	repos := fs.Int("repos", 0, "spread the images over this many repositories library/rep-NNN (0: one library/img-NNNN per image)")
+	jobs := fs.Int("jobs", 8, "images pushed at once")
+	token := fs.String("token", "", "bearer token sent with every request")
+	refsOut := fs.String("refs", "", "file to write the images' repo:tag to, one a line")
 	_ = fs.Parse(args)
-	if *c.reg == "" || *c.pkgOut == "" || *n < 1 || *kib < 1 {
+	if *c.reg == "" || (*c.pkgOut == "" && *refsOut == "") || *n < 1 || *kib < 1 || *repos < 0 || *jobs < 1 {
 		usage()
 	}
+	authToken = *token
+	if t, ok := client.Transport.(*http.Transport); ok {
+		t.MaxIdleConnsPerHost = max(16, *jobs)
+	}
+	width := len(strconv.Itoa(max(*repos-1, 1)))
+	name := func(i int) (repo, tag string) {
+		if *repos == 0 {
+			return fmt.Sprintf("library/img-%04d", i), "1"
+		}
+		return fmt.Sprintf("library/rep-%0*d", max(width, 3), i%*repos), strconv.Itoa(i / *repos + 1)
+	}
 	return c.runSet("many", func(ctx context.Context) error {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
 		start := time.Now()
 		refs := make([]string, *n)
-		sem := make(chan struct{}, 8)
-		errs := make(chan error, *n)
-		var wg sync.WaitGroup
-		var mu sync.Mutex
-		var total int64
-		for i := range *n {
-			repo := fmt.Sprintf("library/img-%04d", i)
-			refs[i] = "docker.io/" + repo + ":1"
+		next := make(chan int)
+		var (
+			wg        sync.WaitGroup
+			mu        sync.Mutex
+			total     int64
+			done      int
+			firstErr  error
+			lastPrint = start
+		)
+		for range *jobs {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				sem <- struct{}{}
-				defer func() { <-sem }()
-				rng := rand.NewChaCha8(seedBytes(manySalt, *c.seed, uint64(i)))
-				_, b, err := pushImage(ctx, repo, "1", "amd64", []int64{int64(*kib) << 10}, rng)
-				if err != nil {
-					errs <- fmt.Errorf("%s: %w", repo, err)
-					return
+				for i := range next {
+					repo, tag := name(i)
+					rng := rand.NewChaCha8(seedBytes(manySalt, *c.seed, uint64(i)))
+					_, b, err := pushImage(ctx, repo, tag, "amd64", []int64{int64(*kib) << 10}, rng)
+					mu.Lock()
+					if err != nil {
+						if firstErr == nil {
+							firstErr = fmt.Errorf("%s:%s: %w", repo, tag, err)
+							cancel()
+						}
+						mu.Unlock()
+						continue
+					}
+					total += b
+					done++
+					// progress, sparingly: every 10 s at most
+					if now := time.Now(); now.Sub(lastPrint) >= 10*time.Second {
+						lastPrint = now
+						fmt.Fprintf(os.Stderr, "imagefix many: %d/%d images (%.0f/s)\n", done, *n, float64(done)/now.Sub(start).Seconds())
+					}
+					mu.Unlock()
 				}
-				mu.Lock()
-				total += b
-				mu.Unlock()
 			}()
 		}
+	feed:
+		for i := range *n {
+			repo, tag := name(i)
+			refs[i] = repo + ":" + tag
+			select {
+			case next <- i:
+			case <-ctx.Done():
+				break feed
+			}
+		}
+		close(next)
 		wg.Wait()
-		close(errs)
-		if err := <-errs; err != nil {
+		if firstErr != nil {
+			return firstErr
+		}
+		if err := ctx.Err(); err != nil {
 			return err
 		}
-		metadata := map[string]any{"name": "bench-scale", "namespace": "default",
-			"annotations": map[string]string{"octohelm.tech/platform": "linux/amd64"}}
-		if err := writePkg(*c.pkgOut, metadata, refs); err != nil {
-			return err
+		if *refsOut != "" {
+			if err := os.WriteFile(*refsOut, []byte(strings.Join(refs, "\n")+"\n"), 0o644); err != nil {
+				return err
+			}
 		}
-		return json.NewEncoder(os.Stdout).Encode(map[string]any{"images": *n, "bytes": total, "seconds": time.Since(start).Seconds()})
+		if *c.pkgOut != "" {
+			images := make([]string, len(refs))
+			for i, r := range refs {
+				images[i] = "docker.io/" + r
+			}
+			metadata := map[string]any{"name": "bench-scale", "namespace": "default",
+				"annotations": map[string]string{"octohelm.tech/platform": "linux/amd64"}}
+			if err := writePkg(*c.pkgOut, metadata, images); err != nil {
+				return err
+			}
+		}
+		repoCount := *n
+		if *repos > 0 {
+			repoCount = min(*repos, *n)
+		}
+		return json.NewEncoder(os.Stdout).Encode(map[string]any{"images": *n, "repositories": repoCount, "blobs": 3 * *n,
+			"bytes": total, "seconds": time.Since(start).Seconds()})
 	})
 }

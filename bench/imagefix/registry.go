@@ -49,7 +49,23 @@ var (
 	}}
 	base   string
 	tmpDir string
+	// authToken, when set, goes with every request as "Authorization:
+	// Bearer <token>" (a crpe agent's writes need it)
+	authToken string
 )
+
+// newRequest is http.NewRequestWithContext with the bearer token, if any.
+func newRequest(ctx context.Context, method, url string, body io.Reader) *http.Request {
+	req, _ := http.NewRequestWithContext(ctx, method, url, body)
+	if authToken != "" {
+		req.Header.Set("Authorization", "Bearer "+authToken)
+	}
+	return req
+}
+
+// memLayerMax: layers up to this size are staged in memory, larger ones in
+// a file under -tmp
+const memLayerMax = 1 << 20
 
 // seedBytes makes a ChaCha8 seed from the content seed, a stream number n
 // and a salt that keeps the fixture sets of different benchmarks apart.
@@ -109,26 +125,59 @@ func pushImageWith(ctx context.Context, repo, tag, arch string, sizes []int64, r
 	return md, total + cd.Size + md.Size, nil
 }
 
-// pushLayer stages a gzip'd tar holding one file of n random bytes, then
-// pushes it. It returns the layer descriptor and its diff ID.
+// pushLayer stages a gzip'd tar holding one file of n random bytes (in
+// memory up to memLayerMax, else in a file under -tmp), then pushes it. It
+// returns the layer descriptor and its diff ID.
 func pushLayer(ctx context.Context, repo, name string, n int64, rng *rand.ChaCha8) (descriptor, string, error) {
-	f, err := os.CreateTemp(tmpDir, "imagefix-layer-*")
+	var stage io.ReadWriteSeeker
+	if n <= memLayerMax {
+		stage = &memFile{}
+	} else {
+		f, err := os.CreateTemp(tmpDir, "imagefix-layer-*")
+		if err != nil {
+			return descriptor{}, "", err
+		}
+		defer os.Remove(f.Name())
+		defer f.Close()
+		stage = f
+	}
+	d, diff, err := writeLayer(stage, name, n, rng)
 	if err != nil {
 		return descriptor{}, "", err
 	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	d, diff, err := writeLayer(f, name, n, rng)
-	if err != nil {
+	if _, err := stage.Seek(0, io.SeekStart); err != nil {
 		return descriptor{}, "", err
 	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return descriptor{}, "", err
-	}
-	if err := pushBlob(ctx, repo, d.Digest, f, d.Size); err != nil {
+	if err := pushBlob(ctx, repo, d.Digest, stage, d.Size); err != nil {
 		return descriptor{}, "", err
 	}
 	return d, diff, nil
+}
+
+// memFile is a small layer staged in memory: written once, then read
+// from the start after a Seek(0, io.SeekStart).
+type memFile struct {
+	b []byte
+	r *bytes.Reader
+}
+
+func (m *memFile) Write(p []byte) (int, error) {
+	m.b = append(m.b, p...)
+	return len(p), nil
+}
+
+func (m *memFile) Read(p []byte) (int, error) {
+	if m.r == nil {
+		m.r = bytes.NewReader(m.b)
+	}
+	return m.r.Read(p)
+}
+
+func (m *memFile) Seek(off int64, whence int) (int64, error) {
+	if m.r == nil {
+		m.r = bytes.NewReader(m.b)
+	}
+	return m.r.Seek(off, whence)
 }
 
 type countWriter struct {
@@ -149,7 +198,7 @@ func sha(b []byte) string {
 
 // pushBlob: POST to open an upload, then a monolithic PUT ?digest=.
 func pushBlob(ctx context.Context, repo, dgst string, body io.Reader, size int64) error {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v2/"+repo+"/blobs/uploads/", nil)
+	req := newRequest(ctx, http.MethodPost, base+"/v2/"+repo+"/blobs/uploads/", nil)
 	resp, err := client.Do(req)
 	if err != nil {
 		return err
@@ -166,7 +215,7 @@ func pushBlob(ctx context.Context, repo, dgst string, body io.Reader, size int64
 	q := loc.Query()
 	q.Set("digest", dgst)
 	loc.RawQuery = q.Encode()
-	req, _ = http.NewRequestWithContext(ctx, http.MethodPut, loc.String(), io.NopCloser(body))
+	req = newRequest(ctx, http.MethodPut, loc.String(), io.NopCloser(body))
 	req.ContentLength = size
 	req.Header.Set("Content-Type", "application/octet-stream")
 	resp, err = client.Do(req)
@@ -182,7 +231,7 @@ func pushBlob(ctx context.Context, repo, dgst string, body io.Reader, size int64
 }
 
 func putManifest(ctx context.Context, repo, ref, mediaType string, body []byte) (descriptor, error) {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPut, base+"/v2/"+repo+"/manifests/"+url.PathEscape(ref), bytes.NewReader(body))
+	req := newRequest(ctx, http.MethodPut, base+"/v2/"+repo+"/manifests/"+url.PathEscape(ref), bytes.NewReader(body))
 	req.Header.Set("Content-Type", mediaType)
 	resp, err := client.Do(req)
 	if err != nil {
@@ -201,7 +250,7 @@ func putManifest(ctx context.Context, repo, ref, mediaType string, body []byte) 
 }
 
 func getManifest(ctx context.Context, repo, dgst, accept string) ([]byte, error) {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v2/"+repo+"/manifests/"+dgst, nil)
+	req := newRequest(ctx, http.MethodGet, base+"/v2/"+repo+"/manifests/"+dgst, nil)
 	req.Header.Set("Accept", accept)
 	resp, err := client.Do(req)
 	if err != nil {

@@ -182,7 +182,7 @@ for g in $SIZES; do
   sample_stop "$sp"; SAMPLERS=""
   stop_pid "$AGENT_PID"; AGENT_PID=""
   row "$g" agent-resume "$(elapsed "$t0" "$t1")" "$(jmib "$dir/agent2-mem.json" peak_rss_kib)" "$(jmib "$dir/agent2-mem.json" rss_anon_kib)" \
-    "$(du -sb "$dir/agent" | cut -f1)" "$(json_num "$dir/agent2.json" bytesPresent)"
+    "$(du -sb "$dir/agent" | cut -f1)" "$(json_num "$dir/agent2.json" bytesOmitted)"
   log "S=$g GiB done"
   rm -rf "$dir"
 done

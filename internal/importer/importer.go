@@ -173,7 +173,7 @@ type image struct {
 
 // publishBatch is how many bytes of staged blobs an import publishes at
 // once: one sync per batch, so that a crash loses at most one batch.
-const publishBatch = 1 << 30
+const publishBatch = 256 << 20
 
 // stager is a store that can verify a blob now and publish it later, in
 // one batch (casfs.Store).

@@ -125,11 +125,11 @@ func (im *Importer) GC(ctx context.Context, grace time.Duration) (GCResult, erro
 	}
 	err = im.db.Update(func(tx *repodb.Tx) error {
 		for repo, dr := range drops {
-			for d := range dr.manifests {
-				if err := tx.DeleteManifest(repo, d); err == nil {
-					res.ManifestsDropped++
-				}
+			n, err := tx.DeleteManifests(repo, dr.manifests)
+			if err != nil {
+				return err
 			}
+			res.ManifestsDropped += n
 			for d := range dr.blobs {
 				if err := tx.UnlinkBlob(repo, d); err == nil {
 					res.LinksDropped++

@@ -235,33 +235,55 @@ func (t *Tx) Manifest(name string, d digest.Digest) (Manifest, error) {
 // DeleteManifest removes manifest d from repository name, with the tags that
 // point at it and its referrers entry.
 func (t *Tx) DeleteManifest(name string, d digest.Digest) error {
-	m, err := t.Manifest(name, d)
+	n, err := t.DeleteManifests(name, map[digest.Digest]bool{d: true})
+	if err == nil && n == 0 {
+		err = fmt.Errorf("%w: %s in %s", ErrManifestNotFound, d, name)
+	}
+	return err
+}
+
+// DeleteManifests removes the manifests ds that repository name records,
+// with the tags that point at them and their referrers entries, in one pass
+// over the repository's tags (garbage collection drops many at once). It
+// returns how many it removed; a digest not recorded is skipped.
+func (t *Tx) DeleteManifests(name string, ds map[digest.Digest]bool) (int, error) {
+	b, err := t.repo(name, false)
 	if err != nil {
-		return err
+		return 0, nil
 	}
-	b, _ := t.repo(name, false)
-	if err := b.Bucket(bManifests).Delete([]byte(d)); err != nil {
-		return err
-	}
-	if m.Subject != "" {
-		if err := b.Bucket(bReferrers).Delete(referrerKey(m.Subject, d)); err != nil {
-			return err
+	gone := map[string]bool{}
+	for d := range ds {
+		m, err := t.Manifest(name, d)
+		if err != nil {
+			continue
 		}
+		if err := b.Bucket(bManifests).Delete([]byte(d)); err != nil {
+			return len(gone), err
+		}
+		if m.Subject != "" {
+			if err := b.Bucket(bReferrers).Delete(referrerKey(m.Subject, d)); err != nil {
+				return len(gone), err
+			}
+		}
+		gone[string(d)] = true
+	}
+	if len(gone) == 0 {
+		return 0, nil
 	}
 	tags := b.Bucket(bTags)
 	var drop [][]byte
 	_ = tags.ForEach(func(k, v []byte) error {
-		if string(v) == string(d) {
+		if gone[string(v)] {
 			drop = append(drop, append([]byte(nil), k...))
 		}
 		return nil
 	})
 	for _, k := range drop {
 		if err := tags.Delete(k); err != nil {
-			return err
+			return len(gone), err
 		}
 	}
-	return t.dropIfEmpty(name)
+	return len(gone), t.dropIfEmpty(name)
 }
 
 // SetTag points tag at manifest d (which must be recorded).

@@ -2,6 +2,7 @@ package repodb_test
 
 import (
 	"errors"
+	"fmt"
 	"path/filepath"
 	"reflect"
 	"testing"
@@ -347,6 +348,58 @@ func TestPackages(t *testing.T) {
 		}
 		if !reflect.DeepEqual(order, []string{"default/z", "web/a", "web/b"}) {
 			t.Errorf("Packages order %v", order)
+		}
+		return nil
+	})
+}
+
+// TestDeleteManifests drops a set of manifests in one pass: their tags go,
+// the other manifests and their tags stay, a digest not recorded is
+// skipped, and the count says how many were removed.
+func TestDeleteManifests(t *testing.T) {
+	db := open(t)
+	const r = "docker.io/library/many"
+	var all []digest.Digest
+	update(t, db, func(tx *repodb.Tx) error {
+		for i := range 50 {
+			m := dg(fmt.Sprint("m", i))
+			all = append(all, m)
+			if err := tx.PutManifest(r, m, repodb.Manifest{MediaType: manifestType}); err != nil {
+				return err
+			}
+			for j := range 3 { // three tags each
+				if err := tx.SetTag(r, fmt.Sprintf("t%d-%d", i, j), m); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	drop := map[digest.Digest]bool{dg("never recorded"): true}
+	for i := 0; i < 50; i += 2 {
+		drop[all[i]] = true
+	}
+	update(t, db, func(tx *repodb.Tx) error {
+		n, err := tx.DeleteManifests(r, drop)
+		if err != nil || n != 25 {
+			t.Errorf("DeleteManifests = %d, %v; want 25", n, err)
+		}
+		return err
+	})
+	view(t, db, func(tx *repodb.Tx) error {
+		tags, _, err := tx.Tags(r, "", 0)
+		if err != nil || len(tags) != 75 {
+			t.Errorf("%d tags left (%v), want 75", len(tags), err)
+		}
+		for i, m := range all {
+			_, err := tx.Manifest(r, m)
+			if gone := i%2 == 0; gone != (err != nil) {
+				t.Errorf("manifest %d: gone = %v, want %v", i, err != nil, gone)
+			}
+			d, err := tx.Tag(r, fmt.Sprintf("t%d-1", i))
+			if gone := i%2 == 0; gone != (err != nil) || (!gone && d != m) {
+				t.Errorf("tag t%d-1: %s, %v", i, d, err)
+			}
 		}
 		return nil
 	})

@@ -12,16 +12,18 @@
 #   BENCH_PLOT=docs/scale-archive.svg where the plot goes ("" for none)
 #
 # Disk: a size of S GiB needs about 2·S GiB free in /tmp at once (the
-# registry's copy and the archive, then the archive and one store); a size
+# pushed images and the archive, then the archive and one store); a size
 # that does not fit is refused before anything is written.
 #
-# For each size S: a fresh docker-registry receives library/big:1 (one
-# random layer of S/2 GiB) and library/small-NNN:1 (32 random 4 MiB layers
-# each, S/2 GiB in all) from `imagefix big`, streamed as generated. Then,
-# each under `imagefix watch` (peak total RSS, peak RssAnon) with `sync`
-# before it:
-#   export        crpe export of the package (cold: an empty --data); the
-#                 registry and its copy are then removed
+# For each size S: a fresh crpe agent (--allow-push) receives library/big:1
+# (one random layer of S/2 GiB) and library/small-NNN:1 (32 random 4 MiB
+# layers each, S/2 GiB in all) from `imagefix big`, streamed as generated.
+# Then, each under `imagefix watch` (peak total RSS, peak RssAnon) with
+# `sync` before it:
+#   export        crpe export --offline of the package from that agent's data
+#                 folder (warm: no upstream; a registry and the export's
+#                 cache would need a third copy of the blobs on this disk),
+#                 which is then removed
 #   floor         openssl dgst -sha256 of the archive (hash) and cp + sync -f
 #                 (write): the import floor is the slower of the two
 #   data          crpe import --data into a fresh folder; its disk use
@@ -45,18 +47,18 @@ SIZES="${BENCH_SCALE_GIB:-1 4 16}"
 PLOT="${BENCH_PLOT-docs/scale-archive.svg}"
 PLATFORM=linux/amd64
 
-DIST_PID="" AGENT_PID="" SAMPLERS="" BG_PID=""
+AGENT_PID="" SAMPLERS="" BG_PID=""
 on_exit() {
   local p
-  for p in $SAMPLERS $BG_PID $AGENT_PID $DIST_PID; do stop_pid "$p"; done
+  for p in $SAMPLERS $BG_PID $AGENT_PID; do stop_pid "$p"; done
 }
 bench_init crpe-bench-scale-archive "${BENCH_MAX_SECONDS:-2400}"
-require_x "$DIST_BIN" "apt-get install -y docker-registry"
 require_cmd curl go python3 openssl
 note_load
 build_fix imagefix
 build_crpe "$@"
-crpe_has_flags export --data --platform --registry-endpoint --json
+crpe_has_flags export --data --platform --offline --json
+crpe_has_flags agent --allow-push --data --token-file
 crpe_has_flags import --to --token --full --data --json
 
 TOKEN="$(rand_hex 24)"
@@ -83,11 +85,11 @@ def find(o,k):
             if r is not None: return r
 print(find(json.load(open(sys.argv[1])),sys.argv[2]) or 0)' "$1" "$2"; }
 
-start_agent() { # dir -> AGENT_PID, AGENT_URL
-  local port; port=$(free_port); AGENT_URL="http://$HOST:$port"
-  "$CRPE_BIN" agent --addr "$HOST:$port" --data "$1" --token-file "$TMP/token" --log-format json >"$1.log" 2>&1 &
+start_agent() { # dir [args...] -> AGENT_PID, AGENT_URL
+  local port d=$1; shift; port=$(free_port); AGENT_URL="http://$HOST:$port"
+  "$CRPE_BIN" agent --addr "$HOST:$port" --data "$d" --token-file "$TMP/token" --log-format json "$@" >"$d.log" 2>&1 &
   AGENT_PID=$!
-  wait_http "$AGENT_URL/healthz" 30 || { tail -20 "$1.log" >&2; die "crpe agent did not start"; }
+  wait_http "$AGENT_URL/healthz" 30 || { tail -20 "$d.log" >&2; die "crpe agent did not start"; }
 }
 
 # cut_at SECONDS CMD...: runs CMD in the background and kills it (SIGKILL)
@@ -114,22 +116,25 @@ for g in $SIZES; do
   need=$(( (2 * g + 2) * 1024 * 1024 ))
   free=$(df -Pk "$TMP" | awk 'NR==2{print $4}')
   [ "$free" -gt "$need" ] || die "size $g GiB needs $((need / 1048576)) GiB free in $TMP, $((free / 1048576)) GiB are"
-  dist_start "$dir/upstream"
+  # the images are pushed into a crpe agent, whose data folder the export
+  # then reads offline: one copy of the blobs besides the archive (a
+  # registry and the export's cache would be two)
+  start_agent "$dir/source" --allow-push
   log "S=$g GiB: pushing library/big:1 and the small images (streamed)"
-  timeout 1200 "$TMP/imagefix" big -registry "$DIST_URL" -pkg "$dir/pkg.json" -mib $((g * 1024)) -timeout 1190s \
-    >"$dir/big.json" || die "imagefix big -mib $((g * 1024)) failed"
+  timeout 1800 "$TMP/imagefix" big -registry "$AGENT_URL" -token "$TOKEN" -repo-prefix docker.io/ -pkg "$dir/pkg.json" \
+    -mib $((g * 1024)) -timeout 1790s >"$dir/big.json" || die "imagefix big -mib $((g * 1024)) failed"
+  stop_pid "$AGENT_PID"; AGENT_PID=""
   log "S=$g GiB: pushed $(cat "$dir/big.json")"
   archive="$dir/scale.kubepkg.tgz"
 
   FLOOR_S=0
   settle; t0=$(now)
-  tw "$dir/export-mem.json" 1200 "$CRPE_BIN" export -f "$dir/pkg.json" -o "$archive" --data "$dir/cache" --platform "$PLATFORM" \
-    --registry-endpoint "docker.io=$DIST_URL" --json >"$dir/export.json" 2>"$dir/export.err" \
+  tw "$dir/export-mem.json" 1800 "$CRPE_BIN" export -f "$dir/pkg.json" -o "$archive" --data "$dir/source" --offline \
+    --platform "$PLATFORM" --json >"$dir/export.json" 2>"$dir/export.err" \
     || { tail -20 "$dir/export.err" >&2; die "export S=$g failed"; }
   t1=$(now); bytes=$(stat -c %s "$archive")
-  stop_pid "$DIST_PID"; DIST_PID=""; rm -rf "$dir/upstream"
-  row "$g" export "$(elapsed "$t0" "$t1")" "$(jmib "$dir/export-mem.json" peak_rss_kib)" "$(jmib "$dir/export-mem.json" rss_anon_kib)" "$(du -sb "$dir/cache" | cut -f1)" 0
-  rm -rf "$dir/cache"
+  row "$g" export "$(elapsed "$t0" "$t1")" "$(jmib "$dir/export-mem.json" peak_rss_kib)" "$(jmib "$dir/export-mem.json" rss_anon_kib)" "$bytes" 0
+  rm -rf "$dir/source" "$dir/source.log"
 
   settle; t0=$(now); timeout 600 openssl dgst -sha256 "$archive" >/dev/null; t1=$(now); fh=$(elapsed "$t0" "$t1")
   settle; t0=$(now); timeout 900 cp "$archive" "$dir/copy"; timeout 900 sync -f "$dir/copy"; t1=$(now); fw=$(elapsed "$t0" "$t1")

@@ -39,9 +39,12 @@ func cmdBig(args []string) int {
 	fs := flag.NewFlagSet("big", flag.ExitOnError)
 	c := newCommonFlags(fs)
 	mib := fs.Int64("mib", 1024, "MiB of layers in all (≥ 16)")
+	token := fs.String("token", "", "bearer token for every request (a crpe agent)")
+	prefix := fs.String("repo-prefix", "", `prefix of the repositories pushed to ("docker.io/" for a crpe agent, which names them in full)`)
 	_ = fs.Parse(args)
+	authToken = *token
 	if *c.reg == "" || *c.pkgOut == "" || *mib < 16 {
-		fmt.Fprintln(os.Stderr, "usage: imagefix big -registry URL -pkg FILE -mib N (≥ 16) [-seed N] [-timeout D]")
+		fmt.Fprintln(os.Stderr, "usage: imagefix big -registry URL -pkg FILE -mib N (≥ 16) [-token T] [-repo-prefix docker.io/] [-seed N] [-timeout D]")
 		return 2
 	}
 	return c.runSet("big", func(ctx context.Context) error {
@@ -76,7 +79,7 @@ func cmdBig(args []string) int {
 				sem <- struct{}{}
 				defer func() { <-sem }()
 				rng := rand.NewChaCha8(seedBytes(bigSalt, *c.seed, uint64(i)))
-				_, n, err := pushImageWith(ctx, j.repo, "1", "amd64", j.sizes, rng, pushLayerStream)
+				_, n, err := pushImageWith(ctx, *prefix+j.repo, "1", "amd64", j.sizes, rng, pushLayerStream)
 				if err != nil {
 					errs <- fmt.Errorf("%s: %w", j.repo, err)
 					return
@@ -129,7 +132,7 @@ func writeLayer(w io.Writer, name string, n int64, rng *rand.ChaCha8) (descripto
 // pushLayerStream streams a generated layer to the registry: POST, one
 // PATCH whose body is the layer as it is generated, then PUT ?digest=.
 func pushLayerStream(ctx context.Context, repo, name string, n int64, rng *rand.ChaCha8) (descriptor, string, error) {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v2/"+repo+"/blobs/uploads/", nil)
+	req := newRequest(ctx, http.MethodPost, base+"/v2/"+repo+"/blobs/uploads/", nil)
 	resp, err := client.Do(req)
 	if err != nil {
 		return descriptor{}, "", err
@@ -152,7 +155,7 @@ func pushLayerStream(ctx context.Context, repo, name string, n int64, rng *rand.
 		pw.CloseWithError(err)
 		done <- result{d, diff, err}
 	}()
-	req, _ = http.NewRequestWithContext(ctx, http.MethodPatch, loc.String(), pr)
+	req = newRequest(ctx, http.MethodPatch, loc.String(), pr)
 	req.Header.Set("Content-Type", "application/octet-stream")
 	resp, err = client.Do(req)
 	pr.CloseWithError(io.ErrClosedPipe)
@@ -174,7 +177,7 @@ func pushLayerStream(ctx context.Context, repo, name string, n int64, rng *rand.
 	q := loc.Query()
 	q.Set("digest", res.d.Digest)
 	loc.RawQuery = q.Encode()
-	req, _ = http.NewRequestWithContext(ctx, http.MethodPut, loc.String(), nil)
+	req = newRequest(ctx, http.MethodPut, loc.String(), nil)
 	resp, err = client.Do(req)
 	if err != nil {
 		return descriptor{}, "", err

@@ -188,9 +188,9 @@ func (s *Store) write(ctx context.Context, expected cas.Info, r io.Reader) (*os.
 		os.Remove(f.Name())
 		return nil, cas.Info{}, err
 	}
-	var w io.Writer = f
+	var w io.Writer = &flushWriter{f: f}
 	if !trusted {
-		w = io.MultiWriter(v, f)
+		w = io.MultiWriter(v, w)
 	}
 	buf, done := copyBuffer(expected.Size)
 	n, err := fillCopy(w, ctxReader{ctx, r}, buf)
@@ -377,12 +377,13 @@ func (s *Store) NewIngest(ctx context.Context) (cas.Ingest, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &ingest{s: s, f: f, h: digest.SHA256.Hash()}, nil
+	return &ingest{s: s, f: f, fw: flushWriter{f: f}, h: digest.SHA256.Hash()}, nil
 }
 
 type ingest struct {
 	s    *Store
 	f    *os.File
+	fw   flushWriter // f, with its write-out started as it grows
 	size int64
 	h    hash.Hash // sha256 of the bytes so far; nil once unknown
 	// checked is what Verify found, while nothing was taken since
@@ -394,9 +395,9 @@ func (in *ingest) Size() int64 { return in.size }
 
 func (in *ingest) Append(r io.Reader) (int64, error) {
 	start := in.size
-	w := io.Writer(in.f)
+	w := io.Writer(&in.fw)
 	if in.h != nil {
-		w = io.MultiWriter(in.f, in.h)
+		w = io.MultiWriter(&in.fw, in.h)
 	}
 	buf := make([]byte, copyBufSize)
 	n, err := io.CopyBuffer(w, r, buf)
@@ -404,6 +405,7 @@ func (in *ingest) Append(r io.Reader) (int64, error) {
 		// roll back to the size before this call; the running hash is lost
 		_ = in.f.Truncate(start)
 		_, _ = in.f.Seek(start, io.SeekStart)
+		in.fw.off, in.fw.pending = start, 0
 		in.h = nil
 		return 0, err
 	}
@@ -418,7 +420,7 @@ func (in *ingest) Write(p []byte) (int, error) {
 		hashed = make(chan struct{})
 		go func() { in.h.Write(p); close(hashed) }()
 	}
-	n, err := in.f.Write(p)
+	n, err := in.fw.Write(p)
 	if hashed != nil {
 		<-hashed
 	} else if in.h != nil && err == nil {
@@ -427,11 +429,40 @@ func (in *ingest) Write(p []byte) (int, error) {
 	if err != nil {
 		_ = in.f.Truncate(in.size)
 		_, _ = in.f.Seek(in.size, io.SeekStart)
+		in.fw.off, in.fw.pending = in.size, 0
 		in.h = nil
 		return 0, err
 	}
 	in.size += int64(n)
 	return n, nil
+}
+
+// flushEvery is how many bytes of a file being written are left to the
+// kernel before their write-out is started: the disk works while the
+// bytes stream in, and the fsync (or the batch's syncfs) that makes the file
+// durable has at most this much left to wait for.
+const flushEvery = 8 << 20
+
+// flushWriter writes to a temp file and starts the write-out of every
+// flushEvery bytes (written from off on).
+type flushWriter struct {
+	f            *os.File
+	off, pending int64
+}
+
+func (w *flushWriter) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	w.wrote(n)
+	return n, err
+}
+
+func (w *flushWriter) wrote(n int) {
+	w.pending += int64(n)
+	if w.pending >= flushEvery {
+		startWritebackRange(w.f, w.off, w.pending)
+		w.off += w.pending
+		w.pending = 0
+	}
 }
 
 // parallelHashMin is the smallest write worth hashing on another goroutine.

@@ -363,6 +363,29 @@ floors() { # r dir file
   w=$(elapsed "$t0" "$t1"); FLOOR[net]+=" $w"
   log "run $r floors: hash $(echo "${FLOOR[hash]}" | awk '{print $NF}') s, write+sync $(echo "${FLOOR[write]}" | awk '{print $NF}') s, read $(echo "${FLOOR[read]}" | awk '{print $NF}') s, loopback $(echo "${FLOOR[net]}" | awk '{print $NF}') s"
 }
+# floor_pulls N BYTES: the loopback floor of N concurrent pulls: N curls of
+# FLOOR_URL at once (separate processes, as N clients), each to /dev/null and
+# each required to fetch BYTES; the wall time from starting the first to the
+# last one's end (curl's start-up included: a few ms) -> FLOOR[pulls]. The
+# curls' pids are in FLOOR_CURLS while they run (for a script's on_exit).
+FLOOR_CURLS=""
+floor_pulls() { # n bytes
+  local n=$1 want=$2 t0 t1 i p rc=0 got
+  t0=$(now)
+  for i in $(seq 1 "$n"); do
+    timeout 120 curl -sS --fail -o /dev/null -w '%{size_download}' "$FLOOR_URL" >"$TMP/floor-pull.$i" &
+    FLOOR_CURLS+=" $!"
+  done
+  for p in $FLOOR_CURLS; do wait "$p" || rc=1; done
+  t1=$(now)
+  FLOOR_CURLS=""
+  [ "$rc" = 0 ] || die "floor: a curl of $FLOOR_URL failed"
+  for i in $(seq 1 "$n"); do
+    got=$(cat "$TMP/floor-pull.$i"); rm -f "$TMP/floor-pull.$i"
+    [ "$got" = "$want" ] || die "floor: curl $i fetched $got bytes, want $want"
+  done
+  FLOOR[pulls]+=" $(elapsed "$t0" "$t1")"
+}
 # floor_of KIND -> median seconds; floor_import -> the slower of hash and write
 floor_of() { # shellcheck disable=SC2086
   median ${FLOOR[$1]}; }

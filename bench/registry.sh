@@ -16,6 +16,13 @@
 # 5 ms (`imagefix sample`, bench/imagefix) from its restart after the push
 # until the last measurement.
 #
+# The floor of serving the blob (issue 16): moving the same bytes over
+# loopback from a plain sendfile server, `imagefix serve` of the blob file,
+# to the same number of concurrent clients: the BLOB_N (8) parallel downloads
+# against 8 concurrent `curl -o /dev/null` (lib.sh floor_pulls), measured in
+# every run after the servers' downloads. The download rows are reported
+# against it as well as against distribution.
+#
 # Everything binds to 127.0.0.1, every step is time-bounded, and an EXIT trap
 # stops the servers and removes the temp dir. Typical run time: well under 3 min.
 set -euo pipefail
@@ -31,7 +38,7 @@ MAN_C=32
 REPO_NAME="bench/blob"
 
 DIST_PID="" CRPE_PID="" SAMPLERS=""
-on_exit() { local p; for p in $SAMPLERS $CRPE_PID $DIST_PID; do stop_pid "$p"; done; }
+on_exit() { local p; for p in $FLOOR_CURLS $SAMPLERS $CRPE_PID $DIST_PID $FLOOR_PID; do stop_pid "$p"; done; }
 bench_init crpe-bench 300
 
 require_x "$DIST_BIN" "apt-get install -y docker-registry"
@@ -62,6 +69,7 @@ BLOB="$TMP/layer.bin"
 head -c "$(( BLOB_MIB * 1024 * 1024 ))" /dev/urandom >"$BLOB"
 BLOB_SIZE=$(stat -c %s "$BLOB")
 BLOB_DIGEST="sha256:$(sha256sum "$BLOB" | cut -d' ' -f1)"
+floor_start "$BLOB"
 
 CONFIG="$TMP/config.json"
 printf '{"architecture":"amd64","os":"linux","config":{},"rootfs":{"type":"layers","diff_ids":["%s"]}}' \
@@ -189,6 +197,9 @@ for r in $(seq 1 "$RUNS"); do
     CPU[$s]+=" $(awk -v a="$t0" -v b="$t1" -v h="$CLK_TCK" 'BEGIN{printf "%.3f", (b-a)/h}')"
     log "run $r $s blobs: $(json_field "$out" mib_per_s) MiB/s, $(json_field "$out" seconds) s, cpu $(awk -v a="$t0" -v b="$t1" -v h="$CLK_TCK" 'BEGIN{printf "%.2f", (b-a)/h}') s"
   done
+  floor_pulls "$BLOB_N" "$BLOB_SIZE"
+  FLOOR[pulls.bw]+=" $(mibps "$(( BLOB_SIZE * BLOB_N ))" "${FLOOR[pulls]##* }")"
+  log "run $r floor: ${BLOB_N} concurrent curls from imagefix serve: ${FLOOR[pulls]##* } s, ${FLOOR[pulls.bw]##* } MiB/s"
   for s in "${SERVERS[@]}"; do
     out="$("$LOADGEN" manifests -url "$(url_of "$s")/v2/$REPO_NAME/manifests/latest" -n "$MAN_N" -c "$MAN_C" -timeout 60s)" \
       || die "$s manifests run $r failed: $out"
@@ -211,6 +222,8 @@ for s in "${SERVERS[@]}"; do
   log "$s: peak RSS ${M[$s.rss]} MiB, peak RssAnon ${M[$s.anon]} MiB"
 done
 for k in bw wall cpu rps p50 p99 rss anon; do M[crpe.$k]=${M[crpe.$k]:-}; done
+# shellcheck disable=SC2086
+{ M[floor.bw]=$(median ${FLOOR[pulls.bw]}); M[floor.wall]=$(floor_of pulls); }
 
 # ------------------------------------------------------------------ report --
 
@@ -228,5 +241,12 @@ echo "| manifest GET, ${MAN_N} @ c=${MAN_C} (req/s) | $(val "${M[crpe.rps]}" 0) 
 echo "| manifest GET p50 / p99 (ms) | $(val "${M[crpe.p50]}" 2) / $(val "${M[crpe.p99]}" 2) | $(val "${M[dist.p50]}" 2) / $(val "${M[dist.p99]}" 2) | $(ratio "${M[crpe.p50]}" "${M[dist.p50]}") / $(ratio "${M[crpe.p99]}" "${M[dist.p99]}") | | |"
 echo "| server peak total RSS, VmHWM (MiB) | $(val "${M[crpe.rss]}" 1) | $(val "${M[dist.rss]}" 1) | $(ratio "${M[crpe.rss]}" "${M[dist.rss]}") | crpe ≤ 40 MiB | $(verdict 'v<=40' "${M[crpe.rss]}" 1) |"
 echo "| server peak RssAnon, heap + stacks (MiB) | $(val "${M[crpe.anon]}" 1) | $(val "${M[dist.anon]}" 1) | $(ratio "${M[crpe.anon]}" "${M[dist.anon]}") | (info) | |"
+echo
+echo "| blob serving — vs the loopback floor: the same ${BLOB_N} downloads as ${BLOB_N} concurrent \`curl\`s from a sendfile server (\`imagefix serve\`) | crpe | floor | crpe / floor | goal | met |"
+echo "|---|---:|---:|---:|---|:-:|"
+echo "| blob download, ${BLOB_N}× ${BLOB_MIB} MiB parallel (MiB/s) — vs the loopback floor | $(val "${M[crpe.bw]}" 1) | $(val "${M[floor.bw]}" 1) | $(ratio "${M[crpe.bw]}" "${M[floor.bw]}") | (info) | |"
+echo "| blob download wall time (s) — vs the loopback floor | $(val "${M[crpe.wall]}" 2) | $(val "${M[floor.wall]}" 2) | $(ratio "${M[crpe.wall]}" "${M[floor.wall]}") | (info) | |"
+echo
+echo "Floors (s, median of the runs, measured in the same runs): loopback, ${BLOB_N} concurrent \`curl -o /dev/null\` of the ${BLOB_MIB} MiB blob from \`imagefix serve\` (net/http, sendfile) $(val "${M[floor.wall]}" 3) ($(val "${M[floor.bw]}" 1) MiB/s; distribution / floor $(ratio "${M[dist.bw]}" "${M[floor.bw]}") in MiB/s). Every run: crpe${WALL[crpe]:-}; distribution${WALL[dist]}; floor${FLOOR[pulls]}. The floor's time includes starting the ${BLOB_N} curl processes (a few ms); loadgen's figures do not include its own start."
 echo
 echo "Goals: downloads ≥ 1.0× distribution's throughput using ≤ 0.5× its server CPU time; manifest GETs ≥ 1.0× its rate; crpe peak RSS ≤ 40 MiB (servers restarted after the push, so RSS and CPU cover serving only). Memory: VmHWM, and RssAnon sampled every 5 ms from the restart on; the rest of the RSS is file-backed pages (mostly the mapped binary), which move with the page cache."

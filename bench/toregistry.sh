@@ -47,6 +47,11 @@
 # wire), and the registry's blob storage afterwards (du of
 # docker/registry/v2/blobs: all three must store the same).
 #
+# After the tools, every run also measures the machine's floors for the
+# archive (lib.sh floors: hash, durable write, read back, loopback), and
+# crpe's wall time is reported against the slowest of hashing the archive,
+# moving it over loopback and writing it durably (see the report for why).
+#
 # Everything binds to 127.0.0.1, every step is time-bounded, and an EXIT trap
 # stops the servers and removes the temp dir. Typical run time: ~1–2 min.
 set -euo pipefail
@@ -65,7 +70,7 @@ PREFIX=bench
 DIST_PID="" REG3_PID=""
 on_exit() {
   local p
-  for p in $REG3_PID $DIST_PID; do stop_pid "$p"; done
+  for p in $REG3_PID $DIST_PID $FLOOR_PID; do stop_pid "$p"; done
   skopeo_cache_clean
 }
 bench_init crpe-bench-toregistry 420
@@ -75,7 +80,7 @@ require_x "$DIST_BIN" "apt-get install -y docker-registry (the fixture's upstrea
 require_x "$REG3" "go install github.com/distribution/distribution/v3/cmd/registry@v3.1.2"
 require_x "$SKOPEO" "apt-get install -y skopeo"
 require_x "$CRANE" "go install github.com/google/go-containerregistry/cmd/crane@latest"
-require_cmd curl go tar du
+require_cmd curl go tar du openssl
 note_load
 
 # ------------------------------------------------------------------ build ---
@@ -94,7 +99,7 @@ ARCHIVE_BYTES=$(stat -c %s "$ARCHIVE")
 LAYOUT="$TMP/layout"
 mkdir -p "$LAYOUT"
 timeout 120 tar -xzf "$ARCHIVE" -C "$LAYOUT" || die "untarring the archive failed"
-[ -s "$LAYOUT/index.json" ] && [ -s "$LAYOUT/oci-layout" ] || die "the archive is not an OCI layout"
+if [ ! -s "$LAYOUT/index.json" ] || [ ! -s "$LAYOUT/oci-layout" ]; then die "the archive is not an OCI layout"; fi
 BLOB_BYTES=$(du -sb "$LAYOUT/blobs" | cut -f1)
 NBLOBS=$(find "$LAYOUT/blobs" -type f | wc -l)
 cat "$ARCHIVE" "$LAYOUT"/blobs/sha256/* >/dev/null # in the page cache for every tool
@@ -106,6 +111,7 @@ for i in "${IMAGES[@]}"; do
     || die "index.json lists no docker.io/library/$i:1: $(head -c 600 "$LAYOUT/index.json")"
   printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[%s]}\n' "$entry" >"$d/index.json"
 done
+floor_start "$ARCHIVE"
 log "fixture: $(mib "$ARCHIVE_BYTES") MiB archive, $NBLOBS blobs, $(mib "$BLOB_BYTES") MiB of blobs ($(awk -v b="$BLOB_BYTES" 'BEGIN{printf "%.0f", b/1e6}') MB)"
 
 # ----------------------------------------------------- distribution v3 ---
@@ -153,6 +159,7 @@ run_tool() { # tool run
   t0=$(now)
   case $tool in
     crpe)
+      # shellcheck disable=SC2086 # BENCH_CRPE_ARGS: flags, split on purpose
       wtw "$dir/mem.json" "$dir/io" 180 "$CRPE_BIN" import "$ARCHIVE" --to-registry "$REG3_ADDR/$PREFIX" --plain-http --json ${BENCH_CRPE_ARGS:-} \
         >"$dir/out.json" 2>"$dir/err" || { tail -20 "$dir/err" >&2; die "crpe import --to-registry run $r failed"; }
       rs+=("$(jmib "$dir/mem.json" peak_rss_kib)"); as+=("$(jmib "$dir/mem.json" rss_anon_kib)")
@@ -211,6 +218,7 @@ for r in $(seq 1 "$RUNS"); do
     3) order=(craneidx crpe skopeo crane) ;;
   esac
   for t in "${order[@]}"; do run_tool "$t" "$r"; done
+  floors "$r" "$TMP/floor" "$ARCHIVE"
 done
 
 # ------------------------------------------------------------------ report --
@@ -238,7 +246,23 @@ echo "| peak total RSS (MiB) — vs crane (largest of its ${#IMAGES[@]}) | $(fmt
 echo "| peak RssAnon, heap + stacks (MiB) — vs skopeo / crane | $(fmt "${M[crpe.anon]}" 1) | $(fmt "${M[skopeo.anon]}" 1) / $(fmt "${M[crane.anon]}" 1) | $(ratio "${M[crpe.anon]}" "${M[skopeo.anon]}") / $(ratio "${M[crpe.anon]}" "${M[crane.anon]}") | (report) | |"
 echo "| client CPU time, user + system (s) — vs skopeo / crane | $(fmt "${M[crpe.cpu]}" 2) | $(fmt "${M[skopeo.cpu]}" 2) / $(fmt "${M[crane.cpu]}" 2) | $(ratio "${M[crpe.cpu]}" "${M[skopeo.cpu]}") / $(ratio "${M[crpe.cpu]}" "${M[crane.cpu]}") | (info) | |"
 echo "| bytes written by the client, requests on the wire (MiB) — vs skopeo / crane | $(mib "${M[crpe.wire]}") | $(mib "${M[skopeo.wire]}") / $(mib "${M[crane.wire]}") | $(ratio "${M[crpe.wire]}" "${M[skopeo.wire]}") / $(ratio "${M[crpe.wire]}" "${M[crane.wire]}") | (info) | |"
+# The floor of a push into a registry on loopback, the slowest of three
+# things every byte of the layers must go through before the push is done:
+#   loopback  moved once between processes (a sendfile server and curl: the
+#             least that costs);
+#   hash      the registry checks each blob's digest as it receives it (and
+#             crpe checks the archive's bytes too; the two hash at once, one
+#             on each of the 2 CPUs, so one hash of the archive is the bound);
+#   write     durably: distribution v3 fsyncs every blob before it answers
+#             the upload's PUT (registry/storage/driver/filesystem:
+#             fileWriter.Commit calls Sync), so the cp + sync -f floor is
+#             work the push cannot skip either.
+# The three overlap (the bytes stream), so the slowest, not their sum.
+F_PUSH=$(maxof "$(floor_of hash)" "$(floor_of net)" "$(floor_of write)")
+echo "| wall time (s) — vs the floor: the slowest of hashing the archive (\`openssl dgst -sha256\`), moving it over loopback (\`curl\` from a sendfile server) and writing it durably (\`cp\` + \`sync -f\`; distribution v3 fsyncs every blob) | $(fmt "${M[crpe.wall]}" 2) | $(fmt "$F_PUSH" 2) | $(ratio "${M[crpe.wall]}" "$F_PUSH") | (info) | |"
 echo "| registry blob storage afterwards (MiB) — vs skopeo / crane | $(mib "${STORE[crpe]}") | $(mib "${STORE[skopeo]}") / $(mib "${STORE[crane]}") | $(ratio "${STORE[crpe]}" "${STORE[skopeo]}") / $(ratio "${STORE[crpe]}" "${STORE[crane]}") | same content | $([ "${STORE[crpe]}" = "${STORE[skopeo]}" ] && [ "${STORE[crpe]}" = "${STORE[crane]}" ] && echo ✅ || echo ❌) |"
+echo
+echo "Floors (s, median of the runs, measured in the same runs, of the $(mib "$ARCHIVE_BYTES") MiB archive): hash (\`openssl dgst -sha256\`) $(fmt "$(floor_of hash)" 3), durable write (\`cp\` then \`sync -f\`) $(fmt "$(floor_of write)" 3), read back (\`cat\`, page cache) $(fmt "$(floor_of read)" 3), loopback (\`curl\` from a sendfile server) $(fmt "$(floor_of net)" 3). Every run: crpe${WALL[crpe]}; hash${FLOOR[hash]}; loopback${FLOOR[net]}; write${FLOOR[write]}."
 echo
 echo "Wall times (s), every run: crpe $(walls crpe); skopeo $(walls skopeo); crane ×${#IMAGES[@]} $(walls crane); crane --index $(walls craneidx) (peak RSS $(fmt "${M[craneidx.rss]}" 1) MiB, RssAnon $(fmt "${M[craneidx.anon]}" 1), CPU $(fmt "${M[craneidx.cpu]}" 2) s). Memory is the largest of the runs (\`imagefix watch\`: VmHWM and RssAnon sampled every 5 ms). Bytes written: the client's wchar (/proc/PID/io) — its requests on loopback, no TLS (the blobs' $(mib "$BLOB_BYTES") MiB plus HTTP). Registry storage: du of docker/registry/v2/blobs."
 echo

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -391,7 +392,37 @@ func (a *api) inventory(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, r, http.StatusInternalServerError, "UNKNOWN", err.Error(), nil)
 		return
 	}
-	writeJSON(w, http.StatusOK, inv)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	_ = inv.write(w)
+}
+
+// write streams the inventory as JSON, a digest per line: an agent holding
+// 50,000 blobs answers 3.8 MB without building them in memory a second time
+// (json.Encoder encodes the whole value before it writes).
+func (inv *Inventory) write(w io.Writer) error {
+	bw := bufio.NewWriterSize(w, 64<<10)
+	bw.WriteString("{\n  \"digests\": [")
+	var buf []byte
+	for i, d := range inv.Digests {
+		if i > 0 {
+			bw.WriteByte(',')
+		}
+		buf, _ = json.Marshal(d)
+		bw.WriteString("\n    ")
+		bw.Write(buf)
+	}
+	if len(inv.Digests) > 0 {
+		bw.WriteString("\n  ")
+	}
+	pkgs, err := json.Marshal(inv.Packages)
+	if err != nil {
+		return err
+	}
+	bw.WriteString("],\n  \"packages\": ")
+	bw.Write(pkgs)
+	bw.WriteString("\n}\n")
+	return bw.Flush()
 }
 
 // writeImportError writes err as the import API's error answer (registry

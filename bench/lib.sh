@@ -390,3 +390,15 @@ floor_pulls() { # n bytes
 floor_of() { # shellcheck disable=SC2086
   median ${FLOOR[$1]}; }
 floor_import() { awk -v a="$(floor_of hash)" -v b="$(floor_of write)" 'BEGIN{print (a>b)?a:b}'; }
+
+# growth_and_data TSV: for a TSV whose columns 1-3 are size, step and
+# seconds (bench/scale*.sh), prints each step's growth between consecutive
+# sizes (time ratio over size ratio: 1.00 is linear), then the TSV itself
+growth_and_data() {
+  echo "Growth between sizes (time ratio / size ratio; 1.00 is linear, below 1 is better than linear):"
+  awk -F'\t' 'NR>1 { t[$2","$1]=$3; if (!($1 in seen)) { seen[$1]=1; ns[++k]=$1 } ; steps[$2]=1 }
+    END { for (s in steps) { line=s ":"; for (i=2;i<=k;i++) { a=t[s","ns[i-1]]; b=t[s","ns[i]]; if (a>0) line=line sprintf(" %s→%s %.2f", ns[i-1], ns[i], (b/a)/(ns[i]/ns[i-1])) } print "- " line } }' "$1" | sort
+  echo
+  echo "Data (TSV):"
+  sed 's/^/    /' "$1"
+}

@@ -53,6 +53,17 @@ def main() -> None:
         f.write("\n".join(parts) + "\n")
 
 
+def draw_series(parts: list[str], pts: list[tuple[float, float]], px, py, color: str, dash_attr: str = "",
+                title: str = "") -> None:
+    """A line through pts with a dot at each (titled with its value when title is given)."""
+    d = " ".join(f"{'M' if j == 0 else 'L'}{px(x):.1f},{py(y):.1f}" for j, (x, y) in enumerate(pts))
+    parts.append(f'<path d="{d}" fill="none" stroke="{color}" stroke-width="2"{dash_attr}/>')
+    for x, y in pts:
+        tip = f"<title>{title}: {y:.4g}</title>" if title else ""
+        end = f">{tip}</circle>" if tip else "/>"
+        parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{color}"{end}')
+
+
 def plot_steps(rows: list[dict[str, str]], title: str, xcol: str = "images", ycol: str = "per_image_ms",
                xlabel: str = "images in the package", ylabel: str = "ms per image") -> list[str]:
     """bench/scale.sh: ms per image against images, one line per step."""
@@ -88,11 +99,7 @@ def plot_steps(rows: list[dict[str, str]], title: str, xcol: str = "images", yco
     parts.append(f'<text x="16" y="{top + ph / 2}" text-anchor="middle" transform="rotate(-90 16 {top + ph / 2})">{ylabel}</text>')
     for k, (step, pts) in enumerate(sorted(series.items())):
         c = colors[k % len(colors)]
-        pts.sort()
-        d = " ".join(f"{'M' if j == 0 else 'L'}{px(x):.1f},{py(y):.1f}" for j, (x, y) in enumerate(pts))
-        parts.append(f'<path d="{d}" fill="none" stroke="{c}" stroke-width="2"/>')
-        for x, y in pts:
-            parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{c}"/>')
+        draw_series(parts, sorted(pts), px, py, c)
         ly = top + 10 + 18 * k
         parts.append(f'<line x1="{left + pw + 15}" y1="{ly}" x2="{left + pw + 35}" y2="{ly}" stroke="{c}" stroke-width="2"/>')
         parts.append(f'<text x="{left + pw + 40}" y="{ly + 4}">{step}</text>')
@@ -178,13 +185,9 @@ def plot_long(rows: list[dict[str, str]], title: str, only: list[str]) -> list[s
         for m in order:
             if m not in ser:
                 continue
-            pts = sorted(ser[m])
             c, dash = COLORS[k % len(COLORS)], DASHES[(k // len(COLORS)) % len(DASHES)]
             da = f' stroke-dasharray="{dash}"' if dash else ""
-            d = " ".join(f"{'M' if j == 0 else 'L'}{px(x):.1f},{py(y):.1f}" for j, (x, y) in enumerate(pts))
-            parts.append(f'<path d="{d}" fill="none" stroke="{c}" stroke-width="2"{da}/>')
-            for x, y in pts:
-                parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{c}"><title>{esc(labels[m])}: {y:.4g}</title></circle>')
+            draw_series(parts, sorted(ser[m]), px, py, c, da, esc(labels[m]))
             ly = top + 8 + 18 * k
             parts.append(f'<line x1="{ox + pw + 12}" y1="{ly}" x2="{ox + pw + 32}" y2="{ly}" stroke="{c}" stroke-width="2"{da}/>')
             parts.append(f'<text x="{ox + pw + 36}" y="{ly + 4}" font-size="11">{esc(labels[m])}</text>')

@@ -200,12 +200,7 @@ echo "| GiB | step | time (s) | s per GiB | × floor | peak total RSS (MiB) | pe
 echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|"
 tail -n +2 "$TSV" | awk -F'\t' '{printf "| %s | %s | %.2f | %.2f | %s | %.1f | %.1f | %.1f | %.1f |\n", $1, $2, $3, $4, ($5==""?"":$5"×"), $6, $7, $8, $9}'
 echo
-echo "Growth between sizes (time ratio / size ratio; 1.00 is linear, below 1 is better than linear):"
-awk -F'\t' 'NR>1 { t[$2","$1]=$3; if (!($1 in seen)) { seen[$1]=1; ns[++k]=$1 } ; steps[$2]=1 }
-  END { for (s in steps) { line=s ":"; for (i=2;i<=k;i++) { a=t[s","ns[i-1]]; b=t[s","ns[i]]; if (a>0) line=line sprintf(" %s→%s %.2f", ns[i-1], ns[i], (b/a)/(ns[i]/ns[i-1])) } print "- " line } }' "$TSV" | sort
-echo
-echo "Data (TSV):"
-sed 's/^/    /' "$TSV"
+growth_and_data "$TSV"
 if [ -n "$PLOT" ]; then
   case $PLOT in /*) ;; *) PLOT="$REPO_ROOT/$PLOT" ;; esac
   python3 "$REPO_ROOT/bench/plot.py" "$TSV" "$PLOT" "crpe: seconds per GiB as the archive grows (half one layer, half 4 MiB layers)" \

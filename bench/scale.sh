@@ -109,12 +109,7 @@ echo "| images | step | time (s) | per image (ms) | peak total RSS (MiB) | peak 
 echo "|---:|---|---:|---:|---:|---:|---:|"
 tail -n +2 "$TSV" | awk -F'\t' '{printf "| %s | %s | %.2f | %.2f | %.1f | %.1f | %.1f |\n", $1, $2, $3, $4, $5, $6, $7}'
 echo
-echo "Growth between sizes (time ratio / size ratio; 1.00 is linear, below 1 is better than linear):"
-awk -F'\t' 'NR>1 { t[$2","$1]=$3; if (!($1 in seen)) { seen[$1]=1; ns[++k]=$1 } ; steps[$2]=1 }
-  END { for (s in steps) { line=s ":"; for (i=2;i<=k;i++) { a=t[s","ns[i-1]]; b=t[s","ns[i]]; if (a>0) line=line sprintf(" %s→%s %.2f", ns[i-1], ns[i], (b/a)/(ns[i]/ns[i-1])) } print "- " line } }' "$TSV" | sort
-echo
-echo "Data (TSV):"
-sed 's/^/    /' "$TSV"
+growth_and_data "$TSV"
 if [ -n "$PLOT" ]; then
   case $PLOT in /*) ;; *) PLOT="$REPO_ROOT/$PLOT" ;; esac
   python3 "$REPO_ROOT/bench/plot.py" "$TSV" "$PLOT" "crpe: time per image as the package grows (images of one ${KIB} KiB layer)"

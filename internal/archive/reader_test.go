@@ -453,3 +453,40 @@ func TestEntryErrorMessage(t *testing.T) {
 		t.Fatal("Unwrap")
 	}
 }
+
+// TestReadUnverified: a layer named by Limits.Unverified is read past
+// without hashing and not given to the handler, so its damaged bytes pass;
+// its framing is still checked (truncated), and every other blob is still
+// verified.
+func TestReadUnverified(t *testing.T) {
+	s := newSmall(t)
+	es := s.es
+	iLast := len(es) - 1
+	last := digest.Digest("sha256:" + strings.TrimPrefix(es[iLast].hdr.Name, "blobs/sha256/"))
+	bad := clone(es)
+	bad[iLast].body = append([]byte(nil), bad[iLast].body...)
+	bad[iLast].body[len(bad[iLast].body)/2] ^= 1
+	skip := func(d digest.Digest) bool { return d == last }
+
+	h := &collector{}
+	if _, err := Read(context.Background(), bytes.NewReader(build(t, bad)), h, Limits{Unverified: skip}); err != nil {
+		t.Fatalf("a damaged layer named unverified: %v", err)
+	}
+	if _, given := h.blobs[last]; given {
+		t.Fatal("the handler was given a layer named unverified")
+	}
+	if len(h.blobs) == 0 {
+		t.Fatal("the handler was given no blob at all")
+	}
+	// another layer's damage is still found
+	other := func(d digest.Digest) bool { return d == s.config.Digest }
+	_, err := Read(context.Background(), bytes.NewReader(build(t, bad)), &collector{}, Limits{Unverified: other})
+	wantEntryError(t, err, es[iLast].hdr.Name, "does not match")
+	// and an unverified layer cut short is still refused
+	halfTar := rawTar(t, es, true)
+	cut := gzipBytes(halfTar[:len(halfTar)-1024-len(es[iLast].body)/2])
+	_, err = Read(context.Background(), bytes.NewReader(cut), &collector{}, Limits{Unverified: skip})
+	if err == nil {
+		t.Fatal("a truncated unverified layer was accepted")
+	}
+}

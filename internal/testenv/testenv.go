@@ -204,12 +204,21 @@ func StartAgent(t testing.TB, o AgentOptions) *Proc {
 	if err := os.WriteFile(tokFile, []byte(o.Token+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addr := FreeAddr(t)
-	args := append([]string{"agent", "--addr", addr, "--data", o.Data, "--token-file", tokFile, "--log-format", "text"}, o.Args...)
-	p := Start(t, args...)
-	p.Addr, p.URL, p.Data, p.Token = addr, "http://"+addr, o.Data, o.Token
-	WaitHealthy(t, p)
-	return p
+	// FreeAddr's port may be taken by another test's process before this
+	// agent binds it: then it exits, and a fresh port is tried
+	for attempt := 1; ; attempt++ {
+		addr := FreeAddr(t)
+		args := append([]string{"agent", "--addr", addr, "--data", o.Data, "--token-file", tokFile, "--log-format", "text"}, o.Args...)
+		p := Start(t, args...)
+		p.Addr, p.URL, p.Data, p.Token = addr, "http://"+addr, o.Data, o.Token
+		err := waitOwnHealthy(p)
+		if err == nil {
+			return p
+		}
+		if !errors.Is(err, errAddrInUse) || attempt == 3 {
+			t.Fatal(err)
+		}
+	}
 }
 
 // Start runs crpe with args until the test ends (SIGKILL at cleanup, unless
@@ -239,9 +248,21 @@ func Start(t testing.TB, args ...string) *Proc {
 	return p
 }
 
-// WaitHealthy waits up to 15 s for p's /healthz.
+// WaitHealthy waits until p answers GET /healthz with 200 and has logged
+// that it listens: another process answering at p's address (one that took
+// the port FreeAddr handed out, while p failed to bind it) is not p.
 func WaitHealthy(t testing.TB, p *Proc) {
 	t.Helper()
+	if err := waitOwnHealthy(p); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// errAddrInUse is waitOwnHealthy's error for a process that could not bind
+// its address.
+var errAddrInUse = errors.New("address already in use")
+
+func waitOwnHealthy(p *Proc) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	for {
@@ -249,15 +270,22 @@ func WaitHealthy(t testing.TB, p *Proc) {
 		resp, err := http.DefaultClient.Do(req)
 		if err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
+			if resp.StatusCode == http.StatusOK && strings.Contains(p.Logs(), "listening") {
+				select {
+				case <-p.done:
+				default:
+					return nil
+				}
 			}
 		}
 		select {
 		case <-p.done:
-			t.Fatalf("crpe exited before it was healthy:\n%s", p.Logs())
+			if strings.Contains(p.Logs(), "address already in use") {
+				return fmt.Errorf("%w: crpe could not listen on %s:\n%s", errAddrInUse, p.Addr, p.Logs())
+			}
+			return fmt.Errorf("crpe exited before it was healthy:\n%s", p.Logs())
 		case <-ctx.Done():
-			t.Fatalf("crpe not healthy after 15s:\n%s", p.Logs())
+			return fmt.Errorf("crpe not healthy after 15s:\n%s", p.Logs())
 		case <-time.After(50 * time.Millisecond):
 		}
 	}

@@ -121,9 +121,6 @@ type Staged struct {
 	Info cas.Info
 }
 
-// Commit publishes one staged blob: Publish of a batch of one.
-func (st *Staged) Commit() error { return st.s.Publish([]*Staged{st}) }
-
 // Abort discards a blob not published.
 func (st *Staged) Abort() {
 	if st.name != "" {
@@ -234,6 +231,27 @@ func (s *Store) Publish(staged []*Staged) error {
 		}
 		return err
 	}
+	return s.place(staged)
+}
+
+// publish fsyncs and closes f, then links it into place: one blob, as Put
+// and an upload's commit publish it.
+func (s *Store) publish(f *os.File, info cas.Info) error {
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return s.place([]*Staged{{s: s, name: f.Name(), Info: info}})
+}
+
+// place links the durable temp files of staged into place, fsyncs each
+// blob folder that got a new name once and reports each new blob to
+// OnCommit. Every blob is tried; the first error is returned, and a blob
+// that failed stays unpublished (its temp file is removed).
+func (s *Store) place(staged []*Staged) error {
 	var first error
 	dirs := map[string]bool{}
 	var done []cas.Info
@@ -265,27 +283,6 @@ func (s *Store) Publish(staged []*Staged) error {
 		}
 	}
 	return first
-}
-
-// publish fsyncs and closes f, then links it into place: one blob, as Put
-// and an upload's commit publish it.
-func (s *Store) publish(f *os.File, info cas.Info) error {
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	created, err := s.link(f.Name(), info)
-	if err != nil || !created {
-		return err
-	}
-	syncDir(filepath.Dir(s.Path(info.Digest)))
-	if s.OnCommit != nil {
-		s.OnCommit(info)
-	}
-	return nil
 }
 
 // link puts the durable temp file name in place as blob info.Digest and

@@ -183,6 +183,8 @@ type stager interface {
 }
 
 type handler struct {
+	// stager is the store when it can stage and publish in batches
+	stager stager
 	// staged are the blobs verified into temp files, published together
 	// (one sync for each publishBatch bytes, and one at the end)
 	staged      []*casfs.Staged
@@ -303,7 +305,7 @@ func (h *handler) Blob(ctx context.Context, desc ocispec.Descriptor, kind oci.Ki
 		h.res.BytesPresent += desc.Size
 		return nil // the archive reader still reads and verifies the bytes
 	}
-	if st, ok := h.im.store.(stager); ok {
+	if st := h.stager; st != nil {
 		// verified into a temp file now (the kernel starts writing it out),
 		// made durable and published with the others at the end
 		staged, err := st.Stage(ctx, cas.Info{Digest: desc.Digest, Size: desc.Size}, r)
@@ -412,7 +414,8 @@ func (im *Importer) Import(ctx context.Context, r io.Reader, o ImportOptions) (*
 }
 
 func (im *Importer) importLocked(ctx context.Context, r io.Reader, o ImportOptions) (*Result, bool, error) {
-	h := &handler{im: im, o: o, res: &Result{Images: map[string]string{}},
+	st, _ := im.store.(stager)
+	h := &handler{im: im, o: o, stager: st, res: &Result{Images: map[string]string{}},
 		manifests: map[digest.Digest][]byte{}, needed: map[digest.Digest]int64{}}
 	have := func(d digest.Digest) bool {
 		_, err := im.store.Stat(ctx, d)
@@ -426,8 +429,8 @@ func (im *Importer) importLocked(ctx context.Context, r io.Reader, o ImportOptio
 	}
 	sum, err := archive.Read(ctx, r, rh, archive.Limits{Have: have})
 	// blobs staged before an error are verified: they are published too
-	if st, ok := im.store.(stager); ok {
-		if perr := st.Publish(h.staged); err == nil {
+	if h.stager != nil {
+		if perr := h.stager.Publish(h.staged); err == nil {
 			err = perr
 		}
 	}

@@ -683,8 +683,8 @@ func (rd *reader) readBlob(entry string, d digest.Digest, size int64) error {
 // reads from the tar stream.
 func (rd *reader) streamBlob(entry string, k *knownBlob, kind oci.Kind, r io.Reader) error {
 	if rd.lim.Unverified != nil && kind != oci.KindManifest && rd.lim.Unverified(k.desc.Digest) {
-		if _, err := io.CopyBuffer(struct{ io.Writer }{io.Discard}, r, rd.buf); err != nil {
-			return rd.streamErr(entry, "reading the blob", err)
+		if err := rd.drain(entry, r); err != nil {
+			return err
 		}
 		rd.took(k.desc)
 		return nil
@@ -711,10 +711,9 @@ func (rd *reader) streamBlob(entry string, k *knownBlob, kind oci.Kind, r io.Rea
 	if herr != nil {
 		return fmt.Errorf("kubepkg.tgz: %s: %w", entry, herr)
 	}
-	// read and verify what the handler left unread (a plain writer, so that
-	// the copy uses rd.buf rather than io.Discard's small buffers)
-	if _, err := io.CopyBuffer(struct{ io.Writer }{io.Discard}, vr, rd.buf); err != nil {
-		return rd.streamErr(entry, "reading the blob", err)
+	// read and verify what the handler left unread
+	if err := rd.drain(entry, vr); err != nil {
+		return err
 	}
 	rd.took(k.desc)
 	return nil
@@ -835,7 +834,13 @@ func (rd *reader) skipBlob(entry string, d digest.Digest, size int64) error {
 	if err != nil {
 		return entryErr(entry, err, "cannot verify the blob")
 	}
-	if _, err := io.CopyBuffer(struct{ io.Writer }{io.Discard}, vr, rd.buf); err != nil {
+	return rd.drain(entry, vr)
+}
+
+// drain reads the rest of a blob entry's bytes through r (a plain writer,
+// so that the copy uses rd.buf rather than io.Discard's small buffers).
+func (rd *reader) drain(entry string, r io.Reader) error {
+	if _, err := io.CopyBuffer(struct{ io.Writer }{io.Discard}, r, rd.buf); err != nil {
 		return rd.streamErr(entry, "reading the blob", err)
 	}
 	return nil

@@ -39,10 +39,8 @@ func cmdBig(args []string) int {
 	fs := flag.NewFlagSet("big", flag.ExitOnError)
 	c := newCommonFlags(fs)
 	mib := fs.Int64("mib", 1024, "MiB of layers in all (≥ 16)")
-	token := fs.String("token", "", "bearer token for every request (a crpe agent)")
 	prefix := fs.String("repo-prefix", "", `prefix of the repositories pushed to ("docker.io/" for a crpe agent, which names them in full)`)
 	_ = fs.Parse(args)
-	authToken = *token
 	if *c.reg == "" || *c.pkgOut == "" || *mib < 16 {
 		fmt.Fprintln(os.Stderr, "usage: imagefix big -registry URL -pkg FILE -mib N (≥ 16) [-token T] [-repo-prefix docker.io/] [-seed N] [-timeout D]")
 		return 2

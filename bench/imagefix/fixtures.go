@@ -18,9 +18,9 @@ import (
 
 // commonFlags are the flags both fixture sets take.
 type commonFlags struct {
-	reg, pkgOut, tmp *string
-	seed             *uint64
-	timeout          *time.Duration
+	reg, pkgOut, tmp, token *string
+	seed                    *uint64
+	timeout                 *time.Duration
 }
 
 func newCommonFlags(fs *flag.FlagSet) commonFlags {
@@ -28,6 +28,7 @@ func newCommonFlags(fs *flag.FlagSet) commonFlags {
 		reg:     fs.String("registry", "", "registry base URL (http://127.0.0.1:PORT)"),
 		pkgOut:  fs.String("pkg", "", "KubePkg file to write"),
 		tmp:     fs.String("tmp", os.TempDir(), "folder for staging layer files"),
+		token:   fs.String("token", "", "bearer token sent with every request (a crpe agent's writes need it)"),
 		seed:    fs.Uint64("seed", 1, "content seed"),
 		timeout: fs.Duration("timeout", 150*time.Second, "overall timeout"),
 	}
@@ -36,7 +37,7 @@ func newCommonFlags(fs *flag.FlagSet) commonFlags {
 // runSet sets the registry up and runs fn under the -timeout; it returns the
 // exit code.
 func (c commonFlags) runSet(name string, fn func(ctx context.Context) error) int {
-	base, tmpDir = strings.TrimRight(*c.reg, "/"), *c.tmp
+	base, tmpDir, authToken = strings.TrimRight(*c.reg, "/"), *c.tmp, *c.token
 	ctx, cancel := context.WithTimeout(context.Background(), *c.timeout)
 	defer cancel()
 	if err := fn(ctx); err != nil {
@@ -261,13 +262,11 @@ func cmdMany(args []string) int {
 	kib := fs.Int("layer-kib", 64, "KiB of each image's random layer")
 	repos := fs.Int("repos", 0, "spread the images over this many repositories library/rep-NNN (0: one library/img-NNNN per image)")
 	jobs := fs.Int("jobs", 8, "images pushed at once")
-	token := fs.String("token", "", "bearer token sent with every request")
 	refsOut := fs.String("refs", "", "file to write the images' repo:tag to, one a line")
 	_ = fs.Parse(args)
 	if *c.reg == "" || (*c.pkgOut == "" && *refsOut == "") || *n < 1 || *kib < 1 || *repos < 0 || *jobs < 1 {
 		usage()
 	}
-	authToken = *token
 	if t, ok := client.Transport.(*http.Transport); ok {
 		t.MaxIdleConnsPerHost = max(16, *jobs)
 	}

@@ -26,10 +26,8 @@ func TestAgentUI(t *testing.T) {
 	ag := testenv.StartAgent(t, testenv.AgentOptions{})
 
 	// a kubepkg.tgz from the pocket
-	pt.Call(t, "POST", p.URL+"/api/v1/kubepkgs", pt.Package("demo", "1.0.0", "docker.io/library/app:1.0", "linux/amd64")).Must(t, 201)
-	archive := pt.Call(t, "GET", p.URL+"/api/v1/kubepkgs/demo/kubepkg.tgz", nil).Must(t, 200)
 	file := filepath.Join(t.TempDir(), "demo-1.0.0.kubepkg.tgz")
-	if err := os.WriteFile(file, archive.Body, 0o644); err != nil {
+	if err := os.WriteFile(file, demoArchive(t, p.URL), 0o644); err != nil {
 		t.Fatal(err)
 	}
 
@@ -158,10 +156,8 @@ func TestAgentUISignatures(t *testing.T) {
 
 	p := pt.StartPocket(t, f.Proxy.URL)
 	ag := testenv.StartAgent(t, testenv.AgentOptions{Args: []string{"--verify-key", pub}})
-	pt.Call(t, "POST", p.URL+"/api/v1/kubepkgs", pt.Package("demo", "1.0.0", "docker.io/library/app:1.0", "linux/amd64")).Must(t, 201)
-	archive := pt.Call(t, "GET", p.URL+"/api/v1/kubepkgs/demo/kubepkg.tgz", nil).Must(t, 200)
 	file := filepath.Join(t.TempDir(), "demo-1.0.0.kubepkg.tgz")
-	if err := os.WriteFile(file, archive.Body, 0o644); err != nil {
+	if err := os.WriteFile(file, demoArchive(t, p.URL), 0o644); err != nil {
 		t.Fatal(err)
 	}
 

@@ -28,8 +28,7 @@ func TestAgentUISplit(t *testing.T) {
 	p := pt.StartPocket(t, f.Proxy.URL)
 	ag := testenv.StartAgent(t, testenv.AgentOptions{})
 
-	pt.Call(t, "POST", p.URL+"/api/v1/kubepkgs", pt.Package("demo", "1.0.0", "docker.io/library/app:1.0", "linux/amd64")).Must(t, 201)
-	archive := pt.Call(t, "GET", p.URL+"/api/v1/kubepkgs/demo/kubepkg.tgz", nil).Must(t, 200).Body
+	archive := demoArchive(t, p.URL)
 	// the archive split in parts of 128 KiB, as crpe export --split writes
 	// them (the same writer)
 	dir := t.TempDir()
@@ -135,4 +134,12 @@ func TestAgentUISplit(t *testing.T) {
 		t.Fatalf("problems: %v", probs)
 	}
 	b.CheckPhoneLayout("agent after a split upload")
+}
+
+// demoArchive adds package demo 1.0.0 (docker.io/library/app:1.0,
+// linux/amd64) to the pocket at url and returns its kubepkg.tgz.
+func demoArchive(t *testing.T, url string) []byte {
+	t.Helper()
+	pt.Call(t, "POST", url+"/api/v1/kubepkgs", pt.Package("demo", "1.0.0", "docker.io/library/app:1.0", "linux/amd64")).Must(t, 201)
+	return pt.Call(t, "GET", url+"/api/v1/kubepkgs/demo/kubepkg.tgz", nil).Must(t, 200).Body
 }

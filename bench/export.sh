@@ -12,7 +12,9 @@
 #   BENCH_PULLERS=16        concurrent cold pulls through one crpe serve
 #   BENCH_MAX_SECONDS=420   hard wall-clock cap for the whole script
 #
-# Measures, interleaved, fresh data dirs and outputs every time:
+# Measures, interleaved, fresh data dirs and outputs every time, after one
+# untimed warm-up round of crpe and crane (and with memory prefaulted before
+# every timed step: lib.sh settle):
 #   cold export   crpe export --platform linux/amd64 of 4 images (3 multi-arch
 #                 + one 200 MiB single layer) vs `crane pull --format=oci`
 #                 of the same 4 vs `skopeo copy ... oci-archive:` per image
@@ -146,6 +148,14 @@ run_cold() { # tool run
   log "cold run $r $tool: ${w} s, peak RSS ${rss} MiB (RssAnon ${anon}), $(mib "$bytes") MiB written, upstream GETs of the big blob: $gets"
   [ "$gets" = 1 ] || log "WARNING: $tool fetched the big blob $gets times from upstream"
 }
+
+# one untimed round first: the fixture push just wrote ~500 MiB, and the
+# first exports after it measured the disk still busy with it (crpe fsyncs
+# its cache, crane does not, so only crpe's first runs were slow)
+log "warm-up round (not recorded)"
+for tool in crpe crane; do run_cold "$tool" 0; rm -rf "$TMP/cold/$tool-0"; done
+unset WALL RSS ANON FILEB BYTES
+declare -A WALL RSS ANON FILEB BYTES
 
 run_cold_crpe_keep="" # data dir kept from the first crpe run for the warm export
 

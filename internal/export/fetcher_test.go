@@ -140,3 +140,74 @@ func TestFetcherParallel(t *testing.T) {
 		t.Errorf("wait: %v after %d calls, want boom after 1", err, calls)
 	}
 }
+
+// TestFetcherBigLayerDoesNotWait: a layer of at least bigLayer bytes, larger
+// than every fetch in flight, starts at once in one fetch beyond parallel;
+// a layer no larger than one in flight waits for a slot.
+func TestFetcherBigLayerDoesNotWait(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	names := map[digest.Digest]string{}
+	blob := func(name string, size int64) archive.Blob {
+		b := fakeBlob(oci.KindLayer, name, size)
+		names[b.Desc.Digest] = name
+		return b
+	}
+	var (
+		mu      sync.Mutex
+		running int
+		most    int
+		order   []string
+	)
+	started := make(chan string, 8)
+	release := map[string]chan struct{}{"small": make(chan struct{}), "big": make(chan struct{})}
+	get := func(ctx context.Context, repo string, d digest.Digest, size int64) error {
+		name := names[d]
+		mu.Lock()
+		running++
+		most = max(most, running)
+		order = append(order, name)
+		mu.Unlock()
+		started <- name
+		if ch := release[name]; ch != nil {
+			<-ch
+		}
+		mu.Lock()
+		running--
+		mu.Unlock()
+		return nil
+	}
+	f := newFetcherFunc(ctx, get, 1, nil, nil)
+	f.start("a", "a:1", []archive.Blob{blob("small", 1<<20)})
+	if n := <-started; n != "small" {
+		t.Fatalf("first fetch %s", n)
+	}
+	// with a config of its own, which goes first in the queue
+	f.start("b", "b:1", []archive.Blob{fakeBlob(oci.KindConfig, "b-config", 100), blob("big", bigLayer), blob("other", 2<<20)})
+	select {
+	case n := <-started:
+		if n != "big" {
+			t.Fatalf("fetch started beside the held one: %s, want big", n)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the big layer waited for the slot")
+	}
+	// as large as the big one in flight: no extra fetch for it
+	f.start("c", "c:1", []archive.Blob{blob("big2", bigLayer)})
+	select {
+	case n := <-started:
+		t.Fatalf("%s started with the slot and the extra fetch busy", n)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release["small"])
+	close(release["big"])
+	if err := f.wait(); err != nil {
+		t.Fatal(err)
+	}
+	if most != 2 {
+		t.Errorf("%d fetches at once, want 2 (the slot and the big layer's)", most)
+	}
+	if len(order) != 5 {
+		t.Errorf("fetched %v, want 5 blobs", order)
+	}
+}

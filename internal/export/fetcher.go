@@ -34,7 +34,7 @@ type fetcher struct {
 	mu      sync.Mutex
 	started map[digest.Digest]bool
 	queue   fetchQueue
-	running int // workers taking from the queue
+	running int                     // workers taking from the queue
 	sizes   map[digest.Digest]int64 // the fetches in flight
 	wg      sync.WaitGroup
 	err     error

@@ -311,7 +311,7 @@ func (c *Cache) record(full string, d digest.Digest, mediaType string, body []by
 	}
 	rec := repodb.ManifestRecord(pm, body)
 	rec.Partial = true
-	return c.db.Update(func(tx *repodb.Tx) error {
+	return c.db.Batch(func(tx *repodb.Tx) error {
 		if old, err := tx.Manifest(full, d); err != nil || old.MediaType != rec.MediaType {
 			if err := tx.PutManifest(full, d, rec); err != nil {
 				return err
@@ -361,7 +361,7 @@ func (c *Cache) link(full string, info cas.Info) error {
 	if linked {
 		return nil // a read transaction: no write, no fsync
 	}
-	return c.db.Update(func(tx *repodb.Tx) error {
+	return c.db.Batch(func(tx *repodb.Tx) error {
 		if _, err := tx.Blob(full, info.Digest); err == nil {
 			return nil
 		}
@@ -483,7 +483,7 @@ func (c *Cache) run(ctx context.Context, f *fetch, up *upstream.Client, repo ups
 		f.mu.Lock()
 		repos := append([]string(nil), f.repos...)
 		f.mu.Unlock()
-		err = c.db.Update(func(tx *repodb.Tx) error {
+		err = c.db.Batch(func(tx *repodb.Tx) error {
 			for _, r := range repos {
 				if err := tx.LinkBlob(r, info.Digest, info.Size); err != nil {
 					return err

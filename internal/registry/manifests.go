@@ -219,7 +219,7 @@ func (rg *Registry) putManifest(w http.ResponseWriter, r *http.Request, repo, re
 	}
 	rec := repodb.ManifestRecord(pm, body)
 	rec.Partial = partial
-	err = rg.db.Update(func(tx *repodb.Tx) error {
+	err = rg.db.Batch(func(tx *repodb.Tx) error {
 		for _, l := range links {
 			if err := tx.LinkBlob(repo, l.Digest, l.Size); err != nil {
 				return err

@@ -32,7 +32,7 @@ func blobLocation(repo string, d digest.Digest) string {
 }
 
 func (rg *Registry) linkBlob(repo string, info cas.Info) error {
-	return rg.db.Update(func(tx *repodb.Tx) error { return tx.LinkBlob(repo, info.Digest, info.Size) })
+	return rg.db.Batch(func(tx *repodb.Tx) error { return tx.LinkBlob(repo, info.Digest, info.Size) })
 }
 
 func blobCreated(w http.ResponseWriter, repo string, info cas.Info) {

@@ -80,7 +80,10 @@ type Descriptor struct {
 }
 
 // DB is the repository index.
-type DB struct{ db *bolt.DB }
+type DB struct {
+	db    *bolt.DB
+	group group // Batch's
+}
 
 // Open opens (creating if needed) the index at path. readOnly opens it for
 // inspection (fsck); it waits up to timeout for another process's lock.

@@ -48,15 +48,19 @@ func manyBlobsPackage(rng *rand.Rand) *seedtest.Package {
 }
 
 // TestKillDuringImport kills the agent with SIGKILL while `crpe import
-// --to` streams a 252-blob archive into it: at random moments, and while
-// staged blobs wait in the ingest folder for the import's one batched sync
-// and publish. After every kill, on the same data folder:
+// --to` streams a 252-blob archive into it: at random moments within the
+// time an import takes (measured first), and while staged blobs wait in the
+// ingest folder for the import's one batched sync and publish. Every cycle
+// starts from a data folder that lacks the package (an agent that holds it
+// already would finish a new import at once, and the kill would cut
+// nothing). After every kill:
 //   - fsck finds the folder clean (leftover temp files in ingest/ only);
 //   - restarted, the agent serves either all of the package's images or
 //     none (no tag is published before every blob is durable and linked);
 //
-// and at the end an import runs to completion, and fsck --repair leaves a
-// folder that fsck re-hashes clean, with every image served.
+// and at the end an import runs to completion on the last cycle's folder,
+// and fsck --repair leaves a folder that fsck re-hashes clean, with every
+// image served.
 func TestKillDuringImport(t *testing.T) {
 	testenv.Crpe(t)
 	seed := seedFromEnv(t)
@@ -66,7 +70,7 @@ func TestKillDuringImport(t *testing.T) {
 	if err := os.WriteFile(archive, testenv.CrpeArchive(t, pkg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	data := filepath.Join(t.TempDir(), "data")
+	var data string // the cycle's
 	// served reports how many of the package's tags the agent serves
 	served := func(p *testenv.Proc) int {
 		c := newClient(p, false)
@@ -91,12 +95,25 @@ func TestKillDuringImport(t *testing.T) {
 		}
 		return cmd
 	}
+	// how long an import into an agent lacking the package takes here
+	var took time.Duration
+	{
+		data = filepath.Join(t.TempDir(), "data")
+		p := testenv.StartAgent(t, testenv.AgentOptions{Data: data, Token: token})
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		begin := time.Now()
+		err := importTo(ctx, p).Wait()
+		took = time.Since(begin)
+		cancel()
+		kill(t, p)
+		if err != nil {
+			t.Fatalf("the import that measures: %v", err)
+		}
+	}
 	states := map[string]int{}
 	for cycle := range 8 {
+		data = filepath.Join(t.TempDir(), "data")
 		p := testenv.StartAgent(t, testenv.AgentOptions{Data: data, Token: token})
-		if n := served(p); n != 0 && n != len(pkg.Images) {
-			t.Fatalf("cycle %d: after the restart the agent serves %d of %d images: an import was published in part", cycle, n, len(pkg.Images))
-		}
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		done := make(chan error, 1)
 		cmd := importTo(ctx, p)
@@ -104,16 +121,24 @@ func TestKillDuringImport(t *testing.T) {
 		when := "at a random moment"
 		if cycle%2 == 0 {
 			// while staged blobs wait for the batch's sync and publish
+			// (or, when the import ends before that many are staged, after it)
 			when = "while blobs are staged"
 			want := 10 + rng.IntN(150)
-			for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); {
+			ended := false
+			for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline) && !ended; {
 				if es, err := os.ReadDir(filepath.Join(data, "ingest")); err == nil && len(es) >= want {
 					break
 				}
-				time.Sleep(200 * time.Microsecond)
+				select {
+				case err := <-done:
+					done <- err // for the wait below
+					ended = true
+				default:
+					time.Sleep(200 * time.Microsecond)
+				}
 			}
 		} else {
-			time.Sleep(time.Duration(rng.IntN(400)) * time.Millisecond)
+			time.Sleep(time.Duration(rng.Int64N(int64(took) + 1)))
 		}
 		staged := len(ingestEntries(t, data))
 		kill(t, p)
@@ -129,8 +154,13 @@ func TestKillDuringImport(t *testing.T) {
 		if t.Failed() {
 			return
 		}
+		p = testenv.StartAgent(t, testenv.AgentOptions{Data: data, Token: token})
+		if n := served(p); n != 0 && n != len(pkg.Images) {
+			t.Fatalf("cycle %d (%s): after the restart the agent serves %d of %d images: an import was published in part", cycle, state, n, len(pkg.Images))
+		}
+		kill(t, p)
 	}
-	t.Logf("what the kills cut (seed %d): %v", seed, states)
+	t.Logf("what the kills cut (seed %d, an import takes %s): %v", seed, took.Round(time.Millisecond), states)
 
 	p := testenv.StartAgent(t, testenv.AgentOptions{Data: data, Token: token})
 	if n := served(p); n != 0 && n != len(pkg.Images) {

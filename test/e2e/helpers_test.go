@@ -192,23 +192,27 @@ func launchNode(t *testing.T, bins testenv.NodeBins) func() *testenv.Node {
 	}()
 	var node *testenv.Node
 	var once sync.Once
+	var launched started // what the launch gave, once received
+	received := false
+	receive := func() {
+		if !received {
+			launched, received = <-ch, true
+			node = launched.n
+		}
+	}
 	wait := func() *testenv.Node {
 		once.Do(func() {
-			s := <-ch
-			if s.err != nil {
-				t.Fatal(s.err)
+			receive()
+			if launched.err != nil {
+				t.Fatalf("launching the node: %v", launched.err)
 			}
-			node = s.n
 		})
 		return node
 	}
 	t.Cleanup(func() {
+		receive() // waits for the launch unless wait did (its value is taken once)
 		if node == nil {
-			s := <-ch
-			if s.n == nil {
-				return
-			}
-			node = s.n
+			return
 		}
 		if t.Failed() {
 			t.Logf("node logs:\n%s", node.Logs())

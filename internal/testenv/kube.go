@@ -224,32 +224,45 @@ func launchKube(etcdBin, apiBin, kubectlBin string, o kubeOptions) (k *Kube, err
 	if fi, e := os.Stat("/dev/shm"); e == nil && fi.IsDir() {
 		base = "/dev/shm"
 	}
-	if o.dir != "" {
-		k.etcdDir = filepath.Join(o.dir, "etcd")
-		if err = os.Mkdir(k.etcdDir, 0o700); err != nil {
+	// a port picked free can be taken by another process before the peer
+	// binds it: then the peer is started again on new ports
+	var clientURL string
+	for attempt := 1; ; attempt++ {
+		if o.dir != "" {
+			k.etcdDir = filepath.Join(o.dir, "etcd")
+			_ = os.RemoveAll(k.etcdDir) // an attempt's that lost its port
+			if err = os.Mkdir(k.etcdDir, 0o700); err != nil {
+				return k, err
+			}
+		} else if k.etcdDir, err = os.MkdirTemp(base, "crpe-etcd-"); err != nil {
+			if k.etcdDir, err = os.MkdirTemp("", "crpe-etcd-"); err != nil {
+				return k, err
+			}
+		}
+		clientURL = "http://" + freeAddr()
+		peerURL := "http://" + freeAddr()
+		k.EtcdURL = clientURL
+		k.etcd, err = startPeerProc("etcd", etcdBin, filepath.Join(dir, "etcd.log"),
+			"--name", "crpe-test",
+			"--data-dir", filepath.Join(k.etcdDir, "data"),
+			"--listen-client-urls", clientURL, "--advertise-client-urls", clientURL,
+			"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
+			"--initial-cluster", "crpe-test="+peerURL,
+			"--initial-cluster-state", "new",
+			"--logger", "zap", "--log-level", "warn")
+		if err != nil {
 			return k, err
 		}
-	} else if k.etcdDir, err = os.MkdirTemp(base, "crpe-etcd-"); err != nil {
-		if k.etcdDir, err = os.MkdirTemp("", "crpe-etcd-"); err != nil {
+		if err = k.waitEtcd(30 * time.Second); err == nil {
+			break
+		}
+		if !lostPort(k.etcd, attempt) {
 			return k, err
 		}
-	}
-	clientURL := "http://" + freeAddr()
-	peerURL := "http://" + freeAddr()
-	k.EtcdURL = clientURL
-	k.etcd, err = startPeerProc("etcd", etcdBin, filepath.Join(dir, "etcd.log"),
-		"--name", "crpe-test",
-		"--data-dir", filepath.Join(k.etcdDir, "data"),
-		"--listen-client-urls", clientURL, "--advertise-client-urls", clientURL,
-		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
-		"--initial-cluster", "crpe-test="+peerURL,
-		"--initial-cluster-state", "new",
-		"--logger", "zap", "--log-level", "warn")
-	if err != nil {
-		return k, err
-	}
-	if err = k.waitEtcd(30 * time.Second); err != nil {
-		return k, err
+		k.etcd.kill()
+		if o.dir == "" {
+			_ = os.RemoveAll(k.etcdDir)
+		}
 	}
 
 	// credentials: an admin token, a service-account signing key
@@ -269,58 +282,89 @@ func launchKube(etcdBin, apiBin, kubectlBin string, o kubeOptions) (k *Kube, err
 		return k, err
 	}
 
-	addr := freeAddr()
-	_, port, _ := net.SplitHostPort(addr)
-	k.URL = "https://" + addr
 	certDir := filepath.Join(dir, "certs")
-	apiArgs := []string{
-		"--bind-address=127.0.0.1",
-		"--advertise-address=127.0.0.1",
-		"--secure-port=" + port,
-		"--etcd-servers=" + clientURL,
-		"--cert-dir=" + certDir,
-		"--token-auth-file=" + tokens,
-		"--authorization-mode=RBAC",
-		"--anonymous-auth=false",
-		"--service-account-key-file=" + saKey,
-		"--service-account-signing-key-file=" + saKey,
-		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-		// an allocation range only: no traffic ever goes there
-		"--service-cluster-ip-range=10.96.0.0/16",
-		// the kubernetes Endpoints would name 127.0.0.1, which the API
-		// server itself refuses (loopback) and retries forever
-		"--endpoint-reconciler-type=none",
-		"--profiling=false",
-	}
-	k.api, err = startPeerProc("kube-apiserver", apiBin, filepath.Join(dir, "kube-apiserver.log"), append(apiArgs, o.apiArgs...)...)
-	if err != nil {
-		return k, err
-	}
-	// the API server writes its self-signed serving certificate (and the CA
-	// that signed it) to --cert-dir before it listens
-	crt := filepath.Join(certDir, "apiserver.crt")
 	deadline := time.Now().Add(60 * time.Second)
+	for attempt := 1; ; attempt++ {
+		addr := freeAddr()
+		_, port, _ := net.SplitHostPort(addr)
+		k.URL = "https://" + addr
+		apiArgs := []string{
+			"--bind-address=127.0.0.1",
+			"--advertise-address=127.0.0.1",
+			"--secure-port=" + port,
+			"--etcd-servers=" + clientURL,
+			"--cert-dir=" + certDir,
+			"--token-auth-file=" + tokens,
+			"--authorization-mode=RBAC",
+			"--anonymous-auth=false",
+			"--service-account-key-file=" + saKey,
+			"--service-account-signing-key-file=" + saKey,
+			"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+			// an allocation range only: no traffic ever goes there
+			"--service-cluster-ip-range=10.96.0.0/16",
+			// the kubernetes Endpoints would name 127.0.0.1, which the API
+			// server itself refuses (loopback) and retries forever
+			"--endpoint-reconciler-type=none",
+			"--profiling=false",
+		}
+		k.api, err = startPeerProc("kube-apiserver", apiBin, filepath.Join(dir, "kube-apiserver.log"), append(apiArgs, o.apiArgs...)...)
+		if err != nil {
+			return k, err
+		}
+		if err = k.waitAPI(certDir, deadline); err == nil {
+			break
+		}
+		if !lostPort(k.api, attempt) {
+			return k, err
+		}
+		k.api.kill()
+	}
+	k.Started = time.Since(begin)
+	return k, nil
+}
+
+// lostPort reports whether peer p exited because the port picked for it
+// was taken meanwhile, and may be started again (3 attempts in all).
+func lostPort(p *peerProc, attempt int) bool {
+	if attempt >= 3 {
+		return false
+	}
+	select {
+	case <-p.done:
+	case <-time.After(2 * time.Second):
+		return false // still running: not a lost port
+	}
+	return strings.Contains(p.tail(8000), "address already in use")
+}
+
+// waitAPI waits until the API server has written its serving certificate
+// (before it listens), then until it is ready, writing the kubeconfig in
+// between.
+func (k *Kube) waitAPI(certDir string, deadline time.Time) error {
+	crt := filepath.Join(certDir, "apiserver.crt")
 	for {
 		if b, e := os.ReadFile(crt); e == nil && bytes.Contains(b, []byte("END CERTIFICATE")) {
 			k.CA = b
 			break
 		}
 		if k.api.exited() {
-			return k, fmt.Errorf("kube-apiserver exited at start:\n%s", k.api.tail(8000))
+			return fmt.Errorf("kube-apiserver exited at start:\n%s", k.api.tail(8000))
 		}
 		if time.Now().After(deadline) {
-			return k, fmt.Errorf("kube-apiserver wrote no certificate in %s:\n%s", certDir, k.api.tail(8000))
+			return fmt.Errorf("kube-apiserver wrote no certificate in %s:\n%s", certDir, k.api.tail(8000))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if err = k.writeKubeconfig(); err != nil {
-		return k, err
+	if err := k.writeKubeconfig(); err != nil {
+		return err
 	}
-	if err = k.waitReady(deadline); err != nil {
-		return k, err
+	if err := k.waitReady(deadline); err != nil {
+		if k.api.exited() {
+			return fmt.Errorf("%w; kube-apiserver exited:\n%s", err, k.api.tail(8000))
+		}
+		return err
 	}
-	k.Started = time.Since(begin)
-	return k, nil
+	return nil
 }
 
 func freeAddr() string {

@@ -1,6 +1,7 @@
 package repodb
 
 import (
+	"fmt"
 	"sync"
 	"sync/atomic"
 
@@ -43,7 +44,7 @@ func (d *DB) Batch(fn func(*Tx) error) error {
 		g.mu.Unlock()
 		select {
 		case err := <-c.done:
-			return err
+			return result(err)
 		case <-c.lead:
 			// the last leader handed over: c is pending[0]
 		}
@@ -63,7 +64,30 @@ func (d *DB) Batch(fn func(*Tx) error) error {
 		g.committing = false
 	}
 	g.mu.Unlock()
-	return <-c.done
+	return result(<-c.done)
+}
+
+// panicked carries a panic of a call's fn, run by another goroutine, back
+// to the call, where it is raised again: a panicking fn must not stop the
+// group (the others would wait forever).
+type panicked struct{ v any }
+
+func (p panicked) Error() string { return fmt.Sprintf("panic: %v", p.v) }
+
+func result(err error) error {
+	if p, ok := err.(panicked); ok {
+		panic(p.v)
+	}
+	return err
+}
+
+func safely(fn func(*Tx) error, t *Tx) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = panicked{r}
+		}
+	}()
+	return fn(t)
 }
 
 // commit runs calls in one transaction and tells each its result; a call
@@ -74,7 +98,7 @@ func (d *DB) commit(calls []*batchCall) {
 		err := d.db.Update(func(tx *bolt.Tx) error {
 			t := &Tx{tx}
 			for i, c := range calls {
-				if err := c.fn(t); err != nil {
+				if err := safely(c.fn, t); err != nil {
 					failed = i
 					return err
 				}
@@ -91,7 +115,7 @@ func (d *DB) commit(calls []*batchCall) {
 			return
 		}
 		c := calls[failed]
-		c.done <- d.Update(c.fn)
+		c.done <- d.Update(func(t *Tx) error { return safely(c.fn, t) })
 		calls = append(calls[:failed:failed], calls[failed+1:]...)
 	}
 }

@@ -160,3 +160,39 @@ func TestBatchConcurrent(t *testing.T) {
 		t.Errorf("%d commits for %d concurrent calls: none shared", d.group.commits.Load(), n)
 	}
 }
+
+// TestBatchPanic: a fn that panics raises its panic in its own caller,
+// writes nothing, and the group goes on committing the others.
+func TestBatchPanic(t *testing.T) {
+	d, err := Open(filepath.Join(t.TempDir(), "index.db"), false, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	func() {
+		defer func() {
+			if r := recover(); r != "oops" {
+				t.Errorf("recovered %v, want the fn's panic", r)
+			}
+		}()
+		_ = d.Batch(func(tx *Tx) error {
+			if err := tx.LinkBlob("p", digest.FromString("p"), 1); err != nil {
+				return err
+			}
+			panic("oops")
+		})
+		t.Error("Batch returned after its fn panicked")
+	}()
+	if err := d.Batch(func(tx *Tx) error { return tx.LinkBlob("q", digest.FromString("q"), 1) }); err != nil {
+		t.Fatal(err)
+	}
+	_ = d.View(func(tx *Tx) error {
+		if _, err := tx.Blob("p", digest.FromString("p")); err == nil {
+			t.Error("the panicking fn's link was written")
+		}
+		if _, err := tx.Blob("q", digest.FromString("q")); err != nil {
+			t.Error(err)
+		}
+		return nil
+	})
+}

@@ -320,14 +320,12 @@ func (c *Client) sendOnce(ctx context.Context, open func() (io.ReadCloser, error
 	vr, vw := io.Pipe()
 	verified := make(chan error, 1)
 	go func() {
-		h := &layerLister{layers: map[digest.Digest]int64{}}
 		// what re-encoding could heal is the archive's structure (its gzip
 		// trailer, its tar end, what follows it): that is checked here.
 		// Configs and layers are not hashed: those left out are not sent,
 		// and the agent verifies every one it receives (their framing is
 		// still checked; manifests are verified, they are parsed).
-		_, err := archive.Read(ctx, vr, h, archive.Limits{Have: func(digest.Digest) bool { return h.partial },
-			Unverified: func(digest.Digest) bool { return true }})
+		_, err := readLayers(ctx, vr, false)
 		if err != nil {
 			err = &readError{err: err}
 		}
@@ -560,10 +558,21 @@ func layerSizes(ctx context.Context, open func() (io.ReadCloser, error)) (map[di
 		return nil, err
 	}
 	defer src.Close()
+	return readLayers(ctx, src, true)
+}
+
+// readLayers reads the archive in r with the archive reader and lists the
+// layers of its manifests. Blobs the agent holds may be absent from a
+// partial archive: the agent checks those against its store. Configs and
+// layers are hashed only when hashBlobs is set; their length and framing
+// are checked either way.
+func readLayers(ctx context.Context, r io.Reader, hashBlobs bool) (map[digest.Digest]int64, error) {
 	h := &layerLister{layers: map[digest.Digest]int64{}}
-	// blobs the agent holds may be absent from a partial archive: the
-	// agent checks those against its store
-	if _, err := archive.Read(ctx, src, h, archive.Limits{Have: func(digest.Digest) bool { return h.partial }}); err != nil {
+	lim := archive.Limits{Have: func(digest.Digest) bool { return h.partial }}
+	if !hashBlobs {
+		lim.Unverified = func(digest.Digest) bool { return true }
+	}
+	if _, err := archive.Read(ctx, r, h, lim); err != nil {
 		return nil, err
 	}
 	return h.layers, nil

@@ -190,27 +190,17 @@ func launchNode(t *testing.T, bins testenv.NodeBins) func() *testenv.Node {
 		n, err := testenv.LaunchNode(bins, testenv.NodeOptions{SandboxImage: kit.Pause, Logf: t.Logf})
 		ch <- started{n, err}
 	}()
-	var node *testenv.Node
-	var once sync.Once
-	var launched started // what the launch gave, once received
-	received := false
-	receive := func() {
-		if !received {
-			launched, received = <-ch, true
-			node = launched.n
-		}
-	}
+	// what the launch gave, taken from ch once, by wait or by the cleanup
+	launched := sync.OnceValue(func() started { return <-ch })
 	wait := func() *testenv.Node {
-		once.Do(func() {
-			receive()
-			if launched.err != nil {
-				t.Fatalf("launching the node: %v", launched.err)
-			}
-		})
-		return node
+		s := launched()
+		if s.err != nil {
+			t.Fatalf("launching the node: %v", s.err)
+		}
+		return s.n
 	}
 	t.Cleanup(func() {
-		receive() // waits for the launch unless wait did (its value is taken once)
+		node := launched().n
 		if node == nil {
 			return
 		}

@@ -141,7 +141,7 @@ func (s *Store) Stage(ctx context.Context, expected cas.Info, r io.Reader) (*Sta
 	if f == nil {
 		return &Staged{s: s, Info: info}, nil
 	}
-	startWriteback(f)
+	startWritebackRange(f, 0, 0) // the whole file
 	if err := f.Close(); err != nil {
 		os.Remove(f.Name())
 		return nil, err
@@ -400,10 +400,7 @@ func (in *ingest) Append(r io.Reader) (int64, error) {
 	n, err := io.CopyBuffer(w, r, buf)
 	if err != nil {
 		// roll back to the size before this call; the running hash is lost
-		_ = in.f.Truncate(start)
-		_, _ = in.f.Seek(start, io.SeekStart)
-		in.fw.off, in.fw.pending = start, 0
-		in.h = nil
+		in.rollback(start)
 		return 0, err
 	}
 	in.size += n
@@ -424,14 +421,20 @@ func (in *ingest) Write(p []byte) (int, error) {
 		in.h.Write(p)
 	}
 	if err != nil {
-		_ = in.f.Truncate(in.size)
-		_, _ = in.f.Seek(in.size, io.SeekStart)
-		in.fw.off, in.fw.pending = in.size, 0
-		in.h = nil
+		in.rollback(in.size)
 		return 0, err
 	}
 	in.size += int64(n)
 	return n, nil
+}
+
+// rollback cuts the ingest back to size bytes after a failed write; the
+// running hash is lost.
+func (in *ingest) rollback(size int64) {
+	_ = in.f.Truncate(size)
+	_, _ = in.f.Seek(size, io.SeekStart)
+	in.fw.off, in.fw.pending = size, 0
+	in.h = nil
 }
 
 // flushEvery is how many bytes of a file being written are left to the
@@ -449,17 +452,13 @@ type flushWriter struct {
 
 func (w *flushWriter) Write(p []byte) (int, error) {
 	n, err := w.f.Write(p)
-	w.wrote(n)
-	return n, err
-}
-
-func (w *flushWriter) wrote(n int) {
 	w.pending += int64(n)
 	if w.pending >= flushEvery {
 		startWritebackRange(w.f, w.off, w.pending)
 		w.off += w.pending
 		w.pending = 0
 	}
+	return n, err
 }
 
 // parallelHashMin is the smallest write worth hashing on another goroutine.

@@ -6,14 +6,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// startWriteback asks the kernel to start writing f's dirty pages out now
-// (it does not wait for them), so that a batch's closing sync has little
-// left to do while the next blob streams in.
-func startWriteback(f *os.File) {
-	_ = unix.SyncFileRange(int(f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
-}
-
-// startWritebackRange does the same for n bytes at off.
+// startWritebackRange asks the kernel to start writing out n bytes of f's
+// dirty pages at off (n 0: to the end) now, without waiting for them, so
+// that the sync that makes the file durable has little left to do.
 func startWritebackRange(f *os.File, off, n int64) {
 	_ = unix.SyncFileRange(int(f.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
 }

@@ -4,8 +4,6 @@ package casfs
 
 import "os"
 
-func startWriteback(*os.File) {}
-
 func startWritebackRange(*os.File, int64, int64) {}
 
 // syncFiles fsyncs each named file: file systems other than Linux's have

@@ -324,9 +324,9 @@ func launchKube(etcdBin, apiBin, kubectlBin string, o kubeOptions) (k *Kube, err
 }
 
 // lostPort reports whether peer p exited because the port picked for it
-// was taken meanwhile, and may be started again (3 attempts in all).
+// was taken meanwhile, and may be started again (see addrInUse).
 func lostPort(p *peerProc, attempt int) bool {
-	if attempt >= 3 {
+	if attempt >= portAttempts {
 		return false
 	}
 	select {
@@ -334,7 +334,7 @@ func lostPort(p *peerProc, attempt int) bool {
 	case <-time.After(2 * time.Second):
 		return false // still running: not a lost port
 	}
-	return strings.Contains(p.tail(8000), "address already in use")
+	return strings.Contains(p.tail(8000), addrInUse)
 }
 
 // waitAPI waits until the API server has written its serving certificate

@@ -204,8 +204,7 @@ func StartAgent(t testing.TB, o AgentOptions) *Proc {
 	if err := os.WriteFile(tokFile, []byte(o.Token+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	// FreeAddr's port may be taken by another test's process before this
-	// agent binds it: then it exits, and a fresh port is tried
+	// a port taken before the agent binds it: a fresh one (see addrInUse)
 	for attempt := 1; ; attempt++ {
 		addr := FreeAddr(t)
 		args := append([]string{"agent", "--addr", addr, "--data", o.Data, "--token-file", tokFile, "--log-format", "text"}, o.Args...)
@@ -215,7 +214,7 @@ func StartAgent(t testing.TB, o AgentOptions) *Proc {
 		if err == nil {
 			return p
 		}
-		if !errors.Is(err, errAddrInUse) || attempt == 3 {
+		if !errors.Is(err, errAddrInUse) || attempt == portAttempts {
 			t.Fatal(err)
 		}
 	}
@@ -258,9 +257,19 @@ func WaitHealthy(t testing.TB, p *Proc) {
 	}
 }
 
+// A port FreeAddr (or freeAddr) hands out may be taken by another test's
+// process before the one it was picked for binds it. That process then
+// exits saying addrInUse in its log, and is started again on a fresh port:
+// portAttempts times in all (crpe agents here, etcd and kube-apiserver in
+// kube.go).
+const (
+	addrInUse    = "address already in use"
+	portAttempts = 3
+)
+
 // errAddrInUse is waitOwnHealthy's error for a process that could not bind
 // its address.
-var errAddrInUse = errors.New("address already in use")
+var errAddrInUse = errors.New(addrInUse)
 
 func waitOwnHealthy(p *Proc) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
@@ -280,7 +289,7 @@ func waitOwnHealthy(p *Proc) error {
 		}
 		select {
 		case <-p.done:
-			if strings.Contains(p.Logs(), "address already in use") {
+			if strings.Contains(p.Logs(), addrInUse) {
 				return fmt.Errorf("%w: crpe could not listen on %s:\n%s", errAddrInUse, p.Addr, p.Logs())
 			}
 			return fmt.Errorf("crpe exited before it was healthy:\n%s", p.Logs())
